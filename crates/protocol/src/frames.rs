@@ -1,0 +1,490 @@
+//! Client frames (parsed, spec §5) and server frames (encoded, spec §4).
+//!
+//! Parsing borrows `data` as raw JSON so payloads are forwarded byte-for-byte (spec §3, §20.3).
+//! Encoding writes compact JSON straight into a buffer; the caller shares the resulting bytes
+//! with every receiver.
+
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::codes::ErrorCode;
+use crate::validate::is_valid_request_id;
+
+/// A decoded client frame: the operation plus its `requestId`, when one was given.
+#[derive(Debug)]
+pub struct ClientFrame<'a> {
+    pub request_id: Option<String>,
+    pub op: ClientOp<'a>,
+}
+
+/// A client operation. Fields are `None` when missing or of the wrong JSON type; the server
+/// turns that into the right error code in the spec's processing order.
+#[derive(Debug)]
+pub enum ClientOp<'a> {
+    Subscribe {
+        channel: Option<String>,
+        include_sender_metadata: bool,
+    },
+    Unsubscribe {
+        channel: Option<String>,
+    },
+    Publish {
+        channel: Option<String>,
+        data: Option<&'a RawValue>,
+    },
+    Send {
+        to: Option<String>,
+        data: Option<&'a RawValue>,
+    },
+    Ping,
+}
+
+impl ClientOp<'_> {
+    /// The frame type, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientOp::Subscribe { .. } => "subscribe",
+            ClientOp::Unsubscribe { .. } => "unsubscribe",
+            ClientOp::Publish { .. } => "publish",
+            ClientOp::Send { .. } => "send",
+            ClientOp::Ping => "ping",
+        }
+    }
+}
+
+/// A frame that could not be decoded: answer with this error code, echoing `request_id` if set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub request_id: Option<String>,
+    pub message: &'static str,
+}
+
+/// Every envelope field is captured raw so a wrong type is a field-level error, not a parse error.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", default, borrow, deserialize_with = "present")]
+    ty: Option<&'a RawValue>,
+    #[serde(rename = "requestId", default, borrow, deserialize_with = "present")]
+    request_id: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    channel: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    to: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(
+        rename = "includeSenderMetadata",
+        default,
+        borrow,
+        deserialize_with = "present"
+    )]
+    include_sender_metadata: Option<&'a RawValue>,
+}
+
+/// Keeps a present key as `Some` even when its value is `null` (plain `Option` would map null to
+/// `None`, and `"data": null` is valid while a missing `data` is not).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+fn as_string(raw: Option<&RawValue>) -> Option<String> {
+    let raw = raw?;
+    if !raw.get().starts_with('"') {
+        return None;
+    }
+    serde_json::from_str::<String>(raw.get()).ok()
+}
+
+/// Decodes one text frame (spec §5.6 table decides every failure).
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
+    let malformed = |request_id, message| FrameError {
+        code: ErrorCode::MalformedMessage,
+        request_id,
+        message,
+    };
+    if !text.trim_start().starts_with('{') {
+        return Err(malformed(None, "frame must be a JSON object"));
+    }
+    let env: Envelope<'_> =
+        serde_json::from_str(text).map_err(|_| malformed(None, "frame is not valid JSON"))?;
+    let request_id = match env.request_id {
+        None => None,
+        Some(raw) => match as_string(Some(raw)) {
+            Some(id) if is_valid_request_id(&id) => Some(id),
+            _ => {
+                return Err(malformed(
+                    None,
+                    "requestId must be a non-empty string of at most 128 characters",
+                ))
+            }
+        },
+    };
+    let Some(ty) = as_string(env.ty) else {
+        return Err(malformed(request_id, "type must be a string"));
+    };
+    let op = match ty.as_str() {
+        "subscribe" => ClientOp::Subscribe {
+            channel: as_string(env.channel),
+            include_sender_metadata: env
+                .include_sender_metadata
+                .is_some_and(|v| v.get() == "true"),
+        },
+        "unsubscribe" => ClientOp::Unsubscribe {
+            channel: as_string(env.channel),
+        },
+        "publish" => ClientOp::Publish {
+            channel: as_string(env.channel),
+            data: env.data,
+        },
+        "send" => ClientOp::Send {
+            to: as_string(env.to),
+            data: env.data,
+        },
+        "ping" => ClientOp::Ping,
+        _ => {
+            return Err(FrameError {
+                code: ErrorCode::UnknownType,
+                request_id,
+                message: "unknown frame type",
+            });
+        }
+    };
+    Ok(ClientFrame { request_id, op })
+}
+
+/// One roster entry: a peer id and its public `peerMetadata`, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceEntry<'a> {
+    pub peer_id: &'a str,
+    pub metadata: Option<&'a RawValue>,
+}
+
+/// Builds server frames. Each function returns the complete compact JSON text.
+pub mod encode {
+    use super::*;
+
+    fn push_str(out: &mut String, s: &str) {
+        // Writing a &str into a String cannot fail.
+        if let Ok(json) = serde_json::to_string(s) {
+            out.push_str(&json);
+        }
+    }
+
+    fn push_field_str(out: &mut String, key: &str, value: &str) {
+        out.push_str(",\"");
+        out.push_str(key);
+        out.push_str("\":");
+        push_str(out, value);
+    }
+
+    fn push_field_raw(out: &mut String, key: &str, value: &RawValue) {
+        out.push_str(",\"");
+        out.push_str(key);
+        out.push_str("\":");
+        out.push_str(value.get());
+    }
+
+    fn start(ty: &str, capacity: usize) -> String {
+        let mut out = String::with_capacity(capacity + 16 + ty.len());
+        out.push_str("{\"type\":\"");
+        out.push_str(ty);
+        out.push('"');
+        out
+    }
+
+    /// `welcome`: `expiresAt` is always present (null for publishable keys).
+    pub fn welcome(
+        peer_id: &str,
+        expires_at: Option<i64>,
+        server_time: i64,
+        max_message_size: usize,
+        metadata: Option<&RawValue>,
+    ) -> String {
+        let mut out = start(
+            "welcome",
+            96 + peer_id.len() + metadata.map_or(0, |m| m.get().len()),
+        );
+        push_field_str(&mut out, "peerId", peer_id);
+        match expires_at {
+            Some(exp) => out.push_str(&format!(",\"expiresAt\":{exp}")),
+            None => out.push_str(",\"expiresAt\":null"),
+        }
+        out.push_str(&format!(
+            ",\"serverTime\":{server_time},\"maxMessageSize\":{max_message_size}"
+        ));
+        if let Some(m) = metadata {
+            push_field_raw(&mut out, "metadata", m);
+        }
+        out.push('}');
+        out
+    }
+
+    pub fn ack(request_id: &str) -> String {
+        let mut out = start("ack", request_id.len() + 16);
+        push_field_str(&mut out, "requestId", request_id);
+        out.push('}');
+        out
+    }
+
+    pub fn error(request_id: Option<&str>, code: ErrorCode, message: &str) -> String {
+        let mut out = start("error", 48 + message.len());
+        if let Some(id) = request_id {
+            push_field_str(&mut out, "requestId", id);
+        }
+        push_field_str(&mut out, "code", code.as_str());
+        if !message.is_empty() {
+            push_field_str(&mut out, "message", message);
+        }
+        out.push('}');
+        out
+    }
+
+    /// `message`: `data` is copied verbatim; `from_metadata` only for opted-in receivers.
+    pub fn message(
+        channel: &str,
+        from: &str,
+        data: &RawValue,
+        from_metadata: Option<&RawValue>,
+    ) -> String {
+        let meta_len = from_metadata.map_or(0, |m| m.get().len() + 16);
+        let mut out = start(
+            "message",
+            40 + channel.len() + from.len() + data.get().len() + meta_len,
+        );
+        push_field_str(&mut out, "channel", channel);
+        push_field_str(&mut out, "from", from);
+        push_field_raw(&mut out, "data", data);
+        if let Some(m) = from_metadata {
+            push_field_raw(&mut out, "fromMetadata", m);
+        }
+        out.push('}');
+        out
+    }
+
+    /// `direct`: `from_metadata` whenever the sender has peerMetadata.
+    pub fn direct(from: &str, data: &RawValue, from_metadata: Option<&RawValue>) -> String {
+        let meta_len = from_metadata.map_or(0, |m| m.get().len() + 16);
+        let mut out = start("direct", 32 + from.len() + data.get().len() + meta_len);
+        push_field_str(&mut out, "from", from);
+        push_field_raw(&mut out, "data", data);
+        if let Some(m) = from_metadata {
+            push_field_raw(&mut out, "fromMetadata", m);
+        }
+        out.push('}');
+        out
+    }
+
+    fn push_entries(out: &mut String, key: &str, entries: &[PresenceEntry<'_>]) {
+        out.push_str(",\"");
+        out.push_str(key);
+        out.push_str("\":[");
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"peerId\":");
+            push_str(out, e.peer_id);
+            if let Some(m) = e.metadata {
+                out.push_str(",\"metadata\":");
+                out.push_str(m.get());
+            }
+            out.push('}');
+        }
+        out.push(']');
+    }
+
+    /// `presence`: both arrays are always present, even when empty.
+    pub fn presence(
+        channel: &str,
+        joined: &[PresenceEntry<'_>],
+        left: &[PresenceEntry<'_>],
+    ) -> String {
+        let mut out = start(
+            "presence",
+            48 + channel.len() + 32 * (joined.len() + left.len()),
+        );
+        push_field_str(&mut out, "channel", channel);
+        push_entries(&mut out, "joined", joined);
+        push_entries(&mut out, "left", left);
+        out.push('}');
+        out
+    }
+
+    pub fn going_away(retry_after_ms: u64) -> String {
+        format!("{{\"type\":\"going_away\",\"retryAfterMs\":{retry_after_ms}}}")
+    }
+
+    /// `pong`, echoing a ping's `requestId` when it had one (spec Q12).
+    pub fn pong(request_id: Option<&str>) -> String {
+        let mut out = start("pong", 16);
+        if let Some(id) = request_id {
+            push_field_str(&mut out, "requestId", id);
+        }
+        out.push('}');
+        out
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> FrameError {
+        parse_client_frame(text).unwrap_err()
+    }
+
+    #[test]
+    fn parses_every_client_frame() {
+        let f = parse_client_frame(r#"{"type":"subscribe","channel":"a/b","requestId":"r1","includeSenderMetadata":true,"extra":1}"#).unwrap();
+        assert_eq!(f.request_id.as_deref(), Some("r1"));
+        assert!(
+            matches!(f.op, ClientOp::Subscribe { channel: Some(ref c), include_sender_metadata: true } if c == "a/b")
+        );
+
+        let f = parse_client_frame(
+            r#"{"type":"subscribe","channel":"a","includeSenderMetadata":"yes"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            f.op,
+            ClientOp::Subscribe {
+                include_sender_metadata: false,
+                ..
+            }
+        ));
+
+        let f = parse_client_frame(r#"{"type":"publish","channel":"c","data":null}"#).unwrap();
+        assert!(matches!(f.op, ClientOp::Publish { data: Some(d), .. } if d.get() == "null"));
+
+        let f = parse_client_frame(r#"{"type":"publish","channel":"c"}"#).unwrap();
+        assert!(matches!(f.op, ClientOp::Publish { data: None, .. }));
+
+        let f =
+            parse_client_frame(r#"{"type":"send","to":"bob","data":{"n": 1500.0, "s":"\u00e9"}}"#)
+                .unwrap();
+        assert!(
+            matches!(f.op, ClientOp::Send { to: Some(ref t), data: Some(d) } if t == "bob" && d.get() == r#"{"n": 1500.0, "s":"\u00e9"}"#)
+        );
+
+        let f = parse_client_frame(r#"{"type":"unsubscribe","channel":5}"#).unwrap();
+        assert!(matches!(f.op, ClientOp::Unsubscribe { channel: None }));
+
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"ping"}"#).unwrap().op,
+            ClientOp::Ping
+        ));
+    }
+
+    #[test]
+    fn malformed_and_unknown_frames() {
+        for text in [
+            "not json",
+            "[1,2]",
+            "\"x\"",
+            "{",
+            "",
+            "null",
+            r#"{"type":"ping","type":"ping"}"#,
+        ] {
+            assert_eq!(
+                err(text),
+                FrameError {
+                    code: ErrorCode::MalformedMessage,
+                    request_id: None,
+                    message: err(text).message
+                },
+                "{text}"
+            );
+        }
+        let e = err(r#"{"requestId":"r2"}"#);
+        assert_eq!(
+            (e.code, e.request_id.as_deref()),
+            (ErrorCode::MalformedMessage, Some("r2"))
+        );
+        let e = err(r#"{"type":7,"requestId":"r3"}"#);
+        assert_eq!(
+            (e.code, e.request_id.as_deref()),
+            (ErrorCode::MalformedMessage, Some("r3"))
+        );
+        let e = err(r#"{"type":"dance","requestId":"r4"}"#);
+        assert_eq!(
+            (e.code, e.request_id.as_deref()),
+            (ErrorCode::UnknownType, Some("r4"))
+        );
+        for bad_id in [r#"5"#, r#""""#, &format!("\"{}\"", "x".repeat(129))] {
+            let e = err(&format!(r#"{{"type":"ping","requestId":{bad_id}}}"#));
+            assert_eq!(
+                (e.code, e.request_id),
+                (ErrorCode::MalformedMessage, None),
+                "{bad_id}"
+            );
+        }
+    }
+
+    #[test]
+    fn golden_server_frames() {
+        let meta = RawValue::from_string(r#"{"username":"Bob"}"#.into()).unwrap();
+        let data = RawValue::from_string(r#"{"n": 1500.0}"#.into()).unwrap();
+        assert_eq!(
+            encode::welcome("alice", None, 1715535600, 65536, None),
+            r#"{"type":"welcome","peerId":"alice","expiresAt":null,"serverTime":1715535600,"maxMessageSize":65536}"#
+        );
+        assert_eq!(
+            encode::welcome("a\"b", Some(1715539200), 1, 65536, Some(&meta)),
+            r#"{"type":"welcome","peerId":"a\"b","expiresAt":1715539200,"serverTime":1,"maxMessageSize":65536,"metadata":{"username":"Bob"}}"#
+        );
+        assert_eq!(encode::ack("r1"), r#"{"type":"ack","requestId":"r1"}"#);
+        assert_eq!(
+            encode::error(Some("p"), ErrorCode::PeerNotFound, "no such peer"),
+            r#"{"type":"error","requestId":"p","code":"peer_not_found","message":"no such peer"}"#
+        );
+        assert_eq!(
+            encode::error(None, ErrorCode::MalformedMessage, ""),
+            r#"{"type":"error","code":"malformed_message"}"#
+        );
+        assert_eq!(
+            encode::message("app/room-1", "bob", &data, Some(&meta)),
+            r#"{"type":"message","channel":"app/room-1","from":"bob","data":{"n": 1500.0},"fromMetadata":{"username":"Bob"}}"#
+        );
+        assert_eq!(
+            encode::direct("bob", &data, None),
+            r#"{"type":"direct","from":"bob","data":{"n": 1500.0}}"#
+        );
+        let entries = [
+            PresenceEntry {
+                peer_id: "bob",
+                metadata: Some(&meta),
+            },
+            PresenceEntry {
+                peer_id: "carol",
+                metadata: None,
+            },
+        ];
+        assert_eq!(
+            encode::presence("c", &entries, &[]),
+            r#"{"type":"presence","channel":"c","joined":[{"peerId":"bob","metadata":{"username":"Bob"}},{"peerId":"carol"}],"left":[]}"#
+        );
+        assert_eq!(
+            encode::presence("c", &[], &[]),
+            r#"{"type":"presence","channel":"c","joined":[],"left":[]}"#
+        );
+        assert_eq!(
+            encode::going_away(750),
+            r#"{"type":"going_away","retryAfterMs":750}"#
+        );
+        assert_eq!(encode::pong(None), r#"{"type":"pong"}"#);
+        assert_eq!(
+            encode::pong(Some("x")),
+            r#"{"type":"pong","requestId":"x"}"#
+        );
+        // Every encoded frame is valid JSON.
+        for s in [
+            encode::presence("\u{1}\"", &entries, &entries),
+            encode::ack("\\"),
+        ] {
+            serde_json::from_str::<serde_json::Value>(&s).unwrap();
+        }
+    }
+}

@@ -1,0 +1,805 @@
+//! Channel authorisation patterns (wire spec §9.2–9.4).
+//!
+//! Grammar: `*` = any run of non-`/` characters, `**` (or longer runs of `*`) = any run of characters,
+//! `\*` = literal `*`, `\\` = literal `\`, any other `\` is itself a literal backslash, everything else
+//! is literal and case-sensitive. Matching is anchored.
+//!
+//! Patterns are tiny NFAs (one state per token position), so matching is a state-set simulation
+//! (no backtracking) and inclusion is a product/subset construction over an abstracted alphabet.
+
+use std::collections::{HashSet, VecDeque};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Token {
+    Literal(char),
+    /// Any run of characters except `/`.
+    Star,
+    /// Any run of characters.
+    DoubleStar,
+}
+
+impl Token {
+    fn is_wild(self) -> bool {
+        !matches!(self, Token::Literal(_))
+    }
+}
+
+/// A compiled channel pattern.
+///
+/// Consecutive `*` are merged while parsing, so two wildcard tokens are never adjacent; the NFA code
+/// relies on that only for speed, not correctness.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pattern {
+    source: String,
+    tokens: Vec<Token>,
+}
+
+impl Pattern {
+    /// Compiles `src`. Never fails: every string is a valid pattern under §9.2.
+    pub fn parse(src: &str) -> Pattern {
+        Pattern {
+            source: src.to_owned(),
+            tokens: tokenize(src),
+        }
+    }
+
+    /// The original source text, escapes included.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// True when the pattern names exactly one channel (no unescaped `*`).
+    pub fn is_literal(&self) -> bool {
+        !self.tokens.iter().any(|t| t.is_wild())
+    }
+
+    /// The unescaped channel name, if the pattern is literal.
+    pub fn literal(&self) -> Option<String> {
+        self.tokens
+            .iter()
+            .map(|t| match t {
+                Token::Literal(c) => Some(*c),
+                Token::Star | Token::DoubleStar => None,
+            })
+            .collect()
+    }
+
+    /// Anchored match of a concrete channel name.
+    ///
+    /// Simulates the token NFA over a set of positions: O(tokens × chars), immune to the
+    /// exponential blow-up a backtracking matcher has on `*a*a*a*…b`.
+    pub fn matches(&self, channel: &str) -> bool {
+        let tokens = &self.tokens;
+        let mut cur = vec![false; tokens.len() + 1];
+        let mut next = vec![false; tokens.len() + 1];
+        add_closed(tokens, 0, |i| cur[i] = true);
+        for c in channel.chars() {
+            next.fill(false);
+            let mut alive = false;
+            for (pos, _) in cur.iter().enumerate().filter(|(_, on)| **on) {
+                if let Some(to) = advance(tokens, pos, c) {
+                    add_closed(tokens, to, |i| next[i] = true);
+                    alive = true;
+                }
+            }
+            if !alive {
+                return false;
+            }
+            std::mem::swap(&mut cur, &mut next);
+        }
+        cur[tokens.len()]
+    }
+
+    /// Language inclusion: true iff every string matched by `self` is also matched by `other`.
+    ///
+    /// Conservative: answers `false` if the search bound ([`MAX_PRODUCT_STATES`]) is hit.
+    pub fn is_subset_of(&self, other: &Pattern) -> bool {
+        is_covered_by(self, std::slice::from_ref(other))
+    }
+
+    /// `**` (or `***`…): accepts every string.
+    fn is_universal(&self) -> bool {
+        self.tokens == [Token::DoubleStar]
+    }
+
+    /// Literal tokens before the first wildcard; every matched string starts with them.
+    fn literal_prefix(&self) -> impl Iterator<Item = char> + '_ {
+        self.tokens.iter().map_while(|t| match t {
+            Token::Literal(c) => Some(*c),
+            _ => None,
+        })
+    }
+
+    /// Literal tokens after the last wildcard, reversed; every matched string ends with them.
+    fn literal_suffix_rev(&self) -> impl Iterator<Item = char> + '_ {
+        self.tokens.iter().rev().map_while(|t| match t {
+            Token::Literal(c) => Some(*c),
+            _ => None,
+        })
+    }
+}
+
+/// True iff the string contains an unescaped `*` (i.e. it is a pattern, not a concrete channel name).
+///
+/// Scans without allocating because it runs on every publish/subscribe.
+pub fn has_wildcard(src: &str) -> bool {
+    let mut chars = src.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' => return true,
+            '\\' => {
+                if matches!(chars.clone().next(), Some('*' | '\\')) {
+                    chars.next();
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+/// True iff every string matched by `p` is matched by at least one pattern in `set` (union inclusion).
+///
+/// Conservative: answers `false` if the search bound ([`MAX_PRODUCT_STATES`]) is hit, so an
+/// authorisation check built on it can only under-grant.
+pub fn is_covered_by(p: &Pattern, set: &[Pattern]) -> bool {
+    check_inclusion(p, set) == Inclusion::Included
+}
+
+/// Upper bound on product states explored by [`is_covered_by`].
+///
+/// Each state is expanded over at most (distinct literal chars + 2) symbols at a cost linear in the
+/// total token count. Real authorisation patterns (`app/*`, `fleet/sensor-*/telemetry`) reach a
+/// few dozen states; only contrived patterns whose determinisation is exponential get near this,
+/// and for those we prefer a fast "no" over unbounded CPU on a request path.
+pub const MAX_PRODUCT_STATES: usize = 4096;
+
+fn tokenize(src: &str) -> Vec<Token> {
+    let mut out = Vec::with_capacity(src.len());
+    let mut chars = src.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.peek() {
+                Some(&escaped @ ('*' | '\\')) => {
+                    chars.next();
+                    out.push(Token::Literal(escaped));
+                }
+                // Lone backslash (before another char or at the end): literal, next char untouched.
+                _ => out.push(Token::Literal('\\')),
+            },
+            '*' => {
+                let mut run = 1usize;
+                while chars.next_if_eq(&'*').is_some() {
+                    run += 1;
+                }
+                out.push(if run == 1 {
+                    Token::Star
+                } else {
+                    Token::DoubleStar
+                });
+            }
+            other => out.push(Token::Literal(other)),
+        }
+    }
+    out
+}
+
+/// Calls `add` for `pos` and every position reachable by letting wildcards match the empty string.
+fn add_closed(tokens: &[Token], mut pos: usize, mut add: impl FnMut(usize)) {
+    loop {
+        add(pos);
+        match tokens.get(pos) {
+            Some(t) if t.is_wild() => pos += 1,
+            _ => break,
+        }
+    }
+}
+
+/// The position reached from `pos` by consuming `c` (before closure), if any.
+fn advance(tokens: &[Token], pos: usize, c: char) -> Option<usize> {
+    match tokens.get(pos)? {
+        Token::Literal(l) => (*l == c).then_some(pos + 1),
+        Token::Star => (c != '/').then_some(pos),
+        Token::DoubleStar => Some(pos),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Inclusion {
+    Included,
+    /// A shortest string matched by `p` and by no member of the set.
+    Counterexample(String),
+    /// The search bound was hit.
+    Unknown,
+}
+
+/// Can `a` and `b` match a common string? Only a cheap necessary test on literal prefix/suffix,
+/// used to drop set members that cannot help cover `p` (shrinks the product without changing
+/// the answer).
+fn may_overlap(a: &Pattern, b: &Pattern) -> bool {
+    a.literal_prefix()
+        .zip(b.literal_prefix())
+        .all(|(x, y)| x == y)
+        && a.literal_suffix_rev()
+            .zip(b.literal_suffix_rev())
+            .all(|(x, y)| x == y)
+}
+
+/// A character not in `used` and not `/`: stands for the whole class of characters that no
+/// literal token mentions (all wildcards treat them alike, no literal accepts them).
+fn fresh_char(used: &[char]) -> char {
+    ('a'..='z')
+        .chain('0'..='9')
+        .chain('!'..=char::MAX)
+        .find(|c| *c != '/' && !used.contains(c))
+        .unwrap_or('\u{FFFD}')
+}
+
+/// The union NFA of `p` (machine 0) and the relevant set members, states numbered globally.
+struct Product<'a> {
+    machines: Vec<&'a [Token]>,
+    /// Global index of each machine's position 0.
+    offsets: Vec<usize>,
+    /// Global state → (machine, position).
+    owner: Vec<(usize, usize)>,
+    words: usize,
+    /// Accepting states of the set machines.
+    set_finals: Vec<usize>,
+    /// Set-machine states sitting on a trailing `**`: once reached, every continuation is covered.
+    set_universal: Vec<usize>,
+}
+
+type Bits = Vec<u64>;
+
+fn bit(bits: &[u64], i: usize) -> bool {
+    bits[i / 64] & (1 << (i % 64)) != 0
+}
+
+fn set_bit(bits: &mut [u64], i: usize) {
+    bits[i / 64] |= 1 << (i % 64);
+}
+
+impl<'a> Product<'a> {
+    fn new(machines: Vec<&'a [Token]>) -> Self {
+        let mut offsets = Vec::with_capacity(machines.len());
+        let mut owner = Vec::new();
+        let mut set_finals = Vec::new();
+        let mut set_universal = Vec::new();
+        for (m, tokens) in machines.iter().enumerate() {
+            let base = owner.len();
+            offsets.push(base);
+            owner.extend((0..=tokens.len()).map(|pos| (m, pos)));
+            if m > 0 {
+                set_finals.push(base + tokens.len());
+                if tokens.last() == Some(&Token::DoubleStar) {
+                    set_universal.push(base + tokens.len() - 1);
+                }
+            }
+        }
+        let words = owner.len().div_ceil(64);
+        Product {
+            machines,
+            offsets,
+            owner,
+            words,
+            set_finals,
+            set_universal,
+        }
+    }
+
+    fn start(&self) -> Bits {
+        let mut out = vec![0; self.words];
+        for (m, tokens) in self.machines.iter().enumerate() {
+            let base = self.offsets[m];
+            add_closed(tokens, 0, |i| set_bit(&mut out, base + i));
+        }
+        out
+    }
+
+    fn step(&self, from: &[u64], c: char) -> Bits {
+        let mut out = vec![0; self.words];
+        for (w, &word) in from.iter().enumerate() {
+            let mut rest = word;
+            while rest != 0 {
+                let g = w * 64 + rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                let (m, pos) = self.owner[g];
+                let tokens = self.machines[m];
+                if let Some(to) = advance(tokens, pos, c) {
+                    let base = self.offsets[m];
+                    add_closed(tokens, to, |i| set_bit(&mut out, base + i));
+                }
+            }
+        }
+        out
+    }
+
+    /// Some prefix-path of `p` is still live (machine 0 occupies global states 0..=len).
+    fn p_alive(&self, bits: &[u64]) -> bool {
+        (0..=self.machines[0].len()).any(|i| bit(bits, i))
+    }
+
+    fn p_accepts(&self, bits: &[u64]) -> bool {
+        bit(bits, self.machines[0].len())
+    }
+
+    fn set_accepts(&self, bits: &[u64]) -> bool {
+        self.set_finals.iter().any(|&i| bit(bits, i))
+    }
+
+    fn set_universal(&self, bits: &[u64]) -> bool {
+        self.set_universal.iter().any(|&i| bit(bits, i))
+    }
+}
+
+/// Decides L(p) ⊆ ∪ L(set) by breadth-first subset construction over the union NFA.
+///
+/// Each product state is the set of NFA positions (of `p` and of every set member) reachable by
+/// one input prefix; a state where `p` accepts but no member does is a counterexample. The
+/// alphabet is abstracted to `/`, each literal character of the involved patterns, and one fresh
+/// character standing for all others, which is exact because no token distinguishes the latter.
+fn check_inclusion(p: &Pattern, set: &[Pattern]) -> Inclusion {
+    if let Some(word) = p.literal() {
+        return if set.iter().any(|q| q.matches(&word)) {
+            Inclusion::Included
+        } else {
+            Inclusion::Counterexample(word)
+        };
+    }
+    if set.iter().any(|q| q.is_universal() || q.tokens == p.tokens) {
+        return Inclusion::Included;
+    }
+
+    let relevant: Vec<&Pattern> = set.iter().filter(|q| may_overlap(p, q)).collect();
+    let mut alphabet: Vec<char> = std::iter::once(p)
+        .chain(relevant.iter().copied())
+        .flat_map(|q| q.tokens.iter())
+        .filter_map(|t| match t {
+            Token::Literal(c) => Some(*c),
+            _ => None,
+        })
+        .chain(std::iter::once('/'))
+        .collect();
+    alphabet.sort_unstable();
+    alphabet.dedup();
+    alphabet.push(fresh_char(&alphabet));
+
+    let product = Product::new(
+        std::iter::once(p.tokens.as_slice())
+            .chain(relevant.iter().map(|q| q.tokens.as_slice()))
+            .collect(),
+    );
+
+    // states[i] with parents[i] = (previous state, char consumed) for witness reconstruction.
+    let mut states: Vec<Bits> = Vec::new();
+    let mut parents: Vec<Option<(usize, char)>> = Vec::new();
+    let mut seen: HashSet<Bits> = HashSet::new();
+    let mut queue = VecDeque::new();
+
+    let start = product.start();
+    seen.insert(start.clone());
+    states.push(start);
+    parents.push(None);
+    queue.push_back(0usize);
+
+    while let Some(idx) = queue.pop_front() {
+        let cur = &states[idx];
+        if product.set_universal(cur) {
+            continue;
+        }
+        if product.p_accepts(cur) && !product.set_accepts(cur) {
+            return Inclusion::Counterexample(witness(&parents, idx));
+        }
+        let successors: Vec<(Bits, char)> = alphabet
+            .iter()
+            .map(|&c| (product.step(cur, c), c))
+            .filter(|(next, _)| product.p_alive(next))
+            .collect();
+        for (next, c) in successors {
+            if seen.contains(&next) {
+                continue;
+            }
+            if states.len() >= MAX_PRODUCT_STATES {
+                return Inclusion::Unknown;
+            }
+            seen.insert(next.clone());
+            queue.push_back(states.len());
+            states.push(next);
+            parents.push(Some((idx, c)));
+        }
+    }
+    Inclusion::Included
+}
+
+fn witness(parents: &[Option<(usize, char)>], mut idx: usize) -> String {
+    let mut rev = Vec::new();
+    while let Some((prev, c)) = parents[idx] {
+        rev.push(c);
+        idx = prev;
+    }
+    rev.iter().rev().collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn pat(s: &str) -> Pattern {
+        Pattern::parse(s)
+    }
+
+    fn m(p: &str, s: &str) -> bool {
+        pat(p).matches(s)
+    }
+
+    fn sub(p: &str, q: &str) -> bool {
+        pat(p).is_subset_of(&pat(q))
+    }
+
+    fn covered(p: &str, set: &[&str]) -> bool {
+        let set: Vec<Pattern> = set.iter().map(|s| pat(s)).collect();
+        is_covered_by(&pat(p), &set)
+    }
+
+    /// Backtracking reference matcher: exponential, but independent of the NFA code.
+    fn naive(tokens: &[Token], s: &[char]) -> bool {
+        match tokens.split_first() {
+            None => s.is_empty(),
+            Some((Token::Literal(c), rest)) => s.first() == Some(c) && naive(rest, &s[1..]),
+            Some((Token::Star, rest)) => (0..=s.len())
+                .take_while(|&i| i == 0 || s[i - 1] != '/')
+                .any(|i| naive(rest, &s[i..])),
+            Some((Token::DoubleStar, rest)) => (0..=s.len()).any(|i| naive(rest, &s[i..])),
+        }
+    }
+
+    /// xorshift64*: deterministic, dependency-free.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn string(&mut self, alphabet: &[char], max_len: usize) -> String {
+            let len = self.below(max_len + 1);
+            (0..len)
+                .map(|_| alphabet[self.below(alphabet.len())])
+                .collect()
+        }
+    }
+
+    /// Every string over `alphabet` of length ≤ `max_len`.
+    fn all_strings(alphabet: &[char], max_len: usize) -> Vec<String> {
+        let mut out = vec![String::new()];
+        let mut layer = vec![String::new()];
+        for _ in 0..max_len {
+            layer = layer
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            out.extend(layer.iter().cloned());
+        }
+        out
+    }
+
+    #[test]
+    fn glob_spec_examples() {
+        let chans = ["app_abc/room-1", "app_abc/sub/deep", "other/x"];
+        let table = [
+            ("app_abc/*", [true, false, false]),
+            ("app_abc/**", [true, true, false]),
+            ("**", [true, true, true]),
+            ("app_abc/room-*", [true, false, false]),
+        ];
+        for (p, expect) in table {
+            for (c, e) in chans.iter().zip(expect) {
+                assert_eq!(m(p, c), e, "{p} vs {c}");
+            }
+        }
+        assert!(m("room-*", "room-42"));
+        assert!(!m("room-*", "admin-1"));
+    }
+
+    #[test]
+    fn glob_anchored_and_literal() {
+        assert!(m("abc", "abc"));
+        assert!(!m("abc", "abcd"));
+        assert!(!m("abc", "xabc"));
+        assert!(!m("abc", ""));
+        assert!(m("", ""));
+        assert!(!m("", "a"));
+        assert!(m("a/b/c", "a/b/c"));
+        assert!(m("x*y", "xy"));
+        assert!(m("x*y", "x-y-y"));
+        assert!(!m("x*y", "x/y"));
+        assert!(m("x**y", "x/y"));
+        assert!(m("a/**/b", "a//b"));
+        assert!(!m("a/**/b", "a/b"));
+        assert!(m("a/**/b", "a/x/y/b"));
+        assert!(m("héllo/*", "héllo/wörld"));
+    }
+
+    #[test]
+    fn glob_escapes() {
+        assert!(m(r"\*", "*"));
+        assert!(!m(r"\*", "a"));
+        assert!(!m(r"\*", ""));
+        assert!(m(r"a\*b", "a*b"));
+        assert!(!m(r"a\*b", "axb"));
+        assert!(m(r"\\", r"\"));
+        assert!(!m(r"\\", r"\\"));
+        // Escaped backslash followed by a real wildcard.
+        assert!(m(r"\\*", r"\"));
+        assert!(m(r"\\*", r"\abc"));
+        assert!(!m(r"\\*", r"\a/b"));
+        assert!(m(r"\\\*", r"\*"));
+        assert!(!m(r"\\\*", r"\x"));
+        // `\*` then `*`: literal star then wildcard.
+        assert!(m(r"\**", "*abc"));
+        assert!(!m(r"\**", "abc"));
+        // Lone backslashes are literal and leave the next char alone.
+        assert!(m(r"a\b", r"a\b"));
+        assert!(!m(r"a\b", "ab"));
+        assert!(m(r"a\", r"a\"));
+        assert!(m(r"\", r"\"));
+        assert!(m(r"\a*", r"\ax"));
+        assert!(!m(r"\a*", r"\a/"));
+    }
+
+    #[test]
+    fn glob_literal_accessors() {
+        let p = pat(r"room\*1\\x\y");
+        assert_eq!(p.as_str(), r"room\*1\\x\y");
+        assert!(p.is_literal());
+        assert_eq!(p.literal().as_deref(), Some(r"room*1\x\y"));
+        assert!(p.matches(r"room*1\x\y"));
+
+        let w = pat("room-*");
+        assert!(!w.is_literal());
+        assert_eq!(w.literal(), None);
+        assert_eq!(w.as_str(), "room-*");
+        assert_eq!(pat("").literal().as_deref(), Some(""));
+
+        assert!(has_wildcard("a/*"));
+        assert!(has_wildcard("**"));
+        assert!(has_wildcard(r"\\*"));
+        assert!(has_wildcard(r"\a*"));
+        assert!(!has_wildcard(r"a/\*"));
+        assert!(!has_wildcard(r"\\\*"));
+        assert!(!has_wildcard("plain/name"));
+        assert!(!has_wildcard(r"trailing\"));
+        for s in ["a*", r"\*", r"\\*", r"\\\*", r"\", r"x\y*", "", "***"] {
+            assert_eq!(has_wildcard(s), !pat(s).is_literal(), "{s}");
+        }
+    }
+
+    #[test]
+    fn glob_star_matches_empty() {
+        assert!(m("*", ""));
+        assert!(m("**", ""));
+        assert!(m("a/*", "a/"));
+        assert!(m("a/*/b", "a//b"));
+        assert!(m("*a*", "a"));
+        assert!(!m("*", "/"));
+        assert!(m("**", "/"));
+    }
+
+    #[test]
+    fn glob_triple_star_is_double() {
+        assert_eq!(pat("***").tokens, pat("**").tokens);
+        assert_eq!(pat("a/*****/b").tokens, pat("a/**/b").tokens);
+        assert!(m("***", "a/b/c"));
+        assert!(m("a/***", "a/b/c"));
+        assert!(pat("***").is_universal());
+        assert!(sub("**", "***"));
+        assert!(sub("***", "**"));
+    }
+
+    #[test]
+    fn glob_case_sensitive() {
+        assert!(!m("Room-*", "room-1"));
+        assert!(!m("room-*", "ROOM-1"));
+        assert!(m("Room-*", "Room-1"));
+        assert!(!sub("A/*", "a/*"));
+    }
+
+    #[test]
+    fn glob_adversarial_patterns_are_fast() {
+        let long_a = "a".repeat(256);
+        assert!(!m("*a*a*a*a*a*a*b", &long_a));
+        assert!(!m("**a**a**a**a**a**a**a**a**b", &long_a));
+        let evil = "*a".repeat(150) + "b";
+        assert!(!m(&evil, &long_a));
+        let slashes = "a/".repeat(128);
+        assert!(!m(&("**a/".repeat(60) + "b"), &slashes));
+        // Inclusion on the same kind of shape must also terminate promptly.
+        let _ = sub("*a*a*a*a*a*a*b", "*a*a*a*b");
+        let _ = sub("**a**a**a**b", "**a*a*a*b");
+    }
+
+    #[test]
+    fn glob_inclusion_truths() {
+        let truths = [
+            ("a/*", "a/**"),
+            ("a/x*", "a/*"),
+            ("a/*/b", "a/**"),
+            ("a/*/b", "a/*/*"),
+            ("a/*/b", "**/b"),
+            ("a/b", "a/*"),
+            ("a/b", "a/b"),
+            ("a/*", "a/*"),
+            ("a/*", "a/***"),
+            ("**", "**"),
+            ("**", "***"),
+            ("*", "**"),
+            ("*/*", "**"),
+            ("*/*", "*/**"),
+            ("a/b*", "a/*b*"),
+            ("a*", "a**"),
+            ("**/x", "**x"),
+            (r"\*", "*"),
+            (r"a/\*", "a/*"),
+            ("app_abc/room-*", "app_abc/*"),
+            ("app_abc/room-*", "app_abc/**"),
+            ("app_abc/**", "**"),
+            ("*a*a*b", "*a*b"),
+            ("*ab*", "*a*"),
+            ("a**b", "a**"),
+            ("x", "*"),
+            ("", "*"),
+        ];
+        for (p, q) in truths {
+            assert!(sub(p, q), "{p} should be a subset of {q}");
+        }
+    }
+
+    #[test]
+    fn glob_inclusion_falsehoods() {
+        let lies = [
+            ("a/**", "a/*"),
+            ("a/*", "a/x*"),
+            ("**", "*"),
+            ("**", "a/**"),
+            ("**", "*/**"),
+            ("**", "**/*"),
+            ("*", "\\*"),
+            ("a/*", "a/*/*"),
+            ("a/*/*", "a/*"),
+            ("a/*b*", "a/b*"),
+            ("a**", "a*"),
+            ("*", "a*"),
+            ("*", "*a"),
+            ("*a*b", "*a*a*b"),
+            ("a/*", "b/*"),
+            ("x/*.json", "x/*.xml"),
+            ("A/*", "a/*"),
+            ("a/b", "a/c"),
+            ("*", "x"),
+        ];
+        for (p, q) in lies {
+            assert!(!sub(p, q), "{p} should not be a subset of {q}");
+            // Text matching would wrongly say yes for the first example.
+            if let Inclusion::Counterexample(w) = check_inclusion(&pat(p), &[pat(q)]) {
+                assert!(m(p, &w) && !m(q, &w), "bad witness {w:?} for {p} vs {q}");
+            } else {
+                panic!("expected a counterexample for {p} vs {q}");
+            }
+        }
+        // The §9.3 trap: the text "a/**" is matched by `a/*`, yet the languages differ.
+        assert!(m("a/*", "a/**"));
+        assert!(!sub("a/**", "a/*"));
+    }
+
+    #[test]
+    fn glob_union_coverage() {
+        assert!(covered("a/*", &["a/x*", "a/*"]));
+        assert!(!covered("a/*", &["a/x*", "a/y*"]));
+        assert!(!covered("a/*", &[]));
+        assert!(covered("a/b", &["c/*", "a/*"]));
+        assert!(!covered("a/b", &["c/*", "a/c"]));
+        assert!(covered("anything/at/all", &["**"]));
+        // Genuine unions: no single member covers `p`.
+        assert!(covered("a/**", &["a/*", "a/*/**"]));
+        assert!(!sub("a/**", "a/*") && !sub("a/**", "a/*/**"));
+        assert!(covered("**", &["*", "*/**"]));
+        assert!(covered("**", &["*", "**/*"]));
+        assert!(!covered("**", &["*", "*/*"]));
+        assert!(covered("**", &["*", "*/*", "*/*/**"]));
+        assert!(!covered("**", &["*", "*/*", "*/*/*/**"]));
+        assert!(!covered("x*", &["x", "x*a", "x*b"]));
+        assert!(covered("x*", &["x", "x*a", "x*"]));
+        // Unrelated members are ignored without changing the answer.
+        assert!(covered("app/*/t", &["zzz/*", "*.json", "app/**"]));
+        assert!(!covered("app/**", &["zzz/*", "*.json", "app/*"]));
+    }
+
+    #[test]
+    fn glob_search_bound_is_conservative() {
+        // Q remembers which of the last 14 segments contained `a`: 2^14 product states.
+        let tail = "/*".repeat(14);
+        let q = pat(&format!("**a*{tail}"));
+        let p = pat(&format!("b**a*{tail}"));
+        assert_eq!(
+            check_inclusion(&p, std::slice::from_ref(&q)),
+            Inclusion::Unknown
+        );
+        assert!(!p.is_subset_of(&q));
+        // Cheap cases around the same shapes are still answered exactly.
+        assert!(q.is_subset_of(&q.clone()));
+        assert!(p.is_subset_of(&pat("b**")));
+        assert!(!q.is_subset_of(&pat("b**")));
+    }
+
+    #[test]
+    fn glob_matcher_agrees_with_backtracking_reference() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let pat_alpha = ['a', 'b', '/', '*', '\\'];
+        let str_alpha = ['a', 'b', '/', '*', '\\', 'c'];
+        for _ in 0..2000 {
+            let p = pat(&rng.string(&pat_alpha, 7));
+            let s = rng.string(&str_alpha, 8);
+            let chars: Vec<char> = s.chars().collect();
+            assert_eq!(
+                p.matches(&s),
+                naive(&p.tokens, &chars),
+                "{:?} vs {s:?}",
+                p.as_str()
+            );
+        }
+    }
+
+    #[test]
+    fn glob_random_inclusion_cross_check() {
+        let mut rng = Rng(0x0123_4567_89AB_CDEF);
+        let pat_alpha = ['a', 'b', '/', '*'];
+        // 'c' stands for "any other character".
+        let strings = all_strings(&['a', 'b', '/', 'c'], 5);
+        let mut included = 0;
+        let mut excluded = 0;
+        for round in 0..600 {
+            let p = pat(&rng.string(&pat_alpha, 5));
+            let set_len = if round % 3 == 0 { 1 + rng.below(3) } else { 1 };
+            let set: Vec<Pattern> = (0..set_len)
+                .map(|_| pat(&rng.string(&pat_alpha, 5)))
+                .collect();
+            let covered_by_set = |w: &str| set.iter().any(|q| q.matches(w));
+            match check_inclusion(&p, &set) {
+                Inclusion::Included => {
+                    included += 1;
+                    for w in &strings {
+                        assert!(
+                            !p.matches(w) || covered_by_set(w),
+                            "{:?} claimed covered by {:?}, but {w:?} escapes",
+                            p.as_str(),
+                            set.iter().map(Pattern::as_str).collect::<Vec<_>>()
+                        );
+                    }
+                    for _ in 0..50 {
+                        let w = rng.string(&['a', 'b', '/', 'c', 'd'], 10);
+                        assert!(!p.matches(&w) || covered_by_set(&w));
+                    }
+                }
+                Inclusion::Counterexample(w) => {
+                    excluded += 1;
+                    assert!(p.matches(&w) && !covered_by_set(&w), "bad witness {w:?}");
+                }
+                Inclusion::Unknown => panic!("tiny patterns must not hit the bound"),
+            }
+            if set_len == 1 {
+                assert_eq!(
+                    p.is_subset_of(&set[0]),
+                    is_covered_by(&p, &set),
+                    "single-member union must agree with is_subset_of"
+                );
+            }
+        }
+        // Make sure both outcomes were actually exercised.
+        assert!(included > 50 && excluded > 50, "{included} / {excluded}");
+    }
+}

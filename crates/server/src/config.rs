@@ -1,0 +1,453 @@
+//! Herald's one configuration struct: defaults, TOML loading, environment overrides, validation.
+//!
+//! `config/herald.toml` (embedded, printed by `herald config default`) documents every field.
+//! A config error names the offending field.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use herald_protocol::validate::is_valid_channel;
+use herald_protocol::Action;
+use serde::{Deserialize, Serialize};
+
+/// The commented default configuration file, embedded in the binary.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../../config/herald.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP/WebSocket listener binds to.
+    pub listen: SocketAddr,
+    pub limits: Limits,
+    pub timing: Timing,
+    pub log: LogConfig,
+    pub turn: TurnConfig,
+    /// Serve wildcard subscriptions such as `devices/*/events` (spec §9.4, Q6).
+    pub wildcard_subscriptions: bool,
+    /// Tenants and their keys. Empty means "dev mode": the binary generates a dev app.
+    pub apps: Vec<AppConfig>,
+}
+
+/// Abuse limits and quotas (spec §10-11). Every default is the spec's value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest inbound WebSocket message in bytes; above it the socket closes with 1009.
+    /// The spec advertises 65536 for `data` and recommends 4 KiB of headroom for the envelope.
+    pub max_frame_bytes: usize,
+    /// Advertised as `welcome.maxMessageSize`; the SDKs pre-check `data` against it.
+    pub max_message_size: usize,
+    /// Distinct subscriptions one connection may hold.
+    pub max_channels_per_connection: usize,
+    /// Token bucket per connection: sustained frames per second...
+    pub rate_per_second: f64,
+    /// ...and burst capacity. Every inbound frame except `ping` costs one token; empty → 4011.
+    pub rate_burst: f64,
+    /// Node-wide cap on concurrent connections (0 = unlimited) → close 4010.
+    pub max_connections: usize,
+    /// Frames queued for one connection before it is closed as a slow consumer.
+    pub outbound_queue_frames: usize,
+    /// Connection attempts per source IP per window before HTTP 429 (0 = unlimited).
+    pub connect_attempts_per_ip: u32,
+    pub connect_window_secs: u64,
+    /// Loopback clients skip the per-IP limit (local tools, tests, a reverse proxy on the host).
+    pub connect_limit_exempt_loopback: bool,
+}
+
+/// Timers (spec §8.1, §15).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    /// WebSocket-protocol ping interval.
+    pub ping_interval_secs: u64,
+    /// A socket silent for `ping_interval + pong_grace` is reaped as dead.
+    pub pong_grace_secs: u64,
+    /// Close with 4002 this long before a JWT's `exp`.
+    pub expiry_lead_ms: u64,
+    /// Tolerated clock skew for `nbf` and `iat`.
+    pub clock_skew_secs: i64,
+    /// After `going_away`, how long clients get to drain before the 1001 close.
+    pub going_away_drain_ms: u64,
+    /// `retryAfterMs` advertised in `going_away` is this, jittered by ±50 %.
+    pub going_away_retry_ms: u64,
+    /// Hard deadline for a graceful shutdown; the process exits 0 by then.
+    pub shutdown_deadline_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `herald_server=debug`.
+    pub level: String,
+}
+
+/// ICE servers merged into `welcome.metadata.iceServers` for keys with `auto_inject_turn`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    pub ice_servers: Vec<IceServer>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// A tenant with its keys (spec §13.8).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub id: String,
+    /// A suspended app's connections are refused (4012).
+    #[serde(default)]
+    pub suspended: bool,
+    /// Concurrent connections of this app (0 = unlimited) → close 4010.
+    #[serde(default)]
+    pub max_connections: usize,
+    #[serde(default)]
+    pub secret_keys: Vec<SecretKeyConfig>,
+    #[serde(default)]
+    pub publishable_keys: Vec<PublishableKeyConfig>,
+}
+
+/// A secret key: `id` is the JWT `kid`, `secret` the HS256 signing secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretKeyConfig {
+    pub id: String,
+    pub secret: String,
+    #[serde(default = "all_channels")]
+    pub channel_patterns: Vec<String>,
+    #[serde(default = "all_actions")]
+    pub actions: Vec<Action>,
+    #[serde(default = "yes")]
+    pub auto_inject_turn: bool,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// A publishable key (`pk_…`): the id is the whole credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishableKeyConfig {
+    pub id: String,
+    #[serde(default = "all_channels")]
+    pub channel_patterns: Vec<String>,
+    /// The dashboard default: everything but `send`.
+    #[serde(default = "publishable_default_actions")]
+    pub actions: Vec<Action>,
+    /// Exact origins (scheme://host[:port]); empty = any origin, including none.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    #[serde(default = "yes")]
+    pub auto_inject_turn: bool,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+fn all_channels() -> Vec<String> {
+    vec!["**".into()]
+}
+fn all_actions() -> Vec<Action> {
+    Action::ALL.to_vec()
+}
+fn publishable_default_actions() -> Vec<Action> {
+    vec![Action::Subscribe, Action::Publish, Action::Presence]
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            limits: Limits::default(),
+            timing: Timing::default(),
+            log: LogConfig::default(),
+            turn: TurnConfig::default(),
+            wildcard_subscriptions: true,
+            apps: Vec::new(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 65536 + 4096,
+            max_message_size: herald_protocol::MAX_MESSAGE_SIZE,
+            max_channels_per_connection: 100,
+            rate_per_second: 100.0,
+            rate_burst: 200.0,
+            max_connections: 0,
+            outbound_queue_frames: 1024,
+            connect_attempts_per_ip: 60,
+            connect_window_secs: 60,
+            connect_limit_exempt_loopback: true,
+        }
+    }
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            ping_interval_secs: 30,
+            pong_grace_secs: 10,
+            expiry_lead_ms: 250,
+            clock_skew_secs: 60,
+            going_away_drain_ms: 500,
+            going_away_retry_ms: 1000,
+            shutdown_deadline_secs: 10,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "pretty".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration problem, naming the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid value for `{field}`: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Parses TOML text (unknown fields are errors, so typos do not pass silently).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse(format!("config: {e}")))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Applies `HERALD_*` environment overrides for the fields operators change most.
+    pub fn apply_env(
+        &mut self,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (name, value) in vars {
+            let parse_err = |field: &str| {
+                invalid(
+                    format!("{field} (from {name})"),
+                    format!("cannot parse {value:?}"),
+                )
+            };
+            match name.as_str() {
+                "HERALD_LISTEN" => self.listen = value.parse().map_err(|_| parse_err("listen"))?,
+                "HERALD_LOG_LEVEL" => self.log.level = value,
+                "HERALD_LOG_FORMAT" => self.log.format = value,
+                "HERALD_MAX_CONNECTIONS" => {
+                    self.limits.max_connections = value
+                        .parse()
+                        .map_err(|_| parse_err("limits.max_connections"))?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every cross-field rule; the error names the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_frame_bytes < 1024 {
+            return Err(invalid("limits.max_frame_bytes", "must be at least 1024"));
+        }
+        if l.max_message_size == 0 || l.max_message_size > l.max_frame_bytes {
+            return Err(invalid(
+                "limits.max_message_size",
+                "must be between 1 and limits.max_frame_bytes",
+            ));
+        }
+        if l.max_channels_per_connection == 0 {
+            return Err(invalid(
+                "limits.max_channels_per_connection",
+                "must be at least 1",
+            ));
+        }
+        if !(l.rate_per_second > 0.0 && l.rate_per_second.is_finite()) {
+            return Err(invalid(
+                "limits.rate_per_second",
+                "must be a positive number",
+            ));
+        }
+        if !(l.rate_burst >= 1.0 && l.rate_burst.is_finite()) {
+            return Err(invalid("limits.rate_burst", "must be at least 1"));
+        }
+        if l.outbound_queue_frames < 8 {
+            return Err(invalid(
+                "limits.outbound_queue_frames",
+                "must be at least 8",
+            ));
+        }
+        if l.connect_attempts_per_ip > 0 && l.connect_window_secs == 0 {
+            return Err(invalid("limits.connect_window_secs", "must be at least 1"));
+        }
+        let t = &self.timing;
+        if t.ping_interval_secs == 0 {
+            return Err(invalid("timing.ping_interval_secs", "must be at least 1"));
+        }
+        if t.shutdown_deadline_secs == 0 {
+            return Err(invalid(
+                "timing.shutdown_deadline_secs",
+                "must be at least 1",
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "pretty" | "json") {
+            return Err(invalid("log.format", "must be \"pretty\" or \"json\""));
+        }
+        for (i, server) in self.turn.ice_servers.iter().enumerate() {
+            let ok = !server.urls.is_empty()
+                && server.urls.iter().all(|u| {
+                    let lower = u.to_ascii_lowercase();
+                    u.len() <= 512
+                        && ["stun:", "stuns:", "turn:", "turns:"]
+                            .iter()
+                            .any(|s| lower.starts_with(s))
+                });
+            if !ok {
+                return Err(invalid(
+                    format!("turn.ice_servers[{i}].urls"),
+                    "need 1+ urls starting with stun:, stuns:, turn: or turns:",
+                ));
+            }
+        }
+        let mut key_ids = std::collections::HashSet::new();
+        let mut app_ids = std::collections::HashSet::new();
+        for (a, app) in self.apps.iter().enumerate() {
+            let field = |rest: &str| format!("apps[{a}]{rest}");
+            if app.id.is_empty() || !app_ids.insert(app.id.as_str()) {
+                return Err(invalid(field(".id"), "must be non-empty and unique"));
+            }
+            for (k, key) in app.secret_keys.iter().enumerate() {
+                let f = |rest: &str| field(&format!(".secret_keys[{k}]{rest}"));
+                if key.id.is_empty() || !key_ids.insert(key.id.as_str()) {
+                    return Err(invalid(
+                        f(".id"),
+                        "must be non-empty and unique across apps",
+                    ));
+                }
+                if key.secret.len() < 16 {
+                    return Err(invalid(f(".secret"), "must be at least 16 characters"));
+                }
+                check_patterns(&key.channel_patterns, &f(".channel_patterns"))?;
+            }
+            for (k, key) in app.publishable_keys.iter().enumerate() {
+                let f = |rest: &str| field(&format!(".publishable_keys[{k}]{rest}"));
+                if !key.id.starts_with("pk_") || !key_ids.insert(key.id.as_str()) {
+                    return Err(invalid(
+                        f(".id"),
+                        "must start with pk_ and be unique across apps",
+                    ));
+                }
+                check_patterns(&key.channel_patterns, &f(".channel_patterns"))?;
+                for origin in &key.allowed_origins {
+                    if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                        return Err(invalid(
+                            f(".allowed_origins"),
+                            format!("{origin:?} is not an http(s) origin"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_patterns(patterns: &[String], field: &str) -> Result<(), ConfigError> {
+    if patterns.is_empty() {
+        return Err(invalid(field, "needs at least one pattern"));
+    }
+    match patterns.iter().find(|p| !is_valid_channel(p)) {
+        Some(bad) => Err(invalid(
+            field,
+            format!("{bad:?} is not a valid channel pattern"),
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_file_parses_to_the_built_in_defaults() {
+        let parsed = Config::from_toml(DEFAULT_CONFIG_TOML).unwrap();
+        parsed.validate().unwrap();
+        let built_in = Config::default();
+        assert_eq!(
+            toml::to_string(&parsed).unwrap(),
+            toml::to_string(&built_in).unwrap()
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = Config::from_toml("[limits]\nmax_channels_per_connection = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("limits.max_channels_per_connection"),
+            "{err}"
+        );
+        let err = Config::from_toml("[limits]\nmax_chanels = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max_chanels"), "{err}");
+        let text =
+            "[[apps]]\nid = \"a\"\n[[apps.secret_keys]]\nid = \"sk_id_1\"\nsecret = \"short\"\n";
+        let err = Config::from_toml(text).unwrap().validate().unwrap_err();
+        assert!(
+            err.to_string().contains("apps[0].secret_keys[0].secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_overrides() {
+        let mut c = Config::default();
+        c.apply_env([("HERALD_LISTEN".to_string(), "0.0.0.0:9000".to_string())].into_iter())
+            .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert!(c
+            .apply_env([("HERALD_LISTEN".into(), "nope".into())].into_iter())
+            .is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! The engine boundary: presence and fan-out, behind one small trait.
+//!
+//! The session code talks only to [`Engine`]. The in-memory engine ([`memory::MemoryEngine`])
+//! serves a single node; a distributed engine fills the same trait without touching sessions.
+//! Presence and fan-out share one trait because the subscribe sequence (ack, snapshot, then the
+//! delta to others) must be atomic with respect to other presence changes on the channel, and
+//! only the engine can order those.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use herald_protocol::glob::Pattern;
+use serde_json::value::RawValue;
+
+use crate::conn::{CloseReason, Conn, Frame};
+use crate::ids::{AppId, ChannelName, PeerId};
+
+/// Faults of the engine itself (not of client input). Maps to `backend_error` on the wire.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What a subscription targets: one concrete channel or a wildcard pattern (spec §9.4).
+#[derive(Debug, Clone)]
+pub enum Target {
+    Channel,
+    Pattern(Pattern),
+}
+
+/// A subscribe request, already validated and authorised by the session.
+pub struct SubscribeRequest<'a> {
+    pub conn: &'a Arc<Conn>,
+    pub channel: &'a ChannelName,
+    pub target: Target,
+    pub include_sender_metadata: bool,
+    /// The `ack` to enqueue first, when the client sent a requestId.
+    pub ack: Option<Frame>,
+}
+
+/// A publication to one concrete channel.
+pub struct Publication<'a> {
+    pub app: &'a AppId,
+    pub channel: &'a ChannelName,
+    pub from: &'a PeerId,
+    pub from_metadata: Option<&'a RawValue>,
+    pub data: &'a RawValue,
+    /// The publishing connection, which never receives its own message. `None` for REST.
+    pub exclude: Option<&'a Conn>,
+}
+
+/// A direct message to every connection of one peer.
+pub struct Direct<'a> {
+    pub app: &'a AppId,
+    pub to: &'a PeerId,
+    pub from: &'a PeerId,
+    pub from_metadata: Option<&'a RawValue>,
+    pub data: &'a RawValue,
+    /// The sending connection: a `send` to oneself reaches only one's *other* connections.
+    pub exclude: Option<&'a Conn>,
+}
+
+/// One roster entry: a peer and the metadata of its most recently subscribed connection.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub peer_id: PeerId,
+    pub metadata: Option<Arc<RawValue>>,
+}
+
+/// Live counters an engine can report (for usage and operations).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub channels: usize,
+    pub subscriptions: usize,
+}
+
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Makes a connection reachable by `send` and `kick`. Called after `welcome` is written.
+    async fn register(&self, conn: &Arc<Conn>) -> Result<(), EngineError>;
+
+    /// Removes the connection from the given subscriptions (reference-counted `left` deltas) and
+    /// from the peer registry. Called exactly once by the session on its way out; the session
+    /// passes its own subscription list so the engine keeps no per-connection index.
+    async fn disconnect(&self, conn: &Arc<Conn>, subscriptions: Vec<ChannelName>);
+
+    /// Atomically: enqueue the ack, the full snapshot (to presence receivers), then, when this is
+    /// the peer's first connection on the channel, the `joined` delta to the other subscribers.
+    /// A repeat subscribe of the same connection re-sends ack and snapshot, updates the flag and
+    /// broadcasts nothing. Returns `true` when the subscription is new.
+    async fn subscribe(&self, req: SubscribeRequest<'_>) -> Result<bool, EngineError>;
+
+    /// Removes one subscription (idempotent; a name with an unescaped `*` is a pattern) and emits the reference-counted `left`. Returns
+    /// `true` when the connection was subscribed.
+    async fn unsubscribe(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &ChannelName,
+    ) -> Result<bool, EngineError>;
+
+    /// Fans a message out to every subscriber of the channel (exact and wildcard, once per
+    /// connection) except the publisher. Returns the number of connections it was queued for.
+    async fn publish(&self, publication: Publication<'_>) -> Result<usize, EngineError>;
+
+    /// Delivers `direct` to every live connection of the target peer. Returns how many; 0 means
+    /// the peer is offline (`peer_not_found`).
+    async fn send_direct(&self, direct: Direct<'_>) -> Result<usize, EngineError>;
+
+    /// The channel's roster, one entry per peer.
+    async fn channel_members(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+    ) -> Result<Vec<Member>, EngineError>;
+
+    /// Closes every connection of a peer with `reason`. Returns how many were closed.
+    async fn close_peer(
+        &self,
+        app: &AppId,
+        peer: &PeerId,
+        reason: CloseReason,
+    ) -> Result<usize, EngineError>;
+
+    /// True when the engine can serve requests (the node is ready only if this holds).
+    async fn is_ready(&self) -> bool;
+
+    /// Point-in-time counters.
+    fn stats(&self) -> EngineStats;
+}

@@ -1,0 +1,76 @@
+//! HTTP surface: the WebSocket endpoint `/v1` (and, later, REST and operations routes).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::session;
+use crate::state::{unix_now, ServerState};
+
+/// Read buffer per socket. Small, because most sockets are idle most of the time.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Outbound bytes gathered before a write; batches are flushed explicitly anyway.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/v1", get(connect))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// `GET /v1`: rate-limit by IP (429 before any handshake), upgrade, then authenticate. Auth
+/// failures are close codes after the upgrade, never HTTP statuses (spec §1.3).
+async fn connect(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if !state.connect_limiter.allow(peer.ip(), Instant::now()) {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "60")],
+            "too many connection attempts\n",
+        )
+            .into_response();
+    }
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    if state.is_shutting_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    let auth = state.keys.authenticate(
+        uri.query(),
+        origin,
+        unix_now(),
+        state.config.timing.clock_skew_secs,
+    );
+    let max_frame = state.config.limits.max_frame_bytes;
+    upgrade
+        .max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .on_upgrade(move |socket| session::serve(socket, state, auth))
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({"error": "not_found", "message": "no such endpoint"})),
+    )
+        .into_response()
+}

@@ -1,0 +1,21 @@
+//! The Herald server library: a Metered Realtime Messaging server.
+//!
+//! Start at [`server::run`]. The path of a frame: [`http`] upgrades the socket and
+//! authenticates ([`auth`]), [`session`] runs one task per connection, and the [`engine`]
+//! does presence and fan-out. ARCHITECTURE.md at the repository root tells the whole story.
+
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod devkeys;
+pub mod engine;
+pub mod http;
+pub mod ids;
+pub mod limits;
+pub mod server;
+pub mod session;
+pub mod state;
+mod sync;
+
+pub use config::Config;
+pub use server::{run, run_with_engine, ServerError};

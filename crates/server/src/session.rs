@@ -1,0 +1,549 @@
+//! One task per connection: reads frames in order, runs each operation, and writes the
+//! connection's outbound queue to the socket in batches.
+//!
+//! Everything sent to a client, its own acks included, passes through its one bounded queue,
+//! which is what gives FIFO per sender → receiver across every frame type (spec §14).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt;
+use herald_protocol::glob::{has_wildcard, Pattern};
+use herald_protocol::validate::{is_reserved_channel, is_valid_channel, is_valid_target_peer_id};
+use herald_protocol::{encode, parse_client_frame, Action, ClientOp, CloseCode, ErrorCode};
+use rand::Rng;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::auth::{AuthError, Identity};
+use crate::conn::{CloseReason, Conn, Frame};
+use crate::engine::{Direct, Publication, SubscribeRequest, Target};
+use crate::ids::{ChannelName, PeerId};
+use crate::limits::TokenBucket;
+use crate::state::{unix_now, unix_now_ms, ServerState};
+
+/// Frames written per flush; bounds the time the socket task spends away from reading.
+const MAX_BATCH: usize = 64;
+/// A write that stalls this long means the peer stopped reading; the session ends.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the final close frame may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Entry point after the upgrade: refuse with a close code, or run the session.
+pub async fn serve(mut ws: WebSocket, state: Arc<ServerState>, auth: Result<Identity, AuthError>) {
+    let identity = match auth {
+        Ok(identity) => identity,
+        Err(err) => {
+            tracing::info!(error = %err, code = err.close_reason().code.as_u16(), "connect refused");
+            send_close(&mut ws, err.close_reason()).await;
+            return;
+        }
+    };
+    let Some(_slot) = state.admit(&identity.app) else {
+        tracing::info!(app = %identity.app.id, "connect refused: over concurrent limit");
+        send_close(
+            &mut ws,
+            CloseReason::new(
+                CloseCode::OverConcurrentLimit,
+                "over concurrent connection limit",
+            ),
+        )
+        .await;
+        return;
+    };
+    Session::start(ws, state, identity).await;
+}
+
+async fn send_close(ws: &mut WebSocket, reason: CloseReason) {
+    let frame = CloseFrame {
+        code: reason.code.as_u16(),
+        reason: reason.reason.into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
+}
+
+/// Per-connection state, owned by the session task alone.
+struct Session {
+    state: Arc<ServerState>,
+    identity: Identity,
+    conn: Arc<Conn>,
+    /// This connection's subscriptions (exact names and patterns), for the limit and cleanup.
+    subscriptions: HashSet<ChannelName>,
+    bucket: TokenBucket,
+}
+
+/// What the read side decided.
+enum Flow {
+    Continue,
+    Close(CloseReason),
+    /// The client went away (or closed); nothing more can be written.
+    Gone,
+}
+
+impl Session {
+    async fn start(mut ws: WebSocket, state: Arc<ServerState>, identity: Identity) {
+        let limits = &state.config.limits;
+        let (conn, rx) = Conn::new(
+            identity.app.id.clone(),
+            identity.peer_id.clone(),
+            identity.peer_metadata.clone(),
+            identity.access.can(Action::Presence),
+            limits.outbound_queue_frames,
+        );
+        let welcome = encode::welcome(
+            identity.peer_id.as_str(),
+            identity.expires_at,
+            unix_now(),
+            limits.max_message_size,
+            identity.welcome_metadata.as_deref(),
+        );
+        // Welcome is the first frame; the connection becomes reachable only after it is written.
+        if ws.send(Message::Text(welcome.into())).await.is_err() {
+            return;
+        }
+        tracing::info!(conn = %conn.id, app = %identity.app.id, peer = %identity.peer_id, kind = identity.kind.as_str(), "connected");
+        if let Err(err) = state.engine.register(&conn).await {
+            tracing::warn!(conn = %conn.id, error = %err, "engine register failed");
+            send_close(
+                &mut ws,
+                CloseReason::new(CloseCode::InternalError, "backend unavailable"),
+            )
+            .await;
+            return;
+        }
+        let bucket = TokenBucket::new(
+            limits.rate_per_second,
+            limits.rate_burst,
+            Instant::now().into_std(),
+        );
+        let mut session = Session {
+            state,
+            identity,
+            conn,
+            subscriptions: HashSet::new(),
+            bucket,
+        };
+        let reason = session.run(&mut ws, rx).await;
+        let subscriptions = session.subscriptions.drain().collect();
+        session
+            .state
+            .engine
+            .disconnect(&session.conn, subscriptions)
+            .await;
+        let code = reason.map(|r| r.code.as_u16());
+        tracing::info!(conn = %session.conn.id, peer = %session.identity.peer_id, close = ?code, "disconnected");
+        if let Some(reason) = reason {
+            send_close(&mut ws, reason).await;
+        }
+    }
+
+    /// The connection loop. Returns the close to send, or `None` when the client is gone.
+    async fn run(
+        &mut self,
+        ws: &mut WebSocket,
+        mut rx: mpsc::Receiver<Frame>,
+    ) -> Option<CloseReason> {
+        let timing = self.state.config.timing.clone();
+        let ping_every = Duration::from_secs(timing.ping_interval_secs);
+        let dead_after = ping_every + Duration::from_secs(timing.pong_grace_secs);
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        let mut last_seen = Instant::now();
+        let expiry = self.identity.expires_at.map(|exp| {
+            let ms_left = exp * 1000 - timing.expiry_lead_ms as i64 - unix_now_ms();
+            Instant::now() + Duration::from_millis(ms_left.max(0) as u64)
+        });
+        let mut shutdown = self.state.shutdown_signal();
+        let mut going_away_until: Option<Instant> = None;
+        let conn = self.conn.clone();
+        loop {
+            tokio::select! {
+                biased;
+                reason = conn.closed() => return Some(reason),
+                _ = sleep_until_opt(expiry) => {
+                    return Some(CloseReason::new(CloseCode::TokenExpired, "token expired"));
+                }
+                _ = sleep_until_opt(going_away_until) => {
+                    flush_pending(ws, &mut rx).await;
+                    return Some(CloseReason::new(CloseCode::GoingAway, "server shutting down"));
+                }
+                changed = shutdown.changed(), if going_away_until.is_none() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        let base = timing.going_away_retry_ms.max(1);
+                        let retry = rand::rng().random_range(base / 2..=base + base / 2);
+                        self.conn.deliver(encode::going_away(retry).into());
+                        going_away_until = Some(Instant::now() + Duration::from_millis(timing.going_away_drain_ms));
+                    }
+                }
+                Some(first) = rx.recv() => {
+                    if !write_batch(ws, first, &mut rx).await {
+                        return None;
+                    }
+                }
+                inbound = ws.recv() => {
+                    last_seen = Instant::now();
+                    match self.on_inbound(inbound).await {
+                        Flow::Continue => {}
+                        Flow::Close(reason) => return Some(reason),
+                        Flow::Gone => return None,
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_seen.elapsed() > dead_after {
+                        tracing::info!(conn = %self.conn.id, "no pong: reaping dead socket");
+                        return None;
+                    }
+                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_inbound(&mut self, inbound: Option<Result<Message, axum::Error>>) -> Flow {
+        let max_frame = self.state.config.limits.max_frame_bytes;
+        match inbound {
+            None => Flow::Gone,
+            Some(Err(err)) => classify_read_error(&err),
+            Some(Ok(Message::Text(text))) => {
+                if text.len() > max_frame {
+                    return Flow::Close(CloseReason::new(
+                        CloseCode::MessageTooBig,
+                        "message too big",
+                    ));
+                }
+                self.on_text(text.as_str()).await
+            }
+            Some(Ok(Message::Binary(_))) => {
+                if !self.take_token() {
+                    return rate_limited();
+                }
+                self.reply_error(
+                    None,
+                    ErrorCode::MalformedMessage,
+                    "binary frames are not supported",
+                );
+                Flow::Continue
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+            Some(Ok(Message::Close(_))) => Flow::Gone,
+        }
+    }
+
+    fn take_token(&mut self) -> bool {
+        self.bucket.take(std::time::Instant::now())
+    }
+
+    fn reply(&self, frame: String) {
+        self.conn.deliver(frame.into());
+    }
+
+    fn reply_error(&self, request_id: Option<&str>, code: ErrorCode, message: &str) {
+        self.reply(encode::error(request_id, code, message));
+    }
+
+    async fn on_text(&mut self, text: &str) -> Flow {
+        let frame = match parse_client_frame(text) {
+            Ok(frame) => frame,
+            Err(err) => {
+                if !self.take_token() {
+                    return rate_limited();
+                }
+                self.reply_error(err.request_id.as_deref(), err.code, err.message);
+                return Flow::Continue;
+            }
+        };
+        let request_id = frame.request_id.as_deref();
+        if !matches!(frame.op, ClientOp::Ping) && !self.take_token() {
+            return rate_limited();
+        }
+        let result = match frame.op {
+            ClientOp::Ping => {
+                self.reply(encode::pong(request_id));
+                return Flow::Continue;
+            }
+            ClientOp::Subscribe {
+                channel,
+                include_sender_metadata,
+            } => {
+                self.subscribe(channel, include_sender_metadata, request_id)
+                    .await
+            }
+            ClientOp::Unsubscribe { channel } => self.unsubscribe(channel).await,
+            ClientOp::Publish { channel, data } => self.publish(channel, data).await,
+            ClientOp::Send { to, data } => self.send(to, data).await,
+        };
+        match result {
+            // Subscribe enqueues its own ack (it must precede the snapshot).
+            Ok(Acked::Done) => {}
+            Ok(Acked::Pending) => {
+                if let Some(id) = request_id {
+                    self.reply(encode::ack(id));
+                }
+            }
+            Err(OpError(code, message)) => self.reply_error(request_id, code, message),
+        }
+        Flow::Continue
+    }
+
+    /// Validation shared by subscribe and publish: name, reserved prefix (spec §5.1 steps 2-3).
+    fn check_channel(channel: Option<String>) -> Result<String, OpError> {
+        let channel = channel.ok_or(OpError(
+            ErrorCode::InvalidChannel,
+            "channel must be a string",
+        ))?;
+        if !is_valid_channel(&channel) {
+            return Err(OpError(
+                ErrorCode::InvalidChannel,
+                "channel must be 1-256 bytes without control characters",
+            ));
+        }
+        if is_reserved_channel(&channel) {
+            return Err(OpError(
+                ErrorCode::ChannelReserved,
+                "channel prefix is reserved",
+            ));
+        }
+        Ok(channel)
+    }
+
+    fn require(&self, action: Action) -> Result<(), OpError> {
+        if self.identity.access.can(action) {
+            Ok(())
+        } else {
+            Err(OpError(
+                ErrorCode::ActionNotPermitted,
+                action_message(action),
+            ))
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        channel: Option<String>,
+        include_sender_metadata: bool,
+        request_id: Option<&str>,
+    ) -> Result<Acked, OpError> {
+        let channel = Self::check_channel(channel)?;
+        self.require(Action::Subscribe)?;
+        let target = if has_wildcard(&channel) {
+            if !self.state.config.wildcard_subscriptions {
+                return Err(OpError(
+                    ErrorCode::InvalidChannel,
+                    "wildcard subscriptions are disabled",
+                ));
+            }
+            let pattern = Pattern::parse(&channel);
+            if !self.identity.access.allows_pattern(&pattern) {
+                return Err(OpError(
+                    ErrorCode::ChannelNotAuthorized,
+                    "pattern not within allowed channels",
+                ));
+            }
+            Target::Pattern(pattern)
+        } else {
+            if !self.identity.access.allows_channel(&channel) {
+                return Err(OpError(
+                    ErrorCode::ChannelNotAuthorized,
+                    "channel not within allowed channels",
+                ));
+            }
+            Target::Channel
+        };
+        let name = ChannelName::new(channel);
+        let limit = self.state.config.limits.max_channels_per_connection;
+        if !self.subscriptions.contains(&name) && self.subscriptions.len() >= limit {
+            return Err(OpError(
+                ErrorCode::ChannelLimitExceeded,
+                "too many subscriptions on this connection",
+            ));
+        }
+        let request = SubscribeRequest {
+            conn: &self.conn,
+            channel: &name,
+            target,
+            include_sender_metadata,
+            ack: request_id.map(|id| encode::ack(id).into()),
+        };
+        self.state
+            .engine
+            .subscribe(request)
+            .await
+            .map_err(|_| backend_error())?;
+        self.subscriptions.insert(name);
+        Ok(Acked::Done)
+    }
+
+    async fn unsubscribe(&mut self, channel: Option<String>) -> Result<Acked, OpError> {
+        let channel = channel.filter(|c| is_valid_channel(c)).ok_or(OpError(
+            ErrorCode::InvalidChannel,
+            "channel must be 1-256 bytes without control characters",
+        ))?;
+        let name = ChannelName::new(channel);
+        if self.subscriptions.remove(&name) {
+            self.state
+                .engine
+                .unsubscribe(&self.conn, &name)
+                .await
+                .map_err(|_| backend_error())?;
+        }
+        Ok(Acked::Pending)
+    }
+
+    async fn publish(
+        &mut self,
+        channel: Option<String>,
+        data: Option<&RawValue>,
+    ) -> Result<Acked, OpError> {
+        let channel = Self::check_channel(channel)?;
+        if has_wildcard(&channel) {
+            return Err(OpError(
+                ErrorCode::InvalidChannel,
+                "cannot publish to a wildcard pattern",
+            ));
+        }
+        let data = data.ok_or(OpError(
+            ErrorCode::MissingData,
+            "publish needs a data field",
+        ))?;
+        self.require(Action::Publish)?;
+        if !self.identity.access.allows_channel(&channel) {
+            return Err(OpError(
+                ErrorCode::ChannelNotAuthorized,
+                "channel not within allowed channels",
+            ));
+        }
+        let name = ChannelName::new(channel);
+        let publication = Publication {
+            app: &self.identity.app.id,
+            channel: &name,
+            from: &self.identity.peer_id,
+            from_metadata: self.identity.peer_metadata.as_deref(),
+            data,
+            exclude: Some(&self.conn),
+        };
+        self.state
+            .engine
+            .publish(publication)
+            .await
+            .map_err(|_| backend_error())?;
+        Ok(Acked::Pending)
+    }
+
+    async fn send(
+        &mut self,
+        to: Option<String>,
+        data: Option<&RawValue>,
+    ) -> Result<Acked, OpError> {
+        let to = to.filter(|t| is_valid_target_peer_id(t)).ok_or(OpError(
+            ErrorCode::InvalidPeerId,
+            "to must be 1-128 bytes without control characters",
+        ))?;
+        let data = data.ok_or(OpError(ErrorCode::MissingData, "send needs a data field"))?;
+        self.require(Action::Send)?;
+        let to = PeerId::new(to);
+        let direct = Direct {
+            app: &self.identity.app.id,
+            to: &to,
+            from: &self.identity.peer_id,
+            from_metadata: self.identity.peer_metadata.as_deref(),
+            data,
+            exclude: Some(&self.conn),
+        };
+        match self.state.engine.send_direct(direct).await {
+            Ok(0) => Err(OpError(ErrorCode::PeerNotFound, "peer is not connected")),
+            Ok(_) => Ok(Acked::Pending),
+            Err(_) => Err(backend_error()),
+        }
+    }
+}
+
+/// Whether the caller still owes the client an ack.
+enum Acked {
+    Pending,
+    Done,
+}
+
+/// A per-request failure: answered with an `error` frame, the socket stays open.
+struct OpError(ErrorCode, &'static str);
+
+fn backend_error() -> OpError {
+    OpError(ErrorCode::BackendError, "backend unavailable, retry later")
+}
+
+fn action_message(action: Action) -> &'static str {
+    match action {
+        Action::Publish => "publish is not permitted for this connection",
+        Action::Subscribe => "subscribe is not permitted for this connection",
+        Action::Presence => "presence is not permitted for this connection",
+        Action::Send => "send is not permitted for this connection",
+    }
+}
+
+fn rate_limited() -> Flow {
+    Flow::Close(CloseReason::new(
+        CloseCode::OverMessageRate,
+        "message rate exceeded",
+    ))
+}
+
+/// Maps WebSocket read errors to the close the spec asks for (1009 too big, 1007 bad UTF-8).
+fn classify_read_error(err: &axum::Error) -> Flow {
+    use std::error::Error as _;
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(ws_err) = e.downcast_ref::<tokio_tungstenite_error::Error>() {
+            return match ws_err {
+                tokio_tungstenite_error::Error::Capacity(_) => Flow::Close(CloseReason::new(
+                    CloseCode::MessageTooBig,
+                    "message too big",
+                )),
+                tokio_tungstenite_error::Error::Utf8(_) => {
+                    Flow::Close(CloseReason::new(CloseCode::InvalidPayload, "invalid UTF-8"))
+                }
+                _ => Flow::Gone,
+            };
+        }
+        source = e.source();
+    }
+    Flow::Gone
+}
+
+/// The WebSocket library behind `axum::Error`.
+mod tokio_tungstenite_error {
+    pub use tokio_tungstenite::tungstenite::Error;
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes `first` and whatever else is already queued (up to a batch), then flushes once.
+async fn write_batch(ws: &mut WebSocket, first: Frame, rx: &mut mpsc::Receiver<Frame>) -> bool {
+    let write = async {
+        ws.feed(Message::Text(first)).await?;
+        for _ in 1..MAX_BATCH {
+            match rx.try_recv() {
+                Ok(frame) => ws.feed(Message::Text(frame)).await?,
+                Err(_) => break,
+            }
+        }
+        ws.flush().await
+    };
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
+}
+
+/// Best-effort delivery of what is already queued (used before a graceful close).
+async fn flush_pending(ws: &mut WebSocket, rx: &mut mpsc::Receiver<Frame>) {
+    while let Ok(frame) = rx.try_recv() {
+        if !write_batch(ws, frame, rx).await {
+            return;
+        }
+    }
+}

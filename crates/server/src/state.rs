@@ -1,0 +1,122 @@
+//! Node-wide shared state: configuration, keys, the engine, counters and the shutdown signal.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{watch, Notify};
+
+use crate::auth::{App, KeyStore};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::limits::ConnectLimiter;
+
+pub struct ServerState {
+    pub config: Config,
+    pub keys: KeyStore,
+    pub engine: Arc<dyn Engine>,
+    pub connect_limiter: ConnectLimiter,
+    /// Live WebSocket sessions on this node (the node-wide 4010 quota, and shutdown's drain).
+    sessions: AtomicUsize,
+    sessions_changed: Notify,
+    /// Flips to `true` once, when graceful shutdown begins.
+    shutdown: watch::Sender<bool>,
+}
+
+impl ServerState {
+    pub fn new(config: Config, engine: Arc<dyn Engine>) -> Self {
+        let keys = KeyStore::from_config(&config);
+        let connect_limiter = ConnectLimiter::new(
+            config.limits.connect_attempts_per_ip,
+            Duration::from_secs(config.limits.connect_window_secs),
+            config.limits.connect_limit_exempt_loopback,
+        );
+        ServerState {
+            config,
+            keys,
+            engine,
+            connect_limiter,
+            sessions: AtomicUsize::new(0),
+            sessions_changed: Notify::new(),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    /// Admits a session against the node and app quotas. The returned guard releases both slots
+    /// when dropped, however the session ends. `None` means close with 4010.
+    pub fn admit(self: &Arc<Self>, app: &Arc<App>) -> Option<SessionGuard> {
+        let node_max = self.config.limits.max_connections;
+        let node_now = self.sessions.fetch_add(1, Ordering::AcqRel) + 1;
+        let app_now = app.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        let guard = SessionGuard {
+            state: self.clone(),
+            app: app.clone(),
+        };
+        let over = (node_max > 0 && node_now > node_max)
+            || (app.max_connections > 0 && app_now > app.max_connections);
+        (!over).then_some(guard)
+    }
+
+    pub fn live_sessions(&self) -> usize {
+        self.sessions.load(Ordering::Acquire)
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Waits until every session has ended or the deadline passes; returns the sessions left.
+    pub async fn drain_sessions(&self, deadline: Instant) -> usize {
+        loop {
+            let notified = self.sessions_changed.notified();
+            let left = self.live_sessions();
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
+                return self.live_sessions();
+            }
+        }
+    }
+}
+
+/// Holds one node slot and one app slot for a live session.
+pub struct SessionGuard {
+    state: Arc<ServerState>,
+    app: Arc<App>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.app.connections.fetch_sub(1, Ordering::AcqRel);
+        self.state.sessions.fetch_sub(1, Ordering::AcqRel);
+        self.state.sessions_changed.notify_waiters();
+    }
+}
+
+/// Current Unix time in seconds (the unit of `serverTime`, `exp` and `expiresAt`).
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Current Unix time in milliseconds.
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
