@@ -4,7 +4,7 @@
 //! them to close codes. Failures are reported after the WebSocket upgrade, never as HTTP errors.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use herald_protocol::claims::ClaimsError;
@@ -28,6 +28,10 @@ pub struct App {
     pub max_connections: usize,
     /// Live connections of this app on this node (for the 4010 quota and usage).
     pub connections: AtomicUsize,
+    /// Highest `connections` seen since start (`GET /v1/usage`).
+    pub peak_connections: AtomicUsize,
+    /// Client `publish` and `send` frames accepted for processing (`messagesUsed`).
+    pub messages_used: AtomicU64,
 }
 
 /// A secret key: signs JWTs (`kid` = id) and authenticates REST calls.
@@ -247,6 +251,8 @@ impl KeyStore {
                 suspended: AtomicBool::new(app_cfg.suspended),
                 max_connections: app_cfg.max_connections,
                 connections: AtomicUsize::new(0),
+                peak_connections: AtomicUsize::new(0),
+                messages_used: AtomicU64::new(0),
             });
             store.apps.insert(app.id.clone(), app.clone());
             for k in &app_cfg.secret_keys {
@@ -283,6 +289,38 @@ impl KeyStore {
 
     pub fn apps(&self) -> impl Iterator<Item = &Arc<App>> {
         self.apps.values()
+    }
+
+    pub fn app(&self, id: &AppId) -> Option<&Arc<App>> {
+        self.apps.get(id)
+    }
+
+    /// Authenticates a REST `Authorization` header (spec §13.1): `Bearer sk_id:sk_secret`, or the
+    /// legacy single-string secret. Secrets are compared in constant time; publishable keys and
+    /// every other failure give the same `None`, so key ids cannot be enumerated.
+    pub fn authenticate_rest(&self, authorization: Option<&str>) -> Option<Arc<SecretKey>> {
+        use subtle::ConstantTimeEq;
+        let credential = authorization?.strip_prefix("Bearer ")?.trim();
+        if credential.is_empty() || credential.starts_with("pk_") {
+            return None;
+        }
+        match credential.split_once(':') {
+            Some((id, secret)) => {
+                let key = self.secret_key(id)?;
+                bool::from(key.secret.as_slice().ct_eq(secret.as_bytes())).then(|| key.clone())
+            }
+            None => {
+                // Legacy form: the whole string is the secret. Check every key so the time taken
+                // does not depend on which key (if any) matches.
+                let mut found = None;
+                for key in self.secret_keys.values().filter(|k| !k.revoked) {
+                    if bool::from(key.secret.as_slice().ct_eq(credential.as_bytes())) {
+                        found = Some(key.clone());
+                    }
+                }
+                found
+            }
+        }
     }
 
     /// A live (not revoked) secret key by id.

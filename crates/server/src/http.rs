@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use crate::rest::{self, ApiError};
 use crate::session;
 use crate::state::{unix_now, ServerState};
 
@@ -23,6 +24,9 @@ const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/v1", get(connect))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(rest::routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -68,9 +72,26 @@ async fn connect(
 }
 
 async fn not_found() -> Response {
+    ApiError::not_found().into_response()
+}
+
+/// Liveness: the process answers HTTP.
+async fn healthz() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// Readiness: accepting connections and the engine is reachable.
+async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
+    let accepting = !state.is_shutting_down();
+    let engine = state.engine.is_ready().await;
+    let status = if accepting && engine {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
-        StatusCode::NOT_FOUND,
-        Json(serde_json::json!({"error": "not_found", "message": "no such endpoint"})),
+        status,
+        Json(serde_json::json!({"accepting": accepting, "engine": engine})),
     )
         .into_response()
 }

@@ -48,6 +48,7 @@ impl ServerState {
         let node_max = self.config.limits.max_connections;
         let node_now = self.sessions.fetch_add(1, Ordering::AcqRel) + 1;
         let app_now = app.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        app.peak_connections.fetch_max(app_now, Ordering::AcqRel);
         let guard = SessionGuard {
             state: self.clone(),
             app: app.clone(),

@@ -1,0 +1,439 @@
+//! The REST control plane (spec §13): token minting, channel peers, server-side publish, kick,
+//! and usage. Every response body is JSON; every failure uses the spec's status and error code.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, delete, get, post};
+use axum::{Json, Router};
+use herald_protocol::claims::{
+    is_json_object, Claims, MAX_CHANNEL_CLAIMS, MAX_METADATA_BYTES, MAX_PEER_METADATA_BYTES,
+    MAX_PERMISSION_CLAIMS,
+};
+use herald_protocol::glob::{has_wildcard, is_covered_by, Pattern};
+use herald_protocol::validate::{
+    is_reserved_channel, is_valid_channel, is_valid_subject, is_valid_target_peer_id,
+};
+use herald_protocol::{jwt, Action, ActionSet, CloseCode};
+use percent_encoding::percent_decode_str;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::auth::SecretKey;
+use crate::conn::CloseReason;
+use crate::engine::Publication;
+use crate::ids::{ChannelName, PeerId};
+use crate::state::{unix_now, ServerState};
+
+/// Largest accepted request body (spec §10); above it: 413.
+pub const MAX_BODY_BYTES: usize = 32 * 1024;
+/// `expiresInSec` default and cap for minted tokens.
+const DEFAULT_TOKEN_TTL: i64 = 3600;
+const MAX_TOKEN_TTL: i64 = 86_400;
+/// What the synthetic plan reports for "no cap": large, and exact in every JSON client.
+const UNLIMITED: i64 = 1_000_000_000;
+
+pub fn routes() -> Router<Arc<ServerState>> {
+    Router::new()
+        .route("/v1/tokens", post(mint_token))
+        .route("/v1/usage", get(usage))
+        .route("/v1/peers/{peer_id}", delete(kick_peer))
+        .route("/v1/channels/{*rest}", any(channel_endpoint))
+}
+
+/// A REST failure: status plus the spec's `{"error", "message"}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    /// One response for every 401 cause (spec §13.2).
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid secret key",
+        )
+    }
+    fn reserved() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "channel_reserved",
+            "channel prefix is reserved",
+        )
+    }
+    fn not_authorized(channel: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "channel_not_authorized",
+            format!("channel not in key's allowed patterns: {channel}"),
+        )
+    }
+    fn action(action: Action) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "action_not_permitted",
+            format!("key lacks the {} action", action.as_str()),
+        )
+    }
+    fn backend() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "internal_error",
+            "engine unavailable",
+        )
+    }
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The calling secret key, from `Authorization: Bearer …`.
+pub fn authorize(state: &ServerState, headers: &HeaderMap) -> Result<Arc<SecretKey>, ApiError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    state
+        .keys
+        .authenticate_rest(header)
+        .ok_or_else(ApiError::unauthorized)
+}
+
+/// Reads a body of at most [`MAX_BODY_BYTES`] (413 above it).
+async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
+    to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "body larger than 32 KB",
+        )
+    })
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("malformed body: {e}")))
+}
+
+fn check_object(name: &str, raw: Option<&RawValue>, cap: usize) -> Result<(), ApiError> {
+    match raw {
+        Some(raw) if !is_json_object(raw) => {
+            Err(ApiError::invalid(format!("{name} must be a JSON object")))
+        }
+        Some(raw) if raw.get().len() > cap => {
+            Err(ApiError::invalid(format!("{name} exceeds {cap} bytes")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks a concrete channel against the key's scope, in the spec's order.
+fn check_channel_scope(key: &SecretKey, channel: &str) -> Result<(), ApiError> {
+    if !is_valid_channel(channel) {
+        return Err(ApiError::invalid(
+            "channel must be 1-256 bytes without control characters",
+        ));
+    }
+    if is_reserved_channel(channel) {
+        return Err(ApiError::reserved());
+    }
+    if has_wildcard(channel) {
+        return Err(ApiError::invalid(
+            "channel must be a concrete name, not a pattern",
+        ));
+    }
+    if !key.patterns.iter().any(|p| p.matches(channel)) {
+        return Err(ApiError::not_authorized(channel));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MintRequest {
+    peer_id: String,
+    channels: Option<Vec<String>>,
+    permissions: Option<Vec<String>>,
+    expires_in_sec: Option<i64>,
+    metadata: Option<Box<RawValue>>,
+    peer_metadata: Option<Box<RawValue>>,
+}
+
+/// `POST /v1/tokens`: mint a connect JWT within the calling key's scope (spec §13.3).
+async fn mint_token(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let key = authorize(&state, &headers)?;
+    let bytes = read_body(body).await?;
+    let req: MintRequest = parse_json(&bytes)?;
+    if !is_valid_subject(&req.peer_id) {
+        return Err(ApiError::invalid(
+            "peerId must be 1-128 printable ASCII characters",
+        ));
+    }
+    if let Some(channels) = &req.channels {
+        if channels.len() > MAX_CHANNEL_CLAIMS {
+            return Err(ApiError::invalid(format!(
+                "at most {MAX_CHANNEL_CLAIMS} channels"
+            )));
+        }
+        for channel in channels {
+            if !is_valid_channel(channel) {
+                return Err(ApiError::invalid(format!(
+                    "invalid channel pattern: {channel:?}"
+                )));
+            }
+            if is_reserved_channel(channel) {
+                return Err(ApiError::reserved());
+            }
+            // Real glob-language inclusion: `a/**` is not within `a/*` (spec §9.3).
+            if !is_covered_by(&Pattern::parse(channel), &key.patterns) {
+                return Err(ApiError::not_authorized(channel));
+            }
+        }
+    }
+    if let Some(permissions) = &req.permissions {
+        if permissions.len() > MAX_PERMISSION_CLAIMS {
+            return Err(ApiError::invalid(format!(
+                "at most {MAX_PERMISSION_CLAIMS} permissions"
+            )));
+        }
+        let mut requested = ActionSet::NONE;
+        for p in permissions {
+            let action = Action::parse(p)
+                .ok_or_else(|| ApiError::invalid(format!("unknown permission: {p:?}")))?;
+            requested = requested.with(action);
+        }
+        if let Some(missing) = requested.iter().find(|a| !key.actions.contains(*a)) {
+            return Err(ApiError::action(missing));
+        }
+    }
+    let ttl = req.expires_in_sec.unwrap_or(DEFAULT_TOKEN_TTL);
+    if !(1..=MAX_TOKEN_TTL).contains(&ttl) {
+        return Err(ApiError::invalid(format!(
+            "expiresInSec must be between 1 and {MAX_TOKEN_TTL}"
+        )));
+    }
+    check_object("metadata", req.metadata.as_deref(), MAX_METADATA_BYTES)?;
+    check_object(
+        "peerMetadata",
+        req.peer_metadata.as_deref(),
+        MAX_PEER_METADATA_BYTES,
+    )?;
+    let now = unix_now();
+    let expires_at = now + ttl;
+    let claims = Claims {
+        sub: req.peer_id,
+        exp: Some(expires_at),
+        iat: Some(now),
+        nbf: None,
+        channels: req.channels,
+        permissions: req.permissions,
+        metadata: req.metadata,
+        peer_metadata: req.peer_metadata,
+    };
+    let token = jwt::sign(&key.id, &key.secret, &claims);
+    Ok(Json(json!({"token": token, "expiresAt": expires_at})).into_response())
+}
+
+/// `/v1/channels/<id>/peers` and `/v1/channels/<id>/publish`. The id is everything between the
+/// prefix and the last segment, percent-decoded exactly once, so `dm%2Fx` and `dm/x` both work.
+async fn channel_endpoint(
+    State(state): State<Arc<ServerState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let rest = uri.path().strip_prefix("/v1/channels/").unwrap_or_default();
+    let Some((raw_id, action)) = rest.rsplit_once('/') else {
+        return Err(ApiError::not_found());
+    };
+    let handler = match (action, &method) {
+        ("peers", &Method::GET) => Endpoint::Peers,
+        ("publish", &Method::POST) => Endpoint::Publish,
+        ("peers" | "publish", _) => {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "method not allowed",
+            ))
+        }
+        _ => return Err(ApiError::not_found()),
+    };
+    let key = authorize(&state, &headers)?;
+    let channel = percent_decode_str(raw_id)
+        .decode_utf8()
+        .map_err(|_| ApiError::invalid("channel id is not valid UTF-8"))?
+        .into_owned();
+    match handler {
+        Endpoint::Peers => channel_peers(&state, &key, channel).await,
+        Endpoint::Publish => channel_publish(&state, &key, channel, body).await,
+    }
+}
+
+enum Endpoint {
+    Peers,
+    Publish,
+}
+
+/// `GET /v1/channels/:id/peers` (spec §13.4).
+async fn channel_peers(state: &ServerState, key: &SecretKey, channel: String) -> ApiResult {
+    if !key.actions.contains(Action::Presence) {
+        return Err(ApiError::action(Action::Presence));
+    }
+    check_channel_scope(key, &channel)?;
+    let members = state
+        .engine
+        .channel_members(&key.app.id, &ChannelName::new(channel.as_str()))
+        .await
+        .map_err(|_| ApiError::backend())?;
+    let peers: Vec<Value> = members
+        .iter()
+        .map(|m| {
+            let mut entry = json!({"peerId": m.peer_id.as_str()});
+            if let Some(meta) = &m.metadata {
+                entry["metadata"] = serde_json::from_str(meta.get()).unwrap_or(Value::Null);
+            }
+            entry
+        })
+        .collect();
+    Ok(Json(json!({"channel": channel, "peers": peers})).into_response())
+}
+
+/// Keeps `"data": null` distinct from a missing `data`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PublishRequest<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    from: Option<String>,
+    #[serde(borrow)]
+    peer_metadata: Option<&'a RawValue>,
+}
+
+/// `POST /v1/channels/:id/publish` (spec §13.5): a normal `message` to every subscriber.
+async fn channel_publish(
+    state: &ServerState,
+    key: &SecretKey,
+    channel: String,
+    body: Body,
+) -> ApiResult {
+    if !key.actions.contains(Action::Publish) {
+        return Err(ApiError::action(Action::Publish));
+    }
+    check_channel_scope(key, &channel)?;
+    let bytes = read_body(body).await?;
+    let req: PublishRequest<'_> = parse_json(&bytes)?;
+    let data = req
+        .data
+        .ok_or_else(|| ApiError::invalid("data is required"))?;
+    let from = req.from.unwrap_or_else(|| "system".to_string());
+    if !is_valid_subject(&from) {
+        return Err(ApiError::invalid(
+            "from must be 1-128 printable ASCII characters",
+        ));
+    }
+    let peer_metadata = req.peer_metadata.filter(|m| m.get() != "null");
+    check_object("peerMetadata", peer_metadata, MAX_PEER_METADATA_BYTES)?;
+    let name = ChannelName::new(channel.as_str());
+    let from = PeerId::new(from);
+    let delivered = state
+        .engine
+        .publish(Publication {
+            app: &key.app.id,
+            channel: &name,
+            from: &from,
+            from_metadata: peer_metadata,
+            data,
+            exclude: None,
+        })
+        .await
+        .map_err(|_| ApiError::backend())?;
+    Ok(Json(json!({"channel": channel, "delivered": delivered})).into_response())
+}
+
+/// `DELETE /v1/peers/:id` (spec §13.6): close every connection of the peer with 4020.
+async fn kick_peer(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    Path(peer_id): Path<String>,
+) -> ApiResult {
+    let key = authorize(&state, &headers)?;
+    if !is_valid_target_peer_id(&peer_id) {
+        return Err(ApiError::invalid(
+            "peerId must be 1-128 bytes without control characters",
+        ));
+    }
+    let reason = CloseReason::new(CloseCode::AdminDisconnect, "disconnected by admin");
+    let closed = state
+        .engine
+        .close_peer(&key.app.id, &PeerId::new(peer_id.as_str()), reason)
+        .await
+        .map_err(|_| ApiError::backend())?;
+    Ok(Json(json!({"peerId": peer_id, "closed": closed})).into_response())
+}
+
+/// `GET /v1/usage` (spec §13.7): live counters and a synthetic self-hosted plan.
+async fn usage(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> ApiResult {
+    let key = authorize(&state, &headers)?;
+    let app = &key.app;
+    let max_connections = match (app.max_connections, state.config.limits.max_connections) {
+        (0, 0) => UNLIMITED,
+        (0, node) => node as i64,
+        (app_max, _) => app_max as i64,
+    };
+    Ok(Json(json!({
+        "appId": app.id.as_str(),
+        "periodStartUnix": null,
+        "periodEndUnix": null,
+        "concurrentNow": app.connections.load(Ordering::Relaxed),
+        "peakConcurrent": app.peak_connections.load(Ordering::Relaxed),
+        "messagesUsed": app.messages_used.load(Ordering::Relaxed),
+        "overageMessages": 0,
+        "overageConnections": 0,
+        "plan": {
+            "name": "SELF_HOSTED",
+            "maxConcurrentConnections": max_connections,
+            "maxMessagesPerPeriod": UNLIMITED,
+            "overagesAllowed": false,
+            "overagesEnabled": false,
+        }
+    }))
+    .into_response())
+}
