@@ -26,6 +26,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/v1", get(connect))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .merge(rest::routes())
         .fallback(not_found)
         .with_state(state)
@@ -41,6 +42,7 @@ async fn connect(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if !state.connect_limiter.allow(peer.ip(), Instant::now()) {
+        state.metrics.rate_limited("connect_per_ip");
         return (
             StatusCode::TOO_MANY_REQUESTS,
             [(header::RETRY_AFTER, "60")],
@@ -92,6 +94,18 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
     (
         status,
         Json(serde_json::json!({"accepting": accepting, "engine": engine})),
+    )
+        .into_response()
+}
+
+/// Prometheus scrape endpoint (OpenMetrics text).
+async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
+    let stats = state.engine.stats();
+    state.metrics.subscriptions.set(stats.subscriptions as i64);
+    state.metrics.channels.set(stats.channels as i64);
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
     )
         .into_response()
 }

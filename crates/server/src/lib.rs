@@ -12,6 +12,7 @@ pub mod engine;
 pub mod http;
 pub mod ids;
 pub mod limits;
+pub mod metrics;
 pub mod rest;
 pub mod server;
 pub mod session;

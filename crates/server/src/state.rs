@@ -10,12 +10,14 @@ use crate::auth::{App, KeyStore};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::limits::ConnectLimiter;
+use crate::metrics::Metrics;
 
 pub struct ServerState {
     pub config: Config,
     pub keys: KeyStore,
     pub engine: Arc<dyn Engine>,
     pub connect_limiter: ConnectLimiter,
+    pub metrics: Metrics,
     /// Live WebSocket sessions on this node (the node-wide 4010 quota, and shutdown's drain).
     sessions: AtomicUsize,
     sessions_changed: Notify,
@@ -36,6 +38,7 @@ impl ServerState {
             keys,
             engine,
             connect_limiter,
+            metrics: Metrics::new(),
             sessions: AtomicUsize::new(0),
             sessions_changed: Notify::new(),
             shutdown: watch::channel(false).0,

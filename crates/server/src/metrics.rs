@@ -1,0 +1,171 @@
+//! Prometheus metrics for one node, in a registry owned by the node (no global state, so several
+//! nodes in one test process keep separate counts).
+//!
+//! Hot-path counters are resolved once at start-up into plain `Counter` handles: counting a frame
+//! is one relaxed atomic add, with no label lookup and no lock.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use herald_protocol::ErrorCode;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Frame types a client may send, plus `invalid` for frames that did not parse.
+const IN_TYPES: [&str; 6] = ["subscribe", "unsubscribe", "publish", "send", "ping", "invalid"];
+/// Frame types the server sends.
+const OUT_TYPES: [&str; 9] = ["welcome", "ack", "error", "message", "direct", "presence", "pong", "going_away", "other"];
+
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<Labels, Gauge>,
+    closes: Family<Labels, Counter>,
+    rate_limited: Family<Labels, Counter>,
+    /// Updated from the engine when scraped.
+    pub subscriptions: Gauge,
+    pub channels: Gauge,
+    messages_in: Vec<Counter>,
+    messages_out: Vec<Counter>,
+    errors: Vec<Counter>,
+    pub slow_consumers: Counter,
+    /// Time from accepting a publish to having queued it for every local subscriber.
+    pub fanout_seconds: Histogram,
+}
+
+fn label(name: &'static str, value: impl Into<String>) -> Labels {
+    vec![(name, value.into())]
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("herald");
+        let connections = Family::<Labels, Gauge>::default();
+        registry.register("connections", "Open WebSocket connections by credential kind and app", connections.clone());
+        let subscriptions = Gauge::default();
+        registry.register("subscriptions", "Channel and pattern subscriptions held", subscriptions.clone());
+        let channels = Gauge::default();
+        registry.register("channels", "Channels with at least one subscriber", channels.clone());
+        let messages_in_family = Family::<Labels, Counter>::default();
+        registry.register("messages_in", "Client frames received, by type", messages_in_family.clone());
+        let messages_out_family = Family::<Labels, Counter>::default();
+        registry.register("messages_out", "Frames written to clients, by type", messages_out_family.clone());
+        let errors_family = Family::<Labels, Counter>::default();
+        registry.register("errors", "Error frames sent, by code", errors_family.clone());
+        let closes = Family::<Labels, Counter>::default();
+        registry.register("closes", "Connections closed by the server, by close code", closes.clone());
+        let slow_consumers = Counter::default();
+        registry.register(
+            "slow_consumer_disconnects",
+            "Connections closed because their outbound queue was full",
+            slow_consumers.clone(),
+        );
+        let rate_limited = Family::<Labels, Counter>::default();
+        registry.register("rate_limited", "Rate-limit hits, by limit", rate_limited.clone());
+        // 1 µs to about 1 s.
+        let fanout_seconds = Histogram::new(exponential_buckets(1e-6, 2.0, 21));
+        registry.register("fanout_seconds", "Publish fan-out latency on this node", fanout_seconds.clone());
+
+        let resolve = |family: &Family<Labels, Counter>, name: &'static str, values: &[&str]| -> Vec<Counter> {
+            values.iter().map(|v| family.get_or_create(&label(name, *v)).clone()).collect()
+        };
+        let error_codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        for limit in ["message_rate", "connect_per_ip"] {
+            drop(rate_limited.get_or_create(&label("limit", limit)));
+        }
+        Metrics {
+            messages_in: resolve(&messages_in_family, "type", &IN_TYPES),
+            messages_out: resolve(&messages_out_family, "type", &OUT_TYPES),
+            errors: resolve(&errors_family, "code", &error_codes),
+            registry,
+            connections,
+            closes,
+            rate_limited,
+            subscriptions,
+            channels,
+            slow_consumers,
+            fanout_seconds,
+        }
+    }
+
+    /// A client frame of this type arrived (`invalid` when it did not parse).
+    pub fn frame_in(&self, kind: &str) {
+        let i = IN_TYPES.iter().position(|t| *t == kind).unwrap_or(IN_TYPES.len() - 1);
+        self.messages_in[i].inc();
+    }
+
+    /// An encoded server frame was written. The type is read from the frame's fixed prefix
+    /// (`{"type":"…"`), which every encoder in `herald_protocol::encode` writes first.
+    pub fn frame_out(&self, frame: &str) {
+        let kind = frame.strip_prefix("{\"type\":\"").and_then(|rest| rest.split('"').next()).unwrap_or("other");
+        let i = OUT_TYPES.iter().position(|t| *t == kind).unwrap_or(OUT_TYPES.len() - 1);
+        self.messages_out[i].inc();
+    }
+
+    pub fn error_sent(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[i].inc();
+        }
+    }
+
+    pub fn closed(&self, code: u16) {
+        self.closes.get_or_create(&label("code", code.to_string())).inc();
+    }
+
+    pub fn rate_limited(&self, limit: &'static str) {
+        self.rate_limited.get_or_create(&label("limit", limit)).inc();
+    }
+
+    pub fn connection_opened(&self, kind: &str, app: &str) {
+        self.connections.get_or_create(&vec![("kind", kind.to_string()), ("app", app.to_string())]).inc();
+    }
+
+    pub fn connection_closed(&self, kind: &str, app: &str) {
+        self.connections.get_or_create(&vec![("kind", kind.to_string()), ("app", app.to_string())]).dec();
+    }
+
+    /// OpenMetrics text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_frames_by_type_from_their_prefix() {
+        let m = Metrics::new();
+        m.frame_out(r#"{"type":"message","channel":"c"}"#);
+        m.frame_out(r#"{"type":"presence"}"#);
+        m.frame_out("garbage");
+        m.frame_in("publish");
+        m.frame_in("dance");
+        m.error_sent(ErrorCode::PeerNotFound);
+        m.closed(4011);
+        let text = m.render();
+        for line in [
+            "herald_messages_out_total{type=\"message\"} 1",
+            "herald_messages_out_total{type=\"other\"} 1",
+            "herald_messages_in_total{type=\"invalid\"} 1",
+            "herald_errors_total{code=\"peer_not_found\"} 1",
+            "herald_closes_total{code=\"4011\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
