@@ -1,0 +1,335 @@
+//! Compatibility tests: the OFFICIAL Metered SDKs, unmodified, against an in-process Herald.
+//!
+//! Each test starts Herald on 127.0.0.1:0 and runs one scenario script as a child process:
+//! `node tests/compat/js/X.mjs` (`@metered-ca/realtime` 1.2.0 with the `ws` package) or
+//! `tests/compat/py/.venv/bin/python tests/compat/py/X.py` (`metered-realtime[webrtc]` 1.0.2).
+//! The connection details travel in environment variables (`HERALD_URL`, `HERALD_APP`,
+//! `HERALD_SK_ID`, `HERALD_SK_SECRET`, `HERALD_PK`); the scripts mint their own HS256 JWTs.
+//! A script exits 0 when every assertion held. Its stdout/stderr (including a raw frame trace
+//! on the JS side) is printed when it fails or runs out of time.
+//!
+//! The SDKs are installed by `bash tests/compat/install.sh`; without them these tests FAIL.
+// The shared harness is not clippy-clean under -D warnings (field_reassign_with_default in
+// test_config); allowed here so this file passes `cargo clippy --all-targets -- -D warnings`.
+#[allow(clippy::field_reassign_with_default)]
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::task::JoinHandle;
+
+/// Hard deadline for one scenario process; it is killed after this.
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn compat_dir() -> PathBuf {
+    workspace_root().join("tests/compat")
+}
+
+fn install_hint(what: &str, path: &Path) -> String {
+    format!(
+        "{what} is not installed ({} is missing). Run `bash tests/compat/install.sh` from the \
+         workspace root first; the SDK compatibility tests need the official SDKs.",
+        path.display()
+    )
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Sdk {
+    Js,
+    Py,
+}
+
+impl Sdk {
+    /// The interpreter and script path for `script`, or a panic telling how to install.
+    fn command(self, script: &str) -> Command {
+        let dir = compat_dir();
+        match self {
+            Sdk::Js => {
+                let sdk = dir.join("js/node_modules/@metered-ca/realtime/package.json");
+                let ws = dir.join("js/node_modules/ws/package.json");
+                for p in [&sdk, &ws] {
+                    assert!(p.exists(), "{}", install_hint("The JS SDK", p));
+                }
+                let mut cmd = Command::new("node");
+                cmd.arg(dir.join("js").join(script));
+                cmd
+            }
+            Sdk::Py => {
+                let python = dir.join("py/.venv/bin/python");
+                assert!(
+                    python.exists(),
+                    "{}",
+                    install_hint("The Python SDK venv", &python)
+                );
+                let mut cmd = Command::new(python);
+                cmd.arg("-u").arg(dir.join("py").join(script));
+                cmd
+            }
+        }
+    }
+}
+
+/// What one scenario process did.
+struct Outcome {
+    label: String,
+    /// `None` when the process was killed at the hard timeout.
+    status: Option<ExitStatus>,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    fn passed(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    fn report(&self) -> String {
+        let status = match self.status {
+            Some(s) => s.to_string(),
+            None => format!(
+                "KILLED after the {}s hard timeout",
+                SCENARIO_TIMEOUT.as_secs()
+            ),
+        };
+        format!(
+            "{}: {status} after {:.1}s\n----- stdout -----\n{}\n----- stderr -----\n{}\n------------------",
+            self.label,
+            self.elapsed.as_secs_f64(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// Reads a child pipe to the end.
+async fn drain(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut pipe) = pipe {
+        let _ = pipe.read_to_end(&mut buf).await;
+    }
+    buf
+}
+
+/// The output of a pipe reader once the child is gone (bounded, in case a grandchild still
+/// holds the pipe open).
+async fn collect(reader: JoinHandle<Vec<u8>>) -> String {
+    let abort = reader.abort_handle();
+    match tokio::time::timeout(Duration::from_secs(5), reader).await {
+        Ok(Ok(buf)) => String::from_utf8_lossy(&buf).into_owned(),
+        Ok(Err(e)) => format!("<output reader failed: {e}>"),
+        Err(_) => {
+            abort.abort();
+            "<output still open 5 s after the process ended>".to_string()
+        }
+    }
+}
+
+/// Spawns one scenario against `server` and waits for it, killing it after
+/// [`SCENARIO_TIMEOUT`]. The output read so far is kept either way.
+async fn run_one(server: &TestServer, sdk: Sdk, script: &str) -> Outcome {
+    let label = format!("{sdk:?} {script}");
+    let mut cmd = sdk.command(script);
+    cmd.current_dir(workspace_root())
+        .env("HERALD_URL", server.origin())
+        .env("HERALD_APP", APP)
+        .env("HERALD_SK_ID", SK_ID)
+        .env("HERALD_SK_SECRET", SK_SECRET)
+        .env("HERALD_PK", PK)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let started = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => panic!("{label}: could not start the scenario process: {e}"),
+    };
+    let stdout = tokio::spawn(drain(child.stdout.take()));
+    let stderr = tokio::spawn(drain(child.stderr.take()));
+    let status = match tokio::time::timeout(SCENARIO_TIMEOUT, child.wait()).await {
+        Ok(Ok(status)) => Some(status),
+        Ok(Err(e)) => panic!("{label}: waiting for the scenario failed: {e}"),
+        Err(_) => {
+            let _ = child.kill().await;
+            None
+        }
+    };
+    let elapsed = started.elapsed();
+    Outcome {
+        label,
+        status,
+        stdout: collect(stdout).await,
+        stderr: collect(stderr).await,
+        elapsed,
+    }
+}
+
+/// Asserts the scenario exited 0; otherwise panics with its full output.
+fn check(out: &Outcome) {
+    assert!(out.passed(), "scenario failed\n{}", out.report());
+    println!("{}: passed in {:.1}s", out.label, out.elapsed.as_secs_f64());
+    if std::env::var_os("HERALD_COMPAT_SHOW").is_some() {
+        println!("{}", out.report());
+    }
+}
+
+/// Runs one scenario against a fresh Herald.
+async fn scenario(sdk: Sdk, script: &str) {
+    let server = TestServer::start().await;
+    let out = run_one(&server, sdk, script).await;
+    check(&out);
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// JS: @metered-ca/realtime 1.2.0 in Node with `ws`
+// ---------------------------------------------------------------------------------------------
+
+/// 1. Roster snapshot then deltas with names/avatars from peerMetadata; `left` on close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_roster_snapshot_deltas_and_left() {
+    scenario(Sdk::Js, "roster.mjs").await;
+}
+
+/// 2, 4, 8. Broadcast chat with/without includeSenderMetadata, no echo; typing indicator on a
+/// separate channel; spoofed `from` inside data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_chat_typing_and_spoofed_from() {
+    scenario(Sdk::Js, "chat.mjs").await;
+}
+
+/// 3. Direct messages with fromMetadata; peer_not_found for offline peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_direct_messages() {
+    scenario(Sdk::Js, "direct.mjs").await;
+}
+
+/// 5. Three channels on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_three_channels_one_connection() {
+    scenario(Sdk::Js, "multichannel.mjs").await;
+}
+
+/// 6. Auto-resubscribe after Herald closes with 4002 ahead of a short token's exp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_resubscribe_after_token_expiry_close() {
+    scenario(Sdk::Js, "resubscribe.mjs").await;
+}
+
+/// 7. Publishable-key connection: UUID peerId, expiresAt null, no metadata anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_publishable_key_connection() {
+    scenario(Sdk::Js, "pk.mjs").await;
+}
+
+/// 9. Two MeteredPeers (stub RTCPeerConnection): peer-joined with metadata, direct data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_metered_peers_in_one_room() {
+    scenario(Sdk::Js, "metered_peer.mjs").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Python: metered-realtime 1.0.2 with the `webrtc` extra
+// ---------------------------------------------------------------------------------------------
+
+/// 1. Roster snapshot then deltas with names/avatars; `left` on close and on unsubscribe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_roster_snapshot_deltas_and_left() {
+    scenario(Sdk::Py, "roster.py").await;
+}
+
+/// 2, 4, 8. Broadcast chat, typing channel, spoofed `from`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_chat_typing_and_spoofed_from() {
+    scenario(Sdk::Py, "chat.py").await;
+}
+
+/// 3. Direct messages with sender metadata; peer_not_found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_direct_messages() {
+    scenario(Sdk::Py, "direct.py").await;
+}
+
+/// 5. Three channels on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_three_channels_one_connection() {
+    scenario(Sdk::Py, "multichannel.py").await;
+}
+
+/// 6. Auto-resubscribe after Herald closes with 4002 ahead of a short token's exp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_resubscribe_after_token_expiry_close() {
+    scenario(Sdk::Py, "resubscribe.py").await;
+}
+
+/// 7. Publishable-key connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_publishable_key_connection() {
+    scenario(Sdk::Py, "pk.py").await;
+}
+
+/// 9. Two MeteredPeers (aiortc) in one room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_metered_peers_in_one_room() {
+    scenario(Sdk::Py, "metered_peer.py").await;
+}
+
+/// 10. `1500.0` arrives as a float: data is forwarded verbatim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_data_passthrough_keeps_number_spelling() {
+    scenario(Sdk::Py, "passthrough.py").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-SDK
+// ---------------------------------------------------------------------------------------------
+
+/// 9. A JS MeteredPeer and a Python MeteredPeer in one room, both processes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_and_py_metered_peers_interoperate() {
+    let server = TestServer::start().await;
+    let (js, py) = tokio::join!(
+        run_one(&server, Sdk::Js, "interop_peer.mjs"),
+        run_one(&server, Sdk::Py, "interop_peer.py"),
+    );
+    // Show both sides when either fails: the cause is often on the other one.
+    assert!(
+        js.passed() && py.passed(),
+        "cross-SDK room failed\n{}\n\n{}",
+        js.report(),
+        py.report()
+    );
+    check(&js);
+    check(&py);
+    server.shutdown().await;
+}
+
+/// RFC 6455 closing handshake: the SDK's `close()` should see its 1000 echoed, not 1006.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_close_completes_the_closing_handshake() {
+    scenario(Sdk::Js, "clean_close.mjs").await;
+}
+
+/// 6 with MeteredPeer: after Herald's 4002 close the JS MeteredPeer reconnects, reconciles
+/// against the snapshot (no peer-left for survivors) and per-peer data flows again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_metered_peer_reconciles_after_token_expiry_close() {
+    scenario(Sdk::Js, "metered_peer_reconnect.mjs").await;
+}
+
+/// 6 with MeteredPeer (Python): the same reconcile after a 4002 close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_metered_peer_reconciles_after_token_expiry_close() {
+    scenario(Sdk::Py, "metered_peer_reconnect.py").await;
+}
