@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, ConfigError};
@@ -47,6 +48,10 @@ pub async fn run_with_engine(
     let app = http::router(state.clone());
     let signalled = state.clone();
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Instant>();
+    // Small frames go out at once: Nagle's algorithm plus delayed ACKs would add ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
