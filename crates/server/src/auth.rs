@@ -359,6 +359,10 @@ impl KeyStore {
         })?;
         let claim_actions = claims.actions().map_err(AuthError::Claims)?;
         let actions = claim_actions.map_or(key.actions, |a| a.intersect(key.actions));
+        // Suspension (spec §2.2 step 5) is checked before the channels claim (step 6).
+        if key.app.suspended.load(Ordering::Relaxed) {
+            return Err(AuthError::Suspended);
+        }
         let claim_patterns: Option<Arc<[Pattern]>> = claims.channels.as_deref().map(compile);
         if let Some(entries) = &claim_patterns {
             // A claim entry reaching outside the key is refused at connect (spec Q3).
@@ -374,9 +378,6 @@ impl KeyStore {
             if outside {
                 return Err(AuthError::ChannelsOutsideKey);
             }
-        }
-        if key.app.suspended.load(Ordering::Relaxed) {
-            return Err(AuthError::Suspended);
         }
         let welcome_metadata = self.welcome_metadata(claims.metadata, key.auto_inject_turn);
         Ok(Identity {

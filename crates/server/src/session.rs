@@ -100,11 +100,9 @@ impl Session {
             limits.max_message_size,
             identity.welcome_metadata.as_deref(),
         );
-        // Welcome is the first frame; the connection becomes reachable only after it is written.
-        if ws.send(Message::Text(welcome.into())).await.is_err() {
-            return;
-        }
-        tracing::info!(conn = %conn.id, app = %identity.app.id, peer = %identity.peer_id, kind = identity.kind.as_str(), "connected");
+        // Registered before the welcome is written, so a peer that has seen its welcome is
+        // already reachable by `send`; anything routed meanwhile waits in the queue, which is
+        // only drained after the welcome, so welcome stays the first frame.
         if let Err(err) = state.engine.register(&conn).await {
             tracing::warn!(conn = %conn.id, error = %err, "engine register failed");
             send_close(
@@ -114,6 +112,11 @@ impl Session {
             .await;
             return;
         }
+        if ws.send(Message::Text(welcome.into())).await.is_err() {
+            state.engine.disconnect(&conn, Vec::new()).await;
+            return;
+        }
+        tracing::info!(conn = %conn.id, app = %identity.app.id, peer = %identity.peer_id, kind = identity.kind.as_str(), "connected");
         let bucket = TokenBucket::new(
             limits.rate_per_second,
             limits.rate_burst,
@@ -156,6 +159,10 @@ impl Session {
             Instant::now() + Duration::from_millis(ms_left.max(0) as u64)
         });
         let mut shutdown = self.state.shutdown_signal();
+        if *shutdown.borrow() {
+            // Shutdown began between the upgrade and now: still owe this client `going_away`.
+            shutdown.mark_changed();
+        }
         let mut going_away_until: Option<Instant> = None;
         let conn = self.conn.clone();
         loop {
@@ -187,7 +194,12 @@ impl Session {
                     match self.on_inbound(inbound).await {
                         Flow::Continue => {}
                         Flow::Close(reason) => return Some(reason),
-                        Flow::Gone => return None,
+                        Flow::Gone => {
+                            // Sends the close reply tungstenite queued for a client-initiated
+                            // close (RFC 6455 §5.5.1); a no-op error on a dead socket.
+                            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+                            return None;
+                        }
                     }
                 }
                 _ = ping.tick() => {
@@ -259,6 +271,10 @@ impl Session {
         let request_id = frame.request_id.as_deref();
         if !matches!(frame.op, ClientOp::Ping) && !self.take_token() {
             return rate_limited();
+        }
+        if matches!(frame.op, ClientOp::Publish { .. } | ClientOp::Send { .. }) {
+            // `messagesUsed` (spec §13.7) counts every publish and send attempt.
+            (self.identity.app.messages_used).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let result = match frame.op {
             ClientOp::Ping => {

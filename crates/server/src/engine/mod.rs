@@ -79,7 +79,8 @@ pub struct EngineStats {
 
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
-    /// Makes a connection reachable by `send` and `kick`. Called after `welcome` is written.
+    /// Makes a connection reachable by `send` and `kick`. Called just before `welcome` is written
+    /// (frames routed meanwhile wait in the queue, behind the welcome).
     async fn register(&self, conn: &Arc<Conn>) -> Result<(), EngineError>;
 
     /// Removes the connection from the given subscriptions (reference-counted `left` deltas) and
