@@ -104,7 +104,10 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
     state.metrics.subscriptions.set(stats.subscriptions as i64);
     state.metrics.channels.set(stats.channels as i64);
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()

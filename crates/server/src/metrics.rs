@@ -16,9 +16,26 @@ use herald_protocol::ErrorCode;
 type Labels = Vec<(&'static str, String)>;
 
 /// Frame types a client may send, plus `invalid` for frames that did not parse.
-const IN_TYPES: [&str; 6] = ["subscribe", "unsubscribe", "publish", "send", "ping", "invalid"];
+const IN_TYPES: [&str; 6] = [
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "send",
+    "ping",
+    "invalid",
+];
 /// Frame types the server sends.
-const OUT_TYPES: [&str; 9] = ["welcome", "ack", "error", "message", "direct", "presence", "pong", "going_away", "other"];
+const OUT_TYPES: [&str; 9] = [
+    "welcome",
+    "ack",
+    "error",
+    "message",
+    "direct",
+    "presence",
+    "pong",
+    "going_away",
+    "other",
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -50,19 +67,47 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("herald");
         let connections = Family::<Labels, Gauge>::default();
-        registry.register("connections", "Open WebSocket connections by credential kind and app", connections.clone());
+        registry.register(
+            "connections",
+            "Open WebSocket connections by credential kind and app",
+            connections.clone(),
+        );
         let subscriptions = Gauge::default();
-        registry.register("subscriptions", "Channel and pattern subscriptions held", subscriptions.clone());
+        registry.register(
+            "subscriptions",
+            "Channel and pattern subscriptions held",
+            subscriptions.clone(),
+        );
         let channels = Gauge::default();
-        registry.register("channels", "Channels with at least one subscriber", channels.clone());
+        registry.register(
+            "channels",
+            "Channels with at least one subscriber",
+            channels.clone(),
+        );
         let messages_in_family = Family::<Labels, Counter>::default();
-        registry.register("messages_in", "Client frames received, by type", messages_in_family.clone());
+        registry.register(
+            "messages_in",
+            "Client frames received, by type",
+            messages_in_family.clone(),
+        );
         let messages_out_family = Family::<Labels, Counter>::default();
-        registry.register("messages_out", "Frames written to clients, by type", messages_out_family.clone());
+        registry.register(
+            "messages_out",
+            "Frames written to clients, by type",
+            messages_out_family.clone(),
+        );
         let errors_family = Family::<Labels, Counter>::default();
-        registry.register("errors", "Error frames sent, by code", errors_family.clone());
+        registry.register(
+            "errors",
+            "Error frames sent, by code",
+            errors_family.clone(),
+        );
         let closes = Family::<Labels, Counter>::default();
-        registry.register("closes", "Connections closed by the server, by close code", closes.clone());
+        registry.register(
+            "closes",
+            "Connections closed by the server, by close code",
+            closes.clone(),
+        );
         let slow_consumers = Counter::default();
         registry.register(
             "slow_consumer_disconnects",
@@ -70,13 +115,27 @@ impl Metrics {
             slow_consumers.clone(),
         );
         let rate_limited = Family::<Labels, Counter>::default();
-        registry.register("rate_limited", "Rate-limit hits, by limit", rate_limited.clone());
+        registry.register(
+            "rate_limited",
+            "Rate-limit hits, by limit",
+            rate_limited.clone(),
+        );
         // 1 µs to about 1 s.
         let fanout_seconds = Histogram::new(exponential_buckets(1e-6, 2.0, 21));
-        registry.register("fanout_seconds", "Publish fan-out latency on this node", fanout_seconds.clone());
+        registry.register(
+            "fanout_seconds",
+            "Publish fan-out latency on this node",
+            fanout_seconds.clone(),
+        );
 
-        let resolve = |family: &Family<Labels, Counter>, name: &'static str, values: &[&str]| -> Vec<Counter> {
-            values.iter().map(|v| family.get_or_create(&label(name, *v)).clone()).collect()
+        let resolve = |family: &Family<Labels, Counter>,
+                       name: &'static str,
+                       values: &[&str]|
+         -> Vec<Counter> {
+            values
+                .iter()
+                .map(|v| family.get_or_create(&label(name, *v)).clone())
+                .collect()
         };
         let error_codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
         for limit in ["message_rate", "connect_per_ip"] {
@@ -99,15 +158,24 @@ impl Metrics {
 
     /// A client frame of this type arrived (`invalid` when it did not parse).
     pub fn frame_in(&self, kind: &str) {
-        let i = IN_TYPES.iter().position(|t| *t == kind).unwrap_or(IN_TYPES.len() - 1);
+        let i = IN_TYPES
+            .iter()
+            .position(|t| *t == kind)
+            .unwrap_or(IN_TYPES.len() - 1);
         self.messages_in[i].inc();
     }
 
     /// An encoded server frame was written. The type is read from the frame's fixed prefix
     /// (`{"type":"…"`), which every encoder in `herald_protocol::encode` writes first.
     pub fn frame_out(&self, frame: &str) {
-        let kind = frame.strip_prefix("{\"type\":\"").and_then(|rest| rest.split('"').next()).unwrap_or("other");
-        let i = OUT_TYPES.iter().position(|t| *t == kind).unwrap_or(OUT_TYPES.len() - 1);
+        let kind = frame
+            .strip_prefix("{\"type\":\"")
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("other");
+        let i = OUT_TYPES
+            .iter()
+            .position(|t| *t == kind)
+            .unwrap_or(OUT_TYPES.len() - 1);
         self.messages_out[i].inc();
     }
 
@@ -118,19 +186,27 @@ impl Metrics {
     }
 
     pub fn closed(&self, code: u16) {
-        self.closes.get_or_create(&label("code", code.to_string())).inc();
+        self.closes
+            .get_or_create(&label("code", code.to_string()))
+            .inc();
     }
 
     pub fn rate_limited(&self, limit: &'static str) {
-        self.rate_limited.get_or_create(&label("limit", limit)).inc();
+        self.rate_limited
+            .get_or_create(&label("limit", limit))
+            .inc();
     }
 
     pub fn connection_opened(&self, kind: &str, app: &str) {
-        self.connections.get_or_create(&vec![("kind", kind.to_string()), ("app", app.to_string())]).inc();
+        self.connections
+            .get_or_create(&vec![("kind", kind.to_string()), ("app", app.to_string())])
+            .inc();
     }
 
     pub fn connection_closed(&self, kind: &str, app: &str) {
-        self.connections.get_or_create(&vec![("kind", kind.to_string()), ("app", app.to_string())]).dec();
+        self.connections
+            .get_or_create(&vec![("kind", kind.to_string()), ("app", app.to_string())])
+            .dec();
     }
 
     /// OpenMetrics text exposition of every metric.
