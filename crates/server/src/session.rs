@@ -23,6 +23,7 @@ use crate::conn::{CloseReason, Conn, Frame};
 use crate::engine::{Direct, Publication, SubscribeRequest, Target};
 use crate::ids::{ChannelName, PeerId};
 use crate::limits::TokenBucket;
+use crate::metrics::Metrics;
 use crate::state::{unix_now, unix_now_ms, ServerState};
 
 /// Frames written per flush; bounds the time the socket task spends away from reading.
@@ -38,12 +39,16 @@ pub async fn serve(mut ws: WebSocket, state: Arc<ServerState>, auth: Result<Iden
         Ok(identity) => identity,
         Err(err) => {
             tracing::info!(error = %err, code = err.close_reason().code.as_u16(), "connect refused");
+            state.metrics.closed(err.close_reason().code.as_u16());
             send_close(&mut ws, err.close_reason()).await;
             return;
         }
     };
     let Some(_slot) = state.admit(&identity.app) else {
         tracing::info!(app = %identity.app.id, "connect refused: over concurrent limit");
+        state
+            .metrics
+            .closed(CloseCode::OverConcurrentLimit.as_u16());
         send_close(
             &mut ws,
             CloseReason::new(
@@ -116,6 +121,9 @@ impl Session {
             state.engine.disconnect(&conn, Vec::new()).await;
             return;
         }
+        state.metrics.frame_out("{\"type\":\"welcome\"");
+        let (kind, app) = (identity.kind.as_str(), identity.app.id.as_str());
+        state.metrics.connection_opened(kind, app);
         tracing::info!(conn = %conn.id, app = %identity.app.id, peer = %identity.peer_id, kind = identity.kind.as_str(), "connected");
         let bucket = TokenBucket::new(
             limits.rate_per_second,
@@ -136,6 +144,19 @@ impl Session {
             .engine
             .disconnect(&session.conn, subscriptions)
             .await;
+        let metrics = &session.state.metrics;
+        metrics.connection_closed(
+            session.identity.kind.as_str(),
+            session.identity.app.id.as_str(),
+        );
+        if let Some(reason) = reason {
+            metrics.closed(reason.code.as_u16());
+            if reason == CloseReason::SLOW_CONSUMER {
+                metrics.slow_consumers.inc();
+            } else if reason.code == CloseCode::OverMessageRate {
+                metrics.rate_limited("message_rate");
+            }
+        }
         let code = reason.map(|r| r.code.as_u16());
         tracing::info!(conn = %session.conn.id, peer = %session.identity.peer_id, close = ?code, "disconnected");
         if let Some(reason) = reason {
@@ -173,7 +194,7 @@ impl Session {
                     return Some(CloseReason::new(CloseCode::TokenExpired, "token expired"));
                 }
                 _ = sleep_until_opt(going_away_until) => {
-                    flush_pending(ws, &mut rx).await;
+                    flush_pending(ws, &mut rx, &self.state.metrics).await;
                     return Some(CloseReason::new(CloseCode::GoingAway, "server shutting down"));
                 }
                 changed = shutdown.changed(), if going_away_until.is_none() => {
@@ -185,7 +206,7 @@ impl Session {
                     }
                 }
                 Some(first) = rx.recv() => {
-                    if !write_batch(ws, first, &mut rx).await {
+                    if !write_batch(ws, first, &mut rx, &self.state.metrics).await {
                         return None;
                     }
                 }
@@ -254,6 +275,7 @@ impl Session {
     }
 
     fn reply_error(&self, request_id: Option<&str>, code: ErrorCode, message: &str) {
+        self.state.metrics.error_sent(code);
         self.reply(encode::error(request_id, code, message));
     }
 
@@ -261,6 +283,7 @@ impl Session {
         let frame = match parse_client_frame(text) {
             Ok(frame) => frame,
             Err(err) => {
+                self.state.metrics.frame_in("invalid");
                 if !self.take_token() {
                     return rate_limited();
                 }
@@ -269,6 +292,7 @@ impl Session {
             }
         };
         let request_id = frame.request_id.as_deref();
+        self.state.metrics.frame_in(frame.op.kind());
         if !matches!(frame.op, ClientOp::Ping) && !self.take_token() {
             return rate_limited();
         }
@@ -441,11 +465,13 @@ impl Session {
             data,
             exclude: Some(&self.conn),
         };
+        let started = std::time::Instant::now();
+        let result = self.state.engine.publish(publication).await;
         self.state
-            .engine
-            .publish(publication)
-            .await
-            .map_err(|_| backend_error())?;
+            .metrics
+            .fanout_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result.map_err(|_| backend_error())?;
         Ok(Acked::Pending)
     }
 
@@ -541,12 +567,21 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// Writes `first` and whatever else is already queued (up to a batch), then flushes once.
-async fn write_batch(ws: &mut WebSocket, first: Frame, rx: &mut mpsc::Receiver<Frame>) -> bool {
+async fn write_batch(
+    ws: &mut WebSocket,
+    first: Frame,
+    rx: &mut mpsc::Receiver<Frame>,
+    metrics: &Metrics,
+) -> bool {
     let write = async {
+        metrics.frame_out(first.as_str());
         ws.feed(Message::Text(first)).await?;
         for _ in 1..MAX_BATCH {
             match rx.try_recv() {
-                Ok(frame) => ws.feed(Message::Text(frame)).await?,
+                Ok(frame) => {
+                    metrics.frame_out(frame.as_str());
+                    ws.feed(Message::Text(frame)).await?
+                }
                 Err(_) => break,
             }
         }
@@ -556,9 +591,9 @@ async fn write_batch(ws: &mut WebSocket, first: Frame, rx: &mut mpsc::Receiver<F
 }
 
 /// Best-effort delivery of what is already queued (used before a graceful close).
-async fn flush_pending(ws: &mut WebSocket, rx: &mut mpsc::Receiver<Frame>) {
+async fn flush_pending(ws: &mut WebSocket, rx: &mut mpsc::Receiver<Frame>, metrics: &Metrics) {
     while let Ok(frame) = rx.try_recv() {
-        if !write_batch(ws, frame, rx).await {
+        if !write_batch(ws, frame, rx, metrics).await {
             return;
         }
     }
