@@ -53,6 +53,10 @@ pub struct Conn {
     pub peer_metadata: Option<Arc<RawValue>>,
     /// Whether this connection receives presence frames (the `presence` action, spec Q2).
     pub receives_presence: bool,
+    /// `token` or `publishable` (for operators and metrics).
+    pub kind: &'static str,
+    /// Unix seconds when the connection was accepted (for operators).
+    pub connected_at: i64,
     /// Bounded outbound queue; the session task drains it into the socket.
     tx: mpsc::Sender<Frame>,
     /// Set once by whoever decides the connection must end; the session task obeys it.
@@ -67,6 +71,7 @@ impl Conn {
         peer_id: PeerId,
         peer_metadata: Option<Arc<RawValue>>,
         receives_presence: bool,
+        kind: &'static str,
         queue_capacity: usize,
     ) -> (Arc<Conn>, mpsc::Receiver<Frame>) {
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
@@ -76,6 +81,8 @@ impl Conn {
             peer_id,
             peer_metadata,
             receives_presence,
+            kind,
+            connected_at: crate::state::unix_now(),
             tx,
             close_reason: OnceLock::new(),
             close_signal: Notify::new(),

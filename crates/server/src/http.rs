@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use crate::admin;
 use crate::rest::{self, ApiError};
 use crate::session;
 use crate::state::{unix_now, ServerState};
@@ -28,6 +29,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(rest::routes())
+        .merge(admin::routes())
         .fallback(not_found)
         .with_state(state)
 }

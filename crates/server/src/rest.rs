@@ -62,7 +62,8 @@ impl ApiError {
             message: message.into(),
         }
     }
-    fn invalid(message: impl Into<String>) -> Self {
+    /// 400 `invalid_request`.
+    pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
     /// One response for every 401 cause (spec §13.2).
@@ -94,7 +95,7 @@ impl ApiError {
             format!("key lacks the {} action", action.as_str()),
         )
     }
-    fn backend() -> Self {
+    pub fn backend() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "internal_error",

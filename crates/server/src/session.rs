@@ -96,6 +96,7 @@ impl Session {
             identity.peer_id.clone(),
             identity.peer_metadata.clone(),
             identity.access.can(Action::Presence),
+            identity.kind.as_str(),
             limits.outbound_queue_frames,
         );
         let welcome = encode::welcome(

@@ -18,6 +18,8 @@ pub struct ServerState {
     pub engine: Arc<dyn Engine>,
     pub connect_limiter: ConnectLimiter,
     pub metrics: Metrics,
+    /// When this node started (uptime in the admin view).
+    pub started: Instant,
     /// Live WebSocket sessions on this node (the node-wide 4010 quota, and shutdown's drain).
     sessions: AtomicUsize,
     sessions_changed: Notify,
@@ -39,6 +41,7 @@ impl ServerState {
             engine,
             connect_limiter,
             metrics: Metrics::new(),
+            started: Instant::now(),
             sessions: AtomicUsize::new(0),
             sessions_changed: Notify::new(),
             shutdown: watch::channel(false).0,

@@ -17,7 +17,8 @@ use herald_protocol::{encode, PresenceEntry};
 use serde_json::value::RawValue;
 
 use super::{
-    Direct, Engine, EngineError, EngineStats, Member, Publication, SubscribeRequest, Target,
+    ChannelSummary, Direct, Engine, EngineError, EngineStats, Member, Publication,
+    SubscribeRequest, Target,
 };
 use crate::conn::{CloseReason, Conn, Delivery, Frame};
 use crate::ids::{AppId, ChannelName, ConnId, PeerId};
@@ -441,5 +442,82 @@ impl Engine for MemoryEngine {
             channels: self.channels.iter().map(|shard| lock(shard).len()).sum(),
             subscriptions: self.subscriptions.load(Ordering::Relaxed),
         }
+    }
+
+    fn local_channels(&self, app: &AppId) -> Vec<ChannelSummary> {
+        let mut out = Vec::new();
+        for shard in &self.channels {
+            let cells: Vec<(ChannelName, Arc<Mutex<ChannelState>>)> = lock(shard)
+                .iter()
+                .filter(|((a, _), _)| a == app)
+                .map(|((_, name), cell)| (name.clone(), cell.clone()))
+                .collect();
+            for (channel, cell) in cells {
+                let state = lock(&cell);
+                out.push(ChannelSummary {
+                    channel,
+                    members: state.members.len(),
+                    subscribers: state.subscribers.len(),
+                });
+            }
+        }
+        let patterns = self.patterns.read().unwrap_or_else(|p| p.into_inner());
+        let mut pattern_counts: HashMap<&ChannelName, usize> = HashMap::new();
+        for sub in patterns.get(app).into_iter().flatten() {
+            *pattern_counts.entry(&sub.name).or_default() += 1;
+        }
+        for (name, subscribers) in pattern_counts {
+            out.push(ChannelSummary {
+                channel: name.clone(),
+                members: 0,
+                subscribers,
+            });
+        }
+        out.sort_by(|a, b| a.channel.cmp(&b.channel));
+        out
+    }
+
+    fn local_connections(
+        &self,
+        app: &AppId,
+        peer: Option<&PeerId>,
+    ) -> Vec<(Arc<Conn>, Vec<ChannelName>)> {
+        let mut conns: Vec<Arc<Conn>> = Vec::new();
+        for shard in &self.peers {
+            for ((a, p), list) in lock(shard).iter() {
+                if a == app && peer.is_none_or(|want| want == p) {
+                    conns.extend(list.iter().cloned());
+                }
+            }
+        }
+        let mut channels: HashMap<ConnId, Vec<ChannelName>> = HashMap::new();
+        for shard in &self.channels {
+            let cells: Vec<(ChannelName, Arc<Mutex<ChannelState>>)> = lock(shard)
+                .iter()
+                .filter(|((a, _), _)| a == app)
+                .map(|((_, name), cell)| (name.clone(), cell.clone()))
+                .collect();
+            for (name, cell) in cells {
+                for id in lock(&cell).subscribers.keys() {
+                    channels.entry(*id).or_default().push(name.clone());
+                }
+            }
+        }
+        let patterns = self.patterns.read().unwrap_or_else(|p| p.into_inner());
+        for sub in patterns.get(app).into_iter().flatten() {
+            channels
+                .entry(sub.conn.id)
+                .or_default()
+                .push(sub.name.clone());
+        }
+        conns.sort_by_key(|c| c.id);
+        conns
+            .into_iter()
+            .map(|c| {
+                let mut list = channels.remove(&c.id).unwrap_or_default();
+                list.sort();
+                (c, list)
+            })
+            .collect()
     }
 }

@@ -70,6 +70,16 @@ pub struct Member {
     pub metadata: Option<Arc<RawValue>>,
 }
 
+/// One channel as operators see it on this node.
+#[derive(Debug, Clone)]
+pub struct ChannelSummary {
+    pub channel: ChannelName,
+    /// Distinct peers in the roster.
+    pub members: usize,
+    /// Subscribed connections on this node.
+    pub subscribers: usize,
+}
+
 /// Live counters an engine can report (for usage and operations).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStats {
@@ -130,4 +140,16 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Point-in-time counters.
     fn stats(&self) -> EngineStats;
+
+    /// Operator view: this node's channels of an app (pattern subscriptions included, with no
+    /// members), sorted by name.
+    fn local_channels(&self, app: &AppId) -> Vec<ChannelSummary>;
+
+    /// Operator view: this node's connections of an app, or of one peer, each with the channels
+    /// it is subscribed to.
+    fn local_connections(
+        &self,
+        app: &AppId,
+        peer: Option<&PeerId>,
+    ) -> Vec<(Arc<Conn>, Vec<ChannelName>)>;
 }

@@ -1,0 +1,202 @@
+//! The read-only admin view: JSON endpoints plus a small page, both scoped to the app of the
+//! secret key presented (`Authorization: Bearer sk_id:sk_secret`), like the REST API.
+//!
+//! It answers what an operator asks of a running node: which connections are open, which
+//! channels exist and how full they are, where a peer is, and who is in a channel.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use herald_protocol::validate::{is_valid_channel, is_valid_target_peer_id};
+use percent_encoding::percent_decode_str;
+use serde_json::{json, Value};
+
+use crate::conn::Conn;
+use crate::ids::{ChannelName, PeerId};
+use crate::rest::{authorize, ApiError};
+use crate::state::ServerState;
+
+const PAGE_HTML: &str = include_str!("../../../web/admin/index.html");
+const PAGE_JS: &str = include_str!("../../../web/admin/admin.js");
+const PAGE_CSS: &str = include_str!("../../../web/admin/admin.css");
+/// The page loads only its own script and style, and can only talk to this origin.
+const CSP: &str =
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'";
+
+pub fn routes() -> Router<Arc<ServerState>> {
+    Router::new()
+        .route(
+            "/admin",
+            get(|| async { page(PAGE_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/admin/admin.js",
+            get(|| async { page(PAGE_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/admin/admin.css",
+            get(|| async { page(PAGE_CSS, "text/css; charset=utf-8") }),
+        )
+        .route("/admin/api/overview", get(overview))
+        .route("/admin/api/connections", get(connections))
+        .route("/admin/api/channels", get(channels))
+        .route("/admin/api/channels/{*channel}", get(channel))
+        .route("/admin/api/peers/{peer_id}", get(peer))
+}
+
+fn page(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn connection_json(conn: &Conn, channels: &[ChannelName]) -> Value {
+    json!({
+        "connId": conn.id.to_string(),
+        "peerId": conn.peer_id.as_str(),
+        "kind": conn.kind,
+        "connectedAt": conn.connected_at,
+        "receivesPresence": conn.receives_presence,
+        "channels": channels.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+    })
+}
+
+async fn overview(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = authorize(&state, &headers)?;
+    let app = &key.app;
+    let local = state.engine.local_channels(&app.id);
+    Ok(Json(json!({
+        "appId": app.id.as_str(),
+        "node": {
+            "sessions": state.live_sessions(),
+            "uptimeSecs": state.started.elapsed().as_secs(),
+            "engineReady": state.engine.is_ready().await,
+            "shuttingDown": state.is_shutting_down(),
+        },
+        "app": {
+            "connections": app.connections.load(Ordering::Relaxed),
+            "peakConnections": app.peak_connections.load(Ordering::Relaxed),
+            "messagesUsed": app.messages_used.load(Ordering::Relaxed),
+            "channels": local.len(),
+            "subscriptions": local.iter().map(|c| c.subscribers).sum::<usize>(),
+        },
+    }))
+    .into_response())
+}
+
+async fn connections(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = authorize(&state, &headers)?;
+    let list: Vec<Value> = state
+        .engine
+        .local_connections(&key.app.id, None)
+        .iter()
+        .map(|(conn, channels)| connection_json(conn, channels))
+        .collect();
+    Ok(Json(json!({ "connections": list })).into_response())
+}
+
+async fn channels(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = authorize(&state, &headers)?;
+    let list: Vec<Value> = state
+        .engine
+        .local_channels(&key.app.id)
+        .iter()
+        .map(|c| json!({"channel": c.channel.as_str(), "members": c.members, "subscribers": c.subscribers}))
+        .collect();
+    Ok(Json(json!({ "channels": list })).into_response())
+}
+
+/// Who is in channel Y: the roster (cluster-wide when the engine is) plus local subscribers.
+async fn channel(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let key = authorize(&state, &headers)?;
+    // Raw path, decoded exactly once: `room%2F1` and `room/1` name the same channel.
+    let raw = uri
+        .path()
+        .strip_prefix("/admin/api/channels/")
+        .unwrap_or_default();
+    let name = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::invalid("channel is not valid UTF-8"))?
+        .into_owned();
+    if !is_valid_channel(&name) {
+        return Err(ApiError::invalid(
+            "channel must be 1-256 bytes without control characters",
+        ));
+    }
+    let channel = ChannelName::new(name.as_str());
+    let members = state
+        .engine
+        .channel_members(&key.app.id, &channel)
+        .await
+        .map_err(|_| ApiError::backend())?;
+    let subscribers = state
+        .engine
+        .local_channels(&key.app.id)
+        .into_iter()
+        .find(|c| c.channel == channel)
+        .map_or(0, |c| c.subscribers);
+    let members: Vec<Value> = members
+        .iter()
+        .map(|m| {
+            let mut entry = json!({"peerId": m.peer_id.as_str()});
+            if let Some(meta) = &m.metadata {
+                entry["metadata"] = serde_json::from_str(meta.get()).unwrap_or(Value::Null);
+            }
+            entry
+        })
+        .collect();
+    Ok(
+        Json(json!({"channel": name, "members": members, "localSubscribers": subscribers}))
+            .into_response(),
+    )
+}
+
+/// Where is peer X: its connections on this node and the channels each holds.
+async fn peer(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    Path(peer_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = authorize(&state, &headers)?;
+    if !is_valid_target_peer_id(&peer_id) {
+        return Err(ApiError::invalid(
+            "peerId must be 1-128 bytes without control characters",
+        ));
+    }
+    let peer = PeerId::new(peer_id.as_str());
+    let list: Vec<Value> = state
+        .engine
+        .local_connections(&key.app.id, Some(&peer))
+        .iter()
+        .map(|(conn, channels)| connection_json(conn, channels))
+        .collect();
+    Ok(
+        Json(json!({"peerId": peer_id, "online": !list.is_empty(), "connections": list}))
+            .into_response(),
+    )
+}
