@@ -140,6 +140,48 @@ async fn dev_mode_serve_accepts_a_client_and_exits_zero_on_sigterm() {
     let welcome = ws.next().await.unwrap().unwrap();
     assert!(welcome.to_text().unwrap().contains(r#""type":"welcome""#));
 
+    // A token from `herald token` and one from `POST /v1/tokens` both connect to this server.
+    let cli_token = herald()
+        .args(["token", "--sub", "cli-peer", "--dev-keys"])
+        .arg(dir.join("keys.json"))
+        .output()
+        .unwrap();
+    assert!(cli_token.status.success());
+    let cli_token = String::from_utf8(cli_token.stdout).unwrap();
+    let keys: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("keys.json")).unwrap()).unwrap();
+    let auth = format!(
+        "Bearer {}:{}",
+        keys["secretKeyId"].as_str().unwrap(),
+        keys["secret"].as_str().unwrap()
+    );
+    let http_origin = origin.replacen("ws://", "http://", 1);
+    let minted: serde_json::Value = reqwest::Client::new()
+        .post(format!("{http_origin}/v1/tokens"))
+        .header("authorization", auth)
+        .body(r#"{"peerId":"rest-peer"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (token, peer) in [
+        (cli_token.trim(), "cli-peer"),
+        (minted["token"].as_str().unwrap(), "rest-peer"),
+    ] {
+        let (mut client, _) =
+            tokio_tungstenite::connect_async(format!("{origin}/v1?token={token}"))
+                .await
+                .unwrap();
+        let welcome: serde_json::Value =
+            serde_json::from_str(client.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+        assert_eq!(
+            (welcome["type"].as_str(), welcome["peerId"].as_str()),
+            (Some("welcome"), Some(peer))
+        );
+    }
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
