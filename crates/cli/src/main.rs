@@ -101,6 +101,7 @@ fn load_config(args: &ConfigArgs) -> Result<(Config, Option<(DevKeys, bool)>)> {
         let (keys, created) = DevKeys::load_or_create(&args.dev_keys)
             .with_context(|| format!("dev keys at {}", args.dev_keys.display()))?;
         config.apps.push(keys.app_config());
+        config.web.dev_tokens = true;
         dev = Some((keys, created));
     }
     config.validate()?;

@@ -22,6 +22,7 @@ pub struct Config {
     pub timing: Timing,
     pub log: LogConfig,
     pub turn: TurnConfig,
+    pub web: WebConfig,
     /// Serve wildcard subscriptions such as `devices/*/events` (spec §9.4, Q6).
     pub wildcard_subscriptions: bool,
     /// Tenants and their keys. Empty means "dev mode": the binary generates a dev app.
@@ -81,6 +82,26 @@ pub struct LogConfig {
     pub format: String,
     /// A tracing filter such as `info` or `herald_server=debug`.
     pub level: String,
+}
+
+/// The browser demo served at `/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Serve the presence & chat demo app at `/`.
+    pub demo: bool,
+    /// `POST /dev/token` mints JWTs for anyone who asks, for the demo's sign-in. Never enable it
+    /// in production; dev mode (no apps configured) turns it on.
+    pub dev_tokens: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            demo: true,
+            dev_tokens: false,
+        }
+    }
 }
 
 /// ICE servers merged into `welcome.metadata.iceServers` for keys with `auto_inject_turn`.
@@ -173,6 +194,7 @@ impl Default for Config {
             timing: Timing::default(),
             log: LogConfig::default(),
             turn: TurnConfig::default(),
+            web: WebConfig::default(),
             wildcard_subscriptions: true,
             apps: Vec::new(),
         }
