@@ -83,8 +83,9 @@ struct Envelope<'a> {
 }
 
 /// Keeps a present key as `Some` even when its value is `null` (plain `Option` would map null to
-/// `None`, and `"data": null` is valid while a missing `data` is not).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+/// `None`, and `"data": null` is valid while a missing `data` is not). Use it with
+/// `#[serde(default, borrow, deserialize_with = "present")]`.
+pub fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
 

@@ -23,6 +23,7 @@ pub struct Config {
     pub log: LogConfig,
     pub turn: TurnConfig,
     pub web: WebConfig,
+    pub engine: EngineConfig,
     /// Serve wildcard subscriptions such as `devices/*/events` (spec §9.4, Q6).
     pub wildcard_subscriptions: bool,
     /// Tenants and their keys. Empty means "dev mode": the binary generates a dev app.
@@ -82,6 +83,38 @@ pub struct LogConfig {
     pub format: String,
     /// A tracing filter such as `info` or `herald_server=debug`.
     pub level: String,
+}
+
+/// Which engine does presence and fan-out: `memory` (one node) or `redis` (many nodes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// `memory` or `redis`.
+    pub kind: String,
+    /// Redis (or Valkey) URL, e.g. `redis://127.0.0.1:6379/0`.
+    pub redis_url: String,
+    /// Prefix of every Redis key and pub/sub topic, so several services can share one Redis.
+    pub key_prefix: String,
+    /// This node's id; empty means a random id per start.
+    pub node_id: String,
+    /// A node that has not renewed its lease for this long is dead: its peers leave.
+    pub lease_ttl_ms: u64,
+    /// A peer whose connection drops (not a clean close) keeps its presence this long, so a
+    /// quick reconnect, possibly to another node, shows no left/joined flap.
+    pub reconnect_grace_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            kind: "memory".into(),
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "herald:".into(),
+            node_id: String::new(),
+            lease_ttl_ms: 10_000,
+            reconnect_grace_ms: 3_000,
+        }
+    }
 }
 
 /// The browser demo served at `/`.
@@ -195,6 +228,7 @@ impl Default for Config {
             log: LogConfig::default(),
             turn: TurnConfig::default(),
             web: WebConfig::default(),
+            engine: EngineConfig::default(),
             wildcard_subscriptions: true,
             apps: Vec::new(),
         }
@@ -368,12 +402,46 @@ impl Config {
                 ));
             }
         }
+        let e = &self.engine;
+        if !matches!(e.kind.as_str(), "memory" | "redis") {
+            return Err(invalid("engine.kind", "must be \"memory\" or \"redis\""));
+        }
+        if e.kind == "redis"
+            && !(e.redis_url.starts_with("redis://") || e.redis_url.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "engine.redis_url",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        if e.lease_ttl_ms < 1000 {
+            return Err(invalid("engine.lease_ttl_ms", "must be at least 1000"));
+        }
+        if !e
+            .node_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || e.node_id.len() > 64
+        {
+            return Err(invalid(
+                "engine.node_id",
+                "use at most 64 of [A-Za-z0-9._-]",
+            ));
+        }
         let mut key_ids = std::collections::HashSet::new();
         let mut app_ids = std::collections::HashSet::new();
         for (a, app) in self.apps.iter().enumerate() {
             let field = |rest: &str| format!("apps[{a}]{rest}");
             if app.id.is_empty() || !app_ids.insert(app.id.as_str()) {
                 return Err(invalid(field(".id"), "must be non-empty and unique"));
+            }
+            if app.id.len() > 64
+                || !app
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(invalid(field(".id"), "use at most 64 of [A-Za-z0-9._-]"));
             }
             for (k, key) in app.secret_keys.iter().enumerate() {
                 let f = |rest: &str| field(&format!(".secret_keys[{k}]{rest}"));

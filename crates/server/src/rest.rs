@@ -20,7 +20,7 @@ use herald_protocol::validate::{
 };
 use herald_protocol::{jwt, Action, ActionSet, CloseCode};
 use percent_encoding::percent_decode_str;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
@@ -333,15 +333,10 @@ async fn channel_peers(state: &ServerState, key: &SecretKey, channel: String) ->
     Ok(Json(json!({"channel": channel, "peers": peers})).into_response())
 }
 
-/// Keeps `"data": null` distinct from a missing `data`.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
-}
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PublishRequest<'a> {
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(default, borrow, deserialize_with = "herald_protocol::frames::present")]
     data: Option<&'a RawValue>,
     from: Option<String>,
     #[serde(borrow)]

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, ConfigError};
 use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::RedisEngine;
 use crate::engine::Engine;
 use crate::http;
 use crate::state::ServerState;
@@ -23,13 +24,24 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
-/// Runs Herald with the in-memory engine until `shutdown` resolves, then shuts down gracefully.
+/// Runs Herald with the configured engine (`engine.kind`) until `shutdown` resolves, then shuts
+/// down gracefully.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    run_with_engine(listener, config, Arc::new(MemoryEngine::new()), shutdown).await
+    config.validate()?;
+    let engine: Arc<dyn Engine> = match config.engine.kind.as_str() {
+        "redis" => Arc::new(RedisEngine::start(&config.engine).await.map_err(|e| {
+            ConfigError::Invalid {
+                field: "engine.redis_url".into(),
+                reason: e.to_string(),
+            }
+        })?),
+        _ => Arc::new(MemoryEngine::new()),
+    };
+    run_with_engine(listener, config, engine, shutdown).await
 }
 
 /// Runs Herald with the given engine.

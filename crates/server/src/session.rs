@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::auth::{AuthError, Identity};
 use crate::conn::{CloseReason, Conn, Frame};
-use crate::engine::{Direct, Publication, SubscribeRequest, Target};
+use crate::engine::{Departure, Direct, Publication, SubscribeRequest, Target};
 use crate::ids::{ChannelName, PeerId};
 use crate::limits::TokenBucket;
 use crate::metrics::Metrics;
@@ -78,6 +78,8 @@ struct Session {
     /// This connection's subscriptions (exact names and patterns), for the limit and cleanup.
     subscriptions: HashSet<ChannelName>,
     bucket: TokenBucket,
+    /// The client sent a close frame: it left on purpose.
+    client_closed: bool,
 }
 
 /// What the read side decided.
@@ -119,7 +121,10 @@ impl Session {
             return;
         }
         if ws.send(Message::Text(welcome.into())).await.is_err() {
-            state.engine.disconnect(&conn, Vec::new()).await;
+            state
+                .engine
+                .disconnect(&conn, Vec::new(), Departure::Dropped)
+                .await;
             return;
         }
         state.metrics.frame_out("{\"type\":\"welcome\"");
@@ -137,13 +142,15 @@ impl Session {
             conn,
             subscriptions: HashSet::new(),
             bucket,
+            client_closed: false,
         };
         let reason = session.run(&mut ws, rx).await;
         let subscriptions = session.subscriptions.drain().collect();
+        let departure = departure(session.client_closed, reason);
         session
             .state
             .engine
-            .disconnect(&session.conn, subscriptions)
+            .disconnect(&session.conn, subscriptions, departure)
             .await;
         let metrics = &session.state.metrics;
         metrics.connection_closed(
@@ -263,7 +270,10 @@ impl Session {
                 Flow::Continue
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
-            Some(Ok(Message::Close(_))) => Flow::Gone,
+            Some(Ok(Message::Close(_))) => {
+                self.client_closed = true;
+                Flow::Gone
+            }
         }
     }
 
@@ -523,6 +533,17 @@ fn action_message(action: Action) -> &'static str {
         Action::Subscribe => "subscribe is not permitted for this connection",
         Action::Presence => "presence is not permitted for this connection",
         Action::Send => "send is not permitted for this connection",
+    }
+}
+
+/// Whether the peer left on purpose (presence goes at once) or dropped and may come straight
+/// back (an engine may keep its presence for a grace period, so a reconnect does not flap).
+fn departure(client_closed: bool, reason: Option<CloseReason>) -> Departure {
+    let deliberate = client_closed || reason.is_some_and(|r| r.code.is_terminal_for_sdks());
+    if deliberate {
+        Departure::Left
+    } else {
+        Departure::Dropped
     }
 }
 

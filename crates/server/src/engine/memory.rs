@@ -17,7 +17,7 @@ use herald_protocol::{encode, PresenceEntry};
 use serde_json::value::RawValue;
 
 use super::{
-    ChannelSummary, Direct, Engine, EngineError, EngineStats, Member, Publication,
+    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Publication,
     SubscribeRequest, Target,
 };
 use crate::conn::{CloseReason, Conn, Delivery, Frame};
@@ -342,7 +342,14 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    async fn disconnect(&self, conn: &Arc<Conn>, subscriptions: Vec<ChannelName>) {
+    /// The memory engine has no reconnect grace: a node restart loses presence anyway, and on a
+    /// single node a reconnect overlapping the old socket is covered by reference counting.
+    async fn disconnect(
+        &self,
+        conn: &Arc<Conn>,
+        subscriptions: Vec<ChannelName>,
+        _departure: Departure,
+    ) {
         for channel in &subscriptions {
             self.unsubscribe_any(conn, channel);
         }

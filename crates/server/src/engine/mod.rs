@@ -7,6 +7,7 @@
 //! only the engine can order those.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -22,6 +23,16 @@ use crate::ids::{AppId, ChannelName, PeerId};
 pub enum EngineError {
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+}
+
+/// How a connection ended, as far as presence is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// A deliberate leave (client close frame, kick, terminal close): `left` goes out at once.
+    Left,
+    /// The socket dropped or the server closed it for a reason the client retries after (expiry,
+    /// shutdown, rate limit, dead socket). An engine may hold presence for a grace period.
+    Dropped,
 }
 
 /// What a subscription targets: one concrete channel or a wildcard pattern (spec §9.4).
@@ -96,7 +107,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Removes the connection from the given subscriptions (reference-counted `left` deltas) and
     /// from the peer registry. Called exactly once by the session on its way out; the session
     /// passes its own subscription list so the engine keeps no per-connection index.
-    async fn disconnect(&self, conn: &Arc<Conn>, subscriptions: Vec<ChannelName>);
+    async fn disconnect(
+        &self,
+        conn: &Arc<Conn>,
+        subscriptions: Vec<ChannelName>,
+        departure: Departure,
+    );
 
     /// Atomically: enqueue the ack, the full snapshot (to presence receivers), then, when this is
     /// the peer's first connection on the channel, the `joined` delta to the other subscribers.

@@ -792,3 +792,6 @@ impl RawWs {
         (RawWs { stream, buf }, head)
     }
 }
+
+pub mod cluster;
+pub mod redis;

@@ -1,0 +1,731 @@
+//! The node-local half of the Redis engine: which local connections subscribe to what, the
+//! node's presence holds, the local peer registry, and delivery of events from the bus.
+//!
+//! Lock order: channels, then patterns; the peer registry is never held with either. Every
+//! section is short and synchronous; delivery is a non-blocking enqueue.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_protocol::glob::Pattern;
+use herald_protocol::{encode, PresenceEntry};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+use super::bus::{BusCommand, Topics};
+use super::wire::Event;
+use super::{channel_key, stored_metadata};
+use crate::conn::{CloseReason, Conn, Delivery, Frame};
+use crate::engine::{ChannelSummary, Departure, Member};
+use crate::ids::{AppId, ChannelName, ConnId, PeerId};
+use crate::sync::lock;
+
+type ChannelKey = (AppId, ChannelName);
+type PeerKey = (AppId, PeerId);
+
+#[derive(Default)]
+pub struct Local {
+    channels: Mutex<HashMap<ChannelKey, LocalChannel>>,
+    peers: Mutex<HashMap<PeerKey, Vec<Arc<Conn>>>>,
+    patterns: Mutex<HashMap<AppId, Vec<PatternSub>>>,
+    generation: AtomicU64,
+}
+
+#[derive(Default)]
+struct LocalChannel {
+    subscribers: HashMap<ConnId, Sub>,
+    /// Subscribes in flight: events are buffered until the snapshot is queued.
+    joining: HashMap<ConnId, Joining>,
+    /// This node's presence holds, per peer.
+    holds: HashMap<PeerId, Hold>,
+    /// The node is subscribed to this channel's topic.
+    topic: bool,
+}
+
+struct Sub {
+    conn: Arc<Conn>,
+    include_sender_metadata: bool,
+}
+
+struct Joining {
+    conn: Arc<Conn>,
+    include_sender_metadata: bool,
+    buffer: Vec<Buffered>,
+}
+
+enum Buffered {
+    Presence { seq: u64, frame: Frame },
+    Message(Frame),
+}
+
+struct Hold {
+    /// Local subscribed connections of the peer.
+    connections: u32,
+    metadata: Option<Arc<RawValue>>,
+    /// Set while a dropped peer's hold waits out the reconnect grace.
+    pending_leave: Option<u64>,
+}
+
+struct PatternSub {
+    conn: Arc<Conn>,
+    name: ChannelName,
+    pattern: Pattern,
+    include_sender_metadata: bool,
+}
+
+/// What a subscribe must wait for before it may read the roster.
+pub struct SubscribeStart {
+    pub duplicate: bool,
+    pub confirm: Option<oneshot::Receiver<bool>>,
+}
+
+/// What removing a subscription means for the node's presence hold.
+pub enum Removal {
+    /// Other local connections of the peer remain.
+    Kept,
+    LeaveNow,
+    /// Leave once the grace period passes, unless the peer is back (generation matches).
+    LeaveAfterGrace(u64),
+}
+
+/// Local state as the re-assert script wants it.
+pub struct ReassertState {
+    pub holds: Vec<(String, String, String)>,
+    pub subscribers: Vec<(String, usize)>,
+    pub routes: Vec<(String, usize)>,
+}
+
+fn frame(text: String) -> Frame {
+    Frame::from(text)
+}
+
+/// Roster entries from a flat `HGETALL meta:<ck>` reply, without `exclude`.
+pub fn roster_from_flat(flat: &[String], exclude: Option<&PeerId>) -> Vec<Member> {
+    flat.chunks_exact(2)
+        .filter(|kv| exclude.is_none_or(|p| p.as_str() != kv[0]))
+        .map(|kv| Member {
+            peer_id: PeerId::new(kv[0].as_str()),
+            metadata: stored_metadata(&kv[1]),
+        })
+        .collect()
+}
+
+fn exclusion_of(event: &Event<'_>, node: &str) -> Option<ConnId> {
+    let x = event.x.as_deref()?;
+    let (origin, id) = x.split_once('/')?;
+    (origin == node)
+        .then(|| id.parse().ok().map(ConnId))
+        .flatten()
+}
+
+impl Local {
+    pub fn register(&self, conn: &Arc<Conn>) {
+        lock(&self.peers)
+            .entry((conn.app.clone(), conn.peer_id.clone()))
+            .or_default()
+            .push(conn.clone());
+    }
+
+    pub fn unregister(&self, conn: &Conn) {
+        let key = (conn.app.clone(), conn.peer_id.clone());
+        let mut peers = lock(&self.peers);
+        if let Some(list) = peers.get_mut(&key) {
+            list.retain(|c| c.id != conn.id);
+            if list.is_empty() {
+                peers.remove(&key);
+            }
+        }
+    }
+
+    /// Registers a subscribe in flight and asks the bus to make sure the topic is subscribed
+    /// before the caller reads the roster (the confirmation is ordered after any pending
+    /// SUBSCRIBE on the bus).
+    pub fn begin_subscribe(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &ChannelName,
+        include_sender_metadata: bool,
+        bus: &mpsc::UnboundedSender<BusCommand>,
+        topics: &Topics,
+    ) -> SubscribeStart {
+        let mut channels = lock(&self.channels);
+        let state = channels
+            .entry((conn.app.clone(), channel.clone()))
+            .or_default();
+        let duplicate = state.subscribers.remove(&conn.id).is_some();
+        state.joining.insert(
+            conn.id,
+            Joining {
+                conn: conn.clone(),
+                include_sender_metadata,
+                buffer: Vec::new(),
+            },
+        );
+        if !state.topic {
+            state.topic = true;
+            let _ = bus.send(BusCommand::Subscribe(
+                topics.channel(conn.app.as_str(), channel.as_str()),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        let _ = bus.send(BusCommand::Barrier(tx));
+        SubscribeStart {
+            duplicate,
+            confirm: Some(rx),
+        }
+    }
+
+    /// Undoes [`Local::begin_subscribe`] after a failure. A duplicate stays subscribed.
+    pub fn abort_subscribe(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &ChannelName,
+        duplicate: bool,
+        bus: &mpsc::UnboundedSender<BusCommand>,
+        topics: &Topics,
+    ) {
+        let mut channels = lock(&self.channels);
+        let key = (conn.app.clone(), channel.clone());
+        let Some(state) = channels.get_mut(&key) else {
+            return;
+        };
+        if let Some(joining) = state.joining.remove(&conn.id) {
+            if duplicate {
+                for buffered in joining.buffer {
+                    let (Buffered::Presence { frame, .. } | Buffered::Message(frame)) = buffered;
+                    conn.deliver(frame);
+                }
+                let include = joining.include_sender_metadata;
+                state.subscribers.insert(
+                    conn.id,
+                    Sub {
+                        conn: conn.clone(),
+                        include_sender_metadata: include,
+                    },
+                );
+            }
+        }
+        Self::settle(&mut channels, &key, bus, topics);
+    }
+
+    /// Queues ack, snapshot, then the buffered events newer than the snapshot, and makes the
+    /// connection a subscriber — all under the channel lock, so nothing overtakes them.
+    pub fn finish_subscribe(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &ChannelName,
+        duplicate: bool,
+        ack: Option<Frame>,
+        seq: u64,
+        roster: &[String],
+    ) {
+        let mut channels = lock(&self.channels);
+        let Some(state) = channels.get_mut(&(conn.app.clone(), channel.clone())) else {
+            return;
+        };
+        let Some(joining) = state.joining.remove(&conn.id) else {
+            return;
+        };
+        if let Some(ack) = ack {
+            conn.deliver(ack);
+        }
+        if conn.receives_presence {
+            let members = roster_from_flat(roster, Some(&conn.peer_id));
+            let entries: Vec<PresenceEntry<'_>> = members
+                .iter()
+                .map(|m| PresenceEntry {
+                    peer_id: m.peer_id.as_str(),
+                    metadata: m.metadata.as_deref(),
+                })
+                .collect();
+            conn.deliver(frame(encode::presence(channel.as_str(), &entries, &[])));
+        }
+        for buffered in joining.buffer {
+            match buffered {
+                Buffered::Presence { seq: s, frame } if s > seq => {
+                    conn.deliver(frame);
+                }
+                Buffered::Presence { .. } => {}
+                Buffered::Message(frame) => {
+                    conn.deliver(frame);
+                }
+            }
+        }
+        let include = joining.include_sender_metadata;
+        state.subscribers.insert(
+            conn.id,
+            Sub {
+                conn: conn.clone(),
+                include_sender_metadata: include,
+            },
+        );
+        let hold = state.holds.entry(conn.peer_id.clone()).or_insert(Hold {
+            connections: 0,
+            metadata: None,
+            pending_leave: None,
+        });
+        hold.metadata = conn.peer_metadata.clone();
+        if !duplicate {
+            hold.connections += 1;
+            hold.pending_leave = None;
+        }
+    }
+
+    /// Removes a subscription; says what happens to the presence hold.
+    pub fn remove(
+        &self,
+        conn: &Conn,
+        channel: &ChannelName,
+        bus: &mpsc::UnboundedSender<BusCommand>,
+        topics: &Topics,
+        departure: Departure,
+        grace: Duration,
+    ) -> Option<Removal> {
+        let mut channels = lock(&self.channels);
+        let key = (conn.app.clone(), channel.clone());
+        let state = channels.get_mut(&key)?;
+        state.subscribers.remove(&conn.id)?;
+        let mut outcome = Removal::Kept;
+        if let Some(hold) = state.holds.get_mut(&conn.peer_id) {
+            hold.connections = hold.connections.saturating_sub(1);
+            if hold.connections == 0 {
+                if departure == Departure::Dropped && !grace.is_zero() {
+                    let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+                    hold.pending_leave = Some(generation);
+                    outcome = Removal::LeaveAfterGrace(generation);
+                } else {
+                    state.holds.remove(&conn.peer_id);
+                    outcome = Removal::LeaveNow;
+                }
+            }
+        }
+        Self::settle(&mut channels, &key, bus, topics);
+        Some(outcome)
+    }
+
+    /// True when the grace of this generation ran out with the peer still gone; drops the hold.
+    pub fn grace_expired(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+        peer: &PeerId,
+        generation: u64,
+        bus: &mpsc::UnboundedSender<BusCommand>,
+        topics: &Topics,
+    ) -> bool {
+        let mut channels = lock(&self.channels);
+        let key = (app.clone(), channel.clone());
+        let Some(state) = channels.get_mut(&key) else {
+            return false;
+        };
+        let expired = state
+            .holds
+            .get(peer)
+            .is_some_and(|h| h.connections == 0 && h.pending_leave == Some(generation));
+        if expired {
+            state.holds.remove(peer);
+            Self::settle(&mut channels, &key, bus, topics);
+        }
+        expired
+    }
+
+    /// Unsubscribes the topic when nobody local listens, and forgets an empty channel.
+    fn settle(
+        channels: &mut HashMap<ChannelKey, LocalChannel>,
+        key: &ChannelKey,
+        bus: &mpsc::UnboundedSender<BusCommand>,
+        topics: &Topics,
+    ) {
+        let Some(state) = channels.get_mut(key) else {
+            return;
+        };
+        if state.topic && state.subscribers.is_empty() && state.joining.is_empty() {
+            state.topic = false;
+            let _ = bus.send(BusCommand::Unsubscribe(
+                topics.channel(key.0.as_str(), key.1.as_str()),
+            ));
+        }
+        if !state.topic && state.holds.is_empty() {
+            channels.remove(key);
+        }
+    }
+
+    /// A local connection of `peer` still subscribed to the channel, if any.
+    pub fn any_holder(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+        peer: &PeerId,
+    ) -> Option<Arc<Conn>> {
+        let channels = lock(&self.channels);
+        let state = channels.get(&(app.clone(), channel.clone()))?;
+        state
+            .subscribers
+            .values()
+            .find(|s| s.conn.peer_id == *peer)
+            .map(|s| s.conn.clone())
+    }
+
+    pub fn is_subscribed(&self, conn: &Conn, channel: &ChannelName) -> bool {
+        lock(&self.channels)
+            .get(&(conn.app.clone(), channel.clone()))
+            .is_some_and(|s| s.subscribers.contains_key(&conn.id))
+    }
+
+    /// Adds a wildcard subscription; the first of an app makes the node PSUBSCRIBE.
+    pub fn add_pattern(
+        &self,
+        conn: &Arc<Conn>,
+        name: &ChannelName,
+        pattern: Pattern,
+        include_sender_metadata: bool,
+        bus: &mpsc::UnboundedSender<BusCommand>,
+        topics: &Topics,
+    ) -> (bool, Option<oneshot::Receiver<bool>>) {
+        let mut patterns = lock(&self.patterns);
+        let subs = patterns.entry(conn.app.clone()).or_default();
+        if subs.is_empty() {
+            let _ = bus.send(BusCommand::PSubscribe(
+                topics.app_pattern(conn.app.as_str()),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        let _ = bus.send(BusCommand::Barrier(tx));
+        if let Some(existing) = subs
+            .iter_mut()
+            .find(|s| s.conn.id == conn.id && s.name == *name)
+        {
+            existing.include_sender_metadata = include_sender_metadata;
+            return (false, Some(rx));
+        }
+        subs.push(PatternSub {
+            conn: conn.clone(),
+            name: name.clone(),
+            pattern,
+            include_sender_metadata,
+        });
+        (true, Some(rx))
+    }
+
+    pub fn remove_pattern(
+        &self,
+        conn: &Conn,
+        name: &ChannelName,
+        bus: &mpsc::UnboundedSender<BusCommand>,
+        topics: &Topics,
+    ) -> bool {
+        let mut patterns = lock(&self.patterns);
+        let Some(subs) = patterns.get_mut(&conn.app) else {
+            return false;
+        };
+        let before = subs.len();
+        subs.retain(|s| !(s.conn.id == conn.id && s.name == *name));
+        let removed = subs.len() < before;
+        if subs.is_empty() {
+            patterns.remove(&conn.app);
+            let _ = bus.send(BusCommand::PUnsubscribe(
+                topics.app_pattern(conn.app.as_str()),
+            ));
+        }
+        removed
+    }
+
+    /// An event from a channel topic: a message, or a presence delta.
+    pub fn on_channel_event(&self, app: &str, channel: &str, event: &Event<'_>, node: &str) {
+        let key = (AppId::new(app), ChannelName::new(channel));
+        let mut channels = lock(&self.channels);
+        let Some(state) = channels.get_mut(&key) else {
+            return;
+        };
+        match event.k.as_ref() {
+            "m" => {
+                let excluded = exclusion_of(event, node);
+                let mut frames = MessageFrames::new(channel, event);
+                for sub in state.subscribers.values() {
+                    if Some(sub.conn.id) != excluded {
+                        sub.conn.deliver(frames.get(sub.include_sender_metadata));
+                    }
+                }
+                for joining in state.joining.values_mut() {
+                    if Some(joining.conn.id) != excluded {
+                        joining.buffer.push(Buffered::Message(
+                            frames.get(joining.include_sender_metadata),
+                        ));
+                    }
+                }
+            }
+            kind @ ("j" | "l") => {
+                let (Some(peer), Some(seq)) = (event.p.as_deref(), event.s) else {
+                    return;
+                };
+                let entry = [PresenceEntry {
+                    peer_id: peer,
+                    metadata: event.metadata(),
+                }];
+                let text = if kind == "j" {
+                    encode::presence(channel, &entry, &[])
+                } else {
+                    encode::presence(channel, &[], &entry)
+                };
+                let delta = frame(text);
+                for sub in state.subscribers.values() {
+                    if sub.conn.receives_presence && sub.conn.peer_id.as_str() != peer {
+                        sub.conn.deliver(delta.clone());
+                    }
+                }
+                for joining in state.joining.values_mut() {
+                    if joining.conn.receives_presence && joining.conn.peer_id.as_str() != peer {
+                        joining.buffer.push(Buffered::Presence {
+                            seq,
+                            frame: delta.clone(),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A message seen through the node's wildcard subscription: for pattern subscribers only
+    /// (exact subscribers get it from the channel topic).
+    pub fn on_pattern_message(&self, app: &str, channel: &str, event: &Event<'_>, node: &str) {
+        if event.k != "m" {
+            return;
+        }
+        let excluded = exclusion_of(event, node);
+        let key = (AppId::new(app), ChannelName::new(channel));
+        let channels = lock(&self.channels);
+        let exact = channels.get(&key);
+        let patterns = lock(&self.patterns);
+        let Some(subs) = patterns.get(&key.0) else {
+            return;
+        };
+        let mut frames = MessageFrames::new(channel, event);
+        let mut reached: Vec<ConnId> = Vec::new();
+        for sub in subs {
+            let id = sub.conn.id;
+            if Some(id) == excluded
+                || reached.contains(&id)
+                || exact
+                    .is_some_and(|s| s.subscribers.contains_key(&id) || s.joining.contains_key(&id))
+                || !sub.pattern.matches(channel)
+            {
+                continue;
+            }
+            reached.push(id);
+            sub.conn.deliver(frames.get(sub.include_sender_metadata));
+        }
+    }
+
+    /// Delivers a message to local exact subscribers directly (Redis unreachable).
+    pub fn deliver_message(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+        event: &Event<'_>,
+        exclude: Option<ConnId>,
+    ) {
+        let channels = lock(&self.channels);
+        let Some(state) = channels.get(&(app.clone(), channel.clone())) else {
+            return;
+        };
+        let mut frames = MessageFrames::new(channel.as_str(), event);
+        for sub in state.subscribers.values() {
+            if Some(sub.conn.id) != exclude {
+                sub.conn.deliver(frames.get(sub.include_sender_metadata));
+            }
+        }
+    }
+
+    /// A `direct` for a peer on this node. Returns the connections reached.
+    pub fn deliver_direct(&self, event: &Event<'_>, exclude: Option<ConnId>) -> usize {
+        let (Some(app), Some(to), Some(from), Some(data)) = (
+            event.a.as_deref(),
+            event.t.as_deref(),
+            event.f.as_deref(),
+            event.d,
+        ) else {
+            return 0;
+        };
+        let conns = lock(&self.peers)
+            .get(&(AppId::new(app), PeerId::new(to)))
+            .cloned()
+            .unwrap_or_default();
+        let mut encoded: Option<Frame> = None;
+        let mut reached = 0;
+        for conn in conns.iter().filter(|c| Some(c.id) != exclude) {
+            let bytes = encoded
+                .get_or_insert_with(|| frame(encode::direct(from, data, event.metadata())))
+                .clone();
+            if conn.deliver(bytes) == Delivery::Queued {
+                reached += 1;
+            }
+        }
+        reached
+    }
+
+    pub fn on_direct(&self, event: &Event<'_>, node: &str) {
+        self.deliver_direct(event, exclusion_of(event, node));
+    }
+
+    pub fn close_peer(&self, app: &AppId, peer: &PeerId, reason: CloseReason) -> usize {
+        let conns = lock(&self.peers)
+            .get(&(app.clone(), peer.clone()))
+            .cloned()
+            .unwrap_or_default();
+        for conn in &conns {
+            conn.close(reason);
+        }
+        conns.len()
+    }
+
+    /// Topics the node must be subscribed to (after a bus reconnect).
+    pub fn topics(&self, topics: &Topics) -> (Vec<String>, Vec<String>) {
+        let channels: Vec<String> = lock(&self.channels)
+            .iter()
+            .filter(|(_, s)| s.topic)
+            .map(|((app, channel), _)| topics.channel(app.as_str(), channel.as_str()))
+            .collect();
+        let patterns = lock(&self.patterns)
+            .keys()
+            .map(|app| topics.app_pattern(app.as_str()))
+            .collect();
+        (channels, patterns)
+    }
+
+    pub fn snapshot_for_reassert(&self) -> ReassertState {
+        let mut holds = Vec::new();
+        let mut subscribers = Vec::new();
+        for ((app, channel), state) in lock(&self.channels).iter() {
+            let ck = channel_key(app.as_str(), channel.as_str());
+            for (peer, hold) in &state.holds {
+                let meta = hold
+                    .metadata
+                    .as_ref()
+                    .map_or(String::new(), |m| m.get().to_string());
+                holds.push((ck.clone(), peer.as_str().to_string(), meta));
+            }
+            subscribers.push((ck, state.subscribers.len()));
+        }
+        let routes = lock(&self.peers)
+            .iter()
+            .map(|((app, peer), conns)| (channel_key(app.as_str(), peer.as_str()), conns.len()))
+            .collect();
+        ReassertState {
+            holds,
+            subscribers,
+            routes,
+        }
+    }
+
+    pub fn channel_count(&self) -> usize {
+        lock(&self.channels)
+            .values()
+            .filter(|s| !s.subscribers.is_empty())
+            .count()
+    }
+
+    pub fn channels(&self, app: &AppId) -> Vec<ChannelSummary> {
+        let mut out: Vec<ChannelSummary> = lock(&self.channels)
+            .iter()
+            .filter(|((a, _), s)| a == app && !s.subscribers.is_empty())
+            .map(|((_, channel), s)| ChannelSummary {
+                channel: channel.clone(),
+                members: s.holds.len(),
+                subscribers: s.subscribers.len(),
+            })
+            .collect();
+        let mut pattern_counts: HashMap<ChannelName, usize> = HashMap::new();
+        for sub in lock(&self.patterns).get(app).into_iter().flatten() {
+            *pattern_counts.entry(sub.name.clone()).or_default() += 1;
+        }
+        out.extend(
+            pattern_counts
+                .into_iter()
+                .map(|(channel, subscribers)| ChannelSummary {
+                    channel,
+                    members: 0,
+                    subscribers,
+                }),
+        );
+        out.sort_by(|a, b| a.channel.cmp(&b.channel));
+        out
+    }
+
+    pub fn connections(
+        &self,
+        app: &AppId,
+        peer: Option<&PeerId>,
+    ) -> Vec<(Arc<Conn>, Vec<ChannelName>)> {
+        let mut conns: Vec<Arc<Conn>> = lock(&self.peers)
+            .iter()
+            .filter(|((a, p), _)| a == app && peer.is_none_or(|want| want == p))
+            .flat_map(|(_, list)| list.iter().cloned())
+            .collect();
+        let mut by_conn: HashMap<ConnId, Vec<ChannelName>> = HashMap::new();
+        for ((a, channel), state) in lock(&self.channels).iter() {
+            if a == app {
+                for id in state.subscribers.keys() {
+                    by_conn.entry(*id).or_default().push(channel.clone());
+                }
+            }
+        }
+        for sub in lock(&self.patterns).get(app).into_iter().flatten() {
+            by_conn
+                .entry(sub.conn.id)
+                .or_default()
+                .push(sub.name.clone());
+        }
+        conns.sort_by_key(|c| c.id);
+        conns
+            .into_iter()
+            .map(|c| {
+                let mut list = by_conn.remove(&c.id).unwrap_or_default();
+                list.sort();
+                (c, list)
+            })
+            .collect()
+    }
+}
+
+/// A message event encoded at most once per variant (with and without `fromMetadata`).
+struct MessageFrames<'e, 'a> {
+    channel: &'e str,
+    event: &'e Event<'a>,
+    plain: Option<Frame>,
+    with_meta: Option<Frame>,
+}
+
+impl<'e, 'a> MessageFrames<'e, 'a> {
+    fn new(channel: &'e str, event: &'e Event<'a>) -> Self {
+        MessageFrames {
+            channel,
+            event,
+            plain: None,
+            with_meta: None,
+        }
+    }
+
+    fn get(&mut self, include_sender_metadata: bool) -> Frame {
+        let meta = self.event.metadata().filter(|_| include_sender_metadata);
+        let slot = if meta.is_some() {
+            &mut self.with_meta
+        } else {
+            &mut self.plain
+        };
+        let (channel, event) = (self.channel, self.event);
+        slot.get_or_insert_with(|| {
+            let from = event.f.as_deref().unwrap_or_default();
+            let null = RawValue::NULL;
+            frame(encode::message(
+                channel,
+                from,
+                event.d.unwrap_or(null),
+                meta,
+            ))
+        })
+        .clone()
+    }
+}

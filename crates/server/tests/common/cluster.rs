@@ -1,0 +1,96 @@
+//! One Herald service for behaviour tests: a single memory node, or several nodes sharing a
+//! real Redis. Tests address "node i"; on one node every index is the same node.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use super::redis::RedisServer;
+use super::{test_config, TestServer};
+use herald_server::Config;
+
+pub struct Cluster {
+    pub nodes: Vec<TestServer>,
+    pub redis: Option<RedisServer>,
+}
+
+/// Redis settings for tests: a short lease so crash tests finish quickly, and no reconnect
+/// grace unless a test asks for it.
+pub fn redis_config(redis: &RedisServer, node: usize, prefix: &str) -> Config {
+    let mut config = test_config();
+    config.engine.kind = "redis".into();
+    config.engine.redis_url = redis.url();
+    config.engine.node_id = format!("node{node}");
+    config.engine.key_prefix = prefix.into();
+    config.engine.lease_ttl_ms = 2_000;
+    config.engine.reconnect_grace_ms = 0;
+    config
+}
+
+impl Cluster {
+    pub async fn memory() -> Cluster {
+        Cluster {
+            nodes: vec![TestServer::start().await],
+            redis: None,
+        }
+    }
+
+    pub async fn redis(nodes: usize) -> Cluster {
+        Self::redis_with(nodes, |_| {}).await
+    }
+
+    pub async fn redis_with(nodes: usize, tweak: impl Fn(&mut Config)) -> Cluster {
+        let redis = RedisServer::start();
+        let mut servers = Vec::new();
+        for i in 0..nodes {
+            let mut config = redis_config(&redis, i, "herald:");
+            tweak(&mut config);
+            servers.push(TestServer::start_with(config).await);
+        }
+        let cluster = Cluster {
+            nodes: servers,
+            redis: Some(redis),
+        };
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    pub fn node(&self, i: usize) -> &TestServer {
+        &self.nodes[i % self.nodes.len()]
+    }
+
+    pub fn is_distributed(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Waits until every node answers `/readyz` with 200.
+    pub async fn wait_ready(&self) {
+        for node in &self.nodes {
+            wait_ready(node).await;
+        }
+    }
+}
+
+pub async fn wait_ready(node: &TestServer) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let url = format!("http://{}/readyz", node.addr);
+    loop {
+        if let Ok(resp) = reqwest::get(&url).await {
+            if resp.status() == 200 {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {} never became ready",
+            node.addr
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn readyz_status(node: &TestServer) -> u16 {
+    reqwest::get(format!("http://{}/readyz", node.addr))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
