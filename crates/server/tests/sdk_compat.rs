@@ -83,6 +83,8 @@ struct Outcome {
     label: String,
     /// `None` when the process was killed at the hard timeout.
     status: Option<ExitStatus>,
+    /// The hard timeout it ran under.
+    timeout: Duration,
     stdout: String,
     stderr: String,
     elapsed: Duration,
@@ -96,10 +98,7 @@ impl Outcome {
     fn report(&self) -> String {
         let status = match self.status {
             Some(s) => s.to_string(),
-            None => format!(
-                "KILLED after the {}s hard timeout",
-                SCENARIO_TIMEOUT.as_secs()
-            ),
+            None => format!("KILLED after the {}s hard timeout", self.timeout.as_secs()),
         };
         format!(
             "{}: {status} after {:.1}s\n----- stdout -----\n{}\n----- stderr -----\n{}\n------------------",
@@ -137,6 +136,11 @@ async fn collect(reader: JoinHandle<Vec<u8>>) -> String {
 /// Spawns one scenario against `server` and waits for it, killing it after
 /// [`SCENARIO_TIMEOUT`]. The output read so far is kept either way.
 async fn run_one(server: &TestServer, sdk: Sdk, script: &str) -> Outcome {
+    run_one_within(server, sdk, script, SCENARIO_TIMEOUT).await
+}
+
+/// [`run_one`] with its own hard timeout, for scenarios that wait out SDK backoff floors.
+async fn run_one_within(server: &TestServer, sdk: Sdk, script: &str, timeout: Duration) -> Outcome {
     let label = format!("{sdk:?} {script}");
     let mut cmd = sdk.command(script);
     cmd.current_dir(workspace_root())
@@ -157,7 +161,7 @@ async fn run_one(server: &TestServer, sdk: Sdk, script: &str) -> Outcome {
     };
     let stdout = tokio::spawn(drain(child.stdout.take()));
     let stderr = tokio::spawn(drain(child.stderr.take()));
-    let status = match tokio::time::timeout(SCENARIO_TIMEOUT, child.wait()).await {
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) => Some(status),
         Ok(Err(e)) => panic!("{label}: waiting for the scenario failed: {e}"),
         Err(_) => {
@@ -169,6 +173,7 @@ async fn run_one(server: &TestServer, sdk: Sdk, script: &str) -> Outcome {
     Outcome {
         label,
         status,
+        timeout,
         stdout: collect(stdout).await,
         stderr: collect(stderr).await,
         elapsed,
@@ -332,4 +337,88 @@ async fn js_metered_peer_reconciles_after_token_expiry_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn py_metered_peer_reconciles_after_token_expiry_close() {
     scenario(Sdk::Py, "metered_peer_reconnect.py").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// REST control plane (spec §13) driving the SDKs, and the 4010 slow-backoff floor (spec §7.2)
+// ---------------------------------------------------------------------------------------------
+
+/// The SDK's tokenProvider fetches `POST /v1/tokens` (with peerMetadata, channels, permissions);
+/// the SDK connects, another client sees its presence with that metadata, and a 4002 rotation
+/// fetches a fresh REST token whose new metadata reaches the roster and the REST peers list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_rest_token_provider() {
+    scenario(Sdk::Js, "rest_tokens.mjs").await;
+}
+
+/// The same through the Python SDK (urllib in a worker thread as the token endpoint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_rest_token_provider() {
+    scenario(Sdk::Py, "rest_tokens.py").await;
+}
+
+/// `POST /v1/channels/news%2Flive/publish` reaches SDK subscribers from "system" (or `from`),
+/// with the REST peerMetadata as fromMetadata only for the opted-in one; `GET …/peers` lists them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_rest_publish_and_peers() {
+    scenario(Sdk::Js, "rest_publish.mjs").await;
+}
+
+/// The same through the Python SDK (also: a REST `1500.0` arrives as a float).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_rest_publish_and_peers() {
+    scenario(Sdk::Py, "rest_publish.py").await;
+}
+
+/// `DELETE /v1/peers/:id` closes every connection of the peer with 4020; the SDK goes to
+/// `closed` and does not reconnect (no tokenProvider call, no connection for 3 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_rest_kick_is_terminal() {
+    scenario(Sdk::Js, "rest_kick.mjs").await;
+}
+
+/// The same through the Python SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_rest_kick_is_terminal() {
+    scenario(Sdk::Py, "rest_kick.py").await;
+}
+
+/// A kicked MeteredPeer emits its fatal `error` (admin_disconnect) then `left`; the other peer
+/// sees `peer-left`; nothing reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_rest_kick_metered_peer() {
+    scenario(Sdk::Js, "rest_kick_peer.mjs").await;
+}
+
+/// The same with Python MeteredPeers (FatalError, then Left; PeerLeft on the other side).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_rest_kick_metered_peer() {
+    scenario(Sdk::Py, "rest_kick_peer.py").await;
+}
+
+/// Hard deadline for the 4010 scenario: it waits out the SDK's 30 s floor (its own watchdog is 70 s).
+const QUOTA_SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The app allows one connection. A's short token expires (4002); B takes the only slot before A
+/// reconnects, so A's reconnect is refused with 4010; B leaves; A's next attempt comes no sooner
+/// than the SDK's 30 s floor after the 4010, is welcomed and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_quota_4010_slow_backoff() {
+    let mut config = test_config();
+    let app = config
+        .apps
+        .iter_mut()
+        .find(|a| a.id == APP)
+        .expect("the test app");
+    app.max_connections = 1;
+    let server = TestServer::start_with(config).await;
+    let out = run_one_within(
+        &server,
+        Sdk::Js,
+        "quota_4010_backoff.mjs",
+        QUOTA_SCENARIO_TIMEOUT,
+    )
+    .await;
+    check(&out);
+    server.shutdown().await;
 }

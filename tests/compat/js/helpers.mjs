@@ -321,6 +321,78 @@ export async function expectReject(promise, code, label) {
   return err;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Herald's REST control plane (spec §13) and admin API, called the way a customer backend would:
+// Node's global fetch with `Authorization: Bearer <sk_id>:<sk_secret>`.
+// ---------------------------------------------------------------------------------------------
+
+/** Herald's HTTP origin (REST and admin API), derived from the WebSocket origin the SDKs use. */
+export const httpOrigin = env.url.replace(/^ws(s?):/, "http$1:");
+
+/** Hides minted tokens in the trace (the SDK's own URLs are scrubbed the same way). */
+const scrubTokens = (text) => text.replace(/("token"\s*:\s*")[^"]+/g, "$1…");
+
+/**
+ * One REST call. `body` is JSON-encoded; `raw` is sent verbatim instead. Returns
+ * `{ status, body }` with the body parsed as JSON (or the raw text when it is not JSON). Every call
+ * is traced; a call that does not answer within `timeoutMs` throws.
+ */
+export async function rest(method, path, body, { raw, auth = true, timeoutMs = 5000 } = {}) {
+  const headers = {};
+  if (auth) headers.authorization = `Bearer ${env.skId}:${env.skSecret}`;
+  const payload = raw !== undefined ? raw : body !== undefined ? JSON.stringify(body) : undefined;
+  if (payload !== undefined) headers["content-type"] = "application/json";
+  const res = await fetch(httpOrigin + path, {
+    method,
+    headers,
+    body: payload,
+    signal: AbortSignal.timeout(timeoutMs),
+  });
+  const text = await res.text();
+  let parsed = null;
+  try {
+    parsed = text ? JSON.parse(text) : null;
+  } catch {
+    parsed = text;
+  }
+  log(`REST ${method} ${path}${payload !== undefined ? ` ${scrubTokens(payload).slice(0, 300)}` : ""} -> ${res.status} ${scrubTokens(text).slice(0, 400)}`);
+  return { status: res.status, body: parsed };
+}
+
+/** A REST call that must answer 200; returns the parsed body. */
+export async function restOk(method, path, body, opts) {
+  const r = await rest(method, path, body, opts);
+  assert.equal(r.status, 200, `${method} ${path}: expected 200, got ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+
+/** `POST /v1/tokens` (spec §13.3): `{ token, expiresAt }`. */
+export function restToken(request) {
+  return restOk("POST", "/v1/tokens", request);
+}
+
+/** The live connections of the app, from `GET /admin/api/connections` (same Bearer auth). */
+export async function adminConnections() {
+  const body = await restOk("GET", "/admin/api/connections");
+  assert.ok(Array.isArray(body?.connections), `admin connections: ${JSON.stringify(body)}`);
+  return body.connections;
+}
+
+/** A JWT's header and claims (no verification). */
+export function decodeJwt(token) {
+  const parts = String(token).split(".");
+  assert.equal(parts.length, 3, `not a compact JWS: ${token}`);
+  const part = (p) => JSON.parse(Buffer.from(p, "base64url").toString("utf8"));
+  return { header: part(parts[0]), claims: part(parts[1]), parts };
+}
+
+/** True when `token` carries a valid HS256 signature by the test secret key. */
+export function verifiesWithSecret(token) {
+  const [h, c, sig] = String(token).split(".");
+  const want = crypto.createHmac("sha256", env.skSecret).update(`${h}.${c}`).digest("base64url");
+  return sig === want;
+}
+
 /**
  * Runs a scenario with a watchdog. Exits 0 on success and 1 on failure or timeout (the Rust
  * side also kills the process after its own, longer, deadline).

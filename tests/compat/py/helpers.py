@@ -15,9 +15,12 @@ import hmac
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -265,6 +268,94 @@ async def expect_reject(awaitable: Awaitable[Any], code: str, label: str) -> Ser
         assert err.code == code, f"{label}: expected {code}, got {err.code}: {err}"
         return err
     raise AssertionError(f"{label}: expected rejection with {code}, but it succeeded")
+
+
+# ---------------------------------------------------------------------------------------------
+# Herald's REST control plane (spec §13) and admin API, called the way a customer backend would:
+# plain urllib (in a worker thread, so the event loop keeps running) with
+# ``Authorization: Bearer <sk_id>:<sk_secret>``.
+# ---------------------------------------------------------------------------------------------
+
+HTTP_ORIGIN = "http" + URL[len("ws") :] if URL.startswith("ws") else URL
+# Loopback only: never route through a proxy from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _scrub_tokens(text: str) -> str:
+    return re.sub(r'("token"\s*:\s*")[^"]+', r"\1…", text)
+
+
+def _http(method: str, path: str, payload: bytes | None, auth: bool, timeout: float) -> tuple[int, str]:
+    headers = {}
+    if auth:
+        headers["Authorization"] = f"Bearer {SK_ID}:{SK_SECRET}"
+    if payload is not None:
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(HTTP_ORIGIN + path, data=payload, method=method, headers=headers)
+    try:
+        with _OPENER.open(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode("utf-8")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode("utf-8", "replace")
+
+
+async def rest(
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    auth: bool = True,
+    timeout: float = 5.0,
+) -> tuple[int, Any]:
+    """One REST call; ``body`` is JSON-encoded, ``raw`` sent verbatim. Returns (status, parsed
+    JSON body, or the raw text when it is not JSON). Every call is traced."""
+    payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    status, text = await asyncio.to_thread(_http, method, path, payload, auth, timeout)
+    shown = f" {_scrub_tokens(payload.decode('utf-8', 'replace'))[:300]}" if payload is not None else ""
+    log(f"REST {method} {path}{shown} -> {status} {_scrub_tokens(text)[:400]}")
+    try:
+        parsed: Any = json.loads(text) if text else None
+    except ValueError:
+        parsed = text
+    return status, parsed
+
+
+async def rest_ok(method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
+    """A REST call that must answer 200; returns the parsed body."""
+    status, parsed = await rest(method, path, body, **kwargs)
+    assert status == 200, f"{method} {path}: expected 200, got {status} {parsed!r}"
+    return parsed
+
+
+async def rest_token(request: dict[str, Any]) -> dict[str, Any]:
+    """``POST /v1/tokens`` (spec §13.3): ``{"token", "expiresAt"}``."""
+    return await rest_ok("POST", "/v1/tokens", request)
+
+
+async def admin_connections() -> list[dict[str, Any]]:
+    """The app's live connections, from ``GET /admin/api/connections`` (same Bearer auth)."""
+    body = await rest_ok("GET", "/admin/api/connections")
+    assert isinstance(body, dict) and isinstance(body.get("connections"), list), body
+    return body["connections"]
+
+
+def _b64url_decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def decode_jwt(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A JWT's (header, claims), without verification."""
+    parts = token.split(".")
+    assert len(parts) == 3, f"not a compact JWS: {token!r}"
+    return json.loads(_b64url_decode(parts[0])), json.loads(_b64url_decode(parts[1]))
+
+
+def verifies_with_secret(token: str) -> bool:
+    """True when ``token`` carries a valid HS256 signature by the test secret key."""
+    h, c, sig = token.split(".")
+    want = hmac.new(SK_SECRET.encode(), f"{h}.{c}".encode("ascii"), hashlib.sha256).digest()
+    return hmac.compare_digest(_b64url_decode(sig), want)
 
 
 def run(name: str, main: Callable[[], Awaitable[None]], timeout: float = 45.0) -> None:
