@@ -30,6 +30,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/metrics", get(metrics))
         .merge(rest::routes())
         .merge(admin::routes())
+        .merge(crate::web::routes())
         .fallback(not_found)
         .with_state(state)
 }

@@ -19,6 +19,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 mod sync;
+pub mod web;
 
 pub use config::Config;
 pub use server::{run, run_with_engine, ServerError};
