@@ -18,6 +18,7 @@
 //! | `P nodepeers:<node>` | set | `pk` entries the node registered |
 //! | `P lease:<node>` | string | the node's lease; it expires when the node stops renewing |
 //! | `P nodes` | set | every node id that may hold state |
+//! | `P reaped:<node>` | string | marks a reaped node, so its re-assert announces its peers |
 //!
 //! Pub/sub topics: `P ch:<ck>` carries a channel's messages and presence deltas; `P node:<id>`
 //! carries directs and kicks for one node.
@@ -46,15 +47,16 @@ local function release(p, ck, peer)
   return 1
 end
 
--- Records a node's hold of (ck, peer); publishes `joined` when it is the first anywhere.
-local function hold(p, node, ck, peer, meta)
+-- Records a node's hold of (ck, peer); publishes `joined` when it is the first anywhere
+-- (unless `quiet`: re-asserting holds everyone already knows about).
+local function hold(p, node, ck, peer, meta, quiet)
   local first = 0
   if redis.call('SADD', p .. 'holds:' .. node, ck .. '\n' .. peer) == 1 then
     if redis.call('HINCRBY', p .. 'members:' .. ck, peer, 1) == 1 then first = 1 end
   end
   redis.call('HSET', p .. 'meta:' .. ck, peer, meta)
   local seq = redis.call('INCR', p .. 'seq:' .. ck)
-  if first == 1 then publish_presence(p, ck, 'j', seq, peer, meta) end
+  if first == 1 and not quiet then publish_presence(p, ck, 'j', seq, peer, meta) end
   return {first, seq}
 end
 
@@ -69,7 +71,7 @@ end
 const JOIN: &str = r#"
 local p, ck, peer, meta, node, sd = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 if sd ~= 0 then redis.call('HINCRBY', p .. 'subs:' .. ck, node, sd) end
-local r = hold(p, node, ck, peer, meta)
+local r = hold(p, node, ck, peer, meta, false)
 return {r[1], r[2], redis.call('HGETALL', p .. 'meta:' .. ck)}
 "#;
 
@@ -149,6 +151,8 @@ for _, node in ipairs(redis.call('SMEMBERS', p .. 'nodes')) do
     end
     redis.call('DEL', p .. 'nodepeers:' .. node)
     redis.call('SREM', p .. 'nodes', node)
+    -- If the node was only cut off, its re-assert must announce its peers again.
+    redis.call('SET', p .. 'reaped:' .. node, '1', 'PX', 600000)
     table.insert(reaped, node)
   end
 end
@@ -158,12 +162,16 @@ return reaped
 /// ARGV: prefix, node, lease ms, then four length-prefixed lists:
 /// holds (ck, peer, meta)…, subscriber counts (ck, n)…, routes (pk, n)…, departed (ck, peer)….
 /// Makes Redis agree with the node's local state after an outage or a lost lease: stale holds
-/// leave (publishing `left`), missing ones join (publishing `joined` when first), and peers that
-/// left during the outage get their `left` if nobody else holds them.
+/// leave (publishing `left`), missing ones join (publishing `joined` when first, if the node had
+/// been reaped), and peers that left during the outage get their `left` if nobody else holds
+/// them.
 const REASSERT: &str = r#"
 local p, node, ttl = ARGV[1], ARGV[2], ARGV[3]
 redis.call('SET', p .. 'lease:' .. node, '1', 'PX', ttl)
 redis.call('SADD', p .. 'nodes', node)
+-- Re-added holds are news only if this node was reaped (others saw its peers leave). After
+-- Redis lost its data nobody saw them leave, and a second `joined` would be noise.
+local announce = redis.call('DEL', p .. 'reaped:' .. node) == 1
 local i = 4
 local desired, order = {}, {}
 local n = tonumber(ARGV[i]); i = i + 1
@@ -185,7 +193,7 @@ for _, e in ipairs(redis.call('SMEMBERS', holds)) do
 end
 for _, e in ipairs(order) do
   local d = desired[e]
-  hold(p, node, d[1], d[2], d[3])
+  hold(p, node, d[1], d[2], d[3], not announce)
 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do

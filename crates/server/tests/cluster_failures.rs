@@ -1,0 +1,255 @@
+//! The Redis engine when things go wrong: Redis restarts (with its data lost), Redis outages,
+//! and peers that reconnect to another node within the grace period. (Node crashes with
+//! `kill -9` are in `crates/cli/tests/cluster_crash.rs`, which runs real processes.)
+#![allow(clippy::unwrap_used)]
+#[allow(clippy::field_reassign_with_default)]
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::cluster::{readyz_status, wait_ready, Cluster};
+use common::*;
+use serde_json::{json, Value};
+
+const AUTH: &str = "Bearer sk_id_test:sk_secret_test_0123456789abcdef";
+
+async fn peers_via_rest(node: &TestServer, channel: &str) -> Option<BTreeSet<String>> {
+    let resp = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v1/channels/{}/peers",
+            node.addr, channel
+        ))
+        .header("authorization", AUTH)
+        .send()
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let body: Value = resp.json().await.ok()?;
+    Some(
+        body["peers"]
+            .as_array()?
+            .iter()
+            .map(|p| p["peerId"].as_str().unwrap_or_default().to_string())
+            .collect(),
+    )
+}
+
+/// A client's view of a channel roster, kept from its snapshot and deltas.
+struct Roster(BTreeSet<String>);
+
+impl Roster {
+    fn apply(&mut self, frame: &Value) {
+        if frame["type"] != "presence" {
+            return;
+        }
+        for e in frame["joined"].as_array().unwrap() {
+            self.0.insert(e["peerId"].as_str().unwrap().to_string());
+        }
+        for e in frame["left"].as_array().unwrap() {
+            self.0.remove(e["peerId"].as_str().unwrap());
+        }
+    }
+}
+
+fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_with_data_loss_recovers_within_ten_seconds() {
+    let mut cluster = Cluster::redis(3).await;
+    let mut clients = Vec::new();
+    let mut rosters = Vec::new();
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        let mut c = cluster.node(i).client(name).await;
+        let (_, snap) = c.subscribe("room").await;
+        let mut roster = Roster(BTreeSet::new());
+        roster.apply(&snap);
+        clients.push(c);
+        rosters.push(roster);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A peer that leaves while Redis is down must not stay behind as a ghost.
+    let mut leaver = cluster.node(1).client("leaver").await;
+    leaver.subscribe("room").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let redis = cluster.redis.as_mut().unwrap();
+    redis.kill();
+    leaver.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    cluster.redis.as_mut().unwrap().restart();
+
+    // Within 10 s: every node ready and the roster right everywhere.
+    let expected = set(&["a", "b", "c"]);
+    loop {
+        let mut all_ready = true;
+        for node in &cluster.nodes {
+            all_ready &= readyz_status(node).await == 200;
+        }
+        let listed = peers_via_rest(cluster.node(0), "room").await;
+        if all_ready && listed.as_ref() == Some(&expected) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not recovered after 10 s: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("recovered {:?} after the Redis restart", started.elapsed());
+    for node in 1..3 {
+        assert_eq!(
+            peers_via_rest(cluster.node(node), "room").await,
+            Some(expected.clone())
+        );
+    }
+    // Each client's own roster converges: no ghost (leaver), nobody missing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout(
+            Duration::from_millis(100),
+            futures_util::StreamExt::next(&mut client.ws),
+        )
+        .await
+        {
+            if let Ok(text) = msg.to_text() {
+                rosters[i].apply(&serde_json::from_str(text).unwrap());
+            }
+        }
+        let mut want = expected.clone();
+        want.remove(["a", "b", "c"][i]);
+        assert_eq!(rosters[i].0, want, "client {i}");
+    }
+    // And the service works across nodes again.
+    let mut late = cluster.node(2).client("late").await;
+    let (_, snap) = late.subscribe("room").await;
+    assert_eq!(peer_ids(&snap["joined"]), vec!["a", "b", "c"]);
+    clients[0]
+        .request(
+            json!({"type": "publish", "channel": "room", "data": "again"}),
+            "p",
+        )
+        .await;
+    assert_eq!(late.recv().await["data"], "again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_an_outage_local_traffic_flows_and_redis_work_fails_cleanly() {
+    let mut cluster = Cluster::redis(2).await;
+    let mut publisher = cluster.node(0).client("p").await;
+    let mut local = cluster.node(0).client("l").await;
+    let mut remote = cluster.node(1).client("r").await;
+    local.subscribe("room").await;
+    remote.subscribe("room").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(Some(_)) = tokio::time::timeout(
+        Duration::from_millis(50),
+        futures_util::StreamExt::next(&mut local.ws),
+    )
+    .await
+    {}
+
+    cluster.redis.as_mut().unwrap().kill();
+    // Readiness drops.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readyz_status(cluster.node(0)).await == 200 {
+        assert!(Instant::now() < deadline, "node stayed ready without Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A publish still reaches the local subscriber, and the publisher learns remote delivery failed.
+    let reply = publisher
+        .request(
+            json!({"type": "publish", "channel": "room", "data": 7}),
+            "p1",
+        )
+        .await;
+    assert_eq!(reply["code"], "backend_error");
+    assert_eq!(local.recv().await["data"], 7);
+    // A direct to a peer on this node still works; to another node it cannot be routed.
+    assert_eq!(
+        publisher
+            .request(json!({"type": "send", "to": "l", "data": 1}), "d1")
+            .await["type"],
+        "ack"
+    );
+    assert_eq!(local.recv().await["type"], "direct");
+    let reply = publisher
+        .request(json!({"type": "send", "to": "r", "data": 1}), "d2")
+        .await;
+    assert_eq!(reply["code"], "backend_error");
+    // Subscribing needs the cluster roster.
+    let reply = publisher
+        .request(json!({"type": "subscribe", "channel": "other"}), "s1")
+        .await;
+    assert_eq!(reply["code"], "backend_error");
+    // Nobody was disconnected.
+    publisher.send_json(json!({"type": "ping"})).await;
+    assert_eq!(publisher.recv().await["type"], "pong");
+
+    cluster.redis.as_mut().unwrap().restart();
+    let started = Instant::now();
+    for node in &cluster.nodes {
+        wait_ready(node).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    publisher
+        .request(
+            json!({"type": "publish", "channel": "room", "data": 8}),
+            "p2",
+        )
+        .await;
+    assert_eq!(remote.recv().await["data"], 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_reconnecting_to_another_node_within_the_grace_does_not_flap() {
+    let cluster = Cluster::redis_with(2, |c| c.engine.reconnect_grace_ms = 2_000).await;
+    let mut watcher = cluster.node(0).client("w").await;
+    watcher.subscribe("room").await;
+    let mut peer = cluster
+        .node(0)
+        .client_with_meta("p", r#"{"username":"P"}"#)
+        .await;
+    peer.subscribe("room").await;
+    assert_eq!(watcher.recv().await["joined"][0]["peerId"], "p");
+
+    // The socket dies without a close frame, and the peer comes back on the other node.
+    drop(peer);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = cluster
+        .node(1)
+        .client_with_meta("p", r#"{"username":"P"}"#)
+        .await;
+    let (_, snap) = again.subscribe("room").await;
+    assert_eq!(peer_ids(&snap["joined"]), vec!["w"]);
+    // Past the grace period: still no left/joined pair.
+    watcher.expect_silence(3_000).await;
+    assert_eq!(
+        peers_via_rest(cluster.node(1), "room").await,
+        Some(set(&["p", "w"]))
+    );
+
+    // A peer that does not come back leaves once the grace runs out.
+    drop(again);
+    let left = watcher.recv().await;
+    assert_eq!(left["left"][0]["peerId"], "p");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_close_leaves_at_once_even_with_a_grace_period() {
+    let cluster = Cluster::redis_with(2, |c| c.engine.reconnect_grace_ms = 5_000).await;
+    let mut watcher = cluster.node(0).client("w").await;
+    watcher.subscribe("room").await;
+    let mut peer = cluster.node(1).client("p").await;
+    peer.subscribe("room").await;
+    watcher.recv().await;
+    let started = Instant::now();
+    peer.close().await;
+    assert_eq!(watcher.recv().await["left"][0]["peerId"], "p");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
