@@ -1,0 +1,215 @@
+//! A node of a Redis-backed cluster is killed with SIGKILL: the surviving nodes remove its peers
+//! from every channel and each watcher sees each `left` exactly once, within the lease bound.
+//! Real `herald` processes and a real `redis-server` (started here on a free port).
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../server/tests/common/redis.rs"]
+mod redis_server;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use herald_protocol::claims::Claims;
+use herald_protocol::jwt;
+use redis_server::RedisServer;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+const KID: &str = "sk_id_crash";
+const SECRET: &str = "sk_secret_crash_0123456789abcdef";
+const LEASE_MS: u64 = 10_000;
+
+struct Node {
+    child: Child,
+    origin: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_node(dir: &std::path::Path, redis: &RedisServer, id: &str) -> Node {
+    let config = format!(
+        r#"listen = "127.0.0.1:0"
+[log]
+format = "json"
+level = "info"
+[engine]
+kind = "redis"
+redis_url = "{url}"
+node_id = "{id}"
+lease_ttl_ms = {LEASE_MS}
+[[apps]]
+id = "app_crash"
+[[apps.secret_keys]]
+id = "{KID}"
+secret = "{SECRET}"
+"#,
+        url = redis.url()
+    );
+    let path = dir.join(format!("{id}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if let Some(listen) = v["fields"]["listen"].as_str() {
+                        let _ = tx.send(listen.to_string());
+                        sent = true;
+                    }
+                }
+            }
+        }
+    });
+    let listen = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("node did not report its address");
+    Node {
+        child,
+        origin: format!("ws://{listen}"),
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(node: &Node, sub: &str) -> Ws {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = Claims {
+        sub: sub.into(),
+        exp: Some(now + 600),
+        ..Claims::default()
+    };
+    let token = jwt::sign(KID, SECRET.as_bytes(), &claims);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/v1?token={token}", node.origin))
+        .await
+        .unwrap();
+    let welcome = next_json(&mut ws).await.unwrap();
+    assert_eq!(welcome["type"], "welcome");
+    ws
+}
+
+async fn next_json(ws: &mut Ws) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .ok()??
+        {
+            Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn subscribe(ws: &mut Ws, channel: &str) {
+    ws.send(Message::text(
+        json!({"type": "subscribe", "channel": channel, "requestId": channel}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(ws).await.unwrap()["type"], "ack");
+    assert_eq!(next_json(ws).await.unwrap()["type"], "presence");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_peers_leave_exactly_once_within_the_lease_bound() {
+    let dir = std::env::temp_dir().join(format!("herald-crash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let redis = RedisServer::start();
+    let nodes: Vec<Node> = ["crash-a", "crash-b", "crash-c"]
+        .iter()
+        .map(|id| start_node(&dir, &redis, id))
+        .collect();
+
+    let mut watchers = vec![
+        connect(&nodes[0], "watch-a").await,
+        connect(&nodes[1], "watch-b").await,
+    ];
+    for w in &mut watchers {
+        subscribe(w, "room").await;
+        subscribe(w, "lobby").await;
+    }
+    let mut victims = Vec::new();
+    for name in ["v1", "v2"] {
+        let mut v = connect(&nodes[2], name).await;
+        subscribe(&mut v, "room").await;
+        subscribe(&mut v, "lobby").await;
+        victims.push(v);
+    }
+    // Each watcher sees both victims (and the other watcher) join both channels.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut victim_node = nodes.into_iter().collect::<Vec<_>>();
+    let killed_at = Instant::now();
+    let status = Command::new("kill")
+        .args(["-KILL", &victim_node[2].child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = victim_node[2].child.wait();
+
+    let bound = Duration::from_millis(LEASE_MS + 5_000);
+    for (i, w) in watchers.iter_mut().enumerate() {
+        let mut lefts: BTreeMap<(String, String), u32> = BTreeMap::new();
+        let wanted = 4; // two victims × two channels
+        while lefts.values().sum::<u32>() < wanted {
+            assert!(
+                killed_at.elapsed() < bound,
+                "watcher {i} saw only {lefts:?} after {:?}",
+                killed_at.elapsed()
+            );
+            let Some(frame) = next_json(w).await else {
+                panic!("watcher {i} disconnected")
+            };
+            if frame["type"] == "presence" {
+                for e in frame["left"].as_array().unwrap() {
+                    *lefts
+                        .entry((
+                            frame["channel"].as_str().unwrap().into(),
+                            e["peerId"].as_str().unwrap().into(),
+                        ))
+                        .or_default() += 1;
+                }
+            }
+        }
+        println!(
+            "watcher {i}: every peer of the killed node left after {:?} (lease {LEASE_MS} ms)",
+            killed_at.elapsed()
+        );
+        assert!(lefts.values().all(|n| *n == 1), "{lefts:?}");
+        assert!(
+            lefts.keys().all(|(_, peer)| peer.starts_with('v')),
+            "{lefts:?}"
+        );
+    }
+    // Exactly once: nothing more arrives.
+    for w in &mut watchers {
+        let extra = tokio::time::timeout(Duration::from_secs(2), w.next()).await;
+        assert!(
+            matches!(extra, Err(_) | Ok(Some(Ok(Message::Ping(_))))),
+            "unexpected {extra:?}"
+        );
+    }
+    drop(victims);
+    let _ = std::fs::remove_dir_all(dir);
+}
