@@ -124,9 +124,14 @@ fn init_logging(config: &Config) {
 fn print_dev_banner(config: &Config, keys: &DevKeys, created: bool, listen: std::net::SocketAddr) {
     let origin = format!("ws://{listen}");
     let state = if created { "created" } else { "loaded" };
+    let demo = if config.web.demo {
+        format!("Open http://{listen}/ in two browser tabs for the demo.\n")
+    } else {
+        String::new()
+    };
     println!(
         r#"Herald is running in dev mode: in-memory engine, WebSocket at {origin}/v1
-Dev keys ({state} {DEV_KEYS_PATH}; keep them out of production):
+{demo}Dev keys ({state} {DEV_KEYS_PATH}; keep them out of production):
   app id           {app}
   publishable key  {pk}
   secret key id    {kid}
@@ -152,7 +157,6 @@ Connect with the official JS SDK (npm install @metered-ca/realtime ws):
         kid = keys.secret_key_id,
         secret = keys.secret,
     );
-    let _ = config;
 }
 
 async fn shutdown_signal() {
