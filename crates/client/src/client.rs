@@ -262,7 +262,8 @@ impl Inner {
     /// Serializes `data` once and checks it against the welcome's cap (spec §8.6): an oversized
     /// frame would get the whole connection closed with 1009.
     pub(crate) fn payload(&self, data: &impl Serialize) -> Result<Box<RawValue>, Error> {
-        let raw = serde_json::value::to_raw_value(data).map_err(|e| Error::Serialize(e.to_string()))?;
+        let raw =
+            serde_json::value::to_raw_value(data).map_err(|e| Error::Serialize(e.to_string()))?;
         let size = raw.get().len();
         let cap = self.max_message_size();
         if size > cap {

@@ -177,7 +177,10 @@ pub(crate) async fn close(inner: &Arc<Inner>) {
         let mut shared = lock(&inner.shared);
         shared.conn = None;
         let pending = std::mem::take(&mut shared.pending);
-        (pending, Inner::set_state(&mut shared, ConnectionState::Closed))
+        (
+            pending,
+            Inner::set_state(&mut shared, ConnectionState::Closed),
+        )
     };
     for (_, waiter) in pending {
         let _ = waiter.send(Err(Error::Closed));
@@ -218,7 +221,9 @@ async fn open_unstoppable(inner: &Inner) -> Result<Session, Error> {
                 .map_err(|_| Error::TokenProviderTimeout(limit))?
                 .map_err(|e| Error::TokenProvider(e.to_string()))?;
             if token.is_empty() {
-                return Err(Error::TokenProvider("the provider returned an empty token".into()));
+                return Err(Error::TokenProvider(
+                    "the provider returned an empty token".into(),
+                ));
             }
             format!("token={}", percent_encode(&token))
         }
@@ -265,7 +270,9 @@ async fn wait_for_welcome(ws: &mut Ws) -> Result<Welcome, Error> {
             Some(Ok(Message::Text(text))) => match frames::parse_server_frame(text.as_str()) {
                 Ok(ServerFrame::Welcome(welcome)) => return Ok(welcome),
                 Ok(_) => tracing::debug!("ignoring a frame that arrived before the welcome"),
-                Err(e) => tracing::warn!(error = %e, "dropping a malformed frame before the welcome"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping a malformed frame before the welcome")
+                }
             },
             Some(Ok(Message::Close(frame))) => {
                 let closed = close_parts(frame);
@@ -518,10 +525,12 @@ async fn reconnect(
                 token_failures += 1;
                 let error = failure.to_string();
                 if token_failures >= TOKEN_FAILURE_THRESHOLD {
-                    inner.connection.emit(ConnectionEvent::TokenProviderFailing {
-                        consecutive_failures: token_failures,
-                        error: error.clone(),
-                    });
+                    inner
+                        .connection
+                        .emit(ConnectionEvent::TokenProviderFailing {
+                            consecutive_failures: token_failures,
+                            error: error.clone(),
+                        });
                     inner.notify(Observed::TokenProviderFailing {
                         consecutive_failures: token_failures,
                         error: &error,
@@ -547,13 +556,28 @@ async fn reconnect(
             floor = Some(policy.overload_floor);
         }
         let exhausted = policy.max_attempts.is_some_and(|max| attempts >= max);
-        let closing = lock(&inner.shared).closing;
-        let will_reconnect = !closing && !exhausted && !code.is_some_and(is_terminal);
-        if code.is_some() || !will_reconnect {
-            announce_disconnect(inner, code.unwrap_or(1006), &reason, will_reconnect);
-        }
-        if !will_reconnect {
+        let give_up = exhausted || code.is_some_and(is_terminal);
+        // Closed before the announcement, so a listener that reads the state sees it.
+        let state_event = {
+            let mut shared = lock(&inner.shared);
+            if shared.closing || shared.generation != generation {
+                None
+            } else if give_up {
+                shared.stop = None;
+                Some(Inner::set_state(&mut shared, ConnectionState::Closed))
+            } else {
+                Some(None)
+            }
+        };
+        let Some(state_event) = state_event else {
             break;
+        };
+        if code.is_some() || give_up {
+            announce_disconnect(inner, code.unwrap_or(1006), &reason, !give_up);
+        }
+        if give_up {
+            inner.announce(state_event);
+            return None;
         }
     }
     finish_closed(inner, generation);

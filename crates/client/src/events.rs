@@ -106,19 +106,21 @@ impl<T: Clone> Subscribers<T> {
     /// forgotten.
     pub(crate) fn emit(&self, event: T) {
         let mut registry = lock(&self.registry);
-        registry.subscribers.retain(|s| match s.tx.try_send(event.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                let lost = s.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::warn!(
-                    kind = self.kind,
-                    lost,
-                    "an event stream is not being read; dropping an event for it"
-                );
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
+        registry
+            .subscribers
+            .retain(|s| match s.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    let lost = s.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(
+                        kind = self.kind,
+                        lost,
+                        "an event stream is not being read; dropping an event for it"
+                    );
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
     }
 
     /// Ends every stream (after its queued events) and refuses new ones.
@@ -151,7 +153,11 @@ mod tests {
         assert_eq!(b.recv().await, Some(1));
         assert_eq!(b.recv().await, None);
         let mut late = subs.subscribe();
-        assert_eq!(late.recv().await, None, "a stream taken after close has ended");
+        assert_eq!(
+            late.recv().await,
+            None,
+            "a stream taken after close has ended"
+        );
     }
 
     #[tokio::test]

@@ -56,7 +56,9 @@ fn string(obj: &mut Map<String, Value>, key: &str) -> Option<String> {
 }
 
 fn finite(obj: &Map<String, Value>, key: &str) -> Option<f64> {
-    obj.get(key).and_then(Value::as_f64).filter(|f| f.is_finite())
+    obj.get(key)
+        .and_then(Value::as_f64)
+        .filter(|f| f.is_finite())
 }
 
 /// An object-valued field; anything else (absent, null, array, scalar) is dropped.
@@ -278,8 +280,10 @@ mod tests {
 
     #[test]
     fn welcome() {
-        let f = parse(json!({"type":"welcome","peerId":"alice","expiresAt":1715539200,
-            "serverTime":1715535600,"maxMessageSize":65536,"metadata":{"k":1}}))
+        let f = parse(
+            json!({"type":"welcome","peerId":"alice","expiresAt":1715539200,
+            "serverTime":1715535600,"maxMessageSize":65536,"metadata":{"k":1}}),
+        )
         .unwrap();
         let ServerFrame::Welcome(w) = f else {
             panic!("{f:?}")
@@ -289,9 +293,11 @@ mod tests {
         assert_eq!(w.max_message_size, 65536);
         assert_eq!(w.metadata.unwrap()["k"], 1);
 
-        let ServerFrame::Welcome(pk) = parse(json!({"type":"welcome","peerId":"u","expiresAt":null,
+        let ServerFrame::Welcome(pk) =
+            parse(json!({"type":"welcome","peerId":"u","expiresAt":null,
             "serverTime":1,"maxMessageSize":10,"metadata":[1]}))
-        .unwrap() else {
+            .unwrap()
+        else {
             panic!()
         };
         assert_eq!(pk.expires_at, None);
@@ -304,7 +310,10 @@ mod tests {
             json!({"type":"welcome","peerId":"a","serverTime":1,"maxMessageSize":0}),
             json!({"type":"welcome","peerId":"a","serverTime":1,"maxMessageSize":1,"expiresAt":"x"}),
         ] {
-            assert!(matches!(parse(bad.clone()), Err(FrameError::Invalid(_))), "{bad}");
+            assert!(
+                matches!(parse(bad.clone()), Err(FrameError::Invalid(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -376,7 +385,10 @@ mod tests {
         assert_eq!(gone(json!({"type":"going_away","retryAfterMs":250})), 250);
         assert_eq!(gone(json!({"type":"going_away","retryAfterMs":-1})), 1000);
         assert_eq!(gone(json!({"type":"going_away"})), 1000);
-        assert_eq!(gone(json!({"type":"going_away","retryAfterMs":1e12})), 300_000);
+        assert_eq!(
+            gone(json!({"type":"going_away","retryAfterMs":1e12})),
+            300_000
+        );
         assert_eq!(parse(json!({"type":"pong"})).unwrap(), ServerFrame::Pong);
     }
 

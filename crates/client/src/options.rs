@@ -329,7 +329,10 @@ mod tests {
             .validate()
             .is_err());
         assert_eq!(
-            format!("{:?}", SignallingClientOptions::api_key("pk_secret").credential),
+            format!(
+                "{:?}",
+                SignallingClientOptions::api_key("pk_secret").credential
+            ),
             "ApiKey(…)"
         );
     }

@@ -389,11 +389,7 @@ impl PeerInner {
             tracing::warn!(peer_id = %entry.peer_id, cap = self.max_peers, "roster full; ignoring a join");
             return;
         }
-        let remote = RemotePeer::new(
-            &entry.peer_id,
-            entry.metadata.clone(),
-            Arc::downgrade(self),
-        );
+        let remote = RemotePeer::new(&entry.peer_id, entry.metadata.clone(), Arc::downgrade(self));
         shared.roster.insert(entry.peer_id.clone(), remote.clone());
         actions.push(Action::Joined(remote));
     }
@@ -535,7 +531,9 @@ impl PeerInner {
                 Observed::Direct(direct) => {
                     // Only members of the roster may talk to us, signals included (spec §8.7).
                     match shared.roster.get(&direct.from) {
-                        None => tracing::debug!(from = %direct.from, "dropping direct data from a peer outside the roster"),
+                        None => {
+                            tracing::debug!(from = %direct.from, "dropping direct data from a peer outside the roster")
+                        }
                         Some(remote) => match Signal::from_data(&direct.data) {
                             Some(signal) => {
                                 if let Signal::TrackMeta(meta) = &signal {

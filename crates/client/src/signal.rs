@@ -209,7 +209,8 @@ mod tests {
 
     #[test]
     fn recognises_exact_shapes_only() {
-        let offer = json!({"type":"rtc-description","description":{"type":"offer","sdp":"v=0\r\n"}});
+        let offer =
+            json!({"type":"rtc-description","description":{"type":"offer","sdp":"v=0\r\n"}});
         assert_eq!(
             Signal::from_data(&offer),
             Some(Signal::Description {

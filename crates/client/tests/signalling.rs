@@ -103,7 +103,10 @@ async fn presence_snapshot_and_deltas_carry_metadata() {
     let mut alice_presence = alice.presence();
     let mut bob_presence = bob.presence();
 
-    alice.subscribe("lobby", SubscribeOptions::default()).await.unwrap();
+    alice
+        .subscribe("lobby", SubscribeOptions::default())
+        .await
+        .unwrap();
     let snapshot = next(&mut alice_presence, "alice's snapshot").await;
     assert_eq!(snapshot.channel, "lobby");
     assert!(snapshot.joined.is_empty() && snapshot.left.is_empty());
@@ -118,7 +121,10 @@ async fn presence_snapshot_and_deltas_carry_metadata() {
     );
     let delta = next(&mut alice_presence, "bob joined").await;
     assert_eq!(delta.joined[0].peer_id, "bob");
-    assert_eq!(delta.joined[0].metadata.as_ref().unwrap()["username"], "bob");
+    assert_eq!(
+        delta.joined[0].metadata.as_ref().unwrap()["username"],
+        "bob"
+    );
 
     bob.unsubscribe("lobby").await.unwrap();
     let delta = next(&mut alice_presence, "bob left").await;
@@ -141,9 +147,15 @@ async fn publish_reaches_others_with_metadata_only_when_asked() {
     let mut alice_messages = alice.messages();
     let mut bob_messages = bob.messages();
     let mut carol_messages = carol.messages();
-    alice.subscribe("chat", SubscribeOptions::default()).await.unwrap();
+    alice
+        .subscribe("chat", SubscribeOptions::default())
+        .await
+        .unwrap();
     bob.subscribe("chat", WITH_META).await.unwrap();
-    carol.subscribe("chat", SubscribeOptions::default()).await.unwrap();
+    carol
+        .subscribe("chat", SubscribeOptions::default())
+        .await
+        .unwrap();
 
     let data = json!({"type": "chat", "text": "hi", "n": 1.5, "nested": [null, true]});
     alice.publish("chat", &data).await.unwrap();
@@ -159,7 +171,10 @@ async fn publish_reaches_others_with_metadata_only_when_asked() {
 
     // null is a valid payload; publishing needs no subscription.
     let outsider = connected(&server, "dave").await;
-    outsider.publish("chat", serde_json::Value::Null).await.unwrap();
+    outsider
+        .publish("chat", serde_json::Value::Null)
+        .await
+        .unwrap();
     let m = next(&mut carol_messages, "dave's null").await;
     assert_eq!((m.from.as_str(), m.data), ("dave", serde_json::Value::Null));
 
@@ -245,7 +260,10 @@ async fn server_errors_are_typed_and_the_connection_survives() {
         .unwrap();
 
     // Still usable after the errors.
-    client.subscribe("lobby", SubscribeOptions::default()).await.unwrap();
+    client
+        .subscribe("lobby", SubscribeOptions::default())
+        .await
+        .unwrap();
     assert_eq!(client.state(), ConnectionState::Connected);
     client.close().await;
     limited.close().await;
@@ -327,7 +345,10 @@ async fn requests_need_a_connection() {
         Err(Error::NotConnected(ConnectionState::Closed))
     );
     client.connect().await.unwrap();
-    client.subscribe("lobby", SubscribeOptions::default()).await.unwrap();
+    client
+        .subscribe("lobby", SubscribeOptions::default())
+        .await
+        .unwrap();
     client.close().await;
 }
 
@@ -409,10 +430,7 @@ async fn connect_failures_are_typed() {
         SignallingClientOptions::api_key(PK).with_url(format!("ws://{closed_port}")),
     )
     .unwrap();
-    assert!(matches!(
-        client.connect().await,
-        Err(Error::Transport(_))
-    ));
+    assert!(matches!(client.connect().await, Err(Error::Transport(_))));
 
     // Bad options are refused up front.
     assert!(matches!(
@@ -435,7 +453,10 @@ async fn dispose_ends_every_stream() {
     let mut errors = client.server_errors();
     let mut going_away = client.going_away();
     let mut events = client.connection_events();
-    client.subscribe("lobby", SubscribeOptions::default()).await.unwrap();
+    client
+        .subscribe("lobby", SubscribeOptions::default())
+        .await
+        .unwrap();
 
     // close() alone keeps the streams open (the client may connect again).
     client.close().await;
@@ -468,11 +489,17 @@ async fn dropping_the_last_handle_closes_the_connection() {
     let server = TestServer::start().await;
     let watcher = connected(&server, "watcher").await;
     let mut presence = watcher.presence();
-    watcher.subscribe("lobby", SubscribeOptions::default()).await.unwrap();
+    watcher
+        .subscribe("lobby", SubscribeOptions::default())
+        .await
+        .unwrap();
     next(&mut presence, "snapshot").await;
 
     let client = connected(&server, "leaver").await;
-    client.subscribe("lobby", SubscribeOptions::default()).await.unwrap();
+    client
+        .subscribe("lobby", SubscribeOptions::default())
+        .await
+        .unwrap();
     let p = next(&mut presence, "leaver joined").await;
     assert_eq!(p.joined[0].peer_id, "leaver");
     let clone = client.clone();

@@ -79,7 +79,12 @@ pub fn now() -> i64 {
 }
 
 /// A JWT for `sub` valid for `ttl` seconds, with optional peer and private metadata.
-pub fn token_with(sub: &str, ttl: i64, peer_metadata: Option<Value>, metadata: Option<Value>) -> String {
+pub fn token_with(
+    sub: &str,
+    ttl: i64,
+    peer_metadata: Option<Value>,
+    metadata: Option<Value>,
+) -> String {
     let raw = |v: Value| serde_json::value::RawValue::from_string(v.to_string()).unwrap();
     let claims = Claims {
         sub: sub.into(),
@@ -259,9 +264,7 @@ pub async fn expect_quiet<S: Stream + Unpin>(stream: &mut S, ms: u64, what: &str
 where
     S::Item: std::fmt::Debug,
 {
-    if let Ok(Some(item)) =
-        tokio::time::timeout(Duration::from_millis(ms), stream.next()).await
-    {
+    if let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(ms), stream.next()).await {
         panic!("expected no {what}, got {item:?}");
     }
 }
@@ -305,11 +308,11 @@ impl FakeServer {
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let mut query = String::new();
-                    let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                                    resp| {
-                        query = req.uri().query().unwrap_or_default().to_string();
-                        Ok(resp)
-                    };
+                    let callback =
+                        |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                            query = req.uri().query().unwrap_or_default().to_string();
+                            Ok(resp)
+                        };
                     if let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await {
                         let _ = tx.send(FakeConn { ws, query }).await;
                     }
@@ -343,9 +346,11 @@ impl FakeConn {
 
     /// Sends a welcome for `peer_id`.
     pub async fn welcome(&mut self, peer_id: &str) {
-        self.send_json(json!({"type": "welcome", "peerId": peer_id, "expiresAt": null,
-            "serverTime": now(), "maxMessageSize": 65536}))
-            .await;
+        self.send_json(
+            json!({"type": "welcome", "peerId": peer_id, "expiresAt": null,
+            "serverTime": now(), "maxMessageSize": 65536}),
+        )
+        .await;
     }
 
     /// The next text frame from the client, as JSON.
