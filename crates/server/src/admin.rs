@@ -17,6 +17,7 @@ use percent_encoding::percent_decode_str;
 use serde_json::{json, Value};
 
 use crate::conn::Conn;
+use crate::engine::Member;
 use crate::ids::{ChannelName, PeerId};
 use crate::rest::{authorize, ApiError};
 use crate::state::ServerState;
@@ -160,20 +161,19 @@ async fn channel(
         .into_iter()
         .find(|c| c.channel == channel)
         .map_or(0, |c| c.subscribers);
-    let members: Vec<Value> = members
-        .iter()
-        .map(|m| {
-            let mut entry = json!({"peerId": m.peer_id.as_str()});
-            if let Some(meta) = &m.metadata {
-                entry["metadata"] = serde_json::from_str(meta.get()).unwrap_or(Value::Null);
-            }
-            entry
-        })
-        .collect();
-    Ok(
-        Json(json!({"channel": name, "members": members, "localSubscribers": subscribers}))
-            .into_response(),
-    )
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ChannelView<'a> {
+        channel: &'a str,
+        members: &'a [Member],
+        local_subscribers: usize,
+    }
+    Ok(Json(ChannelView {
+        channel: &name,
+        members: &members,
+        local_subscribers: subscribers,
+    })
+    .into_response())
 }
 
 /// Where is peer X: its connections on this node and the channels each holds.

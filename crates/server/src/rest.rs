@@ -21,12 +21,12 @@ use herald_protocol::validate::{
 use herald_protocol::{jwt, Action, ActionSet, CloseCode};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
+use serde_json::json;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
 
 use crate::auth::SecretKey;
 use crate::conn::CloseReason;
-use crate::engine::Publication;
+use crate::engine::{Member, Publication};
 use crate::ids::{ChannelName, PeerId};
 use crate::state::{unix_now, ServerState};
 
@@ -320,17 +320,16 @@ async fn channel_peers(state: &ServerState, key: &SecretKey, channel: String) ->
         .channel_members(&key.app.id, &ChannelName::new(channel.as_str()))
         .await
         .map_err(|_| ApiError::backend())?;
-    let peers: Vec<Value> = members
-        .iter()
-        .map(|m| {
-            let mut entry = json!({"peerId": m.peer_id.as_str()});
-            if let Some(meta) = &m.metadata {
-                entry["metadata"] = serde_json::from_str(meta.get()).unwrap_or(Value::Null);
-            }
-            entry
-        })
-        .collect();
-    Ok(Json(json!({"channel": channel, "peers": peers})).into_response())
+    #[derive(serde::Serialize)]
+    struct Peers<'a> {
+        channel: &'a str,
+        peers: &'a [Member],
+    }
+    Ok(Json(Peers {
+        channel: &channel,
+        peers: &members,
+    })
+    .into_response())
 }
 
 #[derive(Deserialize)]

@@ -486,3 +486,24 @@ async fn unknown_endpoints_and_health() {
         (StatusCode::OK, json!({"accepting": true, "engine": true}))
     );
 }
+
+#[tokio::test]
+async fn peers_listing_passes_metadata_through_byte_for_byte() {
+    let server = TestServer::start().await;
+    let meta = r#"{"z":1,"a":12345678901234567890123,"n":1500.0}"#;
+    let mut c = server.client_with_meta("m", meta).await;
+    c.subscribe("raw").await;
+    let text = reqwest::Client::new()
+        .get(format!("http://{}/v1/channels/raw/peers", server.addr))
+        .header("authorization", AUTH)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        text,
+        format!(r#"{{"channel":"raw","peers":[{{"peerId":"m","metadata":{meta}}}]}}"#)
+    );
+}

@@ -81,6 +81,20 @@ pub struct Member {
     pub metadata: Option<Arc<RawValue>>,
 }
 
+/// Serializes as a presence entry, `{"peerId", "metadata"?}`, with the metadata passed through
+/// byte-for-byte (REST and admin answers show exactly what presence frames show).
+impl serde::Serialize for Member {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("peerId", self.peer_id.as_str())?;
+        if let Some(metadata) = &self.metadata {
+            map.serialize_entry("metadata", &**metadata)?;
+        }
+        map.end()
+    }
+}
+
 /// One channel as operators see it on this node.
 #[derive(Debug, Clone)]
 pub struct ChannelSummary {
