@@ -250,9 +250,16 @@ describe("Herald demo app in Chromium", () => {
   test("a server restart: both pages show reconnecting, recover, and chat again", async () => {
     await herald.stop();
     for (const user of [alice, bob]) {
-      await user.page.waitForSelector('#conn-status[data-state="reconnecting"]', { timeout: 10_000 });
-      await user.page.locator("#conn-banner").waitFor();
-      assert.match(await user.page.locator("#conn-text").textContent(), /^Reconnecting in \d+ s…$/);
+      // State, countdown and banner, read together (the state flips to "connecting" at each try).
+      await user.page.waitForFunction(
+        () =>
+          document.getElementById("conn-status").dataset.state === "reconnecting" &&
+          /^Reconnecting in \d+ s…$/.test(document.getElementById("conn-text").textContent) &&
+          /Reconnecting in \d+ s…/.test(document.getElementById("conn-banner-text").textContent) &&
+          !document.getElementById("conn-banner").hidden,
+        null,
+        { timeout: 10_000 },
+      );
     }
     await alice.page.screenshot({ path: screenshotPath("reconnecting.png") });
     await sleep(1_000);
