@@ -369,6 +369,24 @@ describe("Herald demo app in Chromium", () => {
     await alice.page.waitForSelector("#call-panel", { state: "hidden" });
   });
 
+  test("an admin kick closes the page's connection for good, and it says why", async () => {
+    const keys = herald.devKeys();
+    const res = await fetch(`${herald.origin}/v1/peers/${bob.peerId}`, {
+      method: "DELETE",
+      headers: { authorization: `Bearer ${keys.secretKeyId}:${keys.secret}` },
+    });
+    assert.equal(res.status, 200, await res.text());
+    await bob.page.waitForSelector('#conn-status[data-state="closed"]', { timeout: 5_000 });
+    assert.equal(await bob.page.locator("#conn-text").textContent(), "Closed: disconnected by admin");
+    assert.match(await bob.page.locator("#conn-banner-text").textContent(), /disconnected by admin \(code 4020\)/);
+    // 4020 is terminal: no reconnect, and Alice sees Bob leave.
+    await alice.page.waitForFunction((id) => !document.querySelector(`#roster li[data-peer="${id}"]`), bob.peerId);
+    const socketsAtKick = bob.sockets.length;
+    await bob.page.waitForTimeout(1_500);
+    assert.equal(await bob.page.locator("#conn-status").getAttribute("data-state"), "closed");
+    assert.equal(bob.sockets.length, socketsAtKick, "no new WebSocket after the kick");
+  });
+
   test("no page errors along the way", () => {
     for (const u of users) assert.deepEqual(u.problems, [], `${u.name}`);
   });
