@@ -719,6 +719,7 @@ fn dispatch(inner: &Inner, conn_id: u64, text: &str) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

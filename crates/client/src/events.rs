@@ -132,6 +132,7 @@ impl<T: Clone> Subscribers<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use futures_util::StreamExt;

@@ -264,6 +264,7 @@ pub(crate) fn validate_origin(url: &str) -> Result<String, Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
