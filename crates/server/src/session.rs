@@ -214,8 +214,15 @@ impl Session {
                     }
                 }
                 Some(first) = rx.recv() => {
-                    if !write_batch(ws, first, &mut rx, &self.state.metrics).await {
-                        return None;
+                    // A peer that stopped reading blocks this write; a close request (slow
+                    // consumer, kick, shutdown) must still end the session at once.
+                    tokio::select! {
+                        written = write_batch(ws, first, &mut rx, &self.state.metrics) => {
+                            if !written {
+                                return None;
+                            }
+                        }
+                        reason = conn.closed() => return Some(reason),
                     }
                 }
                 inbound = ws.recv() => {
