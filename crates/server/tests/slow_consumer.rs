@@ -83,7 +83,7 @@ async fn a_reader_that_stalls_is_cut_off_and_nobody_else_waits() {
         "closed with {code} after {} frames",
         frames.len()
     );
-    assert!(frames.len() < total as usize);
+    assert!(frames.len() < total);
     let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
         .await
         .unwrap()
