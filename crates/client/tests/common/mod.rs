@@ -1,7 +1,12 @@
 //! Test support: a real Herald on 127.0.0.1 (restartable on the same port), token minting,
 //! fast client options, stream helpers, and a scripted fake server for what Herald never does
 //! (stay silent, send garbage).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::result_large_err
+)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
