@@ -259,8 +259,29 @@ fn handshake_error(e: tungstenite::Error) -> Error {
         tungstenite::Error::Url(tungstenite::error::UrlError::TlsFeatureNotEnabled) => {
             Error::Transport("wss:// needs herald-client's `rustls` feature".into())
         }
-        other => Error::Transport(other.to_string()),
+        other => Error::Transport(scrub(&other.to_string())),
     }
+}
+
+/// Masks a credential that an error text might quote (as the official SDKs do), so errors
+/// can be logged and shown.
+fn scrub(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = ["token=", "key="]
+        .iter()
+        .filter_map(|k| rest.find(k).map(|i| (i, k.len())))
+        .min()
+    {
+        let (i, len) = at;
+        out.push_str(&rest[..i + len]);
+        out.push('…');
+        rest = &rest[i + len..];
+        let end = rest.find(['&', ' ', '"', '\'']).unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Reads until the welcome. The server sends nothing before it; anything else is dropped.
@@ -286,7 +307,7 @@ async fn wait_for_welcome(ws: &mut Ws) -> Result<Welcome, Error> {
             Some(Err(e)) => {
                 return Err(Error::ConnectRejected {
                     code: error_code(&e),
-                    reason: e.to_string(),
+                    reason: scrub(&e.to_string()),
                 })
             }
             None => {
@@ -731,6 +752,15 @@ mod tests {
         for code in [1000, 1001, 1006, 4000, 4002, 4010, 4011] {
             assert!(!is_terminal(code), "{code}");
         }
+    }
+
+    #[test]
+    fn credentials_are_scrubbed_from_errors() {
+        assert_eq!(
+            scrub("failed: ws://h/v1?token=eyJ.abc.def&x=1 and key=pk_live_1 end"),
+            "failed: ws://h/v1?token=…&x=1 and key=… end"
+        );
+        assert_eq!(scrub("Connection refused"), "Connection refused");
     }
 
     #[test]

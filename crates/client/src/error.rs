@@ -10,6 +10,7 @@ use crate::types::{ConnectionState, ServerError};
 /// names, payload size, state), rejected by the server ([`Error::Server`]), lost in transit
 /// ([`Error::Timeout`], [`Error::Disconnected`]), and connect failures.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The options are unusable (bad URL, zero timeout, …).
     #[error("invalid options: {0}")]

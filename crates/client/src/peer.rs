@@ -120,6 +120,7 @@ pub struct PeerData {
 
 /// Something the application should react to; see [`Peer::errors`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum PeerError {
     /// The connection ended for good (a terminal close code such as 4020, or the reconnect
     /// budget ran out) and the peer is now [`PeerState::Closed`].
@@ -803,6 +804,12 @@ impl Peer {
         }
         if self.inner.client.peer_id().as_deref() == Some(peer_id) {
             return Err(Error::SelfSend);
+        }
+        let data = serde_json::to_value(data).map_err(|e| Error::Serialize(e.to_string()))?;
+        if Signal::from_data(&data).is_some() || data.get(crate::signal::TRACK_META_KEY).is_some() {
+            // Sent anyway, as MeteredPeer does, but the receiving SDK will take it for a
+            // WebRTC signal and never show it as data.
+            tracing::warn!(%peer_id, "per-peer data has the shape of a WebRTC signal; the receiver will not see it as data");
         }
         self.inner.client.send(peer_id, data).await
     }

@@ -63,6 +63,7 @@ pub struct TrackMeta {
 
 /// A WebRTC signal carried in `direct` data.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Signal {
     /// `{"type":"rtc-description","description":{"type":…,"sdp":…}}`.
     Description {

@@ -216,6 +216,7 @@ pub enum ConnectionState {
 
 /// What happened to the connection; see [`crate::SignallingClient::connection_events`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum ConnectionEvent {
     /// The state changed.
     StateChanged {
