@@ -17,8 +17,8 @@ use herald_protocol::{encode, PresenceEntry};
 use serde_json::value::RawValue;
 
 use super::{
-    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Publication,
-    SubscribeRequest, Target,
+    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, MessageFrames,
+    Publication, SubscribeRequest, Target,
 };
 use crate::conn::{CloseReason, Conn, Delivery, Frame};
 use crate::ids::{AppId, ChannelName, ConnId, PeerId};
@@ -272,26 +272,8 @@ impl MemoryEngine {
 
     fn publish_now(&self, p: &Publication<'_>) -> usize {
         // Encoded lazily, at most once per variant, and shared by every receiver.
-        let mut plain: Option<Frame> = None;
-        let mut with_meta: Option<Frame> = None;
-        let mut frame_for = |include: bool| -> Frame {
-            let wants_meta = include && p.from_metadata.is_some();
-            let slot = if wants_meta {
-                &mut with_meta
-            } else {
-                &mut plain
-            };
-            slot.get_or_insert_with(|| {
-                let meta = if wants_meta { p.from_metadata } else { None };
-                frame(encode::message(
-                    p.channel.as_str(),
-                    p.from.as_str(),
-                    p.data,
-                    meta,
-                ))
-            })
-            .clone()
-        };
+        let mut frames =
+            MessageFrames::new(p.channel.as_str(), p.from.as_str(), p.data, p.from_metadata);
         let excluded = p.exclude.map(|c| c.id);
         let mut delivered = 0;
         let key = (p.app.clone(), p.channel.clone());
@@ -300,7 +282,7 @@ impl MemoryEngine {
         if let Some(state) = &state {
             for sub in state.subscribers.values() {
                 if Some(sub.conn.id) != excluded
-                    && sub.conn.deliver(frame_for(sub.include_sender_metadata)) == Delivery::Queued
+                    && sub.conn.deliver(frames.get(sub.include_sender_metadata)) == Delivery::Queued
                 {
                     delivered += 1;
                 }
@@ -322,7 +304,7 @@ impl MemoryEngine {
                     continue;
                 }
                 reached.push(id);
-                if sub.conn.deliver(frame_for(sub.include_sender_metadata)) == Delivery::Queued {
+                if sub.conn.deliver(frames.get(sub.include_sender_metadata)) == Delivery::Queued {
                     delivered += 1;
                 }
             }

@@ -95,6 +95,52 @@ impl serde::Serialize for Member {
     }
 }
 
+/// A `message` encoded at most once per variant (with and without `fromMetadata`) and shared by
+/// every receiver: the "encode once, fan out bytes" rule of both engines.
+pub(crate) struct MessageFrames<'a> {
+    channel: &'a str,
+    from: &'a str,
+    data: &'a RawValue,
+    from_metadata: Option<&'a RawValue>,
+    plain: Option<Frame>,
+    with_metadata: Option<Frame>,
+}
+
+impl<'a> MessageFrames<'a> {
+    pub(crate) fn new(
+        channel: &'a str,
+        from: &'a str,
+        data: &'a RawValue,
+        from_metadata: Option<&'a RawValue>,
+    ) -> Self {
+        MessageFrames {
+            channel,
+            from,
+            data,
+            from_metadata,
+            plain: None,
+            with_metadata: None,
+        }
+    }
+
+    /// The frame for a receiver whose subscription did (or did not) ask for sender metadata.
+    pub(crate) fn get(&mut self, include_sender_metadata: bool) -> Frame {
+        let metadata = self.from_metadata.filter(|_| include_sender_metadata);
+        let slot = if metadata.is_some() {
+            &mut self.with_metadata
+        } else {
+            &mut self.plain
+        };
+        let (channel, from, data) = (self.channel, self.from, self.data);
+        slot.get_or_insert_with(|| {
+            Frame::from(herald_protocol::encode::message(
+                channel, from, data, metadata,
+            ))
+        })
+        .clone()
+    }
+}
+
 /// One channel as operators see it on this node.
 #[derive(Debug, Clone)]
 pub struct ChannelSummary {

@@ -13,7 +13,8 @@ pub struct Cluster {
     pub redis: Option<RedisServer>,
 }
 
-/// Redis settings for tests: a short lease so crash tests finish quickly, and no reconnect
+/// Redis settings for tests: a lease long enough that a node starved of CPU by a parallel test
+/// run is not declared dead, and no reconnect
 /// grace unless a test asks for it.
 pub fn redis_config(redis: &RedisServer, node: usize, prefix: &str) -> Config {
     let mut config = test_config();
@@ -21,7 +22,7 @@ pub fn redis_config(redis: &RedisServer, node: usize, prefix: &str) -> Config {
     config.engine.redis_url = redis.url();
     config.engine.node_id = format!("node{node}");
     config.engine.key_prefix = prefix.into();
-    config.engine.lease_ttl_ms = 2_000;
+    config.engine.lease_ttl_ms = 5_000;
     config.engine.reconnect_grace_ms = 0;
     config
 }

@@ -18,7 +18,7 @@ use super::bus::{BusCommand, Topics};
 use super::wire::Event;
 use super::{channel_key, stored_metadata};
 use crate::conn::{CloseReason, Conn, Delivery, Frame};
-use crate::engine::{ChannelSummary, Departure, Member};
+use crate::engine::{ChannelSummary, Departure, Member, MessageFrames};
 use crate::ids::{AppId, ChannelName, ConnId, PeerId};
 use crate::sync::lock;
 
@@ -110,6 +110,17 @@ pub fn roster_from_flat(flat: &[String], exclude: Option<&PeerId>) -> Vec<Member
             metadata: stored_metadata(&kv[1]),
         })
         .collect()
+}
+
+/// The shared encoder for a message event from the bus.
+fn message_frames<'e>(channel: &'e str, event: &'e Event<'_>) -> MessageFrames<'e> {
+    let from = event.f.as_deref().unwrap_or_default();
+    MessageFrames::new(
+        channel,
+        from,
+        event.d.unwrap_or(RawValue::NULL),
+        event.metadata(),
+    )
 }
 
 fn exclusion_of(event: &Event<'_>, node: &str) -> Option<ConnId> {
@@ -442,7 +453,7 @@ impl Local {
         match event.k.as_ref() {
             "m" => {
                 let excluded = exclusion_of(event, node);
-                let mut frames = MessageFrames::new(channel, event);
+                let mut frames = message_frames(channel, event);
                 for sub in state.subscribers.values() {
                     if Some(sub.conn.id) != excluded {
                         sub.conn.deliver(frames.get(sub.include_sender_metadata));
@@ -502,7 +513,7 @@ impl Local {
         let Some(subs) = patterns.get(&key.0) else {
             return;
         };
-        let mut frames = MessageFrames::new(channel, event);
+        let mut frames = message_frames(channel, event);
         let mut reached: Vec<ConnId> = Vec::new();
         for sub in subs {
             let id = sub.conn.id;
@@ -531,7 +542,7 @@ impl Local {
         let Some(state) = channels.get(&(app.clone(), channel.clone())) else {
             return;
         };
-        let mut frames = MessageFrames::new(channel.as_str(), event);
+        let mut frames = message_frames(channel.as_str(), event);
         for sub in state.subscribers.values() {
             if Some(sub.conn.id) != exclude {
                 sub.conn.deliver(frames.get(sub.include_sender_metadata));
@@ -687,45 +698,5 @@ impl Local {
                 (c, list)
             })
             .collect()
-    }
-}
-
-/// A message event encoded at most once per variant (with and without `fromMetadata`).
-struct MessageFrames<'e, 'a> {
-    channel: &'e str,
-    event: &'e Event<'a>,
-    plain: Option<Frame>,
-    with_meta: Option<Frame>,
-}
-
-impl<'e, 'a> MessageFrames<'e, 'a> {
-    fn new(channel: &'e str, event: &'e Event<'a>) -> Self {
-        MessageFrames {
-            channel,
-            event,
-            plain: None,
-            with_meta: None,
-        }
-    }
-
-    fn get(&mut self, include_sender_metadata: bool) -> Frame {
-        let meta = self.event.metadata().filter(|_| include_sender_metadata);
-        let slot = if meta.is_some() {
-            &mut self.with_meta
-        } else {
-            &mut self.plain
-        };
-        let (channel, event) = (self.channel, self.event);
-        slot.get_or_insert_with(|| {
-            let from = event.f.as_deref().unwrap_or_default();
-            let null = RawValue::NULL;
-            frame(encode::message(
-                channel,
-                from,
-                event.d.unwrap_or(null),
-                meta,
-            ))
-        })
-        .clone()
     }
 }
