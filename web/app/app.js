@@ -588,6 +588,7 @@ function renderMessage(conv, msg) {
   const existing = [...list.children].find((li) => li.dataset.id === msg.id);
   if (existing) existing.replaceWith(node);
   else list.append(node);
+  list.querySelector(":scope > li.empty")?.remove();
   while (list.children.length > MAX_MESSAGES) list.firstElementChild.remove();
   if (atBottom || msg.mine) list.scrollTop = list.scrollHeight;
 }
