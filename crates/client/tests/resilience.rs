@@ -943,3 +943,83 @@ async fn peer_reconcile_watchdog_resubscribes_then_reports() {
     assert_eq!(peer.remote_peers().len(), 1);
     peer.leave().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcome_timeout_close_during_backoff_and_the_advertised_cap() {
+    // No welcome in time: the client gives up with 4000, as the official SDKs do.
+    let mut fake = FakeServer::start().await;
+    let client = SignallingClient::new(SignallingClientOptions {
+        welcome_timeout: Duration::from_millis(200),
+        ..fake_options(&fake)
+    })
+    .unwrap();
+    let connecting = {
+        let client = client.clone();
+        tokio::spawn(async move { client.connect().await })
+    };
+    let mut silent = fake.accept().await;
+    assert_eq!(
+        connecting.await.unwrap(),
+        Err(Error::WelcomeTimeout(Duration::from_millis(200)))
+    );
+    assert_eq!(silent.recv_close().await, 4000);
+    assert_eq!(client.state(), ConnectionState::Closed);
+
+    // The payload cap is whatever the welcome advertised.
+    let conn = {
+        let connecting = {
+            let client = client.clone();
+            tokio::spawn(async move { client.connect().await })
+        };
+        let mut conn = fake.accept().await;
+        conn.send_json(json!({"type": "welcome", "peerId": "me", "expiresAt": null,
+            "serverTime": now(), "maxMessageSize": 10}))
+            .await;
+        connecting.await.unwrap().unwrap();
+        conn
+    };
+    assert_eq!(
+        client.publish("c", "0123456789").await,
+        Err(Error::Oversized { size: 12, cap: 10 })
+    );
+
+    // close() during the backoff wait returns at once and nothing reconnects.
+    let slow = ReconnectOptions {
+        initial_delay: Duration::from_secs(20),
+        max_delay: Duration::from_secs(20),
+        ..ReconnectOptions::default()
+    };
+    client.close().await;
+    drop(conn);
+    let client2 = SignallingClient::new(SignallingClientOptions {
+        reconnect: Some(slow),
+        ..fake_options(&fake)
+    })
+    .unwrap();
+    let mut events = client2.connection_events();
+    let connecting = {
+        let client = client2.clone();
+        tokio::spawn(async move { client.connect().await })
+    };
+    let mut conn = fake.accept().await;
+    conn.welcome("me").await;
+    connecting.await.unwrap().unwrap();
+    conn.close(1011).await;
+    next_matching(&mut events, "reconnecting", |e| {
+        is_state(e, ConnectionState::Reconnecting)
+    })
+    .await;
+    let started = Instant::now();
+    client2.close().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "close() waited for the backoff"
+    );
+    assert_eq!(client2.state(), ConnectionState::Closed);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), fake.accept())
+            .await
+            .is_err(),
+        "no reconnect after close()"
+    );
+}
