@@ -549,6 +549,8 @@ fn departure(client_closed: bool, reason: Option<CloseReason>) -> Departure {
     let deliberate = client_closed || reason.is_some_and(|r| r.code.is_terminal_for_sdks());
     if deliberate {
         Departure::Left
+    } else if reason.is_some_and(|r| r.code == CloseCode::GoingAway) {
+        Departure::Shutdown
     } else {
         Departure::Dropped
     }

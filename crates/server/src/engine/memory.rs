@@ -212,7 +212,9 @@ impl MemoryEngine {
         true
     }
 
-    fn unsubscribe_channel(&self, conn: &Arc<Conn>, channel: &ChannelName) -> bool {
+    /// `announce` is false only while the node shuts down: everyone is leaving, and a `left` for
+    /// peers that will reconnect in a moment would only make clients tear down and rebuild.
+    fn unsubscribe_channel(&self, conn: &Arc<Conn>, channel: &ChannelName, announce: bool) -> bool {
         let key = (conn.app.clone(), channel.clone());
         let Some(cell) = self.channel(&key) else {
             return false;
@@ -229,6 +231,11 @@ impl MemoryEngine {
         }
         if last {
             let metadata = state.members.remove(&conn.peer_id).and_then(|m| m.metadata);
+            if !announce {
+                drop(state);
+                self.remove_if_empty(&key);
+                return true;
+            }
             let left = [entry(&conn.peer_id, &metadata)];
             let delta = frame(encode::presence(channel.as_str(), &[], &left));
             for sub in state.subscribers.values() {
@@ -262,11 +269,11 @@ impl MemoryEngine {
         removed
     }
 
-    fn unsubscribe_any(&self, conn: &Arc<Conn>, channel: &ChannelName) -> bool {
+    fn unsubscribe_any(&self, conn: &Arc<Conn>, channel: &ChannelName, announce: bool) -> bool {
         if has_wildcard(channel.as_str()) {
             self.unsubscribe_pattern(conn, channel)
         } else {
-            self.unsubscribe_channel(conn, channel)
+            self.unsubscribe_channel(conn, channel, announce)
         }
     }
 
@@ -324,16 +331,18 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    /// The memory engine has no reconnect grace: a node restart loses presence anyway, and on a
-    /// single node a reconnect overlapping the old socket is covered by reference counting.
+    /// The memory engine has no reconnect grace: on a single node a reconnect overlapping the old
+    /// socket is covered by reference counting. During shutdown nothing is announced: the node's
+    /// presence dies with it, and clients rebuild their rosters from the next snapshot.
     async fn disconnect(
         &self,
         conn: &Arc<Conn>,
         subscriptions: Vec<ChannelName>,
-        _departure: Departure,
+        departure: Departure,
     ) {
+        let announce = departure != Departure::Shutdown;
         for channel in &subscriptions {
-            self.unsubscribe_any(conn, channel);
+            self.unsubscribe_any(conn, channel, announce);
         }
         let key = (conn.app.clone(), conn.peer_id.clone());
         let mut peers = lock(&self.peers[shard_of(&key)]);
@@ -357,7 +366,7 @@ impl Engine for MemoryEngine {
         conn: &Arc<Conn>,
         channel: &ChannelName,
     ) -> Result<bool, EngineError> {
-        Ok(self.unsubscribe_any(conn, channel))
+        Ok(self.unsubscribe_any(conn, channel, true))
     }
 
     async fn publish(&self, publication: Publication<'_>) -> Result<usize, EngineError> {

@@ -31,8 +31,11 @@ pub enum Departure {
     /// A deliberate leave (client close frame, kick, terminal close): `left` goes out at once.
     Left,
     /// The socket dropped or the server closed it for a reason the client retries after (expiry,
-    /// shutdown, rate limit, dead socket). An engine may hold presence for a grace period.
+    /// rate limit, dead socket). An engine may hold presence for a grace period.
     Dropped,
+    /// The node is shutting down (close 1001): the client will reconnect, here or elsewhere.
+    /// Nothing should be announced that the reconnect would immediately undo.
+    Shutdown,
 }
 
 /// What a subscription targets: one concrete channel or a wildcard pattern (spec §9.4).

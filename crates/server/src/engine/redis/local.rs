@@ -302,7 +302,8 @@ impl Local {
         if let Some(hold) = state.holds.get_mut(&conn.peer_id) {
             hold.connections = hold.connections.saturating_sub(1);
             if hold.connections == 0 {
-                if departure == Departure::Dropped && !grace.is_zero() {
+                // A node shutting down hands its peers to other nodes: the grace covers that too.
+                if departure != Departure::Left && !grace.is_zero() {
                     let generation = self.generation.fetch_add(1, Ordering::Relaxed);
                     hold.pending_leave = Some(generation);
                     outcome = Removal::LeaveAfterGrace(generation);
