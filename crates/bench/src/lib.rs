@@ -1,0 +1,11 @@
+//! herald-bench: drives a running Herald or Socket.IO server over real WebSockets on loopback
+//! and measures fan-out, idle connections, presence churn and direct messages.
+//!
+//! `bench/run.sh` runs the whole comparison; `BENCHMARKS.md` has the results.
+
+pub mod procstat;
+pub mod proto;
+pub mod report;
+pub mod scenarios;
+pub mod suite;
+pub mod ws;

@@ -1,0 +1,174 @@
+//! `herald-bench`: run the benchmark suite against one target, or turn results into a report.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use herald_bench::proto::{Proto, Target};
+use herald_bench::suite::{self, SuiteOpts, SuiteResult};
+use herald_bench::{procstat, report, scenarios};
+
+#[derive(Parser)]
+#[command(
+    name = "herald-bench",
+    about = "Herald vs Socket.IO over real WebSockets on loopback"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
+enum Command {
+    /// Run every scenario against one running server (or cluster) and write JSON results.
+    Suite {
+        /// herald or socketio
+        #[arg(long, value_parser = parse_proto)]
+        proto: Proto,
+        /// Node addresses, comma-separated (host:port, loopback).
+        #[arg(long, value_delimiter = ',', required = true)]
+        addr: Vec<SocketAddr>,
+        /// Server process ids, comma-separated, for CPU and RSS.
+        #[arg(long, value_delimiter = ',', required = true)]
+        pid: Vec<u32>,
+        /// Herald publishable key with presence.
+        #[arg(long, default_value = "pk_bench")]
+        key: String,
+        /// Herald publishable key without the presence action.
+        #[arg(long, default_value = "pk_bench_quiet")]
+        quiet_key: String,
+        /// Name in the report.
+        #[arg(long)]
+        label: Option<String>,
+        /// JSON output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Tiny sizes, a few seconds in all.
+        #[arg(long)]
+        smoke: bool,
+        /// Only these scenarios (connections, fanout, presence, direct).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Idle-connection counts to measure.
+        #[arg(long, value_delimiter = ',')]
+        connections: Vec<usize>,
+        /// Fan-out subscribers.
+        #[arg(long)]
+        subscribers: Option<usize>,
+        /// Fan-out publishers.
+        #[arg(long)]
+        publishers: Option<usize>,
+        /// Seconds per fan-out run.
+        #[arg(long)]
+        fanout_secs: Option<f64>,
+        /// Presence watchers (K).
+        #[arg(long)]
+        watchers: Option<usize>,
+        /// Direct pairs.
+        #[arg(long)]
+        pairs: Option<usize>,
+    },
+    /// Merge suite results into a markdown table and PNG plots.
+    Report {
+        /// Directory for results.md and fanout-latency.png.
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Suite JSON files, in column order.
+        files: Vec<PathBuf>,
+    },
+}
+
+fn parse_proto(s: &str) -> Result<Proto, String> {
+    match s {
+        "herald" => Ok(Proto::Herald),
+        "socketio" => Ok(Proto::Socketio),
+        _ => Err("herald or socketio".into()),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Suite {
+            proto,
+            addr,
+            pid,
+            key,
+            quiet_key,
+            label,
+            out,
+            smoke,
+            only,
+            connections,
+            subscribers,
+            publishers,
+            fanout_secs,
+            watchers,
+            pairs,
+        } => {
+            for a in &addr {
+                anyhow::ensure!(
+                    a.ip().is_loopback(),
+                    "{a}: the benchmark only targets loopback"
+                );
+            }
+            let mut opts = if smoke {
+                SuiteOpts::smoke()
+            } else {
+                SuiteOpts::full()
+            };
+            opts.only = only;
+            if !connections.is_empty() {
+                opts.connections = connections;
+            }
+            opts.subscribers = subscribers.unwrap_or(opts.subscribers);
+            opts.publishers = publishers.unwrap_or(opts.publishers);
+            opts.fanout_secs = fanout_secs.unwrap_or(opts.fanout_secs);
+            opts.watchers = watchers.unwrap_or(opts.watchers);
+            opts.pairs = pairs.unwrap_or(opts.pairs);
+            let target = Target {
+                proto,
+                addrs: addr,
+                key,
+                quiet_key,
+                pids: pid,
+            };
+            let label = label.unwrap_or_else(|| proto.name().to_string());
+            // One thread: the generator is pinned to one core, and a single-threaded runtime
+            // spends nothing on cross-thread wakeups.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let cpu = procstat::cpu_ticks("self");
+            let result = runtime.block_on(suite::run(&label, &target, &opts))?;
+            scenarios::progress(format!(
+                "{label}: done; generator used {:.1} CPU seconds",
+                (procstat::cpu_ticks("self") - cpu) as f64 / 100.0
+            ));
+            std::fs::write(&out, serde_json::to_vec_pretty(&result)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+        }
+        Command::Report { out_dir, files } => {
+            let mut results = Vec::new();
+            for f in &files {
+                let text = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+                let r: SuiteResult = serde_json::from_slice(&text)
+                    .with_context(|| format!("parsing {}", f.display()))?;
+                results.push(r);
+            }
+            std::fs::create_dir_all(&out_dir)?;
+            let table = report::markdown(&results);
+            std::fs::write(out_dir.join("results.md"), &table)?;
+            println!("{table}");
+            let png = out_dir.join("fanout-latency.png");
+            if report::plot_latency(&results, &png)? {
+                println!("plot: {}", png.display());
+            } else {
+                println!("plot skipped (no font or no curve data)");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,453 @@
+//! Protocol adapters: the Metered wire (Herald) and Socket.IO 4 (Engine.IO v4 text framing over
+//! a WebSocket). Each turns the scenarios' few operations into frames and classifies what comes
+//! back, by looking at a few bytes rather than parsing whole JSON documents.
+
+use std::io;
+use std::net::SocketAddr;
+
+use memchr::memmem;
+
+use crate::ws::{self, Frame, WsReader, WsWriter};
+
+/// Which wire a target speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// The Metered Realtime Messaging wire (Herald).
+    Herald,
+    /// Socket.IO 4 (Engine.IO v4) with the reference server in bench/socketio.
+    Socketio,
+}
+
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Herald => "herald",
+            Proto::Socketio => "socketio",
+        }
+    }
+}
+
+/// A server (or a cluster of nodes) under test.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub proto: Proto,
+    /// One address per node; connections are spread over them round-robin.
+    pub addrs: Vec<SocketAddr>,
+    /// Herald: the publishable key with presence (watchers, churners).
+    pub key: String,
+    /// Herald: a publishable key without the presence action, so plain subscribers are not sent
+    /// presence deltas (the Socket.IO server sends none to them either).
+    pub quiet_key: String,
+    /// Server processes whose CPU time and RSS are sampled (every node of a cluster).
+    pub pids: Vec<u32>,
+}
+
+impl Target {
+    pub fn addr(&self, index: usize) -> SocketAddr {
+        self.addrs[index % self.addrs.len()]
+    }
+}
+
+/// One connected client after the protocol handshake.
+pub struct Client {
+    pub proto: Proto,
+    pub rd: WsReader,
+    pub tx: Sender,
+    /// The id others use to reach it: Herald's `peerId`, Socket.IO's socket id.
+    pub peer_id: String,
+}
+
+/// The write side of a client: encodes requests, numbers them, and batches them per flush.
+pub struct Sender {
+    pub proto: Proto,
+    pub wr: WsWriter,
+    next_request: u64,
+}
+
+/// What an inbound frame is, as far as the scenarios care.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound<'a> {
+    /// A channel message; `t` is the send timestamp the generator embedded.
+    Message(Option<u64>),
+    /// A direct message.
+    Direct(Option<u64>),
+    /// A presence frame; the first joined peer id, if any.
+    Presence {
+        joined: Option<&'a [u8]>,
+    },
+    Ack(u64),
+    Error,
+    /// Engine.IO ping: answer with a pong.
+    Ping,
+    Other,
+}
+
+static T_FIELD: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"\"t\":"));
+static JOINED: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"\"joined\":["));
+static REQUEST_ID: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"\"requestId\":\""));
+
+fn parse_u64(bytes: &[u8]) -> Option<u64> {
+    let mut value: u64 = 0;
+    let mut any = false;
+    for &b in bytes {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        value = value.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+        any = true;
+    }
+    any.then_some(value)
+}
+
+/// The generator's timestamp inside `data` (`{"t":<ns>,...}`).
+fn timestamp(payload: &[u8]) -> Option<u64> {
+    T_FIELD
+        .find(payload)
+        .and_then(|at| parse_u64(&payload[at + 4..]))
+}
+
+fn first_joined(payload: &[u8]) -> Option<&[u8]> {
+    let at = JOINED.find(payload)? + 10;
+    let rest = &payload[at..];
+    // Herald: [{"peerId":"x",...}], Socket.IO: ["x",...]
+    let rest = if rest.starts_with(b"{\"peerId\":\"") {
+        &rest[11..]
+    } else if rest.starts_with(b"\"") {
+        &rest[1..]
+    } else {
+        return None;
+    };
+    let end = memchr::memchr(b'"', rest)?;
+    Some(&rest[..end])
+}
+
+/// Classifies one inbound text payload.
+pub fn classify(proto: Proto, p: &[u8]) -> Inbound<'_> {
+    match proto {
+        Proto::Herald => {
+            let Some(rest) = p.strip_prefix(b"{\"type\":\"") else {
+                return Inbound::Other;
+            };
+            if rest.starts_with(b"message\"") {
+                Inbound::Message(timestamp(p))
+            } else if rest.starts_with(b"direct\"") {
+                Inbound::Direct(timestamp(p))
+            } else if rest.starts_with(b"ack\"") {
+                let id = REQUEST_ID
+                    .find(p)
+                    .and_then(|at| parse_u64(&p[at + 13..]))
+                    .unwrap_or(0);
+                Inbound::Ack(id)
+            } else if rest.starts_with(b"presence\"") {
+                Inbound::Presence {
+                    joined: first_joined(p),
+                }
+            } else if rest.starts_with(b"error\"") {
+                Inbound::Error
+            } else {
+                Inbound::Other
+            }
+        }
+        Proto::Socketio => {
+            if p == b"2" {
+                Inbound::Ping
+            } else if let Some(rest) = p.strip_prefix(b"43") {
+                Inbound::Ack(parse_u64(rest).unwrap_or(0))
+            } else if p.starts_with(b"42[\"message\"") {
+                Inbound::Message(timestamp(p))
+            } else if p.starts_with(b"42[\"direct\"") {
+                Inbound::Direct(timestamp(p))
+            } else if p.starts_with(b"42[\"presence\"") {
+                Inbound::Presence {
+                    joined: first_joined(p),
+                }
+            } else if p.starts_with(b"44") {
+                Inbound::Error
+            } else {
+                Inbound::Other
+            }
+        }
+    }
+}
+
+fn between<'a>(p: &'a [u8], field: &[u8]) -> Option<&'a [u8]> {
+    let at = memmem::find(p, field)? + field.len();
+    let rest = &p[at..];
+    let end = memchr::memchr(b'"', rest)?;
+    Some(&rest[..end])
+}
+
+async fn next_data(rd: &mut WsReader) -> io::Result<Vec<u8>> {
+    loop {
+        match rd.next().await? {
+            Frame::Data(range) => return Ok(rd.payload(&range).to_vec()),
+            Frame::Control => continue,
+            Frame::Closed => return Err(io::ErrorKind::ConnectionReset.into()),
+        }
+    }
+}
+
+impl Client {
+    /// Connects to node `node` of the target and completes the protocol handshake: Herald's
+    /// `welcome`, or Engine.IO open + Socket.IO connect.
+    pub async fn connect(target: &Target, node: usize, presence: bool) -> io::Result<Client> {
+        let addr = target.addr(node);
+        match target.proto {
+            Proto::Herald => {
+                let key = if presence {
+                    &target.key
+                } else {
+                    &target.quiet_key
+                };
+                let (mut rd, wr) = ws::connect(addr, &format!("/v1?key={key}")).await?;
+                let first = next_data(&mut rd).await?;
+                let peer_id = between(&first, b"\"peerId\":\"")
+                    .ok_or_else(|| {
+                        io::Error::other(format!(
+                            "expected welcome, got {}",
+                            String::from_utf8_lossy(&first)
+                        ))
+                    })?
+                    .to_vec();
+                Ok(Client {
+                    proto: Proto::Herald,
+                    rd,
+                    tx: Sender::new(Proto::Herald, wr),
+                    peer_id: String::from_utf8_lossy(&peer_id).into_owned(),
+                })
+            }
+            Proto::Socketio => {
+                let (mut rd, mut wr) =
+                    ws::connect(addr, "/socket.io/?EIO=4&transport=websocket").await?;
+                let open = next_data(&mut rd).await?;
+                if !open.starts_with(b"0{") {
+                    return Err(io::Error::other("expected Engine.IO open packet"));
+                }
+                wr.send_text(b"40").await?;
+                let peer_id = loop {
+                    let packet = next_data(&mut rd).await?;
+                    if packet.starts_with(b"40") {
+                        break between(&packet, b"\"sid\":\"")
+                            .ok_or_else(|| io::Error::other("connect packet without sid"))?
+                            .to_vec();
+                    }
+                    if packet.starts_with(b"44") {
+                        return Err(io::Error::other("Socket.IO connect refused"));
+                    }
+                };
+                Ok(Client {
+                    proto: Proto::Socketio,
+                    rd,
+                    tx: Sender::new(Proto::Socketio, wr),
+                    peer_id: String::from_utf8_lossy(&peer_id).into_owned(),
+                })
+            }
+        }
+    }
+
+    /// Flushes queued frames and waits for the ack of `id`, answering pings on the way.
+    pub async fn await_ack(&mut self, id: u64) -> io::Result<()> {
+        self.tx.wr.flush().await?;
+        loop {
+            match self.rd.next().await? {
+                Frame::Data(range) => {
+                    let inbound = classify(self.proto, self.rd.payload(&range));
+                    match inbound {
+                        Inbound::Ack(got) if got == id => return Ok(()),
+                        Inbound::Error => {
+                            let text =
+                                String::from_utf8_lossy(self.rd.payload(&range)).into_owned();
+                            return Err(io::Error::other(format!("server error: {text}")));
+                        }
+                        Inbound::Ping => {
+                            self.tx.queue_pong();
+                            self.tx.wr.flush().await?;
+                        }
+                        _ => {}
+                    }
+                }
+                Frame::Control => {}
+                Frame::Closed => return Err(io::ErrorKind::ConnectionReset.into()),
+            }
+        }
+    }
+
+    pub async fn close(self) {
+        self.tx.wr.close().await;
+    }
+}
+
+impl Sender {
+    fn new(proto: Proto, wr: WsWriter) -> Sender {
+        Sender {
+            proto,
+            wr,
+            next_request: 1,
+        }
+    }
+
+    fn request_id(&mut self) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        id
+    }
+
+    /// Queues a subscribe (Socket.IO: join the room, with presence if asked); returns its id.
+    pub fn queue_subscribe(&mut self, channel: &str, presence: bool) -> u64 {
+        let id = self.request_id();
+        let frame = match self.proto {
+            Proto::Herald => {
+                format!(r#"{{"type":"subscribe","channel":"{channel}","requestId":"{id}"}}"#)
+            }
+            Proto::Socketio => {
+                format!(r#"42{id}["subscribe",{{"channel":"{channel}","presence":{presence}}}]"#)
+            }
+        };
+        self.wr.queue_text(frame.as_bytes());
+        id
+    }
+
+    pub fn queue_unsubscribe(&mut self, channel: &str, presence: bool) -> u64 {
+        let id = self.request_id();
+        let frame = match self.proto {
+            Proto::Herald => {
+                format!(r#"{{"type":"unsubscribe","channel":"{channel}","requestId":"{id}"}}"#)
+            }
+            Proto::Socketio => {
+                format!(r#"42{id}["unsubscribe",{{"channel":"{channel}","presence":{presence}}}]"#)
+            }
+        };
+        self.wr.queue_text(frame.as_bytes());
+        id
+    }
+
+    /// Queues a publish of raw JSON `data`; returns its request id (acked by both servers).
+    pub fn queue_publish(&mut self, buf: &mut Vec<u8>, channel: &str, data: &[u8]) -> u64 {
+        let id = self.request_id();
+        buf.clear();
+        match self.proto {
+            Proto::Herald => {
+                buf.extend_from_slice(b"{\"type\":\"publish\",\"channel\":\"");
+                buf.extend_from_slice(channel.as_bytes());
+                buf.extend_from_slice(b"\",\"requestId\":\"");
+                push_u64(buf, id);
+                buf.extend_from_slice(b"\",\"data\":");
+                buf.extend_from_slice(data);
+                buf.push(b'}');
+            }
+            Proto::Socketio => {
+                buf.extend_from_slice(b"42");
+                push_u64(buf, id);
+                buf.extend_from_slice(b"[\"publish\",{\"channel\":\"");
+                buf.extend_from_slice(channel.as_bytes());
+                buf.extend_from_slice(b"\",\"data\":");
+                buf.extend_from_slice(data);
+                buf.extend_from_slice(b"}]");
+            }
+        }
+        self.wr.queue_text(buf);
+        id
+    }
+
+    /// Queues a direct message to `to` (a peer id / socket id).
+    pub fn queue_send(&mut self, buf: &mut Vec<u8>, to: &str, data: &[u8]) -> u64 {
+        let id = self.request_id();
+        buf.clear();
+        match self.proto {
+            Proto::Herald => {
+                buf.extend_from_slice(b"{\"type\":\"send\",\"to\":\"");
+                buf.extend_from_slice(to.as_bytes());
+                buf.extend_from_slice(b"\",\"requestId\":\"");
+                push_u64(buf, id);
+                buf.extend_from_slice(b"\",\"data\":");
+                buf.extend_from_slice(data);
+                buf.push(b'}');
+            }
+            Proto::Socketio => {
+                buf.extend_from_slice(b"42");
+                push_u64(buf, id);
+                buf.extend_from_slice(b"[\"send\",{\"to\":\"");
+                buf.extend_from_slice(to.as_bytes());
+                buf.extend_from_slice(b"\",\"data\":");
+                buf.extend_from_slice(data);
+                buf.extend_from_slice(b"}]");
+            }
+        }
+        self.wr.queue_text(buf);
+        id
+    }
+
+    /// Answers an Engine.IO ping (queued; the caller flushes).
+    pub fn queue_pong(&mut self) {
+        if self.proto == Proto::Socketio {
+            self.wr.queue_text(b"3");
+        }
+    }
+}
+
+/// Appends the decimal digits of `v`.
+pub fn push_u64(buf: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_herald_frames() {
+        let msg = br#"{"type":"message","channel":"c","from":"p","data":{"t":12345,"s":"x"}}"#;
+        assert_eq!(classify(Proto::Herald, msg), Inbound::Message(Some(12345)));
+        let ack = br#"{"type":"ack","requestId":"77"}"#;
+        assert_eq!(classify(Proto::Herald, ack), Inbound::Ack(77));
+        let pres = br#"{"type":"presence","channel":"c","joined":[{"peerId":"bob"}],"left":[]}"#;
+        assert_eq!(
+            classify(Proto::Herald, pres),
+            Inbound::Presence {
+                joined: Some(&b"bob"[..])
+            }
+        );
+        let empty = br#"{"type":"presence","channel":"c","joined":[],"left":[]}"#;
+        assert_eq!(
+            classify(Proto::Herald, empty),
+            Inbound::Presence { joined: None }
+        );
+    }
+
+    #[test]
+    fn classifies_socketio_packets() {
+        assert_eq!(classify(Proto::Socketio, b"2"), Inbound::Ping);
+        assert_eq!(classify(Proto::Socketio, b"4312[{}]"), Inbound::Ack(12));
+        let msg = br#"42["message",{"channel":"c","from":"x","data":{"t":9}}]"#;
+        assert_eq!(classify(Proto::Socketio, msg), Inbound::Message(Some(9)));
+        let pres = br#"42["presence",{"channel":"c","joined":["abc"],"left":[]}]"#;
+        assert_eq!(
+            classify(Proto::Socketio, pres),
+            Inbound::Presence {
+                joined: Some(&b"abc"[..])
+            }
+        );
+    }
+
+    #[test]
+    fn writes_numbers() {
+        let mut b = Vec::new();
+        push_u64(&mut b, 0);
+        push_u64(&mut b, 1234567890123);
+        assert_eq!(b, b"01234567890123");
+    }
+}

@@ -1,0 +1,166 @@
+//! The whole comparison for one target: every scenario at the sizes the issue sets, in an order
+//! that keeps the measurements independent (idle connections first, on a fresh server).
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::Target;
+use crate::scenarios::{
+    self, progress, ConnectionsOpts, ConnectionsResult, DirectOpts, DirectResult, FanoutOpts,
+    FanoutResult, PresenceOpts, PresenceResult,
+};
+
+/// Sizes of one suite run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SuiteOpts {
+    /// Idle-connection counts, measured in order on the same server.
+    pub connections: Vec<usize>,
+    pub connect_concurrency: usize,
+    pub subscribers: usize,
+    pub publishers: usize,
+    pub fanout_secs: f64,
+    pub payload_bytes: usize,
+    pub window: u64,
+    /// Offered loads for the latency curve, as fractions of this target's max publish rate.
+    pub curve: Vec<f64>,
+    pub watchers: usize,
+    pub churners: usize,
+    pub presence_secs: f64,
+    pub pairs: usize,
+    pub direct_window: u64,
+    pub direct_secs: f64,
+    /// Which scenarios run (`connections`, `fanout`, `presence`, `direct`); empty = all.
+    pub only: Vec<String>,
+}
+
+impl SuiteOpts {
+    /// The sizes of the issue's targets.
+    pub fn full() -> SuiteOpts {
+        SuiteOpts {
+            connections: vec![15_000],
+            connect_concurrency: 256,
+            subscribers: 1000,
+            publishers: 1,
+            fanout_secs: 5.0,
+            payload_bytes: 64,
+            window: 64,
+            curve: vec![0.1, 0.25, 0.5, 0.75, 0.9],
+            watchers: 200,
+            churners: 8,
+            presence_secs: 5.0,
+            pairs: 100,
+            direct_window: 32,
+            direct_secs: 5.0,
+            only: Vec::new(),
+        }
+    }
+
+    /// A few seconds in all, for the test suite: it proves the tool works, not how fast.
+    pub fn smoke() -> SuiteOpts {
+        SuiteOpts {
+            connections: vec![20],
+            connect_concurrency: 8,
+            subscribers: 10,
+            publishers: 1,
+            fanout_secs: 0.3,
+            payload_bytes: 32,
+            window: 4,
+            curve: vec![0.5],
+            watchers: 4,
+            churners: 2,
+            presence_secs: 0.3,
+            pairs: 3,
+            direct_window: 4,
+            direct_secs: 0.3,
+            only: Vec::new(),
+        }
+    }
+
+    fn runs(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SuiteResult {
+    /// `herald`, `socketio`, `herald-cluster`, ...
+    pub label: String,
+    pub proto: crate::proto::Proto,
+    pub nodes: usize,
+    pub opts: SuiteOpts,
+    pub connections: Vec<ConnectionsResult>,
+    pub fanout_max: Option<FanoutResult>,
+    pub fanout_curve: Vec<FanoutResult>,
+    pub presence: Option<PresenceResult>,
+    pub direct: Option<DirectResult>,
+}
+
+pub async fn run(label: &str, target: &Target, opts: &SuiteOpts) -> anyhow::Result<SuiteResult> {
+    let mut result = SuiteResult {
+        label: label.to_string(),
+        proto: target.proto,
+        nodes: target.addrs.len(),
+        opts: opts.clone(),
+        connections: Vec::new(),
+        fanout_max: None,
+        fanout_curve: Vec::new(),
+        presence: None,
+        direct: None,
+    };
+    if opts.runs("connections") {
+        for &count in &opts.connections {
+            let c = ConnectionsOpts {
+                count,
+                concurrency: opts.connect_concurrency,
+                settle_secs: if count > 100 { 2.0 } else { 0.2 },
+            };
+            result
+                .connections
+                .push(scenarios::connections(target, &c).await?);
+        }
+    }
+    if opts.runs("fanout") {
+        let base = FanoutOpts {
+            subscribers: opts.subscribers,
+            publishers: opts.publishers,
+            rate: None,
+            duration_secs: opts.fanout_secs,
+            payload_bytes: opts.payload_bytes,
+            window: opts.window,
+        };
+        let max = scenarios::fanout(target, &base).await?;
+        let max_publishes = max.published as f64 / max.cpu.wall_secs.max(1e-9);
+        for &fraction in &opts.curve {
+            let at = FanoutOpts {
+                rate: Some((max_publishes * fraction).max(1.0)),
+                ..base.clone()
+            };
+            progress(format!(
+                "{label}: fan-out at {:.0} % of max ({:.0} publishes/s)",
+                fraction * 100.0,
+                max_publishes * fraction
+            ));
+            result
+                .fanout_curve
+                .push(scenarios::fanout(target, &at).await?);
+        }
+        result.fanout_max = Some(max);
+    }
+    if opts.runs("presence") {
+        let p = PresenceOpts {
+            watchers: opts.watchers,
+            churners: opts.churners,
+            duration_secs: opts.presence_secs,
+        };
+        result.presence = Some(scenarios::presence(target, &p).await?);
+    }
+    if opts.runs("direct") {
+        let d = DirectOpts {
+            pairs: opts.pairs,
+            duration_secs: opts.direct_secs,
+            payload_bytes: opts.payload_bytes,
+            window: opts.direct_window,
+        };
+        result.direct = Some(scenarios::direct(target, &d).await?);
+    }
+    Ok(result)
+}
