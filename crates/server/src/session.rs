@@ -15,11 +15,10 @@ use herald_protocol::validate::{is_reserved_channel, is_valid_channel, is_valid_
 use herald_protocol::{encode, parse_client_frame, Action, ClientOp, CloseCode, ErrorCode};
 use rand::Rng;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::auth::{AuthError, Identity};
-use crate::conn::{CloseReason, Conn, Frame};
+use crate::conn::{CloseReason, Conn, Frame, Outbound};
 use crate::engine::{Departure, Direct, Publication, SubscribeRequest, Target};
 use crate::ids::{ChannelName, PeerId};
 use crate::limits::TokenBucket;
@@ -173,11 +172,7 @@ impl Session {
     }
 
     /// The connection loop. Returns the close to send, or `None` when the client is gone.
-    async fn run(
-        &mut self,
-        ws: &mut WebSocket,
-        mut rx: mpsc::Receiver<Frame>,
-    ) -> Option<CloseReason> {
+    async fn run(&mut self, ws: &mut WebSocket, mut rx: Outbound) -> Option<CloseReason> {
         let timing = self.state.config.timing.clone();
         let ping_every = Duration::from_secs(timing.ping_interval_secs);
         let dead_after = ping_every + Duration::from_secs(timing.pong_grace_secs);
@@ -601,7 +596,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 async fn write_batch(
     ws: &mut WebSocket,
     first: Frame,
-    rx: &mut mpsc::Receiver<Frame>,
+    rx: &mut Outbound,
     metrics: &Metrics,
 ) -> bool {
     let write = async {
@@ -609,11 +604,11 @@ async fn write_batch(
         ws.feed(Message::Text(first)).await?;
         for _ in 1..MAX_BATCH {
             match rx.try_recv() {
-                Ok(frame) => {
+                Some(frame) => {
                     metrics.frame_out(frame.as_str());
                     ws.feed(Message::Text(frame)).await?
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         ws.flush().await
@@ -622,8 +617,8 @@ async fn write_batch(
 }
 
 /// Best-effort delivery of what is already queued (used before a graceful close).
-async fn flush_pending(ws: &mut WebSocket, rx: &mut mpsc::Receiver<Frame>, metrics: &Metrics) {
-    while let Ok(frame) = rx.try_recv() {
+async fn flush_pending(ws: &mut WebSocket, rx: &mut Outbound, metrics: &Metrics) {
+    while let Some(frame) = rx.try_recv() {
         if !write_batch(ws, frame, rx, metrics).await {
             return;
         }
