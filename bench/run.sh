@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Runs the whole benchmark: Herald and the Socket.IO 4 reference server, one after the other on
+# the same machine, then (unless --no-cluster) three Herald nodes with Redis. Writes JSON per
+# target, results.md and fanout-latency.png into bench/results/ (or $OUT).
+#
+#   bench/run.sh                  # full sizes (about 5 minutes)
+#   bench/run.sh --smoke          # tiny sizes, a few seconds per target
+#   bench/run.sh --no-cluster     # skip the Redis cluster
+#
+# Placement: every server process on core 0 (SERVER_CPU), the load generator on core 1
+# (BENCH_CPU), both with `taskset`. Everything listens on 127.0.0.1; every run is bounded by
+# `timeout`. Extra arguments go to every `herald-bench suite` call.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+server_cpu=${SERVER_CPU:-0}
+bench_cpu=${BENCH_CPU:-1}
+out=${OUT:-bench/results}
+run_timeout=${RUN_TIMEOUT:-900}
+cluster=1
+args=()
+for a in "$@"; do
+  case "$a" in
+    --no-cluster) cluster=0 ;;
+    *) args+=("$a") ;;
+  esac
+done
+
+# Each idle connection is one descriptor on each side.
+ulimit -n "$(ulimit -Hn)"
+echo "run.sh: open-files limit $(ulimit -n); server on CPU $server_cpu, generator on CPU $bench_cpu"
+
+cargo build --release --quiet -p herald -p herald-bench
+bash bench/socketio/install.sh
+herald=target/release/herald
+bench=target/release/herald-bench
+mkdir -p "$out"
+work=$(mktemp -d)
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "run.sh: nothing listening on $1" >&2; return 1
+}
+stop() { kill "$@" 2>/dev/null || true; for p in "$@"; do wait "$p" 2>/dev/null || true; done; }
+suite() { timeout "$run_timeout" taskset -c "$bench_cpu" "$bench" suite "$@" "${args[@]}"; }
+
+# ---- Herald, one node ----
+port=$(free_port)
+taskset -c "$server_cpu" "$herald" serve --config bench/herald.toml --listen "127.0.0.1:$port" \
+  2>"$work/herald.log" &
+hp=$!; pids+=("$hp")
+wait_port "$port"
+suite --proto herald --addr "127.0.0.1:$port" --pid "$hp" --label Herald --out "$out/herald.json"
+stop "$hp"
+
+# ---- Socket.IO 4 ----
+port=$(free_port)
+(cd bench/socketio && exec taskset -c "$server_cpu" node server.js "$port") >"$work/sio.log" 2>&1 &
+sp=$!; pids+=("$sp")
+wait_port "$port"
+suite --proto socketio --addr "127.0.0.1:$port" --pid "$sp" --label Socket.IO --out "$out/socketio.json"
+stop "$sp"
+
+files=("$out/herald.json" "$out/socketio.json")
+
+# ---- Herald, three nodes through Redis ----
+if [ "$cluster" = 1 ] && command -v redis-server >/dev/null 2>&1; then
+  rport=$(free_port)
+  taskset -c "$server_cpu" redis-server --port "$rport" --bind 127.0.0.1 --save "" \
+    --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+  rp=$!; pids+=("$rp")
+  wait_port "$rport"
+  addrs=(); npids=("$rp")
+  for i in 1 2 3; do
+    port=$(free_port)
+    { cat bench/herald.toml; printf '\n[engine]\nkind = "redis"\nredis_url = "redis://127.0.0.1:%s/0"\nnode_id = "bench%s"\n' "$rport" "$i"; } >"$work/node$i.toml"
+    taskset -c "$server_cpu" "$herald" serve --config "$work/node$i.toml" --listen "127.0.0.1:$port" \
+      2>"$work/node$i.log" &
+    np=$!; pids+=("$np"); npids+=("$np")
+    wait_port "$port"
+    addrs+=("127.0.0.1:$port")
+  done
+  # Server CPU and RSS are the sum of the three nodes and Redis.
+  suite --proto herald --addr "$(IFS=,; echo "${addrs[*]}")" --pid "$(IFS=,; echo "${npids[*]}")" \
+    --label "Herald 3 nodes + Redis" --out "$out/herald-cluster.json"
+  stop "${npids[@]}"
+  files+=("$out/herald-cluster.json")
+elif [ "$cluster" = 1 ]; then
+  echo "run.sh: redis-server not found; cluster skipped" >&2
+fi
+
+"$bench" report --out-dir "$out" "${files[@]}"

@@ -1,0 +1,142 @@
+//! A few-second smoke run of every scenario, so the benchmark cannot rot: Herald in-process on
+//! 127.0.0.1:0 with bench/herald.toml, and the Socket.IO reference server when its
+//! node_modules are installed (bench/socketio/install.sh, run by scripts/test).
+//!
+//! These tests check that the tool works and that nothing is lost at tiny sizes; they make no
+//! timing assertions.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use herald_bench::proto::{Proto, Target};
+use herald_bench::report;
+use herald_bench::suite::{self, SuiteOpts, SuiteResult};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn check(result: &SuiteResult) {
+    let c = &result.connections[0];
+    assert_eq!(c.failures, 0, "connection failures");
+    assert_eq!(c.connected, c.opts.count);
+    let max = result.fanout_max.as_ref().unwrap();
+    assert!(max.published > 0, "nothing published");
+    assert_eq!(max.subscribers_connected, max.opts.subscribers);
+    assert_eq!(max.missing, 0, "fan-out lost deliveries: {max:?}");
+    assert_eq!(max.delivered, max.expected);
+    assert!(max.latency.samples > 0);
+    for run in &result.fanout_curve {
+        assert_eq!(
+            run.missing, 0,
+            "fan-out at a fixed rate lost deliveries: {run:?}"
+        );
+    }
+    let presence = result.presence.as_ref().unwrap();
+    assert!(presence.cycles > 0, "no presence cycle completed");
+    assert_eq!(presence.joins_seen, presence.joins_expected);
+    let direct = result.direct.as_ref().unwrap();
+    assert!(direct.sent > 0);
+    assert_eq!(direct.missing, 0, "direct messages lost: {direct:?}");
+}
+
+fn herald_config() -> herald_server::config::Config {
+    let text = std::fs::read_to_string(repo().join("bench/herald.toml")).unwrap();
+    herald_server::config::Config::from_toml(&text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_herald() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(herald_server::run(listener, herald_config(), async move {
+        let _ = stopped.await;
+    }));
+    let target = Target {
+        proto: Proto::Herald,
+        addrs: vec![addr],
+        key: "pk_bench".into(),
+        quiet_key: "pk_bench_quiet".into(),
+        pids: vec![std::process::id()],
+    };
+    let result = suite::run("herald", &target, &SuiteOpts::smoke())
+        .await
+        .unwrap();
+    check(&result);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+
+    // The report renders from the JSON it writes.
+    let dir = std::env::temp_dir().join(format!("herald-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = serde_json::to_vec(&result).unwrap();
+    let back: SuiteResult = serde_json::from_slice(&json).unwrap();
+    let table = report::markdown(&[back.clone(), back.clone()]);
+    assert!(
+        table.contains("| Fan-out S×P, max: deliveries/s |"),
+        "{table}"
+    );
+    let png = dir.join("fanout-latency.png");
+    if report::plot_latency(&[back], &png).unwrap() {
+        assert!(std::fs::metadata(&png).unwrap().len() > 1000);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Kills the reference server when the test ends, however it ends.
+struct Node(std::process::Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_socketio() {
+    let dir = repo().join("bench/socketio");
+    if !dir.join("node_modules/socket.io").is_dir() {
+        eprintln!(
+            "skipped: bench/socketio/node_modules is missing (run bench/socketio/install.sh)"
+        );
+        return;
+    }
+    let mut child = Command::new("node")
+        .arg("server.js")
+        .arg("0")
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node is required when bench/socketio/node_modules exists");
+    let stdout = child.stdout.take().unwrap();
+    let pid = child.id();
+    let node = Node(child);
+    let port: u16 = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line.trim()
+            .strip_prefix("listening ")
+            .unwrap()
+            .parse()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let target = Target {
+        proto: Proto::Socketio,
+        addrs: vec![format!("127.0.0.1:{port}").parse().unwrap()],
+        key: String::new(),
+        quiet_key: String::new(),
+        pids: vec![pid],
+    };
+    let result = suite::run("socketio", &target, &SuiteOpts::smoke())
+        .await
+        .unwrap();
+    check(&result);
+    drop(node);
+}
