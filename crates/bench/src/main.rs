@@ -69,6 +69,18 @@ enum Command {
         /// Direct pairs.
         #[arg(long)]
         pairs: Option<usize>,
+        /// Offered loads of the latency curve, as fractions of the measured max rate.
+        #[arg(long, value_delimiter = ',')]
+        curve: Vec<f64>,
+        /// Presence churners (C).
+        #[arg(long)]
+        churners: Option<usize>,
+        /// Fan-out flow-control window (publishes in flight per publisher at max rate).
+        #[arg(long)]
+        window: Option<u64>,
+        /// Busy-poll: the generator never sleeps in epoll_wait (uses its whole core).
+        #[arg(long)]
+        spin: bool,
     },
     /// Merge suite results into a markdown table and PNG plots.
     Report {
@@ -107,6 +119,10 @@ fn main() -> anyhow::Result<()> {
             fanout_secs,
             watchers,
             pairs,
+            curve,
+            churners,
+            window,
+            spin,
         } => {
             for a in &addr {
                 anyhow::ensure!(
@@ -128,6 +144,11 @@ fn main() -> anyhow::Result<()> {
             opts.fanout_secs = fanout_secs.unwrap_or(opts.fanout_secs);
             opts.watchers = watchers.unwrap_or(opts.watchers);
             opts.pairs = pairs.unwrap_or(opts.pairs);
+            opts.churners = churners.unwrap_or(opts.churners);
+            opts.window = window.unwrap_or(opts.window);
+            if !curve.is_empty() {
+                opts.curve = curve;
+            }
             let target = Target {
                 proto,
                 addrs: addr,
@@ -142,7 +163,16 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             let cpu = procstat::cpu_ticks("self");
-            let result = runtime.block_on(suite::run(&label, &target, &opts))?;
+            let result = runtime.block_on(async {
+                if spin {
+                    tokio::spawn(async {
+                        loop {
+                            tokio::task::yield_now().await;
+                        }
+                    });
+                }
+                suite::run(&label, &target, &opts).await
+            })?;
             scenarios::progress(format!(
                 "{label}: done; generator used {:.1} CPU seconds",
                 (procstat::cpu_ticks("self") - cpu) as f64 / 100.0

@@ -381,6 +381,7 @@ pub fn plot_latency(results: &[SuiteResult], path: &Path) -> anyhow::Result<bool
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
