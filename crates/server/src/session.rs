@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use herald_protocol::glob::{has_wildcard, Pattern};
 use herald_protocol::validate::{is_reserved_channel, is_valid_channel, is_valid_target_peer_id};
 use herald_protocol::{encode, parse_client_frame, Action, ClientOp, CloseCode, ErrorCode};
@@ -222,7 +222,20 @@ impl Session {
                 }
                 inbound = ws.recv() => {
                     last_seen = Instant::now();
-                    match self.on_inbound(inbound).await {
+                    let mut flow = self.on_inbound(inbound).await;
+                    // Frames the client has already sent are handled before the replies they
+                    // caused are written: a burst of N requests then costs one socket write for
+                    // its N acks (and one wake-up per receiver), not N. Only frames that are
+                    // ready now are taken, so nothing waits for more input; order is unchanged.
+                    let mut handled = 1;
+                    while matches!(flow, Flow::Continue) && handled < MAX_BATCH {
+                        let Some(next) = ws.recv().now_or_never() else {
+                            break;
+                        };
+                        flow = self.on_inbound(next).await;
+                        handled += 1;
+                    }
+                    match flow {
                         Flow::Continue => {}
                         Flow::Close(reason) => return Some(reason),
                         Flow::Gone => {
