@@ -69,13 +69,18 @@ pub fn markdown(results: &[SuiteResult]) -> String {
             }),
         ),
         (
-            "Fan-out: server CPU per delivery",
+            "Fan-out max: server CPU per delivery (server, generator CPU use)",
             "≤ 1 µs",
             Box::new(|r| {
                 r.fanout_max.as_ref().map(|f| {
                     (
                         f.server_cpu_us_per_delivery,
-                        format!("{:.2} µs", f.server_cpu_us_per_delivery),
+                        format!(
+                            "{:.2} µs ({:.0} %, {:.0} %)",
+                            f.server_cpu_us_per_delivery,
+                            f.cpu.server_util * 100.0,
+                            f.cpu.bench_util * 100.0
+                        ),
                     )
                 })
             }),
@@ -141,13 +146,18 @@ pub fn markdown(results: &[SuiteResult]) -> String {
             }),
         ),
         (
-            "Connect rate",
+            "Connect rate (server, generator CPU use)",
             "≥ 10,000/s",
             Box::new(|r| {
                 r.connections.last().map(|c| {
                     (
                         c.connects_per_sec,
-                        format!("{}/s", fmt_rate(c.connects_per_sec)),
+                        format!(
+                            "{}/s ({:.0} %, {:.0} %)",
+                            fmt_rate(c.connects_per_sec),
+                            c.cpu.server_util * 100.0,
+                            c.cpu.bench_util * 100.0
+                        ),
                     )
                 })
             }),
@@ -187,16 +197,18 @@ pub fn markdown(results: &[SuiteResult]) -> String {
             }),
         ),
         (
-            "Direct: messages/s",
+            "Direct: messages/s (server, generator CPU use)",
             "≥ 300,000",
             Box::new(|r| {
                 r.direct.as_ref().map(|d| {
                     (
                         d.messages_per_sec,
                         format!(
-                            "{}/s ({} pairs)",
+                            "{}/s ({} pairs; {:.0} %, {:.0} %)",
                             fmt_rate(d.messages_per_sec),
-                            d.opts.pairs
+                            d.opts.pairs,
+                            d.cpu.server_util * 100.0,
+                            d.cpu.bench_util * 100.0
                         ),
                     )
                 })
@@ -223,6 +235,9 @@ pub fn markdown(results: &[SuiteResult]) -> String {
             "none",
             Box::new(|r| {
                 let mut flagged = Vec::new();
+                if r.connections.iter().any(|c| c.cpu.generator_bound) {
+                    flagged.push("connections");
+                }
                 if r.fanout_max.as_ref().is_some_and(|f| f.cpu.generator_bound) {
                     flagged.push("fan-out");
                 }
