@@ -129,6 +129,22 @@ pub fn markdown(results: &[SuiteResult]) -> String {
             }),
         ),
         (
+            "Fan-out latency probe, S=10 at 100 publishes/s: p50 / p99",
+            "",
+            Box::new(|r| {
+                r.fanout_probe.as_ref().map(|f| {
+                    (
+                        f.latency.p99_us,
+                        format!(
+                            "{} / {}",
+                            fmt_ms(f.latency.p50_us),
+                            fmt_ms(f.latency.p99_us)
+                        ),
+                    )
+                })
+            }),
+        ),
+        (
             "Idle connections: RSS per connection",
             "≤ 8 KB at N=15,000",
             Box::new(|r| {
@@ -219,6 +235,22 @@ pub fn markdown(results: &[SuiteResult]) -> String {
             "",
             Box::new(|r| {
                 r.direct.as_ref().map(|d| {
+                    (
+                        d.latency.p99_us,
+                        format!(
+                            "{} / {}",
+                            fmt_ms(d.latency.p50_us),
+                            fmt_ms(d.latency.p99_us)
+                        ),
+                    )
+                })
+            }),
+        ),
+        (
+            "Direct latency probe, 10 pairs, 1 in flight: p50 / p99",
+            "",
+            Box::new(|r| {
+                r.direct_probe.as_ref().map(|d| {
                     (
                         d.latency.p99_us,
                         format!(

@@ -90,6 +90,12 @@ pub struct SuiteResult {
     pub connections: Vec<ConnectionsResult>,
     pub fanout_max: Option<FanoutResult>,
     pub fanout_curve: Vec<FanoutResult>,
+    /// Light-load latency: a few subscribers at a low fixed rate, and pairs with one message in
+    /// flight, so the path (through Redis on a cluster) rather than a 1,000-socket pass shows.
+    #[serde(default)]
+    pub fanout_probe: Option<FanoutResult>,
+    #[serde(default)]
+    pub direct_probe: Option<DirectResult>,
     pub presence: Option<PresenceResult>,
     pub direct: Option<DirectResult>,
 }
@@ -103,6 +109,8 @@ pub async fn run(label: &str, target: &Target, opts: &SuiteOpts) -> anyhow::Resu
         connections: Vec::new(),
         fanout_max: None,
         fanout_curve: Vec::new(),
+        fanout_probe: None,
+        direct_probe: None,
         presence: None,
         direct: None,
     };
@@ -144,6 +152,17 @@ pub async fn run(label: &str, target: &Target, opts: &SuiteOpts) -> anyhow::Resu
                 .push(scenarios::fanout(target, &at).await?);
         }
         result.fanout_max = Some(max);
+        let probe = FanoutOpts {
+            subscribers: opts.subscribers.min(10),
+            rate: Some(100.0),
+            duration_secs: (opts.fanout_secs * 0.6).max(0.2),
+            ..base.clone()
+        };
+        progress(format!(
+            "{label}: fan-out latency probe (S={}, 100 publishes/s)",
+            probe.subscribers
+        ));
+        result.fanout_probe = Some(scenarios::fanout(target, &probe).await?);
     }
     if opts.runs("presence") {
         let p = PresenceOpts {
@@ -161,6 +180,17 @@ pub async fn run(label: &str, target: &Target, opts: &SuiteOpts) -> anyhow::Resu
             window: opts.direct_window,
         };
         result.direct = Some(scenarios::direct(target, &d).await?);
+        let probe = DirectOpts {
+            pairs: opts.pairs.min(10),
+            window: 1,
+            duration_secs: (opts.direct_secs * 0.6).max(0.2),
+            ..d
+        };
+        progress(format!(
+            "{label}: direct latency probe ({} pairs, 1 in flight)",
+            probe.pairs
+        ));
+        result.direct_probe = Some(scenarios::direct(target, &probe).await?);
     }
     Ok(result)
 }

@@ -34,6 +34,9 @@ fn check(result: &SuiteResult) {
             "fan-out at a fixed rate lost deliveries: {run:?}"
         );
     }
+    let probe = result.fanout_probe.as_ref().unwrap();
+    assert_eq!(probe.missing, 0, "fan-out probe lost deliveries: {probe:?}");
+    assert_eq!(result.direct_probe.as_ref().unwrap().missing, 0);
     let presence = result.presence.as_ref().unwrap();
     assert!(presence.cycles > 0, "no presence cycle completed");
     assert_eq!(presence.joins_seen, presence.joins_expected);
