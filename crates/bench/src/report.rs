@@ -129,7 +129,7 @@ pub fn markdown(results: &[SuiteResult]) -> String {
             }),
         ),
         (
-            "Fan-out latency probe, S=10 at 100 publishes/s: p50 / p99",
+            "Fan-out latency probe, S=10 at 100 publishes per second: p50 / p99",
             "",
             Box::new(|r| {
                 r.fanout_probe.as_ref().map(|f| {
