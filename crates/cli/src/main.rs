@@ -180,15 +180,32 @@ async fn shutdown_signal() {
     }
 }
 
+/// Pending connections the kernel queues before `accept` (capped by `net.core.somaxconn`).
+/// `TcpListener::bind` uses 128. A burst of reconnects, after a restart for example, then
+/// overflows the queue, and the dropped SYNs are retried only after a second. With 256
+/// concurrent connects, 127 of 15,000 waited 1 s (BENCHMARKS.md).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted node can listen while old sockets linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn serve(args: ConfigArgs, listen: Option<std::net::SocketAddr>) -> Result<()> {
     let (mut config, dev) = load_config(&args)?;
     if let Some(listen) = listen {
         config.listen = listen;
     }
     init_logging(&config);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener =
+        bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let bound = listener.local_addr()?;
     if let Some((keys, created)) = &dev {
         print_dev_banner(&config, keys, *created, bound);
