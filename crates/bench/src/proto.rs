@@ -203,7 +203,7 @@ impl Client {
                 } else {
                     &target.quiet_key
                 };
-                let (mut rd, wr) = ws::connect(addr, &format!("/v1?key={key}")).await?;
+                let (mut rd, wr) = ws::connect(addr, &format!("/v1?key={key}"), node).await?;
                 let first = next_data(&mut rd).await?;
                 let peer_id = between(&first, b"\"peerId\":\"")
                     .ok_or_else(|| {
@@ -222,7 +222,7 @@ impl Client {
             }
             Proto::Socketio => {
                 let (mut rd, mut wr) =
-                    ws::connect(addr, "/socket.io/?EIO=4&transport=websocket").await?;
+                    ws::connect(addr, "/socket.io/?EIO=4&transport=websocket", node).await?;
                 let open = next_data(&mut rd).await?;
                 if !open.starts_with(b"0{") {
                     return Err(io::Error::other("expected Engine.IO open packet"));
