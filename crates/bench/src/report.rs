@@ -129,7 +129,7 @@ pub fn markdown(results: &[SuiteResult]) -> String {
             }),
         ),
         (
-            "Fan-out latency probe, S=10 at 100 publishes per second: p50 / p99",
+            "Fan-out latency probe, S ≤ 10 at 100 publishes per second: p50 / p99",
             "",
             Box::new(|r| {
                 r.fanout_probe.as_ref().map(|f| {
@@ -247,7 +247,7 @@ pub fn markdown(results: &[SuiteResult]) -> String {
             }),
         ),
         (
-            "Direct latency probe, 10 pairs, 1 in flight: p50 / p99",
+            "Direct latency probe, ≤ 10 pairs, 1 in flight: p50 / p99",
             "",
             Box::new(|r| {
                 r.direct_probe.as_ref().map(|d| {
