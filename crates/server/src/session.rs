@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::future::Either;
 use futures_util::{FutureExt, SinkExt};
 use herald_protocol::glob::{has_wildcard, Pattern};
 use herald_protocol::validate::{is_reserved_channel, is_valid_channel, is_valid_target_peer_id};
@@ -23,7 +24,7 @@ use crate::engine::{Departure, Direct, Publication, SubscribeRequest, Target};
 use crate::ids::{ChannelName, PeerId};
 use crate::limits::TokenBucket;
 use crate::metrics::Metrics;
-use crate::state::{unix_now, unix_now_ms, ServerState};
+use crate::state::{unix_now, unix_now_ms, ServerState, SessionGuard};
 
 /// Frames written per flush; bounds the time the socket task spends away from reading.
 const MAX_BATCH: usize = 64;
@@ -33,32 +34,42 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Entry point after the upgrade: refuse with a close code, or run the session.
-pub async fn serve(mut ws: WebSocket, state: Arc<ServerState>, auth: Result<Identity, AuthError>) {
+///
+/// It decides synchronously and returns one of two futures. An `async fn` that awaited the
+/// session would keep its own arguments, among them the socket and the auth result, in the
+/// task's state for the session's whole life. That second copy cost ~0.5 KB per connection
+/// (BENCHMARKS.md).
+pub fn serve(
+    ws: WebSocket,
+    state: Arc<ServerState>,
+    auth: Result<Identity, AuthError>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let identity = match auth {
         Ok(identity) => identity,
         Err(err) => {
             tracing::info!(error = %err, code = err.close_reason().code.as_u16(), "connect refused");
             state.metrics.closed(err.close_reason().code.as_u16());
-            send_close(&mut ws, err.close_reason()).await;
-            return;
+            return Either::Left(refuse(ws, err.close_reason()));
         }
     };
-    let Some(_slot) = state.admit(&identity.app) else {
+    let Some(slot) = state.admit(&identity.app) else {
         tracing::info!(app = %identity.app.id, "connect refused: over concurrent limit");
         state
             .metrics
             .closed(CloseCode::OverConcurrentLimit.as_u16());
-        send_close(
-            &mut ws,
+        return Either::Left(refuse(
+            ws,
             CloseReason::new(
                 CloseCode::OverConcurrentLimit,
                 "over concurrent connection limit",
             ),
-        )
-        .await;
-        return;
+        ));
     };
-    Session::start(ws, state, identity).await;
+    Either::Right(Session::start(ws, state, identity, slot))
+}
+
+async fn refuse(mut ws: WebSocket, reason: CloseReason) {
+    send_close(&mut ws, reason).await;
 }
 
 async fn send_close(ws: &mut WebSocket, reason: CloseReason) {
@@ -90,7 +101,14 @@ enum Flow {
 }
 
 impl Session {
-    async fn start(mut ws: WebSocket, state: Arc<ServerState>, identity: Identity) {
+    /// Runs one admitted connection; `_slot` holds its place in the node and app quotas until
+    /// the session ends.
+    async fn start(
+        mut ws: WebSocket,
+        state: Arc<ServerState>,
+        identity: Identity,
+        _slot: SessionGuard,
+    ) {
         let limits = &state.config.limits;
         let (conn, rx) = Conn::new(
             identity.app.id.clone(),
