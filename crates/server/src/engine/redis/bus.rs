@@ -144,8 +144,7 @@ pub async fn run(
         }
         delay = Duration::from_millis(100);
         inner.bus_up.store(true, Ordering::Release);
-        inner.mark_trouble();
-        inner.wake_maintenance.notify_one();
+        inner.bus_connected();
         tracing::info!(node = %inner.node, "redis pub/sub connected");
         loop {
             tokio::select! {

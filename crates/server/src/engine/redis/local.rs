@@ -42,6 +42,23 @@ struct LocalChannel {
     holds: HashMap<PeerId, Hold>,
     /// The node is subscribed to this channel's topic.
     topic: bool,
+    /// The roster as this node's subscribers have been told it (snapshot plus deltas), so a
+    /// re-sync after an outage can send exactly the deltas they missed.
+    known: HashMap<PeerId, Option<Arc<RawValue>>>,
+    /// Sequence number of the last change reflected in `known`.
+    known_seq: u64,
+    /// Deltas seen while a subscribe is in flight, to bring `known` from its snapshot to now.
+    recent: Vec<(u64, bool, PeerId, Option<Arc<RawValue>>)>,
+}
+
+impl LocalChannel {
+    fn apply_known(&mut self, joined: bool, peer: PeerId, metadata: Option<Arc<RawValue>>) {
+        if joined {
+            self.known.insert(peer, metadata);
+        } else {
+            self.known.remove(&peer);
+        }
+    }
 }
 
 struct Sub {
@@ -108,6 +125,20 @@ pub fn roster_from_flat(flat: &[String], exclude: Option<&PeerId>) -> Vec<Member
         .map(|kv| Member {
             peer_id: PeerId::new(kv[0].as_str()),
             metadata: stored_metadata(&kv[1]),
+        })
+        .collect()
+}
+
+/// Presence entries for a receiver, which never hears about its own peer.
+fn entries_except<'a>(
+    list: &[(&'a PeerId, &'a Option<Arc<RawValue>>)],
+    me: &PeerId,
+) -> Vec<PresenceEntry<'a>> {
+    list.iter()
+        .filter(|(peer, _)| *peer != me)
+        .map(|(peer, meta)| PresenceEntry {
+            peer_id: peer.as_str(),
+            metadata: meta.as_deref(),
         })
         .collect()
 }
@@ -272,6 +303,24 @@ impl Local {
                 include_sender_metadata: include,
             },
         );
+        // The roster at `seq` plus every change after it is what subscribers now know.
+        state.known = roster_from_flat(roster, None)
+            .into_iter()
+            .map(|m| (m.peer_id, m.metadata))
+            .collect();
+        state.known_seq = seq;
+        let recent = if state.joining.is_empty() {
+            std::mem::take(&mut state.recent)
+        } else {
+            // Another subscribe is still in flight and needs the log too.
+            state.recent.clone()
+        };
+        for (s, joined, peer, metadata) in recent {
+            if s > seq {
+                state.known_seq = s;
+                state.apply_known(joined, peer, metadata);
+            }
+        }
         let hold = state.holds.entry(conn.peer_id.clone()).or_insert(Hold {
             connections: 0,
             metadata: None,
@@ -482,6 +531,15 @@ impl Local {
                     encode::presence(channel, &[], &entry)
                 };
                 let delta = frame(text);
+                let (joined, peer_id) = (kind == "j", PeerId::new(peer));
+                let metadata = event.metadata().map(|m| Arc::from(m.to_owned()));
+                if !state.joining.is_empty() {
+                    state
+                        .recent
+                        .push((seq, joined, peer_id.clone(), metadata.clone()));
+                }
+                state.known_seq = seq;
+                state.apply_known(joined, peer_id, metadata);
                 for sub in state.subscribers.values() {
                     if sub.conn.receives_presence && sub.conn.peer_id.as_str() != peer {
                         sub.conn.deliver(delta.clone());
@@ -591,6 +649,64 @@ impl Local {
             conn.close(reason);
         }
         conns.len()
+    }
+
+    /// Channels with local subscribers (to re-sync their rosters after an outage).
+    pub fn subscribed_channels(&self) -> Vec<ChannelKey> {
+        lock(&self.channels)
+            .iter()
+            .filter(|(_, s)| !s.subscribers.is_empty())
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Forgets sequence numbers after a bus reconnect: Redis may have restarted and counts anew.
+    pub fn reset_sequences(&self) {
+        for state in lock(&self.channels).values_mut() {
+            state.known_seq = 0;
+        }
+    }
+
+    /// Brings local subscribers up to date with the cluster roster (read at `seq`): whoever
+    /// joined or left while deltas could not flow gets one presence frame. Skipped when a newer
+    /// delta already arrived or a subscribe is in flight (the next re-sync tick covers it).
+    pub fn resync(&self, key: &ChannelKey, roster: &[String], seq: u64) {
+        let mut channels = lock(&self.channels);
+        let Some(state) = channels.get_mut(key) else {
+            return;
+        };
+        if !state.joining.is_empty() || state.known_seq > seq {
+            return;
+        }
+        let fresh: HashMap<PeerId, Option<Arc<RawValue>>> = roster_from_flat(roster, None)
+            .into_iter()
+            .map(|m| (m.peer_id, m.metadata))
+            .collect();
+        let joined: Vec<(&PeerId, &Option<Arc<RawValue>>)> = fresh
+            .iter()
+            .filter(|(peer, _)| !state.known.contains_key(*peer))
+            .collect();
+        let left: Vec<(&PeerId, &Option<Arc<RawValue>>)> = state
+            .known
+            .iter()
+            .filter(|(peer, _)| !fresh.contains_key(*peer))
+            .collect();
+        if !joined.is_empty() || !left.is_empty() {
+            for sub in state
+                .subscribers
+                .values()
+                .filter(|s| s.conn.receives_presence)
+            {
+                let me = &sub.conn.peer_id;
+                let (j, l) = (entries_except(&joined, me), entries_except(&left, me));
+                if !j.is_empty() || !l.is_empty() {
+                    sub.conn
+                        .deliver(frame(encode::presence(key.1.as_str(), &j, &l)));
+                }
+            }
+        }
+        state.known = fresh;
+        state.known_seq = seq;
     }
 
     /// Topics the node must be subscribed to (after a bus reconnect).

@@ -77,6 +77,11 @@ pub(crate) struct Inner {
     /// lapsed): the maintenance task re-asserts.
     needs_reassert: AtomicBool,
     wake_maintenance: Notify,
+    /// When the maintenance task re-syncs local rosters with Redis (from, until). Set on every
+    /// bus reconnect: deltas published while this node was not listening are lost. It starts
+    /// after a settling delay, so the other nodes have re-asserted their presence too and a
+    /// half-rebuilt roster never shows up as peers leaving.
+    resync_window: std::sync::Mutex<Option<(std::time::Instant, std::time::Instant)>>,
     /// Presence holds whose `left` could not be recorded while Redis was down.
     departed: std::sync::Mutex<Vec<(String, String)>>,
     subscriptions: AtomicUsize,
@@ -128,6 +133,7 @@ impl RedisEngine {
             needs_reassert: AtomicBool::new(true),
             wake_maintenance: Notify::new(),
             departed: std::sync::Mutex::new(Vec::new()),
+            resync_window: std::sync::Mutex::new(None),
             subscriptions: AtomicUsize::new(0),
         });
         let bus_task = tokio::spawn(bus::run(inner.clone(), client, bus_rx));
@@ -163,9 +169,14 @@ async fn connect_manager(
     }
 }
 
+/// How often a node renews its lease, reaps, re-asserts and re-syncs.
+fn maintenance_period(lease_ms: u64) -> Duration {
+    Duration::from_millis((lease_ms / 4).clamp(250, 2_000))
+}
+
 /// Lease renewal, reaping of dead nodes, and re-assertion after trouble.
 async fn maintenance(inner: Arc<Inner>) {
-    let period = Duration::from_millis((inner.lease_ms / 4).clamp(250, 2_000));
+    let period = maintenance_period(inner.lease_ms);
     let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {
@@ -214,6 +225,18 @@ impl Inner {
             }
             tracing::info!(node = %self.node, "local presence and routes re-asserted");
         }
+        let now = std::time::Instant::now();
+        let resyncing = crate::sync::lock(&self.resync_window)
+            .is_some_and(|(from, until)| from <= now && now < until);
+        if resyncing
+            && self.bus_up.load(Ordering::Acquire)
+            && !self.needs_reassert.load(Ordering::Acquire)
+        {
+            if let Err(err) = self.resync().await {
+                tracing::debug!(error = %err, "roster re-sync failed");
+                return false;
+            }
+        }
         let reaped: Result<Vec<String>, _> = self
             .scripts
             .reap
@@ -260,6 +283,40 @@ impl Inner {
             crate::sync::lock(&self.departed).extend(departed);
         }
         result.map(|_| ())
+    }
+
+    /// Starts the re-sync window after the bus (re)connected.
+    pub(crate) fn bus_connected(&self) {
+        self.local.reset_sequences();
+        let settle = 2 * maintenance_period(self.lease_ms);
+        let from = std::time::Instant::now() + settle;
+        let until = from + Duration::from_millis(self.lease_ms.max(5_000) * 3);
+        *crate::sync::lock(&self.resync_window) = Some((from, until));
+        self.mark_trouble();
+        self.wake_maintenance.notify_one();
+    }
+
+    /// Reads every locally subscribed channel's roster (with its sequence number, atomically)
+    /// and lets local subscribers catch up on what they missed.
+    async fn resync(&self) -> redis::RedisResult<()> {
+        let keys = self.local.subscribed_channels();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (app, channel) in &keys {
+            let ck = channel_key(app.as_str(), channel.as_str());
+            pipe.cmd("HGETALL").arg(format!("{}meta:{ck}", self.prefix));
+            pipe.cmd("GET").arg(format!("{}seq:{ck}", self.prefix));
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(&mut self.conn()).await?;
+        for (key, pair) in keys.iter().zip(replies.chunks_exact(2)) {
+            let roster: Vec<String> = redis::from_redis_value(pair[0].clone())?;
+            let seq: Option<u64> = redis::from_redis_value(pair[1].clone())?;
+            self.local.resync(key, &roster, seq.unwrap_or(0));
+        }
+        Ok(())
     }
 
     fn require_bus(&self) -> Result<(), EngineError> {
