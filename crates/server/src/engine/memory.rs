@@ -508,14 +508,6 @@ impl Engine for MemoryEngine {
                 .or_default()
                 .push(sub.name.clone());
         }
-        conns.sort_by_key(|c| c.id);
-        conns
-            .into_iter()
-            .map(|c| {
-                let mut list = channels.remove(&c.id).unwrap_or_default();
-                list.sort();
-                (c, list)
-            })
-            .collect()
+        super::with_channels(conns, channels)
     }
 }

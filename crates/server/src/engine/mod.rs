@@ -144,6 +144,22 @@ impl<'a> MessageFrames<'a> {
     }
 }
 
+/// Pairs each connection (sorted by id) with its sorted channel list, for the operator views.
+pub(crate) fn with_channels(
+    mut conns: Vec<Arc<Conn>>,
+    mut by_conn: std::collections::HashMap<crate::ids::ConnId, Vec<ChannelName>>,
+) -> Vec<(Arc<Conn>, Vec<ChannelName>)> {
+    conns.sort_by_key(|c| c.id);
+    conns
+        .into_iter()
+        .map(|c| {
+            let mut list = by_conn.remove(&c.id).unwrap_or_default();
+            list.sort();
+            (c, list)
+        })
+        .collect()
+}
+
 /// One channel as operators see it on this node.
 #[derive(Debug, Clone)]
 pub struct ChannelSummary {

@@ -787,7 +787,7 @@ impl Local {
         app: &AppId,
         peer: Option<&PeerId>,
     ) -> Vec<(Arc<Conn>, Vec<ChannelName>)> {
-        let mut conns: Vec<Arc<Conn>> = lock(&self.peers)
+        let conns: Vec<Arc<Conn>> = lock(&self.peers)
             .iter()
             .filter(|((a, p), _)| a == app && peer.is_none_or(|want| want == p))
             .flat_map(|(_, list)| list.iter().cloned())
@@ -806,14 +806,6 @@ impl Local {
                 .or_default()
                 .push(sub.name.clone());
         }
-        conns.sort_by_key(|c| c.id);
-        conns
-            .into_iter()
-            .map(|c| {
-                let mut list = by_conn.remove(&c.id).unwrap_or_default();
-                list.sort();
-                (c, list)
-            })
-            .collect()
+        crate::engine::with_channels(conns, by_conn)
     }
 }
