@@ -2,8 +2,8 @@
 //!
 //! Lock order (never reversed): channel map shard → channel state → pattern table. Locks are
 //! std mutexes held for short, non-async sections; delivery inside them is a non-blocking
-//! `try_send`, so holding a channel lock while enqueueing is cheap and is what makes presence
-//! ordering atomic.
+//! `Conn::deliver` (a push under the connection queue's leaf lock), so holding a channel lock
+//! while enqueueing is cheap and is what makes presence ordering atomic.
 
 use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::HashMap;

@@ -436,6 +436,25 @@ impl Inner {
             .await
     }
 
+    /// Counts a connection of its peer on this node in the direct-routing table (`delta` is +1
+    /// or -1). Local traffic keeps working without Redis; a failed update is repaired by the
+    /// next re-assert.
+    async fn adjust_route(&self, conn: &Conn, delta: i64) {
+        let pk = channel_key(conn.app.as_str(), conn.peer_id.as_str());
+        let result: redis::RedisResult<i64> = self
+            .scripts
+            .peer_add
+            .arg(&self.prefix)
+            .arg(pk)
+            .arg(&self.node)
+            .arg(delta)
+            .invoke_async(&mut self.conn())
+            .await;
+        if result.is_err() {
+            self.mark_trouble();
+        }
+    }
+
     fn exclusion(&self, conn: Option<&Conn>) -> Option<String> {
         conn.map(|c| format!("{}/{}", self.node, c.id.0))
     }
@@ -446,20 +465,7 @@ impl Engine for RedisEngine {
     async fn register(&self, conn: &Arc<Conn>) -> Result<(), EngineError> {
         let inner = &self.inner;
         inner.local.register(conn);
-        let pk = channel_key(conn.app.as_str(), conn.peer_id.as_str());
-        let added: redis::RedisResult<i64> = inner
-            .scripts
-            .peer_add
-            .arg(&inner.prefix)
-            .arg(pk)
-            .arg(&inner.node)
-            .arg(1)
-            .invoke_async(&mut inner.conn())
-            .await;
-        // Local traffic keeps working without Redis; the route is re-asserted when it returns.
-        if added.is_err() {
-            inner.mark_trouble();
-        }
+        inner.adjust_route(conn, 1).await;
         Ok(())
     }
 
@@ -474,19 +480,7 @@ impl Engine for RedisEngine {
             inner.remove_subscription(conn, channel, departure).await;
         }
         inner.local.unregister(conn);
-        let pk = channel_key(conn.app.as_str(), conn.peer_id.as_str());
-        let removed: redis::RedisResult<i64> = inner
-            .scripts
-            .peer_add
-            .arg(&inner.prefix)
-            .arg(pk)
-            .arg(&inner.node)
-            .arg(-1)
-            .invoke_async(&mut inner.conn())
-            .await;
-        if removed.is_err() {
-            inner.mark_trouble();
-        }
+        inner.adjust_route(conn, -1).await;
     }
 
     async fn subscribe(&self, req: SubscribeRequest<'_>) -> Result<bool, EngineError> {
