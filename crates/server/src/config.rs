@@ -91,8 +91,12 @@ pub struct LogConfig {
 pub struct EngineConfig {
     /// `memory` or `redis`.
     pub kind: String,
-    /// Redis (or Valkey) URL, e.g. `redis://127.0.0.1:6379/0`.
+    /// Redis (or Valkey) URL, e.g. `redis://127.0.0.1:6379/0`. With `redis_cluster`, one or
+    /// more seed nodes of the cluster, comma-separated.
     pub redis_url: String,
+    /// Talk to a Redis Cluster: keys are hash-tagged per channel, peer and node, and channel
+    /// topics use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7+).
+    pub redis_cluster: bool,
     /// Prefix of every Redis key and pub/sub topic, so several services can share one Redis.
     pub key_prefix: String,
     /// This node's id; empty means a random id per start.
@@ -109,6 +113,7 @@ impl Default for EngineConfig {
         EngineConfig {
             kind: "memory".into(),
             redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_cluster: false,
             key_prefix: "herald:".into(),
             node_id: String::new(),
             lease_ttl_ms: 10_000,
@@ -406,12 +411,19 @@ impl Config {
         if !matches!(e.kind.as_str(), "memory" | "redis") {
             return Err(invalid("engine.kind", "must be \"memory\" or \"redis\""));
         }
+        let urls: Vec<&str> = if e.redis_cluster {
+            e.redis_url.split(',').map(str::trim).collect()
+        } else {
+            vec![e.redis_url.as_str()]
+        };
         if e.kind == "redis"
-            && !(e.redis_url.starts_with("redis://") || e.redis_url.starts_with("rediss://"))
+            && !urls
+                .iter()
+                .all(|u| u.starts_with("redis://") || u.starts_with("rediss://"))
         {
             return Err(invalid(
                 "engine.redis_url",
-                "must start with redis:// or rediss://",
+                "must start with redis:// or rediss:// (with redis_cluster, each comma-separated seed)",
             ));
         }
         if e.lease_ttl_ms < 1000 {

@@ -1,7 +1,8 @@
 //! The node-local half of the Redis engine: which local connections subscribe to what, the
 //! node's presence holds, the local peer registry, and delivery of events from the bus.
 //!
-//! Lock order: channels, then patterns; the peer registry is never held with either. Every
+//! Lock order: channels, then patterns; the peer registry is never held with either. The
+//! engine's index lock may be held while taking any of them (never the reverse). Every
 //! section is short and synchronous; delivery is a non-blocking enqueue.
 
 use std::collections::HashMap;
@@ -14,9 +15,10 @@ use herald_protocol::{encode, PresenceEntry};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
-use super::bus::{BusCommand, Topics};
+use super::bus::BusCommand;
+use super::keys::Keys;
+use super::stored_metadata;
 use super::wire::Event;
-use super::{channel_key, stored_metadata};
 use crate::conn::{CloseReason, Conn, Delivery, Frame};
 use crate::engine::{ChannelSummary, Departure, Member, MessageFrames};
 use crate::ids::{AppId, ChannelName, ConnId, PeerId};
@@ -107,11 +109,16 @@ pub enum Removal {
     LeaveAfterGrace(u64),
 }
 
-/// Local state as the re-assert script wants it.
+/// Local state as re-assertion wants it: per channel base key, the holds (peer, metadata) and
+/// the subscriber count; per route base key, the peer's connections.
 pub struct ReassertState {
-    pub holds: Vec<(String, String, String)>,
-    pub subscribers: Vec<(String, usize)>,
-    pub routes: Vec<(String, usize)>,
+    pub channels: HashMap<String, ChannelState>,
+    pub routes: HashMap<String, usize>,
+}
+
+pub struct ChannelState {
+    pub holds: Vec<(String, String)>,
+    pub subscribers: usize,
 }
 
 fn frame(text: String) -> Frame {
@@ -190,7 +197,7 @@ impl Local {
         channel: &ChannelName,
         include_sender_metadata: bool,
         bus: &mpsc::UnboundedSender<BusCommand>,
-        topics: &Topics,
+        topics: &Keys,
     ) -> SubscribeStart {
         let mut channels = lock(&self.channels);
         let state = channels
@@ -207,8 +214,9 @@ impl Local {
         );
         if !state.topic {
             state.topic = true;
-            let _ = bus.send(BusCommand::Subscribe(
+            let _ = bus.send(BusCommand::Channel(
                 topics.channel(conn.app.as_str(), channel.as_str()),
+                true,
             ));
         }
         let (tx, rx) = oneshot::channel();
@@ -226,7 +234,7 @@ impl Local {
         channel: &ChannelName,
         duplicate: bool,
         bus: &mpsc::UnboundedSender<BusCommand>,
-        topics: &Topics,
+        topics: &Keys,
     ) {
         let mut channels = lock(&self.channels);
         let key = (conn.app.clone(), channel.clone());
@@ -339,7 +347,7 @@ impl Local {
         conn: &Conn,
         channel: &ChannelName,
         bus: &mpsc::UnboundedSender<BusCommand>,
-        topics: &Topics,
+        topics: &Keys,
         departure: Departure,
         grace: Duration,
     ) -> Option<Removal> {
@@ -374,7 +382,7 @@ impl Local {
         peer: &PeerId,
         generation: u64,
         bus: &mpsc::UnboundedSender<BusCommand>,
-        topics: &Topics,
+        topics: &Keys,
     ) -> bool {
         let mut channels = lock(&self.channels);
         let key = (app.clone(), channel.clone());
@@ -397,15 +405,16 @@ impl Local {
         channels: &mut HashMap<ChannelKey, LocalChannel>,
         key: &ChannelKey,
         bus: &mpsc::UnboundedSender<BusCommand>,
-        topics: &Topics,
+        topics: &Keys,
     ) {
         let Some(state) = channels.get_mut(key) else {
             return;
         };
         if state.topic && state.subscribers.is_empty() && state.joining.is_empty() {
             state.topic = false;
-            let _ = bus.send(BusCommand::Unsubscribe(
+            let _ = bus.send(BusCommand::Channel(
                 topics.channel(key.0.as_str(), key.1.as_str()),
+                false,
             ));
         }
         if !state.topic && state.holds.is_empty() {
@@ -435,7 +444,7 @@ impl Local {
             .is_some_and(|s| s.subscribers.contains_key(&conn.id))
     }
 
-    /// Adds a wildcard subscription; the first of an app makes the node PSUBSCRIBE.
+    /// Adds a wildcard subscription; the first of an app makes the node listen to the app.
     pub fn add_pattern(
         &self,
         conn: &Arc<Conn>,
@@ -443,14 +452,11 @@ impl Local {
         pattern: Pattern,
         include_sender_metadata: bool,
         bus: &mpsc::UnboundedSender<BusCommand>,
-        topics: &Topics,
     ) -> (bool, Option<oneshot::Receiver<bool>>) {
         let mut patterns = lock(&self.patterns);
         let subs = patterns.entry(conn.app.clone()).or_default();
         if subs.is_empty() {
-            let _ = bus.send(BusCommand::PSubscribe(
-                topics.app_pattern(conn.app.as_str()),
-            ));
+            let _ = bus.send(BusCommand::App(conn.app.as_str().to_string(), true));
         }
         let (tx, rx) = oneshot::channel();
         let _ = bus.send(BusCommand::Barrier(tx));
@@ -475,22 +481,20 @@ impl Local {
         conn: &Conn,
         name: &ChannelName,
         bus: &mpsc::UnboundedSender<BusCommand>,
-        topics: &Topics,
-    ) -> bool {
+    ) -> (bool, bool) {
         let mut patterns = lock(&self.patterns);
         let Some(subs) = patterns.get_mut(&conn.app) else {
-            return false;
+            return (false, false);
         };
         let before = subs.len();
         subs.retain(|s| !(s.conn.id == conn.id && s.name == *name));
         let removed = subs.len() < before;
-        if subs.is_empty() {
+        let app_done = subs.is_empty();
+        if app_done {
             patterns.remove(&conn.app);
-            let _ = bus.send(BusCommand::PUnsubscribe(
-                topics.app_pattern(conn.app.as_str()),
-            ));
+            let _ = bus.send(BusCommand::App(conn.app.as_str().to_string(), false));
         }
-        removed
+        (removed, app_done)
     }
 
     /// An event from a channel topic: a message, or a presence delta.
@@ -709,43 +713,69 @@ impl Local {
         state.known_seq = seq;
     }
 
-    /// Topics the node must be subscribed to (after a bus reconnect).
-    pub fn topics(&self, topics: &Topics) -> (Vec<String>, Vec<String>) {
+    /// Channel topics the node must be subscribed to, and apps with wildcard subscribers
+    /// (after a bus reconnect).
+    pub fn topics(&self, keys: &Keys) -> (Vec<String>, Vec<String>) {
         let channels: Vec<String> = lock(&self.channels)
             .iter()
             .filter(|(_, s)| s.topic)
-            .map(|((app, channel), _)| topics.channel(app.as_str(), channel.as_str()))
+            .map(|((app, channel), _)| keys.channel(app.as_str(), channel.as_str()))
             .collect();
-        let patterns = lock(&self.patterns)
-            .keys()
-            .map(|app| topics.app_pattern(app.as_str()))
-            .collect();
-        (channels, patterns)
+        (channels, self.pattern_apps())
     }
 
-    pub fn snapshot_for_reassert(&self) -> ReassertState {
-        let mut holds = Vec::new();
-        let mut subscribers = Vec::new();
+    /// Apps with local wildcard subscribers.
+    pub fn pattern_apps(&self) -> Vec<String> {
+        lock(&self.patterns)
+            .keys()
+            .map(|app| app.as_str().to_string())
+            .collect()
+    }
+
+    /// Base keys of every channel the node may hold presence on (subscribers, holds, a
+    /// subscribe in flight or a grace period running) and every peer with connections here:
+    /// their index entries must stay.
+    pub fn live_bases(&self, keys: &Keys) -> std::collections::HashSet<String> {
+        let mut bases: std::collections::HashSet<String> = lock(&self.channels)
+            .keys()
+            .map(|(app, channel)| keys.channel_base(app.as_str(), channel.as_str()))
+            .collect();
+        bases.extend(
+            lock(&self.peers)
+                .keys()
+                .map(|(app, peer)| keys.route_base(app.as_str(), peer.as_str())),
+        );
+        bases
+    }
+
+    /// Local state as re-assertion wants it, keyed by channel and route base keys.
+    pub fn snapshot_for_reassert(&self, keys: &Keys) -> ReassertState {
+        let mut channels = HashMap::new();
         for ((app, channel), state) in lock(&self.channels).iter() {
-            let ck = channel_key(app.as_str(), channel.as_str());
-            for (peer, hold) in &state.holds {
-                let meta = hold
-                    .metadata
-                    .as_ref()
-                    .map_or(String::new(), |m| m.get().to_string());
-                holds.push((ck.clone(), peer.as_str().to_string(), meta));
-            }
-            subscribers.push((ck, state.subscribers.len()));
+            let holds = state
+                .holds
+                .iter()
+                .map(|(peer, hold)| {
+                    let meta = hold
+                        .metadata
+                        .as_ref()
+                        .map_or(String::new(), |m| m.get().to_string());
+                    (peer.as_str().to_string(), meta)
+                })
+                .collect();
+            channels.insert(
+                keys.channel_base(app.as_str(), channel.as_str()),
+                ChannelState {
+                    holds,
+                    subscribers: state.subscribers.len(),
+                },
+            );
         }
         let routes = lock(&self.peers)
             .iter()
-            .map(|((app, peer), conns)| (channel_key(app.as_str(), peer.as_str()), conns.len()))
+            .map(|((app, peer), conns)| (keys.route_base(app.as_str(), peer.as_str()), conns.len()))
             .collect();
-        ReassertState {
-            holds,
-            subscribers,
-            routes,
-        }
+        ReassertState { channels, routes }
     }
 
     pub fn channel_count(&self) -> usize {

@@ -1,226 +1,213 @@
-//! The Redis key layout and the Lua scripts that change it.
+//! The Lua scripts that change presence and routing state in Redis (key layout: `keys.rs`).
 //!
-//! Every presence change runs as one script, so reference counts, the roster, the per-channel
-//! sequence number and the published delta move together, and deltas reach every node in the
-//! order the changes happened. Keys are built inside the scripts from `prefix` and the channel
-//! key, which suits a single Redis (or Valkey) server; Redis Cluster would need hash-tagged keys.
-//!
-//! Layout (`P` = key prefix, `ck` = `<app>:<channel>`, `pk` = `<app>:<peer>`):
-//!
-//! | Key | Type | Holds |
-//! |---|---|---|
-//! | `P members:<ck>` | hash | peer → number of nodes holding the peer on the channel |
-//! | `P meta:<ck>` | hash | peer → peerMetadata JSON (`""` for none), latest subscriber wins |
-//! | `P seq:<ck>` | string | presence sequence number, bumped on every change |
-//! | `P subs:<ck>` | hash | node → local subscribed connections (REST `delivered`) |
-//! | `P holds:<node>` | set | `<ck>\n<peer>`: what a node holds, for crash cleanup |
-//! | `P peer:<pk>` | hash | node → connections of the peer on that node (direct routing) |
-//! | `P nodepeers:<node>` | set | `pk` entries the node registered |
-//! | `P lease:<node>` | string | the node's lease; it expires when the node stops renewing |
-//! | `P nodes` | set | every node id that may hold state |
-//! | `P reaped:<node>` | string | marks a reaped node, so its re-assert announces its peers |
-//!
-//! Pub/sub topics: `P ch:<ck>` carries a channel's messages and presence deltas; `P node:<id>`
-//! carries directs and kicks for one node.
+//! Every presence change runs as one script on one channel's keys, so reference counts, the
+//! roster, the sequence number and the published delta move together, and deltas reach every
+//! node in the order the changes happened. Each script names one key in `KEYS[1]` (a base key;
+//! the others are built from it and share its hash tag), which is how Redis Cluster routes it,
+//! and touches only that slot. Channel scripts publish with `ARGV[1]` (`PUBLISH`, or `SPUBLISH`
+//! in cluster mode) to the channel topic in `ARGV[2]`.
 
 use redis::Script;
 
-/// Shared Lua helpers, prepended to the scripts that need them.
+/// Shared Lua helpers, prepended to the channel scripts that need them.
 const HELPERS: &str = r#"
-local function publish_presence(p, ck, kind, seq, peer, meta)
+local function publish_presence(pub, topic, kind, seq, peer, meta)
   if meta == nil or meta == false or meta == '' then meta = 'null' end
-  redis.call('PUBLISH', p .. 'ch:' .. ck,
+  redis.call(pub, topic,
     '{"k":"' .. kind .. '","s":' .. seq .. ',"p":' .. cjson.encode(peer) .. ',"m":' .. meta .. '}')
 end
 
--- Drops one node's hold of (ck, peer) already removed from its holds set. Publishes `left` when
--- it was the last hold anywhere. Returns 1 when it published.
-local function release(p, ck, peer)
-  local n = redis.call('HINCRBY', p .. 'members:' .. ck, peer, -1)
+-- Drops one instance's hold of a peer, already removed from the holds set. Publishes `left`
+-- when it was the last hold anywhere. Returns 1 when it published.
+local function release(b, pub, topic, peer)
+  local n = redis.call('HINCRBY', b .. ':members', peer, -1)
   if n > 0 then return 0 end
-  redis.call('HDEL', p .. 'members:' .. ck, peer)
-  local meta = redis.call('HGET', p .. 'meta:' .. ck, peer)
-  redis.call('HDEL', p .. 'meta:' .. ck, peer)
-  local seq = redis.call('INCR', p .. 'seq:' .. ck)
-  publish_presence(p, ck, 'l', seq, peer, meta)
-  if redis.call('EXISTS', p .. 'members:' .. ck) == 0 then redis.call('DEL', p .. 'seq:' .. ck) end
+  redis.call('HDEL', b .. ':members', peer)
+  local meta = redis.call('HGET', b .. ':meta', peer)
+  redis.call('HDEL', b .. ':meta', peer)
+  local seq = redis.call('INCR', b .. ':seq')
+  publish_presence(pub, topic, 'l', seq, peer, meta)
+  if redis.call('EXISTS', b .. ':members') == 0 then redis.call('DEL', b .. ':seq') end
   return 1
 end
 
--- Records a node's hold of (ck, peer); publishes `joined` when it is the first anywhere
+-- Records an instance's hold of a peer; publishes `joined` when it is the first anywhere
 -- (unless `quiet`: re-asserting holds everyone already knows about).
-local function hold(p, node, ck, peer, meta, quiet)
+local function hold(b, pub, topic, inst, peer, meta, quiet)
   local first = 0
-  if redis.call('SADD', p .. 'holds:' .. node, ck .. '\n' .. peer) == 1 then
-    if redis.call('HINCRBY', p .. 'members:' .. ck, peer, 1) == 1 then first = 1 end
+  if redis.call('SADD', b .. ':holds', inst .. '\n' .. peer) == 1 then
+    if redis.call('HINCRBY', b .. ':members', peer, 1) == 1 then first = 1 end
   end
-  redis.call('HSET', p .. 'meta:' .. ck, peer, meta)
-  local seq = redis.call('INCR', p .. 'seq:' .. ck)
-  if first == 1 and not quiet then publish_presence(p, ck, 'j', seq, peer, meta) end
+  redis.call('HSET', b .. ':meta', peer, meta)
+  local seq = redis.call('INCR', b .. ':seq')
+  if first == 1 and not quiet then publish_presence(pub, topic, 'j', seq, peer, meta) end
   return {first, seq}
 end
 
-local function split_entry(entry)
-  local nl = string.find(entry, '\n', 1, true)
-  return string.sub(entry, 1, nl - 1), string.sub(entry, nl + 1)
+-- The peers an instance holds on this channel, as a set.
+local function held_by(b, inst)
+  local prefix, peers = inst .. '\n', {}
+  for _, e in ipairs(redis.call('SMEMBERS', b .. ':holds')) do
+    if string.sub(e, 1, #prefix) == prefix then peers[string.sub(e, #prefix + 1)] = e end
+  end
+  return peers
 end
 "#;
 
-/// ARGV: prefix, ck, peer, meta, node, subscriber delta.
+/// KEYS: channel base. ARGV: pub, topic, instance, peer, meta, subscriber delta.
 /// Returns {first, seq, meta hash as a flat list}: the snapshot at `seq`.
 const JOIN: &str = r#"
-local p, ck, peer, meta, node, sd = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
-if sd ~= 0 then redis.call('HINCRBY', p .. 'subs:' .. ck, node, sd) end
-local r = hold(p, node, ck, peer, meta, false)
-return {r[1], r[2], redis.call('HGETALL', p .. 'meta:' .. ck)}
+local b = KEYS[1]
+local pub, topic, inst, peer, meta, sd = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+if sd ~= 0 then redis.call('HINCRBY', b .. ':subs', inst, sd) end
+local r = hold(b, pub, topic, inst, peer, meta, false)
+return {r[1], r[2], redis.call('HGETALL', b .. ':meta')}
 "#;
 
-/// ARGV: prefix, ck, peer, node. Returns 1 when `left` was published.
+/// KEYS: channel base. ARGV: pub, topic, instance, peer. Returns 1 when `left` was published.
 const LEAVE: &str = r#"
-local p, ck, peer, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if redis.call('SREM', p .. 'holds:' .. node, ck .. '\n' .. peer) == 0 then return 0 end
-return release(p, ck, peer)
+local b = KEYS[1]
+if redis.call('SREM', b .. ':holds', ARGV[3] .. '\n' .. ARGV[4]) == 0 then return 0 end
+return release(b, ARGV[1], ARGV[2], ARGV[4])
 "#;
 
-/// ARGV: prefix, ck, payload, 1 when the publisher is itself a local subscriber.
-/// Returns the number of subscribed connections cluster-wide, publisher excluded.
+/// KEYS: channel base. ARGV: pub, topic, payload, 1 when the publisher is itself a local
+/// subscriber, the app's wildcard topic (or ""). Returns the number of subscribed connections
+/// cluster-wide, publisher excluded.
 const PUBLISH: &str = r#"
-local p, ck = ARGV[1], ARGV[2]
-redis.call('PUBLISH', p .. 'ch:' .. ck, ARGV[3])
+local b = KEYS[1]
+redis.call(ARGV[1], ARGV[2], ARGV[3])
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[3]) end
 local total = 0
-for _, v in ipairs(redis.call('HVALS', p .. 'subs:' .. ck)) do total = total + tonumber(v) end
+for _, v in ipairs(redis.call('HVALS', b .. ':subs')) do total = total + tonumber(v) end
 return math.max(0, total - tonumber(ARGV[4]))
 "#;
 
-/// ARGV: prefix, pk, payload, sender node, 1 when the sender is the target peer itself.
-/// Publishes to every node holding the peer; returns the connections reached (the sender's own
-/// connection excluded).
+/// KEYS: channel base. Returns {seq, meta hash as a flat list}, read together.
+const ROSTER: &str = r#"
+local b = KEYS[1]
+return {tonumber(redis.call('GET', b .. ':seq') or '0'), redis.call('HGETALL', b .. ':meta')}
+"#;
+
+/// KEYS: route key. ARGV: node topic prefix, payload, sender instance, 1 when the sender is
+/// the target peer itself. Single Redis only: publishes to every node holding the peer (on a
+/// cluster, node topics live in other slots and the engine publishes them one by one).
+/// Returns the connections reached, the sender's own connection excluded.
 const ROUTE: &str = r#"
-local p, pk, payload, sender, self_send = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local h = redis.call('HGETALL', p .. 'peer:' .. pk)
+local h = redis.call('HGETALL', KEYS[1])
+local topic_prefix, payload, sender, self_send = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local total = 0
 for i = 1, #h, 2 do
-  local node, n = h[i], tonumber(h[i + 1])
-  if self_send == '1' and node == sender then n = n - 1 end
+  local inst, n = h[i], tonumber(h[i + 1])
+  if self_send == '1' and inst == sender then n = n - 1 end
   if n > 0 then
-    redis.call('PUBLISH', p .. 'node:' .. node, payload)
+    local node = string.match(inst, '^(.*)#[^#]*$') or inst
+    redis.call('PUBLISH', topic_prefix .. '{n:' .. node .. '}', payload)
     total = total + n
   end
 end
 return total
 "#;
 
-/// ARGV: prefix, pk, node, delta. Keeps the direct-routing table.
-const PEER_ADD: &str = r#"
-local p, pk, node = ARGV[1], ARGV[2], ARGV[3]
-local n = redis.call('HINCRBY', p .. 'peer:' .. pk, node, tonumber(ARGV[4]))
-if n <= 0 then
-  redis.call('HDEL', p .. 'peer:' .. pk, node)
-  redis.call('SREM', p .. 'nodepeers:' .. node, pk)
-else
-  redis.call('SADD', p .. 'nodepeers:' .. node, pk)
-end
+/// KEYS: route key. ARGV: instance, delta. Keeps the direct-routing table.
+const ROUTE_ADJUST: &str = r#"
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], tonumber(ARGV[2]))
+if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return n
 "#;
 
-/// ARGV: prefix, node, lease ms. Returns 0 when the lease had lapsed (the node may have been
-/// reaped and must re-assert its state).
+/// KEYS: node index key. ARGV: entry, generation. Forgets an index entry unless it was
+/// touched since the generation was read (an operation on it started meanwhile).
+const INDEX_PRUNE: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"#;
+
+/// KEYS: cluster base. ARGV: instance, lease ms. Returns 1 when the lease was renewed, 0 when
+/// it had lapsed without a reap (first start, or Redis lost its data: re-assert quietly), and
+/// -1 when the instance was reaped (others saw its peers leave: re-incarnate and announce).
 const RENEW: &str = r#"
-local p, node, ttl = ARGV[1], ARGV[2], ARGV[3]
-local alive = redis.call('PEXPIRE', p .. 'lease:' .. node, ttl)
-if alive == 0 then redis.call('SET', p .. 'lease:' .. node, '1', 'PX', ttl) end
-redis.call('SADD', p .. 'nodes', node)
-return alive
+local c, inst, ttl = KEYS[1], ARGV[1], ARGV[2]
+if redis.call('PEXPIRE', c .. ':lease:' .. inst, ttl) == 1 then
+  redis.call('SADD', c .. ':nodes', inst)
+  return 1
+end
+if redis.call('EXISTS', c .. ':reaped:' .. inst) == 1 then return -1 end
+redis.call('SET', c .. ':lease:' .. inst, '1', 'PX', ttl)
+redis.call('SADD', c .. ':nodes', inst)
+return 0
 "#;
 
-/// ARGV: prefix, own node. Removes every node whose lease expired: its peers leave their
-/// channels (each `left` published exactly once, here), its routes disappear.
-const REAP: &str = r#"
-local p, me = ARGV[1], ARGV[2]
-local reaped = {}
-for _, node in ipairs(redis.call('SMEMBERS', p .. 'nodes')) do
-  if node ~= me and redis.call('EXISTS', p .. 'lease:' .. node) == 0 then
-    for _, entry in ipairs(redis.call('SMEMBERS', p .. 'holds:' .. node)) do
-      local ck, peer = split_entry(entry)
-      release(p, ck, peer)
-      redis.call('HDEL', p .. 'subs:' .. ck, node)
+/// KEYS: cluster base. ARGV: own instance, linger ms. Claims every instance whose lease
+/// expired (it stops being a member; its wildcard interest goes), then returns
+/// {now ms, instances being reaped…}. Reapers clean a claimed instance's keys until its
+/// linger ends, which also catches writes that were in flight when it died.
+const CLAIM_DEAD: &str = r#"
+local c, me, linger = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, inst in ipairs(redis.call('SMEMBERS', c .. ':nodes')) do
+  if inst ~= me and redis.call('EXISTS', c .. ':lease:' .. inst) == 0 then
+    redis.call('SREM', c .. ':nodes', inst)
+    redis.call('ZADD', c .. ':reaping', now + linger, inst)
+    redis.call('SET', c .. ':reaped:' .. inst, '1', 'PX', 600000)
+    local suffix = '\n' .. inst
+    for _, e in ipairs(redis.call('SMEMBERS', c .. ':patterns')) do
+      if string.sub(e, -#suffix) == suffix then redis.call('SREM', c .. ':patterns', e) end
     end
-    redis.call('DEL', p .. 'holds:' .. node)
-    for _, pk in ipairs(redis.call('SMEMBERS', p .. 'nodepeers:' .. node)) do
-      redis.call('HDEL', p .. 'peer:' .. pk, node)
-    end
-    redis.call('DEL', p .. 'nodepeers:' .. node)
-    redis.call('SREM', p .. 'nodes', node)
-    -- If the node was only cut off, its re-assert must announce its peers again.
-    redis.call('SET', p .. 'reaped:' .. node, '1', 'PX', 600000)
-    table.insert(reaped, node)
   end
 end
-return reaped
+local out = {now}
+for _, inst in ipairs(redis.call('ZRANGE', c .. ':reaping', 0, -1)) do table.insert(out, inst) end
+return out
 "#;
 
-/// ARGV: prefix, node, lease ms, then four length-prefixed lists:
-/// holds (ck, peer, meta)…, subscriber counts (ck, n)…, routes (pk, n)…, departed (ck, peer)….
-/// Makes Redis agree with the node's local state after an outage or a lost lease: stale holds
-/// leave (publishing `left`), missing ones join (publishing `joined` when first, if the node had
-/// been reaped), and peers that left during the outage get their `left` if nobody else holds
-/// them.
-const REASSERT: &str = r#"
-local p, node, ttl = ARGV[1], ARGV[2], ARGV[3]
-redis.call('SET', p .. 'lease:' .. node, '1', 'PX', ttl)
-redis.call('SADD', p .. 'nodes', node)
--- Re-added holds are news only if this node was reaped (others saw its peers leave). After
--- Redis lost its data nobody saw them leave, and a second `joined` would be noise.
-local announce = redis.call('DEL', p .. 'reaped:' .. node) == 1
-local i = 4
+/// KEYS: channel base. ARGV: pub, topic, dead instance. Drops every hold of the instance on
+/// the channel; each `left` is published exactly once, here (the holds leave atomically).
+const REAP_CHANNEL: &str = r#"
+local b, pub, topic, inst = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local n = 0
+for peer, e in pairs(held_by(b, inst)) do
+  redis.call('SREM', b .. ':holds', e)
+  n = n + release(b, pub, topic, peer)
+end
+redis.call('HDEL', b .. ':subs', inst)
+return n
+"#;
+
+/// KEYS: channel base. ARGV: pub, topic, instance, 1 to announce re-added holds, local
+/// subscriber count, then two length-prefixed lists: holds (peer, meta)…, departed peers….
+/// Makes the channel agree with the node's local state after an outage or a lost lease: stale
+/// holds leave (publishing `left`), missing ones are added (publishing `joined` when first, if
+/// the node's peers were announced gone), and peers that left during the outage get their
+/// `left` if nobody else holds them.
+const REASSERT_CHANNEL: &str = r#"
+local b, pub, topic, inst = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local announce, subs = ARGV[4] == '1', tonumber(ARGV[5])
+local i = 6
 local desired, order = {}, {}
-local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  local e = ARGV[i] .. '\n' .. ARGV[i + 1]
-  desired[e] = {ARGV[i], ARGV[i + 1], ARGV[i + 2]}
-  table.insert(order, e)
-  i = i + 3
+for _ = 1, tonumber(ARGV[i]) do
+  desired[ARGV[i + 1]] = ARGV[i + 2]
+  table.insert(order, ARGV[i + 1])
+  i = i + 2
 end
+i = i + 1
 local announced = {}
-local holds = p .. 'holds:' .. node
-for _, e in ipairs(redis.call('SMEMBERS', holds)) do
-  if desired[e] == nil then
-    redis.call('SREM', holds, e)
-    local ck, peer = split_entry(e)
-    redis.call('HDEL', p .. 'subs:' .. ck, node)
-    if release(p, ck, peer) == 1 then announced[e] = true end
+for peer, e in pairs(held_by(b, inst)) do
+  if desired[peer] == nil then
+    redis.call('SREM', b .. ':holds', e)
+    if release(b, pub, topic, peer) == 1 then announced[peer] = true end
   end
 end
-for _, e in ipairs(order) do
-  local d = desired[e]
-  hold(p, node, d[1], d[2], d[3], not announce)
-end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  redis.call('HSET', p .. 'subs:' .. ARGV[i], node, ARGV[i + 1])
-  i = i + 2
-end
-local routes = {}
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do routes[ARGV[i]] = ARGV[i + 1]; i = i + 2 end
-for _, pk in ipairs(redis.call('SMEMBERS', p .. 'nodepeers:' .. node)) do
-  if routes[pk] == nil then
-    redis.call('HDEL', p .. 'peer:' .. pk, node)
-    redis.call('SREM', p .. 'nodepeers:' .. node, pk)
-  end
-end
-for pk, count in pairs(routes) do
-  redis.call('HSET', p .. 'peer:' .. pk, node, count)
-  redis.call('SADD', p .. 'nodepeers:' .. node, pk)
-end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  local ck, peer = ARGV[i], ARGV[i + 1]
-  local e = ck .. '\n' .. peer
-  i = i + 2
-  if not announced[e] and desired[e] == nil and redis.call('HEXISTS', p .. 'members:' .. ck, peer) == 0 then
-    announced[e] = true
-    publish_presence(p, ck, 'l', redis.call('INCR', p .. 'seq:' .. ck), peer, nil)
+for _, peer in ipairs(order) do hold(b, pub, topic, inst, peer, desired[peer], not announce) end
+if subs > 0 then redis.call('HSET', b .. ':subs', inst, subs) else redis.call('HDEL', b .. ':subs', inst) end
+for _ = 1, tonumber(ARGV[i]) do
+  local peer = ARGV[i + 1]
+  i = i + 1
+  if not announced[peer] and desired[peer] == nil and redis.call('HEXISTS', b .. ':members', peer) == 0 then
+    publish_presence(pub, topic, 'l', redis.call('INCR', b .. ':seq'), peer, nil)
   end
 end
 return 1
@@ -231,11 +218,14 @@ pub struct Scripts {
     pub join: Script,
     pub leave: Script,
     pub publish: Script,
+    pub roster: Script,
     pub route: Script,
-    pub peer_add: Script,
+    pub route_adjust: Script,
+    pub index_prune: Script,
     pub renew: Script,
-    pub reap: Script,
-    pub reassert: Script,
+    pub claim_dead: Script,
+    pub reap_channel: Script,
+    pub reassert_channel: Script,
 }
 
 impl Scripts {
@@ -245,11 +235,14 @@ impl Scripts {
             join: with_helpers(JOIN),
             leave: with_helpers(LEAVE),
             publish: Script::new(PUBLISH),
+            roster: Script::new(ROSTER),
             route: Script::new(ROUTE),
-            peer_add: Script::new(PEER_ADD),
+            route_adjust: Script::new(ROUTE_ADJUST),
+            index_prune: Script::new(INDEX_PRUNE),
             renew: Script::new(RENEW),
-            reap: with_helpers(REAP),
-            reassert: with_helpers(REASSERT),
+            claim_dead: Script::new(CLAIM_DEAD),
+            reap_channel: with_helpers(REAP_CHANNEL),
+            reassert_channel: with_helpers(REASSERT_CHANNEL),
         }
     }
 }

@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// One event on a channel topic (`m` message, `j` joined, `l` left) or a node topic (`d` direct,
-/// `x` kick). Presence events are written by the Lua scripts, in the same shape.
+/// One event on a channel topic (`m` message, `j` joined, `l` left), an app's wildcard topic
+/// (`m`), or a node topic (`d` direct, `x` kick). Presence events are written by the Lua scripts, in the same shape.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Event<'a> {
     pub k: Cow<'a, str>,
@@ -43,6 +43,9 @@ pub struct Event<'a> {
     /// Close code (x).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub c: Option<u16>,
+    /// Channel name (m), set when the message also goes to the app's wildcard topic.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub n: Option<Cow<'a, str>>,
 }
 
 impl<'a> Event<'a> {
@@ -58,6 +61,7 @@ impl<'a> Event<'a> {
             t: None,
             x: None,
             c: None,
+            n: None,
         }
     }
 

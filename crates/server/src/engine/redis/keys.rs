@@ -1,0 +1,152 @@
+//! Names of every Redis key and pub/sub topic the engine uses.
+//!
+//! Every key carries a hash tag (`{…}`), so the keys of one channel, one peer route or one node
+//! live in one Redis Cluster slot and each script touches a single slot. A channel's topic
+//! carries the channel's tag too, so in cluster mode a sharded `SPUBLISH` from a channel's
+//! script stays on the shard that holds the channel. On a single Redis the tags change nothing.
+//!
+//! Layout (`P` = key prefix, `ck` = `<app>:<channel>`, `pk` = `<app>:<peer>`, `I` = node
+//! instance, `<node>#<incarnation>`):
+//!
+//! | Key | Type | Holds |
+//! |---|---|---|
+//! | `P{c:ck}:members` | hash | peer → number of node instances holding the peer on the channel |
+//! | `P{c:ck}:meta` | hash | peer → peerMetadata JSON (`""` for none), latest subscriber wins |
+//! | `P{c:ck}:seq` | string | presence sequence number, bumped on every change |
+//! | `P{c:ck}:subs` | hash | I → local subscribed connections (REST `delivered`) |
+//! | `P{c:ck}:holds` | set | `I\npeer`: which instance holds which peer (crash cleanup) |
+//! | `P{p:pk}:route` | hash | I → connections of the peer on that instance (direct routing) |
+//! | `P{n:I}:index` | hash | channel or route base key (`P{c:ck}`, `P{p:pk}`) → generation: everything the instance may hold, so a reaper finds it |
+//! | `P{cluster}:nodes` | set | live node instances |
+//! | `P{cluster}:lease:I` | string | the instance's lease; it expires when the node stops renewing |
+//! | `P{cluster}:reaped:I` | string | marks a reaped instance: its node re-incarnates and announces its peers again |
+//! | `P{cluster}:reaping` | zset | instances being cleaned up → when the cleanup may stop |
+//! | `P{cluster}:patterns` | set | `app\nI`: apps with wildcard subscribers (cluster mode) |
+//!
+//! Topics: `Pch:{c:ck}` carries a channel's messages and presence deltas (`SPUBLISH` in cluster
+//! mode); `Pnode:{n:<node>}` carries directs and kicks for one node. Wildcard subscriptions
+//! listen with `PSUBSCRIBE Pch:{c:<app>:*` on a single Redis. Sharded pub/sub has no
+//! patterns, so in cluster mode messages of an app with wildcard subscribers are also published
+//! to the classic topic `Papp:<app>`, and `Ppatterns` tells nodes when an app gains some.
+pub struct Keys {
+    prefix: String,
+    channel_topic_prefix: String,
+    node_topic: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str, node: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+            channel_topic_prefix: format!("{prefix}ch:{{c:"),
+            node_topic: format!("{prefix}node:{{n:{node}}}"),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Base of a channel's keys: `P{c:<app>:<channel>}`.
+    pub fn channel_base(&self, app: &str, channel: &str) -> String {
+        format!("{}{{c:{app}:{channel}}}", self.prefix)
+    }
+
+    /// Base of a peer's route key: `P{p:<app>:<peer>}`.
+    pub fn route_base(&self, app: &str, peer: &str) -> String {
+        format!("{}{{p:{app}:{peer}}}", self.prefix)
+    }
+
+    pub fn route_key(&self, app: &str, peer: &str) -> String {
+        format!("{}:route", self.route_base(app, peer))
+    }
+
+    /// Base of a node instance's keys: `P{n:<instance>}`.
+    pub fn node_base(&self, instance: &str) -> String {
+        format!("{}{{n:{instance}}}", self.prefix)
+    }
+
+    pub fn index_key(&self, instance: &str) -> String {
+        format!("{}:index", self.node_base(instance))
+    }
+
+    /// Base of the cluster-wide registry (one slot): `P{cluster}`.
+    pub fn cluster_base(&self) -> String {
+        format!("{}{{cluster}}", self.prefix)
+    }
+
+    /// Which kind of base key an index entry is.
+    pub fn is_channel_base(&self, base: &str) -> bool {
+        base.strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with("{c:"))
+    }
+
+    /// The topic of a channel, given its base key (`P{c:ck}` → `Pch:{c:ck}`).
+    pub fn topic_of_base(&self, base: &str) -> String {
+        format!("{}ch:{}", self.prefix, &base[self.prefix.len()..])
+    }
+
+    pub fn channel(&self, app: &str, channel: &str) -> String {
+        format!("{}{app}:{channel}}}", self.channel_topic_prefix)
+    }
+
+    /// Every channel topic of an app, for `PSUBSCRIBE` (app ids hold no glob characters).
+    pub fn app_pattern(&self, app: &str) -> String {
+        format!("{}{app}:*", self.channel_topic_prefix)
+    }
+
+    /// The classic topic that carries an app's messages to wildcard subscribers in cluster mode.
+    pub fn app_topic(&self, app: &str) -> String {
+        format!("{}app:{app}", self.prefix)
+    }
+
+    pub fn app_of_topic<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("app:")
+    }
+
+    /// Where nodes announce that an app gained wildcard subscribers (cluster mode).
+    pub fn patterns_topic(&self) -> String {
+        format!("{}patterns", self.prefix)
+    }
+
+    /// This node's topic for directs and kicks.
+    pub fn node(&self) -> &str {
+        &self.node_topic
+    }
+
+    /// The topic of another node, given one of its instance ids (`<node>#<incarnation>`).
+    pub fn node_topic_of_instance(&self, instance: &str) -> String {
+        let node = instance.rsplit_once('#').map_or(instance, |(node, _)| node);
+        format!("{}node:{{n:{node}}}", self.prefix)
+    }
+
+    /// `(app, channel)` of a channel topic.
+    pub fn parse_channel<'t>(&self, topic: &'t str) -> Option<(&'t str, &'t str)> {
+        topic
+            .strip_prefix(self.channel_topic_prefix.as_str())?
+            .strip_suffix('}')?
+            .split_once(':')
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_share_hash_tags_and_parse_back() {
+        let keys = Keys::new("h:", "n1");
+        let base = keys.channel_base("app", "room/{x}");
+        assert_eq!(base, "h:{c:app:room/{x}}");
+        let topic = keys.channel("app", "room/{x}");
+        assert_eq!(topic, keys.topic_of_base(&base));
+        assert_eq!(keys.parse_channel(&topic), Some(("app", "room/{x}")));
+        assert!(keys.is_channel_base(&base));
+        assert!(!keys.is_channel_base(&keys.route_base("app", "p")));
+        assert_eq!(keys.node_topic_of_instance("n1#ab12"), keys.node());
+        assert_eq!(keys.app_of_topic(&keys.app_topic("app")), Some("app"));
+    }
+}
