@@ -1,6 +1,7 @@
 //! A node of a Redis-backed cluster is killed with SIGKILL: the surviving nodes remove its peers
 //! from every channel and each watcher sees each `left` exactly once, within the lease bound.
-//! Real `herald` processes and a real `redis-server` (started here on a free port).
+//! Real `herald` processes, on a real `redis-server` and on a real three-master Redis Cluster
+//! (both started here on free ports).
 #![allow(clippy::unwrap_used)]
 
 #[path = "../../server/tests/common/redis.rs"]
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use herald_protocol::claims::Claims;
 use herald_protocol::jwt;
-use redis_server::RedisServer;
+use redis_server::{RedisCluster, RedisServer};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -34,7 +35,24 @@ impl Drop for Node {
     }
 }
 
-fn start_node(dir: &std::path::Path, redis: &RedisServer, id: &str) -> Node {
+/// Where the nodes keep their shared state.
+enum Backend {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Backend {
+    fn engine_config(&self) -> String {
+        match self {
+            Backend::Single(redis) => format!("redis_url = \"{}\"", redis.url()),
+            Backend::Cluster(cluster) => {
+                format!("redis_url = \"{}\"\nredis_cluster = true", cluster.urls())
+            }
+        }
+    }
+}
+
+fn start_node(dir: &std::path::Path, redis: &Backend, id: &str) -> Node {
     let config = format!(
         r#"listen = "127.0.0.1:0"
 [log]
@@ -42,7 +60,7 @@ format = "json"
 level = "info"
 [engine]
 kind = "redis"
-redis_url = "{url}"
+{engine}
 node_id = "{id}"
 lease_ttl_ms = {LEASE_MS}
 [[apps]]
@@ -51,7 +69,7 @@ id = "app_crash"
 id = "{KID}"
 secret = "{SECRET}"
 "#,
-        url = redis.url()
+        engine = redis.engine_config()
     );
     let path = dir.join(format!("{id}.toml"));
     std::fs::write(&path, config).unwrap();
@@ -83,6 +101,20 @@ secret = "{SECRET}"
     Node {
         child,
         origin: format!("ws://{listen}"),
+    }
+}
+
+/// Waits until the node answers `/readyz` with 200 (its Redis pub/sub is up), as a load
+/// balancer would before sending it clients.
+async fn wait_ready(node: &Node) {
+    let url = format!("{}/readyz", node.origin.replacen("ws://", "http://", 1));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !reqwest::get(&url)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "{url} never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -133,13 +165,25 @@ async fn subscribe(ws: &mut Ws, channel: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_node_peers_leave_exactly_once_within_the_lease_bound() {
-    let dir = std::env::temp_dir().join(format!("herald-crash-{}", std::process::id()));
+    killed_node_peers_leave_exactly_once(Backend::Single(RedisServer::start()), "single").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_cluster_killed_node_peers_leave_exactly_once_within_the_lease_bound() {
+    let backend = Backend::Cluster(RedisCluster::start());
+    killed_node_peers_leave_exactly_once(backend, "cluster").await;
+}
+
+async fn killed_node_peers_leave_exactly_once(redis: Backend, label: &str) {
+    let dir = std::env::temp_dir().join(format!("herald-crash-{label}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let redis = RedisServer::start();
     let nodes: Vec<Node> = ["crash-a", "crash-b", "crash-c"]
         .iter()
         .map(|id| start_node(&dir, &redis, id))
         .collect();
+    for node in &nodes {
+        wait_ready(node).await;
+    }
 
     let mut watchers = vec![
         connect(&nodes[0], "watch-a").await,
@@ -193,7 +237,7 @@ async fn killed_node_peers_leave_exactly_once_within_the_lease_bound() {
             }
         }
         println!(
-            "watcher {i}: every peer of the killed node left after {:?} (lease {LEASE_MS} ms)",
+            "{label} redis, watcher {i}: every peer of the killed node left after {:?} (lease {LEASE_MS} ms)",
             killed_at.elapsed()
         );
         assert!(lefts.values().all(|n| *n == 1), "{lefts:?}");
@@ -208,6 +252,20 @@ async fn killed_node_peers_leave_exactly_once_within_the_lease_bound() {
         assert!(
             matches!(extra, Err(_) | Ok(Some(Ok(Message::Ping(_))))),
             "unexpected {extra:?}"
+        );
+    }
+    if let Backend::Cluster(cluster) = &redis {
+        // The dead instance's index was emptied (and so deleted) on whichever master holds it;
+        // the survivors' indexes are still there.
+        let keys: String = cluster
+            .ports
+            .iter()
+            .map(|port| cluster.cli_on(*port, &["--scan", "--pattern", "*:index"]))
+            .collect();
+        assert!(!keys.contains("crash-c#"), "left behind: {keys}");
+        assert!(
+            keys.contains("crash-a#") && keys.contains("crash-b#"),
+            "{keys}"
         );
     }
     drop(victims);

@@ -1,6 +1,7 @@
 //! One behaviour suite, two engines: presence, pub/sub, direct and REST behaviour, run
-//! unchanged on one memory node and on three nodes sharing a real Redis. Clients are spread
-//! over the nodes, so on Redis every test crosses nodes.
+//! unchanged on one memory node, on three nodes sharing a real Redis, and on three nodes
+//! sharing a real three-master Redis Cluster (sharded pub/sub). Clients are spread over the
+//! nodes, so on Redis every test crosses nodes.
 #![allow(clippy::unwrap_used)]
 #[allow(clippy::field_reassign_with_default)]
 mod common;
@@ -21,6 +22,10 @@ macro_rules! on_both_engines {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redis() {
                 super::$name(super::Cluster::redis(3).await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster() {
+                super::$name(super::Cluster::redis_cluster(3).await).await
             }
         }
     )*};

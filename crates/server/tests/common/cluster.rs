@@ -4,13 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use super::redis::RedisServer;
+use super::redis::{RedisCluster, RedisServer};
 use super::{test_config, TestServer};
 use herald_server::Config;
 
 pub struct Cluster {
     pub nodes: Vec<TestServer>,
     pub redis: Option<RedisServer>,
+    pub redis_cluster: Option<RedisCluster>,
 }
 
 /// Redis settings for tests: a lease long enough that a node starved of CPU by a parallel test
@@ -32,6 +33,7 @@ impl Cluster {
         Cluster {
             nodes: vec![TestServer::start().await],
             redis: None,
+            redis_cluster: None,
         }
     }
 
@@ -50,6 +52,30 @@ impl Cluster {
         let cluster = Cluster {
             nodes: servers,
             redis: Some(redis),
+            redis_cluster: None,
+        };
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// Herald nodes on a three-master Redis Cluster (sharded pub/sub).
+    pub async fn redis_cluster(nodes: usize) -> Cluster {
+        let redis = RedisCluster::start();
+        let mut servers = Vec::new();
+        for i in 0..nodes {
+            let mut config = test_config();
+            config.engine.kind = "redis".into();
+            config.engine.redis_url = redis.urls();
+            config.engine.redis_cluster = true;
+            config.engine.node_id = format!("node{i}");
+            config.engine.lease_ttl_ms = 5_000;
+            config.engine.reconnect_grace_ms = 0;
+            servers.push(TestServer::start_with(config).await);
+        }
+        let cluster = Cluster {
+            nodes: servers,
+            redis: None,
+            redis_cluster: Some(redis),
         };
         cluster.wait_ready().await;
         cluster
@@ -60,7 +86,7 @@ impl Cluster {
     }
 
     pub fn is_distributed(&self) -> bool {
-        self.redis.is_some()
+        self.redis.is_some() || self.redis_cluster.is_some()
     }
 
     /// Waits until every node answers `/readyz` with 200.

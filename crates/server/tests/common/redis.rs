@@ -95,3 +95,170 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A real Redis Cluster for tests: three masters (`redis-server --cluster-enabled yes`) on free
+/// loopback ports, joined by `redis-cli --cluster create`, killed on drop.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Child>,
+    dir: std::path::PathBuf,
+}
+
+/// A port that is free together with its cluster-bus port (port + 10000).
+fn free_cluster_port(taken: &[u16]) -> u16 {
+    use std::net::TcpListener;
+    let mut seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    loop {
+        let port = loop {
+            let candidate = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if candidate < 55_000 && !taken.contains(&candidate) {
+                break candidate;
+            }
+            // The OS hands out high ports; walk a pseudo-random low range instead.
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let low = 20_000 + (seed >> 33) as u16 % 30_000;
+            if !taken.contains(&low) {
+                break low;
+            }
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("redis-server is not installed: `apt-get install redis-server`");
+        let mut ports = Vec::new();
+        for _ in 0..3 {
+            ports.push(free_cluster_port(&ports));
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "herald-redis-cluster-{}-{}",
+            std::process::id(),
+            ports[0]
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut children = Vec::new();
+        for port in &ports {
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            children.push(
+                Command::new(binary)
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                    .args(["--cluster-config-file", "nodes.conf", "--dir"])
+                    .arg(&node_dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        let cluster = RedisCluster {
+            ports,
+            children,
+            dir,
+        };
+        for port in &cluster.ports {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "redis cluster node {port} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli is not installed (it comes with redis-server)");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        cluster.wait_state_ok();
+        cluster
+    }
+
+    /// Waits until every node reports `cluster_state:ok` and knows all three masters.
+    fn wait_state_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = self.ports.iter().all(|port| {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                text.contains("cluster_state:ok") && text.contains("cluster_known_nodes:3")
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis cluster never became ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Seed URLs for `engine.redis_url` with `redis_cluster = true`.
+    pub fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Runs a redis-cli command against one master (no redirects) and returns its output.
+    pub fn cli_on(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a redis-cli command against the cluster (`-c` follows redirects) and returns its
+    /// output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-c", "-p", &self.ports[0].to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

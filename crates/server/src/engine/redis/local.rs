@@ -49,6 +49,10 @@ struct LocalChannel {
     known: HashMap<PeerId, Option<Arc<RawValue>>>,
     /// Sequence number of the last change reflected in `known`.
     known_seq: u64,
+    /// Sequence number of the last re-sync: a delta at or below it that `known` already
+    /// reflects was sent by the re-sync (it was published before the roster was read but
+    /// arrived after), so it is not sent again.
+    resync_floor: u64,
     /// Deltas seen while a subscribe is in flight, to bring `known` from its snapshot to now.
     recent: Vec<(u64, bool, PeerId, Option<Arc<RawValue>>)>,
 }
@@ -534,8 +538,11 @@ impl Local {
                 } else {
                     encode::presence(channel, &[], &entry)
                 };
-                let delta = frame(text);
                 let (joined, peer_id) = (kind == "j", PeerId::new(peer));
+                if seq <= state.resync_floor && state.known.contains_key(&peer_id) == joined {
+                    return;
+                }
+                let delta = frame(text);
                 let metadata = event.metadata().map(|m| Arc::from(m.to_owned()));
                 if !state.joining.is_empty() {
                     state
@@ -668,6 +675,7 @@ impl Local {
     pub fn reset_sequences(&self) {
         for state in lock(&self.channels).values_mut() {
             state.known_seq = 0;
+            state.resync_floor = 0;
         }
     }
 
@@ -711,6 +719,7 @@ impl Local {
         }
         state.known = fresh;
         state.known_seq = seq;
+        state.resync_floor = seq;
     }
 
     /// Channel topics the node must be subscribed to, and apps with wildcard subscribers
@@ -837,5 +846,58 @@ impl Local {
                 .push(sub.name.clone());
         }
         crate::engine::with_channels(conns, by_conn)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::conn::Outbound;
+
+    fn drain(rx: &mut Outbound) -> Vec<serde_json::Value> {
+        std::iter::from_fn(|| rx.try_recv())
+            .map(|f| serde_json::from_str(f.as_str()).unwrap())
+            .collect()
+    }
+
+    fn delta<'a>(kind: &'a str, seq: u64, peer: &'a str) -> Event<'a> {
+        let mut event = Event::new(kind);
+        event.s = Some(seq);
+        event.p = Some(peer.into());
+        event
+    }
+
+    #[test]
+    fn a_delta_that_arrives_after_the_resync_that_covered_it_is_not_sent_twice() {
+        let local = Local::default();
+        let keys = Keys::new("h:", "n1");
+        let (bus, _bus_rx) = mpsc::unbounded_channel();
+        let (conn, mut rx) = Conn::new(
+            AppId::new("app".to_string()),
+            PeerId::new("x".to_string()),
+            None,
+            true,
+            "publishable",
+            64,
+        );
+        let room = ChannelName::new("room".to_string());
+        local.begin_subscribe(&conn, &room, false, &bus, &keys);
+        local.finish_subscribe(&conn, &room, false, None, 1, &["x".into(), String::new()]);
+        assert_eq!(drain(&mut rx)[0]["joined"], serde_json::json!([]));
+
+        // The re-sync reads the roster at seq 3: y joined meanwhile (its delta, seq 2, is late).
+        let key = (conn.app.clone(), room.clone());
+        let roster = ["x", "", "y", ""].map(String::from);
+        local.resync(&key, &roster, 3);
+        let sent = drain(&mut rx);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0]["joined"][0]["peerId"], "y");
+        local.on_channel_event("app", "room", &delta("j", 2, "y"), "n1");
+        assert!(drain(&mut rx).is_empty());
+
+        // Later changes flow as usual.
+        local.on_channel_event("app", "room", &delta("l", 4, "y"), "n1");
+        assert_eq!(drain(&mut rx)[0]["left"][0]["peerId"], "y");
     }
 }

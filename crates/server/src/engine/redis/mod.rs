@@ -282,6 +282,8 @@ impl Inner {
         tracing::warn!(node = %self.node, instance = %fresh, "this node was reaped; re-incarnating");
         *lock(&self.instance) = fresh;
         lock(&self.index).written.clear();
+        // Sequence numbers may restart as the channels are rebuilt.
+        self.local.reset_sequences();
         self.announce.store(true, Ordering::Release);
         self.mark_trouble();
     }

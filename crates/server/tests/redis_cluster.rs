@@ -1,0 +1,110 @@
+//! Herald on a real three-master Redis Cluster: channel state and sharded topics spread over
+//! the masters, and a node's crash-cleanup index forgets channels it no longer holds.
+//! (The behaviour suite in `behaviour.rs` also runs on a Redis Cluster.)
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use serde_json::json;
+
+const CHANNELS: usize = 16;
+
+/// Masters (by port) whose output for `args` contains `needle`.
+fn masters_with(c: &Cluster, args: &[&str], needle: &str) -> Vec<u16> {
+    let redis = c.redis_cluster.as_ref().unwrap();
+    redis
+        .ports
+        .iter()
+        .copied()
+        .filter(|port| redis.cli_on(*port, args).contains(needle))
+        .collect()
+}
+
+/// Entries of node0's index, over every master.
+fn node0_index(c: &Cluster) -> Vec<String> {
+    let redis = c.redis_cluster.as_ref().unwrap();
+    let mut entries = Vec::new();
+    for port in &redis.ports {
+        for key in redis
+            .cli_on(*port, &["--scan", "--pattern", "*{n:node0#*}:index"])
+            .lines()
+        {
+            entries.extend(
+                redis
+                    .cli_on(*port, &["hkeys", key])
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+    }
+    entries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_spread_over_the_masters_and_the_index_forgets_what_is_gone() {
+    let c = Cluster::redis_cluster(2).await;
+    let mut a = c.node(0).client("alice").await;
+    let mut b = c.node(1).client("bob").await;
+    for i in 0..CHANNELS {
+        a.subscribe(&format!("room-{i}")).await;
+        b.subscribe(&format!("room-{i}")).await;
+        // alice hears bob join
+        let joined = a.recv().await;
+        assert_eq!(joined["joined"][0]["peerId"], "bob");
+    }
+    for i in 0..CHANNELS {
+        let channel = format!("room-{i}");
+        b.request(
+            json!({"type": "publish", "channel": channel, "data": i}),
+            &format!("p{i}"),
+        )
+        .await;
+        let got = a.recv().await;
+        assert_eq!(
+            (got["channel"].as_str(), got["data"].as_u64()),
+            (Some(channel.as_str()), Some(i as u64))
+        );
+    }
+
+    // Keys and sharded topics live on more than one master: slots, not one shard, decide.
+    let with_keys = masters_with(&c, &["--scan", "--pattern", "*{c:*:members"], "members");
+    let with_topics = masters_with(&c, &["pubsub", "shardchannels"], "ch:{c:");
+    println!("masters holding channel keys: {with_keys:?}; with shard topics: {with_topics:?}");
+    assert!(with_keys.len() >= 2, "{with_keys:?}");
+    assert!(with_topics.len() >= 2, "{with_topics:?}");
+    let entries = node0_index(&c);
+    assert!(
+        entries.iter().filter(|e| e.contains("{c:")).count() >= CHANNELS,
+        "{entries:?}"
+    );
+
+    // Once nobody holds them, the channels drop out of the index; alice's route stays.
+    for i in 0..CHANNELS {
+        a.request(
+            json!({"type": "unsubscribe", "channel": format!("room-{i}")}),
+            &format!("u{i}"),
+        )
+        .await;
+    }
+    let started = Instant::now();
+    loop {
+        let entries = node0_index(&c);
+        if !entries.iter().any(|e| e.contains("{c:")) {
+            assert!(entries.iter().any(|e| e.contains("{p:")), "{entries:?}");
+            println!("index pruned after {:?}", started.elapsed());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "index still lists {entries:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // bob saw alice leave every channel, once each.
+    for _ in 0..CHANNELS {
+        let left = b.recv().await;
+        assert_eq!(left["left"][0]["peerId"], "alice");
+    }
+}
