@@ -1,4 +1,5 @@
-//! The Redis engine when things go wrong: Redis restarts (with its data lost), Redis outages,
+//! The Redis engine when things go wrong: Redis restarts (with its data lost; on a single Redis
+//! and on a Redis Cluster), Redis outages,
 //! and peers that reconnect to another node within the grace period. (Node crashes with
 //! `kill -9` are in `crates/cli/tests/cluster_crash.rs`, which runs real processes.)
 #![allow(clippy::unwrap_used)]
@@ -60,7 +61,15 @@ fn set(ids: &[&str]) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_with_data_loss_recovers_within_ten_seconds() {
-    let mut cluster = Cluster::redis(3).await;
+    restart_with_data_loss_recovers(Cluster::redis(3).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_restart_with_data_loss_recovers_within_ten_seconds() {
+    restart_with_data_loss_recovers(Cluster::redis_cluster(3).await).await;
+}
+
+async fn restart_with_data_loss_recovers(mut cluster: Cluster) {
     let mut clients = Vec::new();
     let mut rosters = Vec::new();
     for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
@@ -77,12 +86,11 @@ async fn redis_restart_with_data_loss_recovers_within_ten_seconds() {
     leaver.subscribe("room").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let redis = cluster.redis.as_mut().unwrap();
-    redis.kill();
+    cluster.kill_redis();
     leaver.close().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
-    cluster.redis.as_mut().unwrap().restart();
+    cluster.restart_redis();
 
     // Within 10 s: every node ready and the roster right everywhere.
     let expected = set(&["a", "b", "c"]);
@@ -156,7 +164,15 @@ async fn redis_restart_with_data_loss_recovers_within_ten_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_an_outage_local_traffic_flows_and_redis_work_fails_cleanly() {
-    let mut cluster = Cluster::redis(2).await;
+    outage(Cluster::redis(2).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_redis_cluster_outage_local_traffic_flows_and_redis_work_fails_cleanly() {
+    outage(Cluster::redis_cluster(2).await).await;
+}
+
+async fn outage(mut cluster: Cluster) {
     let mut publisher = cluster.node(0).client("p").await;
     let mut local = cluster.node(0).client("l").await;
     let mut remote = cluster.node(1).client("r").await;
@@ -170,7 +186,7 @@ async fn during_an_outage_local_traffic_flows_and_redis_work_fails_cleanly() {
     .await
     {}
 
-    cluster.redis.as_mut().unwrap().kill();
+    cluster.kill_redis();
     // Readiness drops.
     let deadline = Instant::now() + Duration::from_secs(10);
     while readyz_status(cluster.node(0)).await == 200 {
@@ -207,7 +223,7 @@ async fn during_an_outage_local_traffic_flows_and_redis_work_fails_cleanly() {
     publisher.send_json(json!({"type": "ping"})).await;
     assert_eq!(publisher.recv().await["type"], "pong");
 
-    cluster.redis.as_mut().unwrap().restart();
+    cluster.restart_redis();
     let started = Instant::now();
     for node in &cluster.nodes {
         wait_ready(node).await;

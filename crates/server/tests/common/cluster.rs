@@ -85,6 +85,26 @@ impl Cluster {
         &self.nodes[i % self.nodes.len()]
     }
 
+    /// Kills Redis (every master of a Redis Cluster): its data is gone.
+    pub fn kill_redis(&mut self) {
+        if let Some(redis) = self.redis.as_mut() {
+            redis.kill();
+        }
+        if let Some(redis) = self.redis_cluster.as_mut() {
+            redis.kill();
+        }
+    }
+
+    /// Restarts Redis (every master of a Redis Cluster) empty, on the same ports.
+    pub fn restart_redis(&mut self) {
+        if let Some(redis) = self.redis.as_mut() {
+            redis.restart();
+        }
+        if let Some(redis) = self.redis_cluster.as_mut() {
+            redis.restart();
+        }
+    }
+
     pub fn is_distributed(&self) -> bool {
         self.redis.is_some() || self.redis_cluster.is_some()
     }

@@ -135,12 +135,31 @@ fn free_cluster_port(taken: &[u16]) -> u16 {
     }
 }
 
+fn cluster_binary() -> &'static str {
+    ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("redis-server is not installed: `apt-get install redis-server`")
+}
+
+fn spawn_cluster_node(binary: &str, port: u16, dir: &std::path::Path) -> Child {
+    let node_dir = dir.join(port.to_string());
+    std::fs::create_dir_all(&node_dir).unwrap();
+    Command::new(binary)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+        .args(["--cluster-config-file", "nodes.conf", "--dir"])
+        .arg(&node_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("redis-server is not installed: `apt-get install redis-server`");
+        let binary = cluster_binary();
         let mut ports = Vec::new();
         for _ in 0..3 {
             ports.push(free_cluster_port(&ports));
@@ -151,23 +170,10 @@ impl RedisCluster {
             ports[0]
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut children = Vec::new();
-        for port in &ports {
-            let node_dir = dir.join(port.to_string());
-            std::fs::create_dir_all(&node_dir).unwrap();
-            children.push(
-                Command::new(binary)
-                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-                    .args(["--cluster-config-file", "nodes.conf", "--dir"])
-                    .arg(&node_dir)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            );
-        }
+        let children = ports
+            .iter()
+            .map(|port| spawn_cluster_node(binary, *port, &dir))
+            .collect();
         let cluster = RedisCluster {
             ports,
             children,
@@ -200,6 +206,42 @@ impl RedisCluster {
         assert!(created.success(), "redis-cli --cluster create failed");
         cluster.wait_state_ok();
         cluster
+    }
+
+    fn wait_listening(&self) {
+        for port in &self.ports {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "redis cluster node {port} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Kills every master (SIGKILL): all data is gone; each node's cluster config stays.
+    pub fn kill(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+
+    /// Kills and restarts every master on its port. Without persistence the data is lost;
+    /// the nodes rejoin as the same cluster from their saved cluster config.
+    pub fn restart(&mut self) {
+        self.kill();
+        let binary = cluster_binary();
+        self.children = self
+            .ports
+            .iter()
+            .map(|port| spawn_cluster_node(binary, *port, &self.dir))
+            .collect();
+        self.wait_listening();
+        self.wait_state_ok();
     }
 
     /// Waits until every node reports `cluster_state:ok` and knows all three masters.
@@ -255,10 +297,7 @@ impl RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -169,12 +169,22 @@ async fn run_single(
     }
 }
 
+/// Bounds a cluster (un)subscribe: with a shard down, the cluster client may wait a long time
+/// for a connection, and the bus must keep draining pushes and probing meanwhile.
+async fn bounded(
+    call: impl std::future::Future<Output = redis::RedisResult<()>>,
+) -> redis::RedisResult<()> {
+    tokio::time::timeout(COMMAND_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "pub/sub command timed out").into()))
+}
+
 async fn apply_cluster(conn: &mut ClusterConnection, inner: &Inner, command: BusCommand) -> bool {
     let result = match command {
-        BusCommand::Channel(topic, true) => conn.ssubscribe(topic).await,
-        BusCommand::Channel(topic, false) => conn.sunsubscribe(topic).await,
-        BusCommand::App(app, true) => conn.subscribe(inner.keys.app_topic(&app)).await,
-        BusCommand::App(app, false) => conn.unsubscribe(inner.keys.app_topic(&app)).await,
+        BusCommand::Channel(topic, true) => bounded(conn.ssubscribe(topic)).await,
+        BusCommand::Channel(topic, false) => bounded(conn.sunsubscribe(topic)).await,
+        BusCommand::App(app, true) => bounded(conn.subscribe(inner.keys.app_topic(&app))).await,
+        BusCommand::App(app, false) => bounded(conn.unsubscribe(inner.keys.app_topic(&app))).await,
         BusCommand::Barrier(done) => {
             let _ = done.send(inner.bus_up.load(Ordering::Acquire));
             Ok(())
@@ -185,14 +195,14 @@ async fn apply_cluster(conn: &mut ClusterConnection, inner: &Inner, command: Bus
 
 /// (Re-)subscribes everything the node needs. Subscribing twice is harmless.
 async fn subscribe_all(conn: &mut ClusterConnection, inner: &Inner) -> redis::RedisResult<()> {
-    conn.ssubscribe(inner.keys.node()).await?;
-    conn.subscribe(inner.keys.patterns_topic()).await?;
+    bounded(conn.ssubscribe(inner.keys.node())).await?;
+    bounded(conn.subscribe(inner.keys.patterns_topic())).await?;
     let (channels, apps) = inner.local.topics(&inner.keys);
     for topic in channels {
-        conn.ssubscribe(topic).await?;
+        bounded(conn.ssubscribe(topic)).await?;
     }
     for app in apps {
-        conn.subscribe(inner.keys.app_topic(&app)).await?;
+        bounded(conn.subscribe(inner.keys.app_topic(&app))).await?;
     }
     Ok(())
 }

@@ -512,7 +512,8 @@ impl Inner {
                 .or_default()
                 .push(peer.as_str());
         }
-        // Index first: whatever is held below must be findable by a reaper.
+        // Index first: whatever is held below must be findable by a reaper. (One key, so one
+        // slot: a pipeline is fine even on a cluster.)
         let mut bases: Vec<&str> = snapshot
             .channels
             .keys()
@@ -578,32 +579,37 @@ impl Inner {
         for result in results {
             result?;
         }
-        let mut pipe = redis::pipe();
+        // Routes and wildcard interest live in many slots: one command each, pipelined by
+        // the multiplexed connection.
+        let mut commands = Vec::new();
         for (base, count) in &snapshot.routes {
-            pipe.cmd("HSET")
-                .arg(format!("{base}:route"))
-                .arg(instance)
-                .arg(*count)
-                .ignore();
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(format!("{base}:route")).arg(instance).arg(*count);
+            commands.push(cmd);
         }
         for base in indexed.iter().filter(|b| !self.keys.is_channel_base(b)) {
             if !snapshot.routes.contains_key(base) {
-                pipe.cmd("HDEL")
-                    .arg(format!("{base}:route"))
-                    .arg(instance)
-                    .ignore();
+                let mut cmd = redis::cmd("HDEL");
+                cmd.arg(format!("{base}:route")).arg(instance);
+                commands.push(cmd);
             }
         }
         if self.store.is_cluster() {
             let patterns = format!("{}:patterns", self.keys.cluster_base());
             for app in self.local.pattern_apps() {
-                pipe.cmd("SADD")
-                    .arg(&patterns)
-                    .arg(format!("{app}\n{instance}"))
-                    .ignore();
+                let mut cmd = redis::cmd("SADD");
+                cmd.arg(&patterns).arg(format!("{app}\n{instance}"));
+                commands.push(cmd);
             }
         }
-        run_pipe(&pipe, &mut self.conn()).await
+        let calls: Vec<_> = commands
+            .into_iter()
+            .map(|cmd| {
+                let mut conn = self.conn();
+                async move { cmd.query_async::<()>(&mut conn).await }
+            })
+            .collect();
+        run_bounded(calls).await.into_iter().collect()
     }
 
     /// Starts the re-sync window after the bus (re)connected.
@@ -1148,7 +1154,8 @@ impl Engine for RedisEngine {
     }
 }
 
-/// Sends a pipeline of ignored replies; an empty one is not sent.
+/// Sends a pipeline of ignored replies; an empty one is not sent. On a cluster, every command
+/// of a pipeline must be in one slot.
 async fn run_pipe(pipe: &redis::Pipeline, conn: &mut Store) -> redis::RedisResult<()> {
     if pipe.cmd_iter().next().is_none() {
         return Ok(());

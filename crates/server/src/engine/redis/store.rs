@@ -36,6 +36,7 @@ impl Store {
             let client = ClusterClientBuilder::new(cluster_seeds(urls))
                 .connection_timeout(COMMAND_TIMEOUT)
                 .response_timeout(COMMAND_TIMEOUT)
+                .overall_response_timeout(Some(COMMAND_TIMEOUT * 2))
                 .retries(1)
                 .build()?;
             loop {
