@@ -240,7 +240,17 @@ async fn outage(mut cluster: Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_reconnecting_to_another_node_within_the_grace_does_not_flap() {
-    let cluster = Cluster::redis_with(2, |c| c.engine.reconnect_grace_ms = 2_000).await;
+    reconnect_within_grace(Cluster::redis_with(2, |c| c.engine.reconnect_grace_ms = 2_000).await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_peer_reconnecting_within_the_grace_does_not_flap() {
+    let cluster = Cluster::redis_cluster_with(2, |c| c.engine.reconnect_grace_ms = 2_000).await;
+    reconnect_within_grace(cluster).await;
+}
+
+async fn reconnect_within_grace(cluster: Cluster) {
     let mut watcher = cluster.node(0).client("w").await;
     watcher.subscribe("room").await;
     let mut peer = cluster

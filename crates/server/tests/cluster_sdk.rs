@@ -1,5 +1,6 @@
-//! Official JS SDK clients on different nodes of a Redis-backed cluster chat, see each other's
-//! presence and direct-message each other (`tests/compat/js/cluster_mixed.mjs`).
+//! Official JS SDK clients on different nodes of a Redis-backed cluster (single Redis, and Redis
+//! Cluster) chat, see each other's presence and direct-message each other
+//! (`tests/compat/js/cluster_mixed.mjs`).
 #![allow(clippy::unwrap_used)]
 #[allow(clippy::field_reassign_with_default)]
 mod common;
@@ -12,13 +13,21 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_js_clients_on_different_nodes() {
+    mixed_scenario(Cluster::redis(2).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_js_clients_on_different_nodes_of_a_redis_cluster() {
+    mixed_scenario(Cluster::redis_cluster(2).await).await;
+}
+
+async fn mixed_scenario(cluster: Cluster) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     assert!(
         root.join("tests/compat/js/node_modules/@metered-ca/realtime")
             .exists(),
         "the official JS SDK is not installed: run tests/compat/install.sh"
     );
-    let cluster = Cluster::redis(2).await;
     let child = tokio::process::Command::new("node")
         .arg("tests/compat/js/cluster_mixed.mjs")
         .current_dir(&root)

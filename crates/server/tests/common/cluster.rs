@@ -60,6 +60,10 @@ impl Cluster {
 
     /// Herald nodes on a three-master Redis Cluster (sharded pub/sub).
     pub async fn redis_cluster(nodes: usize) -> Cluster {
+        Self::redis_cluster_with(nodes, |_| {}).await
+    }
+
+    pub async fn redis_cluster_with(nodes: usize, tweak: impl Fn(&mut Config)) -> Cluster {
         let redis = RedisCluster::start();
         let mut servers = Vec::new();
         for i in 0..nodes {
@@ -70,6 +74,7 @@ impl Cluster {
             config.engine.node_id = format!("node{i}");
             config.engine.lease_ttl_ms = 5_000;
             config.engine.reconnect_grace_ms = 0;
+            tweak(&mut config);
             servers.push(TestServer::start_with(config).await);
         }
         let cluster = Cluster {
