@@ -295,3 +295,77 @@ async fn a_clean_close_leaves_at_once_even_with_a_grace_period() {
     assert_eq!(watcher.recv().await["left"][0]["peerId"], "p");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+/// The next text frame, waiting longer than `Client::recv` does (reaping takes a lease).
+async fn recv_within(client: &mut Client, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let next = tokio::time::timeout(left, futures_util::StreamExt::next(&mut client.ws));
+        match next.await.expect("no frame in time") {
+            Some(Ok(msg)) if msg.is_text() => {
+                return serde_json::from_str(msg.to_text().unwrap()).unwrap()
+            }
+            Some(Ok(_)) => {}
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}
+
+/// A node cut off from Redis for longer than its lease is reaped by the others (its peers
+/// leave, once). When it gets Redis back it returns as a new incarnation and announces its
+/// peers again; the reaping of its old incarnation never touches the new one's presence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_past_its_lease_is_reaped_then_announces_its_peers_again() {
+    let redis = common::redis::RedisServer::start();
+    let proxy = common::proxy::TcpProxy::start(redis.port).await;
+    let mut behind_proxy = common::cluster::redis_config(&redis, 0, "herald:");
+    behind_proxy.engine.redis_url = proxy.url();
+    let cut_node = TestServer::start_with(behind_proxy).await;
+    let other = TestServer::start_with(common::cluster::redis_config(&redis, 1, "herald:")).await;
+    wait_ready(&cut_node).await;
+    wait_ready(&other).await;
+
+    let mut watcher = other.client("w").await;
+    watcher.subscribe("room").await;
+    let mut peer = cut_node.client_with_meta("p", r#"{"username":"P"}"#).await;
+    peer.subscribe("room").await;
+    assert_eq!(watcher.recv().await["joined"][0]["peerId"], "p");
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    let left = recv_within(&mut watcher, Duration::from_secs(15)).await;
+    assert_eq!(left["left"][0]["peerId"], "p", "{left}");
+    println!("reaped after {:?} (lease 5000 ms)", cut_at.elapsed());
+    assert_eq!(peers_via_rest(&other, "room").await, Some(set(&["w"])));
+
+    proxy.restore();
+    let back_at = Instant::now();
+    let joined = watcher.recv().await;
+    assert_eq!(joined["joined"][0]["peerId"], "p", "{joined}");
+    assert_eq!(joined["joined"][0]["metadata"]["username"], "P");
+    println!(
+        "announced again {:?} after Redis came back",
+        back_at.elapsed()
+    );
+    assert_eq!(peers_via_rest(&other, "room").await, Some(set(&["p", "w"])));
+    // Routing reaches the new incarnation, and messages flow both ways.
+    let reply = watcher
+        .request(json!({"type": "send", "to": "p", "data": "hi"}), "d1")
+        .await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    let direct = peer.recv().await;
+    assert_eq!(
+        (direct["type"].as_str(), direct["from"].as_str()),
+        (Some("direct"), Some("w"))
+    );
+    peer.request(
+        json!({"type": "publish", "channel": "room", "data": "back"}),
+        "p1",
+    )
+    .await;
+    assert_eq!(watcher.recv().await["data"], "back");
+    // The old incarnation's cleanup goes on for a while; it must not make p leave again.
+    watcher.expect_silence(4_000).await;
+    assert_eq!(peers_via_rest(&other, "room").await, Some(set(&["p", "w"])));
+}

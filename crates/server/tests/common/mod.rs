@@ -794,4 +794,5 @@ impl RawWs {
 }
 
 pub mod cluster;
+pub mod proxy;
 pub mod redis;
