@@ -426,6 +426,10 @@ impl Config {
                 "must start with redis:// or rediss:// (with redis_cluster, each comma-separated seed)",
             ));
         }
+        if e.key_prefix.contains(['{', '}']) {
+            // A hash tag in the prefix would put every key in one Redis Cluster slot.
+            return Err(invalid("engine.key_prefix", "must not contain '{' or '}'"));
+        }
         if e.lease_ttl_ms < 1000 {
             return Err(invalid("engine.lease_ttl_ms", "must be at least 1000"));
         }
@@ -540,6 +544,21 @@ mod tests {
             err.to_string().contains("apps[0].secret_keys[0].secret"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn redis_cluster_seeds_and_prefix_are_checked() {
+        let ok = "[engine]\nkind = \"redis\"\nredis_cluster = true\nredis_url = \"redis://a:7000, redis://b:7000\"\n";
+        assert!(Config::from_toml(ok).unwrap().validate().is_ok());
+        let bad_seed = ok.replace("redis://b", "http://b");
+        let err = Config::from_toml(&bad_seed)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("engine.redis_url"), "{err}");
+        let tagged = format!("{ok}key_prefix = \"h{{x}}:\"\n");
+        let err = Config::from_toml(&tagged).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("engine.key_prefix"), "{err}");
     }
 
     #[test]
