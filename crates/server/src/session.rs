@@ -206,6 +206,7 @@ impl Session {
             shutdown.mark_changed();
         }
         let mut going_away_until: Option<Instant> = None;
+        let write_delay = Duration::from_millis(timing.write_delay_ms);
         let conn = self.conn.clone();
         loop {
             tokio::select! {
@@ -230,7 +231,12 @@ impl Session {
                     // A peer that stopped reading blocks this write; a close request (slow
                     // consumer, kick, shutdown) must still end the session at once.
                     tokio::select! {
-                        written = write_batch(ws, first, &mut rx, &self.state.metrics) => {
+                        written = async {
+                            if !write_delay.is_zero() {
+                                tokio::time::sleep(write_delay).await;
+                            }
+                            write_batch(ws, first, &mut rx, &self.state.metrics).await
+                        } => {
                             if !written {
                                 return None;
                             }

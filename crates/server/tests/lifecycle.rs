@@ -464,3 +464,29 @@ async fn concurrent_joins_and_leaves_keep_every_roster_consistent() {
         kept.push(w.await.unwrap());
     }
 }
+
+/// With write coalescing on, frames still arrive, in order, and a lone frame is not held back
+/// waiting for company.
+#[tokio::test]
+async fn write_delay_coalesces_without_losing_or_reordering_frames() {
+    let mut config = test_config();
+    config.timing.write_delay_ms = 20;
+    let server = TestServer::start_with(config).await;
+    let mut receiver = server.client("r").await;
+    receiver.subscribe("room").await;
+    let mut sender = server.client("s").await;
+    sender.subscribe("room").await;
+    assert_eq!(receiver.recv().await["joined"][0]["peerId"], "s");
+    for i in 0..5 {
+        sender
+            .send_json(json!({"type": "publish", "channel": "room", "data": i}))
+            .await;
+    }
+    for i in 0..5 {
+        assert_eq!(receiver.recv().await["data"], i);
+    }
+    sender
+        .send_json(json!({"type": "publish", "channel": "room", "data": "alone"}))
+        .await;
+    assert_eq!(receiver.recv().await["data"], "alone");
+}
