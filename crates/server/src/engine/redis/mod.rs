@@ -647,10 +647,23 @@ impl Inner {
             .await
     }
 
-    /// Cluster mode: reloads which apps have wildcard subscribers anywhere.
+    /// Cluster mode: re-records this node's own wildcard interest (an add and a remove for
+    /// the same app can race; this settles it within a round), then reloads which apps have
+    /// wildcard subscribers anywhere.
     async fn refresh_pattern_apps(&self) -> redis::RedisResult<()> {
+        let key = format!("{}:patterns", self.keys.cluster_base());
+        let own = self.local.pattern_apps();
+        if !own.is_empty() {
+            let instance = self.instance();
+            let mut add = redis::cmd("SADD");
+            add.arg(&key);
+            for app in &own {
+                add.arg(format!("{app}\n{instance}"));
+            }
+            add.query_async::<()>(&mut self.conn()).await?;
+        }
         let entries: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(format!("{}:patterns", self.keys.cluster_base()))
+            .arg(&key)
             .query_async(&mut self.conn())
             .await?;
         let apps = entries
