@@ -369,3 +369,52 @@ async fn a_node_cut_off_past_its_lease_is_reaped_then_announces_its_peers_again(
     watcher.expect_silence(4_000).await;
     assert_eq!(peers_via_rest(&other, "room").await, Some(set(&["p", "w"])));
 }
+
+/// Every node loses Redis for longer than the lease (a shared outage), and they get it back
+/// one after the other. All leases lapsed meanwhile, but every node is alive, so nobody may be
+/// reaped: a node reaps only after renewing without a gap for a whole lease, which gives the
+/// others time to come back and renew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_outage_longer_than_the_lease_reaps_nobody() {
+    let redis = common::redis::RedisServer::start();
+    let mut proxies = Vec::new();
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let proxy = common::proxy::TcpProxy::start(redis.port).await;
+        let mut config = common::cluster::redis_config(&redis, i, "herald:");
+        config.engine.redis_url = proxy.url();
+        nodes.push(TestServer::start_with(config).await);
+        proxies.push(proxy);
+    }
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    let mut watcher = nodes[0].client("w").await;
+    watcher.subscribe("room").await;
+    let mut peer = nodes[1].client("p").await;
+    peer.subscribe("room").await;
+    assert_eq!(watcher.recv().await["joined"][0]["peerId"], "p");
+
+    for proxy in &proxies {
+        proxy.cut();
+    }
+    tokio::time::sleep(Duration::from_millis(7_000)).await; // lease: 5 s
+    proxies[0].restore();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    proxies[1].restore();
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    // Well past the point where a reaper would have struck: no left, no re-join.
+    watcher.expect_silence(7_000).await;
+    assert_eq!(
+        peers_via_rest(&nodes[0], "room").await,
+        Some(set(&["p", "w"]))
+    );
+    peer.request(
+        json!({"type": "publish", "channel": "room", "data": "still here"}),
+        "p1",
+    )
+    .await;
+    assert_eq!(watcher.recv().await["data"], "still here");
+}

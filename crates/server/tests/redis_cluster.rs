@@ -108,3 +108,85 @@ async fn channels_spread_over_the_masters_and_the_index_forgets_what_is_gone() {
         assert_eq!(left["left"][0]["peerId"], "alice");
     }
 }
+
+fn no_one_left(frame: &serde_json::Value) -> bool {
+    frame["left"].as_array().is_none_or(|left| left.is_empty())
+}
+
+/// A master of the Redis Cluster dies and its replica takes over: Herald nodes re-subscribe
+/// their sharded topics on the new master, presence survives (it was replicated), and
+/// messages and deltas on the failed shard's channels flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_taking_over_a_dead_master_keeps_presence_and_traffic() {
+    let redis = common::redis::RedisCluster::start_with_replicas(1);
+    let mut c = Cluster::on_redis_cluster(redis, 2, |_| {}).await;
+    let mut a = c.node(0).client("alice").await;
+    let mut b = c.node(1).client("bob").await;
+    a.subscribe("room").await;
+    b.subscribe("room").await;
+    assert_eq!(a.recv().await["joined"][0]["peerId"], "bob");
+    let redis = c.redis_cluster.as_mut().unwrap();
+    redis.wait_replicas_synced();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the roster reaches the replicas
+    let asked = redis.ports[0];
+    let key = format!("herald:{{c:{}:room}}:members", common::APP);
+    let old = redis.master_of(asked, &key).unwrap();
+    redis.kill_node(old);
+    let killed_at = Instant::now();
+    let live = *redis.ports.iter().find(|p| **p != old).unwrap();
+    loop {
+        let now = redis.master_of(live, &key);
+        if now.is_some_and(|p| p != old) {
+            println!(
+                "replica {now:?} took over from {old} after {:?}",
+                killed_at.elapsed()
+            );
+            break;
+        }
+        assert!(killed_at.elapsed() < Duration::from_secs(20), "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Both nodes notice and re-subscribe (ready again); meanwhile messages on the failed
+    // shard's channels cannot reach them, as in any outage.
+    for node in &c.nodes {
+        common::cluster::wait_ready(node).await;
+    }
+    // Traffic on the failed shard's channel flows again, and presence is intact.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let reply = b
+            .request(
+                json!({"type": "publish", "channel": "room", "data": attempt}),
+                &format!("p{attempt}"),
+            )
+            .await;
+        if reply["type"] == "ack" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "publish still failing: {reply}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // alice gets that publish (earlier attempts failed before reaching Redis).
+    let mut got = a.recv().await;
+    while got["type"] != "message" {
+        assert!(no_one_left(&got), "a live peer was reported gone: {got}");
+        got = a.recv().await;
+    }
+    assert_eq!(got["data"], attempt);
+    let mut carol = c.node(0).client("carol").await;
+    let (_, snap) = carol.subscribe("room").await;
+    assert_eq!(common::peer_ids(&snap["joined"]), vec!["alice", "bob"]);
+    let mut joined = b.recv().await;
+    while joined["type"] != "presence" || joined["joined"] == json!([]) {
+        assert!(
+            no_one_left(&joined),
+            "a live peer was reported gone: {joined}"
+        );
+        joined = b.recv().await;
+    }
+    assert_eq!(joined["joined"][0]["peerId"], "carol");
+    println!("service back {:?} after the kill", killed_at.elapsed());
+}

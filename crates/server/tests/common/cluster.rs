@@ -64,7 +64,15 @@ impl Cluster {
     }
 
     pub async fn redis_cluster_with(nodes: usize, tweak: impl Fn(&mut Config)) -> Cluster {
-        let redis = RedisCluster::start();
+        Self::on_redis_cluster(RedisCluster::start(), nodes, tweak).await
+    }
+
+    /// Herald nodes on a given Redis Cluster (for example one with replicas).
+    pub async fn on_redis_cluster(
+        redis: RedisCluster,
+        nodes: usize,
+        tweak: impl Fn(&mut Config),
+    ) -> Cluster {
         let mut servers = Vec::new();
         for i in 0..nodes {
             let mut config = test_config();

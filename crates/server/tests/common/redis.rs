@@ -96,8 +96,9 @@ impl Drop for RedisServer {
     }
 }
 
-/// A real Redis Cluster for tests: three masters (`redis-server --cluster-enabled yes`) on free
-/// loopback ports, joined by `redis-cli --cluster create`, killed on drop.
+/// A real Redis Cluster for tests: three masters (`redis-server --cluster-enabled yes`), and
+/// optionally replicas, on free loopback ports, joined by `redis-cli --cluster create`, killed
+/// on drop.
 pub struct RedisCluster {
     pub ports: Vec<u16>,
     children: Vec<Child>,
@@ -149,6 +150,8 @@ fn spawn_cluster_node(binary: &str, port: u16, dir: &std::path::Path) -> Child {
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
         .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+        // Replicas sync at once (the default waits 5 s for more replicas to batch with).
+        .args(["--repl-diskless-sync-delay", "0"])
         .args(["--cluster-config-file", "nodes.conf", "--dir"])
         .arg(&node_dir)
         .stdout(Stdio::null())
@@ -159,9 +162,14 @@ fn spawn_cluster_node(binary: &str, port: u16, dir: &std::path::Path) -> Child {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        Self::start_with_replicas(0)
+    }
+
+    /// Three masters, each with `replicas` replicas (which take over when a master dies).
+    pub fn start_with_replicas(replicas: usize) -> RedisCluster {
         let binary = cluster_binary();
         let mut ports = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             ports.push(free_cluster_port(&ports));
         }
         let dir = std::env::temp_dir().join(format!(
@@ -179,16 +187,7 @@ impl RedisCluster {
             children,
             dir,
         };
-        for port in &cluster.ports {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "redis cluster node {port} did not start"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        cluster.wait_listening();
         let addrs: Vec<String> = cluster
             .ports
             .iter()
@@ -198,7 +197,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -244,8 +243,55 @@ impl RedisCluster {
         self.wait_state_ok();
     }
 
-    /// Waits until every node reports `cluster_state:ok` and knows all three masters.
+    /// Kills one node (SIGKILL), leaving the others running.
+    pub fn kill_node(&mut self, port: u16) {
+        let i = self.ports.iter().position(|p| *p == port).unwrap();
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
+    }
+
+    /// The port of the master serving `key`'s slot, as `asked` (a live node) sees it.
+    pub fn master_of(&self, asked: u16, key: &str) -> Option<u16> {
+        let slot: u16 = self
+            .cli_on(asked, &["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .ok()?;
+        for line in self.cli_on(asked, &["cluster", "nodes"]).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
+            });
+            if serves {
+                let port = fields[1].split(['@', ':']).nth(1)?;
+                return port.parse().ok();
+            }
+        }
+        None
+    }
+
+    /// Waits until every replica has synced with its master (and so can take over from it).
+    pub fn wait_replicas_synced(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in &self.ports {
+            loop {
+                let info = self.cli_on(*port, &["info", "replication"]);
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "replica {port} never synced");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Waits until every node reports `cluster_state:ok` and knows every node.
     fn wait_state_ok(&self) {
+        let known = format!("cluster_known_nodes:{}", self.ports.len());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ok = self.ports.iter().all(|port| {
@@ -254,7 +300,7 @@ impl RedisCluster {
                     .output()
                     .unwrap();
                 let text = String::from_utf8_lossy(&out.stdout);
-                text.contains("cluster_state:ok") && text.contains("cluster_known_nodes:3")
+                text.contains("cluster_state:ok") && text.contains(&known)
             });
             if ok {
                 return;

@@ -124,6 +124,14 @@ pub(crate) struct Inner {
     /// after a settling delay, so the other nodes have re-asserted their presence too and a
     /// half-rebuilt roster never shows up as peers leaving.
     resync_window: Mutex<Option<(std::time::Instant, std::time::Instant)>>,
+    /// Since when every lease renewal has succeeded (None after a failure). A node reaps
+    /// others only after renewing without a gap for a whole lease: leases lapse during a
+    /// Redis outage or failover even on live nodes, and they must get the chance to renew
+    /// before anyone declares them dead.
+    renewing_since: Mutex<Option<std::time::Instant>>,
+    /// When the last renewal succeeded: a gap longer than two rounds (a renewal that hung in a
+    /// failover and then succeeded, a stalled round) counts as a failure for `renewing_since`.
+    last_renewal: Mutex<Option<std::time::Instant>>,
     /// Presence holds (channel base, peer) whose `left` could not be recorded while Redis was
     /// down.
     departed: Mutex<Vec<(String, String)>>,
@@ -177,6 +185,8 @@ impl RedisEngine {
             announce: AtomicBool::new(false),
             wake_maintenance: Notify::new(),
             departed: Mutex::new(Vec::new()),
+            renewing_since: Mutex::new(None),
+            last_renewal: Mutex::new(None),
             resync_window: Mutex::new(None),
             index: Mutex::new(IndexState::default()),
             pattern_apps: Mutex::new(HashSet::new()),
@@ -311,10 +321,23 @@ impl Inner {
             Ok(_) => self.mark_trouble(),
             Err(err) => {
                 tracing::debug!(error = %err, "lease renewal failed");
+                *lock(&self.renewing_since) = None;
+                *lock(&self.last_renewal) = None;
                 self.mark_trouble();
                 return false;
             }
         }
+        let now = std::time::Instant::now();
+        let gap = lock(&self.last_renewal)
+            .replace(now)
+            .is_none_or(|last| now - last > 2 * maintenance_period(self.lease_ms));
+        let renewing_for = {
+            let mut since = lock(&self.renewing_since);
+            if gap {
+                *since = Some(now);
+            }
+            since.get_or_insert(now).elapsed()
+        };
         if self.bus_up.load(Ordering::Acquire) && self.needs_reassert.swap(false, Ordering::AcqRel)
         {
             if let Err(err) = self.reassert().await {
@@ -341,6 +364,9 @@ impl Inner {
                 tracing::debug!(error = %err, "wildcard interest refresh failed");
                 return false;
             }
+        }
+        if renewing_for < Duration::from_millis(self.lease_ms) {
+            return true;
         }
         match self.reap().await {
             Ok(()) => true,
