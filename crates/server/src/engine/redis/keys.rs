@@ -43,10 +43,6 @@ impl Keys {
         }
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// Base of a channel's keys: `P{c:<app>:<channel>}`.
     pub fn channel_base(&self, app: &str, channel: &str) -> String {
         format!("{}{{c:{app}:{channel}}}", self.prefix)
@@ -116,6 +112,11 @@ impl Keys {
         &self.node_topic
     }
 
+    /// What precedes `{n:<node>}` in a node topic (the `ROUTE` script completes it).
+    pub fn node_topic_prefix(&self) -> String {
+        format!("{}node:", self.prefix)
+    }
+
     /// The topic of another node, given one of its instance ids (`<node>#<incarnation>`).
     pub fn node_topic_of_instance(&self, instance: &str) -> String {
         let node = instance.rsplit_once('#').map_or(instance, |(node, _)| node);
@@ -147,6 +148,7 @@ mod tests {
         assert!(keys.is_channel_base(&base));
         assert!(!keys.is_channel_base(&keys.route_base("app", "p")));
         assert_eq!(keys.node_topic_of_instance("n1#ab12"), keys.node());
+        assert_eq!(format!("{}{{n:n1}}", keys.node_topic_prefix()), keys.node());
         assert_eq!(keys.app_of_topic(&keys.app_topic("app")), Some("app"));
     }
 }

@@ -853,7 +853,7 @@ impl Inner {
                 .scripts
                 .route
                 .key(route_key)
-                .arg(format!("{}node:", self.keys_prefix()))
+                .arg(self.keys.node_topic_prefix())
                 .arg(payload)
                 .arg(&instance)
                 .arg(if self_send { "1" } else { "0" })
@@ -880,10 +880,6 @@ impl Inner {
             }
         }
         Ok(total)
-    }
-
-    fn keys_prefix(&self) -> &str {
-        self.keys.prefix()
     }
 
     /// Counts a connection of its peer on this node in the direct-routing table (`delta` is +1
