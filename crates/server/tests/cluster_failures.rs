@@ -312,17 +312,24 @@ async fn recv_within(client: &mut Client, limit: Duration) -> Value {
     }
 }
 
+/// Test node `i`, reaching Redis through a proxy the test can cut.
+async fn node_behind_proxy(
+    redis: &common::redis::RedisServer,
+    i: usize,
+) -> (TestServer, common::proxy::TcpProxy) {
+    let proxy = common::proxy::TcpProxy::start(redis.port).await;
+    let config = common::cluster::redis_config(&proxy.url(), false, i);
+    (TestServer::start_with(config).await, proxy)
+}
+
 /// A node cut off from Redis for longer than its lease is reaped by the others (its peers
 /// leave, once). When it gets Redis back it returns as a new incarnation and announces its
 /// peers again; the reaping of its old incarnation never touches the new one's presence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_past_its_lease_is_reaped_then_announces_its_peers_again() {
     let redis = common::redis::RedisServer::start();
-    let proxy = common::proxy::TcpProxy::start(redis.port).await;
-    let mut behind_proxy = common::cluster::redis_config(&redis, 0, "herald:");
-    behind_proxy.engine.redis_url = proxy.url();
-    let cut_node = TestServer::start_with(behind_proxy).await;
-    let other = TestServer::start_with(common::cluster::redis_config(&redis, 1, "herald:")).await;
+    let (cut_node, proxy) = node_behind_proxy(&redis, 0).await;
+    let other = TestServer::start_with(common::cluster::redis_config(&redis.url(), false, 1)).await;
     wait_ready(&cut_node).await;
     wait_ready(&other).await;
 
@@ -380,10 +387,8 @@ async fn a_shared_outage_longer_than_the_lease_reaps_nobody() {
     let mut proxies = Vec::new();
     let mut nodes = Vec::new();
     for i in 0..2 {
-        let proxy = common::proxy::TcpProxy::start(redis.port).await;
-        let mut config = common::cluster::redis_config(&redis, i, "herald:");
-        config.engine.redis_url = proxy.url();
-        nodes.push(TestServer::start_with(config).await);
+        let (node, proxy) = node_behind_proxy(&redis, i).await;
+        nodes.push(node);
         proxies.push(proxy);
     }
     for node in &nodes {

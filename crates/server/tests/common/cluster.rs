@@ -14,15 +14,15 @@ pub struct Cluster {
     pub redis_cluster: Option<RedisCluster>,
 }
 
-/// Redis settings for tests: a lease long enough that a node starved of CPU by a parallel test
-/// run is not declared dead, and no reconnect
-/// grace unless a test asks for it.
-pub fn redis_config(redis: &RedisServer, node: usize, prefix: &str) -> Config {
+/// Redis settings for test node `node` on `url` (a single Redis, or a cluster's seeds): a lease
+/// long enough that a node starved of CPU by a parallel test run is not declared dead, and no
+/// reconnect grace unless a test asks for it.
+pub fn redis_config(url: &str, cluster: bool, node: usize) -> Config {
     let mut config = test_config();
     config.engine.kind = "redis".into();
-    config.engine.redis_url = redis.url();
+    config.engine.redis_url = url.into();
+    config.engine.redis_cluster = cluster;
     config.engine.node_id = format!("node{node}");
-    config.engine.key_prefix = prefix.into();
     config.engine.lease_ttl_ms = 5_000;
     config.engine.reconnect_grace_ms = 0;
     config
@@ -45,7 +45,7 @@ impl Cluster {
         let redis = RedisServer::start();
         let mut servers = Vec::new();
         for i in 0..nodes {
-            let mut config = redis_config(&redis, i, "herald:");
+            let mut config = redis_config(&redis.url(), false, i);
             tweak(&mut config);
             servers.push(TestServer::start_with(config).await);
         }
@@ -75,13 +75,7 @@ impl Cluster {
     ) -> Cluster {
         let mut servers = Vec::new();
         for i in 0..nodes {
-            let mut config = test_config();
-            config.engine.kind = "redis".into();
-            config.engine.redis_url = redis.urls();
-            config.engine.redis_cluster = true;
-            config.engine.node_id = format!("node{i}");
-            config.engine.lease_ttl_ms = 5_000;
-            config.engine.reconnect_grace_ms = 0;
+            let mut config = redis_config(&redis.urls(), true, i);
             tweak(&mut config);
             servers.push(TestServer::start_with(config).await);
         }

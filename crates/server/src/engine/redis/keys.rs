@@ -32,6 +32,7 @@ pub struct Keys {
     prefix: String,
     channel_topic_prefix: String,
     node_topic: String,
+    patterns_topic: String,
 }
 
 impl Keys {
@@ -40,6 +41,7 @@ impl Keys {
             prefix: prefix.to_string(),
             channel_topic_prefix: format!("{prefix}ch:{{c:"),
             node_topic: format!("{prefix}node:{{n:{node}}}"),
+            patterns_topic: format!("{prefix}patterns"),
         }
     }
 
@@ -103,8 +105,8 @@ impl Keys {
     }
 
     /// Where nodes announce that an app gained wildcard subscribers (cluster mode).
-    pub fn patterns_topic(&self) -> String {
-        format!("{}patterns", self.prefix)
+    pub fn patterns_topic(&self) -> &str {
+        &self.patterns_topic
     }
 
     /// This node's topic for directs and kicks.

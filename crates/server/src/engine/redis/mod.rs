@@ -124,14 +124,6 @@ pub(crate) struct Inner {
     /// after a settling delay, so the other nodes have re-asserted their presence too and a
     /// half-rebuilt roster never shows up as peers leaving.
     resync_window: Mutex<Option<(std::time::Instant, std::time::Instant)>>,
-    /// Since when every lease renewal has succeeded (None after a failure). A node reaps
-    /// others only after renewing without a gap for a whole lease: leases lapse during a
-    /// Redis outage or failover even on live nodes, and they must get the chance to renew
-    /// before anyone declares them dead.
-    renewing_since: Mutex<Option<std::time::Instant>>,
-    /// When the last renewal succeeded: a gap longer than two rounds (a renewal that hung in a
-    /// failover and then succeeded, a stalled round) counts as a failure for `renewing_since`.
-    last_renewal: Mutex<Option<std::time::Instant>>,
     /// Presence holds (channel base, peer) whose `left` could not be recorded while Redis was
     /// down.
     departed: Mutex<Vec<(String, String)>>,
@@ -185,8 +177,6 @@ impl RedisEngine {
             announce: AtomicBool::new(false),
             wake_maintenance: Notify::new(),
             departed: Mutex::new(Vec::new()),
-            renewing_since: Mutex::new(None),
-            last_renewal: Mutex::new(None),
             resync_window: Mutex::new(None),
             index: Mutex::new(IndexState::default()),
             pattern_apps: Mutex::new(HashSet::new()),
@@ -217,18 +207,47 @@ fn maintenance_period(lease_ms: u64) -> Duration {
     Duration::from_millis((lease_ms / 4).clamp(250, 2_000))
 }
 
+/// Successful lease renewals without a gap. A node reaps others only once its streak is a
+/// whole lease long: leases lapse during a Redis outage or failover even on live nodes, and
+/// they must get the chance to renew before anyone declares them dead.
+#[derive(Default)]
+struct RenewalStreak {
+    /// (first, last) renewal of the current streak.
+    span: Option<(std::time::Instant, std::time::Instant)>,
+}
+
+impl RenewalStreak {
+    /// Records a successful renewal; a gap of more than `max_gap` since the last one (a
+    /// renewal that hung in a failover and then succeeded, a stalled round) starts a new
+    /// streak. Returns the streak's length.
+    fn renewed(&mut self, max_gap: Duration) -> Duration {
+        let now = std::time::Instant::now();
+        let first = match self.span {
+            Some((first, last)) if now - last <= max_gap => first,
+            _ => now,
+        };
+        self.span = Some((first, now));
+        now - first
+    }
+
+    fn broken(&mut self) {
+        self.span = None;
+    }
+}
+
 /// Lease renewal, reaping of dead nodes, re-assertion after trouble, index pruning.
 async fn maintenance(inner: Arc<Inner>) {
     let period = maintenance_period(inner.lease_ms);
     let mut tick = tokio::time::interval(period);
     let mut round: u64 = 0;
+    let mut streak = RenewalStreak::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = inner.wake_maintenance.notified() => {}
         }
         round += 1;
-        let mut ok = inner.maintain().await;
+        let mut ok = inner.maintain(&mut streak).await;
         if ok && round.is_multiple_of(PRUNE_EVERY) {
             ok = inner.prune_index().await.is_ok();
         }
@@ -308,7 +327,7 @@ impl Inner {
             .await
     }
 
-    async fn maintain(&self) -> bool {
+    async fn maintain(&self, streak: &mut RenewalStreak) -> bool {
         let renewed = match self.renew().await {
             Ok(-1) => {
                 self.reincarnate();
@@ -321,23 +340,12 @@ impl Inner {
             Ok(_) => self.mark_trouble(),
             Err(err) => {
                 tracing::debug!(error = %err, "lease renewal failed");
-                *lock(&self.renewing_since) = None;
-                *lock(&self.last_renewal) = None;
+                streak.broken();
                 self.mark_trouble();
                 return false;
             }
         }
-        let now = std::time::Instant::now();
-        let gap = lock(&self.last_renewal)
-            .replace(now)
-            .is_none_or(|last| now - last > 2 * maintenance_period(self.lease_ms));
-        let renewing_for = {
-            let mut since = lock(&self.renewing_since);
-            if gap {
-                *since = Some(now);
-            }
-            since.get_or_insert(now).elapsed()
-        };
+        let renewing_for = streak.renewed(2 * maintenance_period(self.lease_ms));
         if self.bus_up.load(Ordering::Acquire) && self.needs_reassert.swap(false, Ordering::AcqRel)
         {
             if let Err(err) = self.reassert().await {
