@@ -3,6 +3,12 @@
 //!
 //! It answers what an operator asks of a running node: which connections are open, which
 //! channels exist and how full they are, where a peer is, and who is in a channel.
+//!
+//! Scope: the views that name channels or peers are presence reads, so they need the key's
+//! `presence` action, and they show only what the key's patterns cover ([`SecretKey::covers`]):
+//! a channel outside them is refused (403), listings leave it out, and a connection appears with
+//! its in-scope subscriptions only, and not at all when it has none. An app-wide key (`**`) sees
+//! everything. The overview needs no action; its channel counts cover the key's scope only.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,10 +22,13 @@ use herald_protocol::validate::{is_valid_channel, is_valid_target_peer_id};
 use percent_encoding::percent_decode_str;
 use serde_json::{json, Value};
 
+use herald_protocol::Action;
+
+use crate::auth::SecretKey;
 use crate::conn::Conn;
-use crate::engine::Member;
+use crate::engine::{ChannelSummary, Member};
 use crate::ids::{ChannelName, PeerId};
-use crate::rest::{authorize, ApiError};
+use crate::rest::{authorize, require_action, ApiError};
 use crate::state::ServerState;
 
 const PAGE_HTML: &str = include_str!("../../../web/admin/index.html");
@@ -63,6 +72,37 @@ fn page(body: &'static str, content_type: &'static str) -> Response {
         .into_response()
 }
 
+/// This node's channels of the key's app that the key's patterns cover.
+fn channels_in_scope(state: &ServerState, key: &SecretKey) -> Vec<ChannelSummary> {
+    let mut list = state.engine.local_channels(&key.app.id);
+    list.retain(|c| key.covers(c.channel.as_str()));
+    list
+}
+
+/// This node's connections of the app (or of one peer) as the key may see them: each with its
+/// in-scope subscriptions; a connection with none is left out unless the key is app-wide.
+fn connections_in_scope(
+    state: &ServerState,
+    key: &SecretKey,
+    peer: Option<&PeerId>,
+) -> Vec<Value> {
+    let app_wide = key.is_app_wide();
+    state
+        .engine
+        .local_connections(&key.app.id, peer)
+        .into_iter()
+        .filter_map(|(conn, mut channels)| {
+            if !app_wide {
+                channels.retain(|c| key.covers(c.as_str()));
+                if channels.is_empty() {
+                    return None;
+                }
+            }
+            Some(connection_json(&conn, &channels))
+        })
+        .collect()
+}
+
 fn connection_json(conn: &Conn, channels: &[ChannelName]) -> Value {
     json!({
         "connId": conn.id.to_string(),
@@ -80,7 +120,7 @@ async fn overview(
 ) -> Result<Response, ApiError> {
     let key = authorize(&state, &headers)?;
     let app = &key.app;
-    let local = state.engine.local_channels(&app.id);
+    let local = channels_in_scope(&state, &key);
     Ok(Json(json!({
         "appId": app.id.as_str(),
         "node": {
@@ -105,12 +145,8 @@ async fn connections(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = authorize(&state, &headers)?;
-    let list: Vec<Value> = state
-        .engine
-        .local_connections(&key.app.id, None)
-        .iter()
-        .map(|(conn, channels)| connection_json(conn, channels))
-        .collect();
+    require_action(&key, Action::Presence)?;
+    let list = connections_in_scope(&state, &key, None);
     Ok(Json(json!({ "connections": list })).into_response())
 }
 
@@ -119,9 +155,8 @@ async fn channels(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = authorize(&state, &headers)?;
-    let list: Vec<Value> = state
-        .engine
-        .local_channels(&key.app.id)
+    require_action(&key, Action::Presence)?;
+    let list: Vec<Value> = channels_in_scope(&state, &key)
         .iter()
         .map(|c| json!({"channel": c.channel.as_str(), "members": c.members, "subscribers": c.subscribers}))
         .collect();
@@ -135,6 +170,7 @@ async fn channel(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let key = authorize(&state, &headers)?;
+    require_action(&key, Action::Presence)?;
     // Raw path, decoded exactly once: `room%2F1` and `room/1` name the same channel.
     let raw = uri
         .path()
@@ -148,6 +184,9 @@ async fn channel(
         return Err(ApiError::invalid(
             "channel must be 1-256 bytes without control characters",
         ));
+    }
+    if !key.covers(&name) {
+        return Err(ApiError::not_authorized(&name));
     }
     let channel = ChannelName::new(name.as_str());
     let members = state
@@ -176,25 +215,22 @@ async fn channel(
     .into_response())
 }
 
-/// Where is peer X: its connections on this node and the channels each holds.
+/// Where is peer X: its connections on this node and the channels each holds. For a scoped key,
+/// a peer seen only outside its patterns is reported offline.
 async fn peer(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
     Path(peer_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let key = authorize(&state, &headers)?;
+    require_action(&key, Action::Presence)?;
     if !is_valid_target_peer_id(&peer_id) {
         return Err(ApiError::invalid(
             "peerId must be 1-128 bytes without control characters",
         ));
     }
     let peer = PeerId::new(peer_id.as_str());
-    let list: Vec<Value> = state
-        .engine
-        .local_connections(&key.app.id, Some(&peer))
-        .iter()
-        .map(|(conn, channels)| connection_json(conn, channels))
-        .collect();
+    let list = connections_in_scope(&state, &key, Some(&peer));
     Ok(
         Json(json!({"peerId": peer_id, "online": !list.is_empty(), "connections": list}))
             .into_response(),

@@ -46,6 +46,24 @@ pub struct SecretKey {
     pub revoked: bool,
 }
 
+impl SecretKey {
+    /// Whether a subscription name lies inside the key's patterns: a concrete channel must match
+    /// one; a wildcard subscription must be included in them as a language (spec §9.3), the
+    /// same rules the WebSocket applies to subscribe.
+    pub fn covers(&self, name: &str) -> bool {
+        if has_wildcard(name) {
+            is_covered_by(&Pattern::parse(name), &self.patterns)
+        } else {
+            self.patterns.iter().any(|p| p.matches(name))
+        }
+    }
+
+    /// True when the patterns cover every channel name (`**`): the key speaks for the whole app.
+    pub fn is_app_wide(&self) -> bool {
+        is_covered_by(&Pattern::parse("**"), &self.patterns)
+    }
+}
+
 /// A publishable key: the id is the whole credential; fixed patterns, actions and origins.
 #[derive(Debug)]
 pub struct PublishableKey {

@@ -81,18 +81,26 @@ impl ApiError {
             "channel prefix is reserved",
         )
     }
-    fn not_authorized(channel: &str) -> Self {
+    pub(crate) fn not_authorized(channel: &str) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
             "channel_not_authorized",
             format!("channel not in key's allowed patterns: {channel}"),
         )
     }
-    fn action(action: Action) -> Self {
+    pub(crate) fn action(action: Action) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
             "action_not_permitted",
             format!("key lacks the {} action", action.as_str()),
+        )
+    }
+    /// 403 for an operation that reaches the whole app (a kick) from a key that does not.
+    fn not_app_wide(what: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "channel_not_authorized",
+            format!("{what} needs a key whose patterns cover every channel (**)"),
         )
     }
     pub fn backend() -> Self {
@@ -128,6 +136,15 @@ pub fn authorize(state: &ServerState, headers: &HeaderMap) -> Result<Arc<SecretK
         .keys
         .authenticate_rest(header)
         .ok_or_else(ApiError::unauthorized)
+}
+
+/// Refuses a key without `action` (403 `action_not_permitted`).
+pub(crate) fn require_action(key: &SecretKey, action: Action) -> Result<(), ApiError> {
+    if key.actions.contains(action) {
+        Ok(())
+    } else {
+        Err(ApiError::action(action))
+    }
 }
 
 /// Reads a body of at most [`MAX_BODY_BYTES`] (413 above it).
@@ -172,7 +189,7 @@ fn check_channel_scope(key: &SecretKey, channel: &str) -> Result<(), ApiError> {
             "channel must be a concrete name, not a pattern",
         ));
     }
-    if !key.patterns.iter().any(|p| p.matches(channel)) {
+    if !key.covers(channel) {
         return Err(ApiError::not_authorized(channel));
     }
     Ok(())
@@ -311,9 +328,7 @@ enum Endpoint {
 
 /// `GET /v1/channels/:id/peers` (spec §13.4).
 async fn channel_peers(state: &ServerState, key: &SecretKey, channel: String) -> ApiResult {
-    if !key.actions.contains(Action::Presence) {
-        return Err(ApiError::action(Action::Presence));
-    }
+    require_action(key, Action::Presence)?;
     check_channel_scope(key, &channel)?;
     let members = state
         .engine
@@ -349,9 +364,7 @@ async fn channel_publish(
     channel: String,
     body: Body,
 ) -> ApiResult {
-    if !key.actions.contains(Action::Publish) {
-        return Err(ApiError::action(Action::Publish));
-    }
+    require_action(key, Action::Publish)?;
     check_channel_scope(key, &channel)?;
     let bytes = read_body(body).await?;
     let req: PublishRequest<'_> = parse_json(&bytes)?;
@@ -384,6 +397,11 @@ async fn channel_publish(
 }
 
 /// `DELETE /v1/peers/:id` (spec §13.6): close every connection of the peer with 4020.
+///
+/// Only an app-wide key may kick. A peer's channels live on whichever nodes hold its connections
+/// and change while we look, so "the key covers the peer's channels" cannot be checked soundly;
+/// a peer with no subscriptions would also be fair game for every scoped key. No action is
+/// needed (spec §13.6).
 async fn kick_peer(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
@@ -395,6 +413,9 @@ async fn kick_peer(
             "peerId must be 1-128 bytes without control characters",
         ));
     }
+    if !key.is_app_wide() {
+        return Err(ApiError::not_app_wide("kicking a peer"));
+    }
     let reason = CloseReason::new(CloseCode::AdminDisconnect, "disconnected by admin");
     let closed = state
         .engine
@@ -404,7 +425,8 @@ async fn kick_peer(
     Ok(Json(json!({"peerId": peer_id, "closed": closed})).into_response())
 }
 
-/// `GET /v1/usage` (spec §13.7): live counters and a synthetic self-hosted plan.
+/// `GET /v1/usage` (spec §13.7): live counters and a synthetic self-hosted plan. Any key of the
+/// app may read them: app-wide totals, no channel or peer names.
 async fn usage(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> ApiResult {
     let key = authorize(&state, &headers)?;
     let app = &key.app;
