@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, Uri};
+use axum::http::{header, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -28,7 +28,7 @@ use crate::auth::SecretKey;
 use crate::conn::Conn;
 use crate::engine::{ChannelSummary, Member};
 use crate::ids::{ChannelName, PeerId};
-use crate::rest::{authorize, require_action, ApiError};
+use crate::rest::{require_action, ApiError, AppKey};
 use crate::state::ServerState;
 
 const PAGE_HTML: &str = include_str!("../../../web/admin/index.html");
@@ -81,11 +81,7 @@ fn channels_in_scope(state: &ServerState, key: &SecretKey) -> Vec<ChannelSummary
 
 /// This node's connections of the app (or of one peer) as the key may see them: each with its
 /// in-scope subscriptions; a connection with none is left out unless the key is app-wide.
-fn connections_in_scope(
-    state: &ServerState,
-    key: &SecretKey,
-    peer: Option<&PeerId>,
-) -> Vec<Value> {
+fn connections_in_scope(state: &ServerState, key: &SecretKey, peer: Option<&PeerId>) -> Vec<Value> {
     let app_wide = key.is_app_wide();
     state
         .engine
@@ -116,9 +112,8 @@ fn connection_json(conn: &Conn, channels: &[ChannelName]) -> Value {
 
 async fn overview(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    AppKey(key): AppKey,
 ) -> Result<Response, ApiError> {
-    let key = authorize(&state, &headers)?;
     let app = &key.app;
     let local = channels_in_scope(&state, &key);
     Ok(Json(json!({
@@ -142,9 +137,8 @@ async fn overview(
 
 async fn connections(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    AppKey(key): AppKey,
 ) -> Result<Response, ApiError> {
-    let key = authorize(&state, &headers)?;
     require_action(&key, Action::Presence)?;
     let list = connections_in_scope(&state, &key, None);
     Ok(Json(json!({ "connections": list })).into_response())
@@ -152,9 +146,8 @@ async fn connections(
 
 async fn channels(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    AppKey(key): AppKey,
 ) -> Result<Response, ApiError> {
-    let key = authorize(&state, &headers)?;
     require_action(&key, Action::Presence)?;
     let list: Vec<Value> = channels_in_scope(&state, &key)
         .iter()
@@ -166,10 +159,9 @@ async fn channels(
 /// Who is in channel Y: the roster (cluster-wide when the engine is) plus local subscribers.
 async fn channel(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    AppKey(key): AppKey,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let key = authorize(&state, &headers)?;
     require_action(&key, Action::Presence)?;
     // Raw path, decoded exactly once: `room%2F1` and `room/1` name the same channel.
     let raw = uri
@@ -219,10 +211,9 @@ async fn channel(
 /// a peer seen only outside its patterns is reported offline.
 async fn peer(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    AppKey(key): AppKey,
     Path(peer_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key = authorize(&state, &headers)?;
     require_action(&key, Action::Presence)?;
     if !is_valid_target_peer_id(&peer_id) {
         return Err(ApiError::invalid(

@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
@@ -127,6 +128,22 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// The calling secret key, as an extractor: a handler that takes it answers 401 before it reads
+/// anything else. The scope checks (actions, patterns) stay in the handlers, next to the channel
+/// or peer they are about.
+pub struct AppKey(pub Arc<SecretKey>);
+
+impl FromRequestParts<Arc<ServerState>> for AppKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ServerState>,
+    ) -> Result<Self, ApiError> {
+        authorize(state, &parts.headers).map(AppKey)
+    }
+}
+
 /// The calling secret key, from `Authorization: Bearer …`.
 pub fn authorize(state: &ServerState, headers: &HeaderMap) -> Result<Arc<SecretKey>, ApiError> {
     let header = headers
@@ -207,12 +224,7 @@ struct MintRequest {
 }
 
 /// `POST /v1/tokens`: mint a connect JWT within the calling key's scope (spec §13.3).
-async fn mint_token(
-    State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    let key = authorize(&state, &headers)?;
+async fn mint_token(AppKey(key): AppKey, body: Body) -> ApiResult {
     let bytes = read_body(body).await?;
     let req: MintRequest = parse_json(&bytes)?;
     if !is_valid_subject(&req.peer_id) {
@@ -310,6 +322,7 @@ async fn channel_endpoint(
         }
         _ => return Err(ApiError::not_found()),
     };
+    // Authorised here, not by the extractor: an unknown endpoint is 404 even without a key.
     let key = authorize(&state, &headers)?;
     let channel = percent_decode_str(raw_id)
         .decode_utf8()
@@ -404,10 +417,9 @@ async fn channel_publish(
 /// needed (spec §13.6).
 async fn kick_peer(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    AppKey(key): AppKey,
     Path(peer_id): Path<String>,
 ) -> ApiResult {
-    let key = authorize(&state, &headers)?;
     if !is_valid_target_peer_id(&peer_id) {
         return Err(ApiError::invalid(
             "peerId must be 1-128 bytes without control characters",
@@ -427,8 +439,7 @@ async fn kick_peer(
 
 /// `GET /v1/usage` (spec §13.7): live counters and a synthetic self-hosted plan. Any key of the
 /// app may read them: app-wide totals, no channel or peer names.
-async fn usage(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> ApiResult {
-    let key = authorize(&state, &headers)?;
+async fn usage(State(state): State<Arc<ServerState>>, AppKey(key): AppKey) -> ApiResult {
     let app = &key.app;
     let max_connections = match (app.max_connections, state.config.limits.max_connections) {
         (0, 0) => UNLIMITED,
