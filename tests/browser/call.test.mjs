@@ -90,10 +90,14 @@ describe("video call between two official MeteredPeers through Herald", () => {
     const context = await browser.newContext({ viewport: { width: 960, height: 600 }, permissions: ["camera", "microphone"] });
     const page = await context.newPage();
     const problems = watchPage(page, name);
-    const peerId = `call-${name.toLowerCase()}`;
+    // The first token gets a fresh peer id; later ones keep it by proving it with the last token.
+    let peerId = null;
+    let proof = null;
     await page.exposeFunction("heraldToken", async () => {
-      const res = await herald.devToken({ username: name, peerId });
+      const res = await herald.devToken(peerId ? { username: name, peerId, previousToken: proof } : { username: name });
       assert.equal(res.status, 200, JSON.stringify(res.body));
+      peerId = res.body.peerId;
+      proof = res.body.token;
       return res.body.token;
     });
     await page.goto(`${pages.origin}/`);

@@ -121,7 +121,11 @@ function updatePreview() {
 async function fetchToken(profile) {
   const body = { username: profile.username, color: profile.color };
   if (profile.avatarUrl) body.avatarUrl = profile.avatarUrl;
-  if (profile.peerId) body.peerId = profile.peerId;
+  // The server keeps our peer id only when we prove it is ours with the last token it gave us.
+  if (profile.peerId && profile.proof) {
+    body.peerId = profile.peerId;
+    body.previousToken = profile.proof;
+  }
   const res = await fetch("/dev/token", {
     method: "POST",
     headers: { "content-type": "application/json" },
@@ -152,7 +156,7 @@ async function signIn(profile) {
     showSignin(err instanceof FatalTokenError ? err.message : `Cannot reach Herald: ${err.message}`);
     return;
   }
-  const stored = { ...profile, peerId: minted.peerId };
+  const stored = { ...profile, peerId: minted.peerId, proof: minted.token };
   sessionStorage.setItem(PROFILE_KEY, JSON.stringify(stored));
   start(stored, minted);
 }
@@ -184,7 +188,10 @@ function start(profile, firstToken) {
         pending = null;
         return t;
       }
-      return (await fetchToken(state.profile)).token;
+      const minted = await fetchToken(state.profile);
+      state.profile.proof = minted.token;
+      sessionStorage.setItem(PROFILE_KEY, JSON.stringify(state.profile));
+      return minted.token;
     },
   });
   state.client = client;

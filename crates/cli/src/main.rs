@@ -40,6 +40,10 @@ enum Command {
         /// Listen address (overrides config and HERALD_LISTEN).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Allow dev mode on a non-loopback address. Dev mode signs tokens for anyone who asks
+        /// (POST /dev/token) and prints its secret, so by default it listens on loopback only.
+        #[arg(long, env = "HERALD_DEV_PUBLIC")]
+        dev_public: bool,
     },
     /// Mint a connect JWT for a peer with a configured secret key (the stand-in for a
     /// backend's mintJwt).
@@ -198,12 +202,40 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     socket.listen(LISTEN_BACKLOG)
 }
 
-async fn serve(args: ConfigArgs, listen: Option<std::net::SocketAddr>) -> Result<()> {
+/// Dev mode hands out tokens to anyone who can reach it; on anything but loopback that is
+/// everyone on the network, so it takes an explicit `--dev-public`.
+fn check_dev_listen(listen: std::net::SocketAddr, dev_public: bool) -> Result<()> {
+    if dev_public || listen.ip().to_canonical().is_loopback() {
+        return Ok(());
+    }
+    bail!(
+        "refusing to run dev mode on {listen}: dev mode (no [[apps]] in the config) lets anyone \
+         who can reach this address mint tokens with POST /dev/token, and its keys are \
+         development keys. Listen on a loopback address (e.g. --listen 127.0.0.1:8080), \
+         configure [[apps]] for a real deployment, or pass --dev-public if exposing dev mode \
+         to the network is really what you want."
+    )
+}
+
+async fn serve(
+    args: ConfigArgs,
+    listen: Option<std::net::SocketAddr>,
+    dev_public: bool,
+) -> Result<()> {
     let (mut config, dev) = load_config(&args)?;
     if let Some(listen) = listen {
         config.listen = listen;
     }
+    if dev.is_some() {
+        check_dev_listen(config.listen, dev_public)?;
+    }
     init_logging(&config);
+    if dev.is_some() && !config.listen.ip().to_canonical().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "dev mode is reachable beyond this host (--dev-public): anyone who can connect can mint tokens"
+        );
+    }
     let listener =
         bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let bound = listener.local_addr()?;
@@ -260,10 +292,14 @@ fn token(args: TokenArgs) -> Result<()> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, listen } => tokio::runtime::Builder::new_multi_thread()
+        Command::Serve {
+            config,
+            listen,
+            dev_public,
+        } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(serve(config, listen)),
+            .block_on(serve(config, listen, dev_public)),
         Command::Token(args) => token(args),
         Command::Config {
             command: ConfigCommand::Default,

@@ -211,3 +211,55 @@ async fn dev_mode_serve_accepts_a_client_and_exits_zero_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn dev_mode_refuses_a_non_loopback_address_without_dev_public() {
+    let dir = temp_dir("public");
+    for listen in ["0.0.0.0:0", "[::]:0"] {
+        let out = herald()
+            .args(["serve", "--listen", listen, "--dev-keys"])
+            .arg(dir.join("keys.json"))
+            .env_remove("HERALD_DEV_PUBLIC")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{listen}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("refusing to run dev mode"), "{err}");
+        assert!(err.contains("POST /dev/token"), "{err}");
+        assert!(err.contains("--dev-public"), "{err}");
+    }
+    // The keys it wrote are for its owner only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("keys.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+#[test]
+fn dev_public_lets_dev_mode_listen_on_every_interface() {
+    let dir = temp_dir("public-ok");
+    let mut child = herald()
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--dev-public",
+            "--dev-keys",
+        ])
+        .arg(dir.join("keys.json"))
+        .env("HERALD_LOG_LEVEL", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("running in dev mode"), "{first}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -54,6 +54,21 @@ pub struct Limits {
     pub connect_window_secs: u64,
     /// Loopback clients skip the per-IP limit (local tools, tests, a reverse proxy on the host).
     pub connect_limit_exempt_loopback: bool,
+
+    // HTTP hygiene: what a bare TCP socket can make the node hold. A "source" below is an IPv4
+    // address or an IPv6 /64.
+    /// A client must send a request's headers within this time of the server starting to wait
+    /// for them: on a new socket, and after each response on a kept-alive one.
+    pub http_header_read_timeout_ms: u64,
+    /// A connection that has not upgraded to WebSocket and moves no byte for this long is
+    /// closed (a stalled request body, a handler that never answers).
+    pub http_idle_timeout_secs: u64,
+    /// Concurrent TCP connections per source (0 = unlimited); more are closed at accept.
+    /// Loopback is exempt when `connect_limit_exempt_loopback` is on.
+    pub max_connections_per_ip: usize,
+    /// Sources the connect-attempt limiter tracks per window. When full, sources not in the
+    /// table are let through uncounted (fail open; see ARCHITECTURE.md).
+    pub connect_limiter_max_entries: usize,
 }
 
 /// Timers (spec §8.1, §15).
@@ -257,6 +272,10 @@ impl Default for Limits {
             connect_attempts_per_ip: 60,
             connect_window_secs: 60,
             connect_limit_exempt_loopback: true,
+            http_header_read_timeout_ms: 10_000,
+            http_idle_timeout_secs: 60,
+            max_connections_per_ip: 256,
+            connect_limiter_max_entries: 100_000,
         }
     }
 }
@@ -382,6 +401,24 @@ impl Config {
         }
         if l.connect_attempts_per_ip > 0 && l.connect_window_secs == 0 {
             return Err(invalid("limits.connect_window_secs", "must be at least 1"));
+        }
+        if !(10..=600_000).contains(&l.http_header_read_timeout_ms) {
+            return Err(invalid(
+                "limits.http_header_read_timeout_ms",
+                "must be between 10 and 600000",
+            ));
+        }
+        if l.http_idle_timeout_secs == 0 {
+            return Err(invalid(
+                "limits.http_idle_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if l.connect_limiter_max_entries == 0 {
+            return Err(invalid(
+                "limits.connect_limiter_max_entries",
+                "must be at least 1",
+            ));
         }
         let t = &self.timing;
         if t.ping_interval_secs == 0 {

@@ -13,6 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::admin;
+use crate::limits::Attempt;
 use crate::rest::{self, ApiError};
 use crate::session;
 use crate::state::{unix_now, ServerState};
@@ -47,14 +48,20 @@ async fn connect(
     uri: Uri,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if !state.connect_limiter.allow(peer.ip(), Instant::now()) {
-        state.metrics.rate_limited("connect_per_ip");
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, "60")],
-            "too many connection attempts\n",
-        )
-            .into_response();
+    match state.connect_limiter.check(peer.ip(), Instant::now()) {
+        Attempt::Allowed => {}
+        Attempt::Untracked => {
+            state.metrics.http.connect_limiter_untracked.inc();
+        }
+        Attempt::Limited => {
+            state.metrics.rate_limited("connect_per_ip");
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "60")],
+                "too many connection attempts\n",
+            )
+                .into_response();
+        }
     }
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,

@@ -4,6 +4,7 @@
 //! authenticates ([`auth`]), [`session`] runs one task per connection, and the [`engine`]
 //! does presence and fan-out. ARCHITECTURE.md at the repository root tells the whole story.
 
+pub mod accept;
 pub mod admin;
 pub mod auth;
 pub mod config;

@@ -51,6 +51,52 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Time from accepting a publish to having queued it for every local subscriber.
     pub fanout_seconds: Histogram,
+    /// HTTP hygiene (see [`HttpMetrics`]).
+    pub http: HttpMetrics,
+}
+
+/// What bare TCP sockets cost the node, and what the accept loop cut short.
+pub struct HttpMetrics {
+    /// TCP connections accepted and not yet closed (upgraded WebSocket sessions included).
+    pub open_connections: Gauge,
+    /// Sockets closed at accept because their source was at `max_connections_per_ip`.
+    pub refused_per_source: Counter,
+    /// Connections closed because a request's headers did not arrive in time.
+    pub header_timeouts: Counter,
+    /// Non-upgraded connections closed because no byte moved for `http_idle_timeout_secs`.
+    pub idle_timeouts: Counter,
+    /// Connect attempts let through uncounted because the limiter's table was full.
+    pub connect_limiter_untracked: Counter,
+}
+
+impl HttpMetrics {
+    fn register(registry: &mut Registry) -> HttpMetrics {
+        let closed = Family::<Labels, Counter>::default();
+        registry.register(
+            "tcp_closed_early",
+            "TCP connections the server closed before or instead of serving them, by reason",
+            closed.clone(),
+        );
+        let reason = |r: &str| closed.get_or_create(&label("reason", r)).clone();
+        let http = HttpMetrics {
+            open_connections: Gauge::default(),
+            refused_per_source: reason("per_ip_cap"),
+            header_timeouts: reason("header_read_timeout"),
+            idle_timeouts: reason("idle_timeout"),
+            connect_limiter_untracked: Counter::default(),
+        };
+        registry.register(
+            "tcp_connections",
+            "Open TCP connections (HTTP and upgraded WebSocket)",
+            http.open_connections.clone(),
+        );
+        registry.register(
+            "connect_limiter_untracked",
+            "Connect attempts let through uncounted because the per-IP table was full",
+            http.connect_limiter_untracked.clone(),
+        );
+        http
+    }
 }
 
 fn label(name: &'static str, value: impl Into<String>) -> Labels {
@@ -141,7 +187,9 @@ impl Metrics {
         for limit in ["message_rate", "connect_per_ip"] {
             drop(rate_limited.get_or_create(&label("limit", limit)));
         }
+        let http = HttpMetrics::register(&mut registry);
         Metrics {
+            http,
             messages_in: resolve(&messages_in_family, "type", &IN_TYPES),
             messages_out: resolve(&messages_out_family, "type", &OUT_TYPES),
             errors: resolve(&errors_family, "code", &error_codes),

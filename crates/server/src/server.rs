@@ -1,14 +1,13 @@
 //! Running a node: the caller binds the listener and supplies the shutdown future, so tests
 //! (port 0) and `main` call the same function.
 
-use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
+use crate::accept;
 use crate::config::{Config, ConfigError};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
@@ -46,8 +45,9 @@ pub async fn run(
 
 /// Runs Herald with the given engine.
 ///
-/// Graceful shutdown: stop accepting, send `going_away` to every session (each closes with
-/// 1001 after its drain period), and return once all sessions ended or the deadline passed.
+/// Graceful shutdown: stop accepting, close idle HTTP connections (in-flight requests get
+/// [`accept::IN_FLIGHT_GRACE`]), send `going_away` to every session (each closes with 1001
+/// after its drain period), and return once all of that ended or the deadline passed.
 pub async fn run_with_engine(
     listener: TcpListener,
     config: Config,
@@ -58,40 +58,22 @@ pub async fn run_with_engine(
     let deadline_after = Duration::from_secs(config.timing.shutdown_deadline_secs);
     let state = Arc::new(ServerState::new(config, engine));
     let app = http::router(state.clone());
-    let signalled = state.clone();
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Instant>();
-    // Small frames go out at once: Nagle's algorithm plus delayed ACKs would add ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = started_tx.send(Instant::now());
-        signalled.begin_shutdown();
-    });
-    let mut server = std::pin::pin!(server.into_future());
-    let mut server_done = false;
-    let started = tokio::select! {
-        result = &mut server => {
-            // The accept loop ended before any shutdown was requested (a listener failure).
-            result?;
-            server_done = true;
-            state.begin_shutdown();
-            Instant::now()
-        }
-        started = started_rx => started.unwrap_or_else(|_| Instant::now()),
-    };
-    tracing::info!(sessions = state.live_sessions(), "shutting down");
+    let mut connections = accept::accept_until(listener, app, state.clone(), shutdown).await;
+    let started = Instant::now();
+    state.begin_shutdown();
+    tracing::info!(
+        sessions = state.live_sessions(),
+        http_connections = connections.len(),
+        "shutting down"
+    );
     let deadline = started + deadline_after;
-    // Stop accepting (bounded by the deadline: hyper may wait on slow HTTP clients).
-    if !server_done {
-        let _ = tokio::time::timeout_at(deadline.into(), &mut server).await;
-    }
-    let left = state.drain_sessions(deadline).await;
+    let http_closed = async {
+        let all_ended = async { while connections.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout_at(deadline.into(), all_ended).await;
+        // Past the deadline, whatever is left is cut off.
+        connections.abort_all();
+    };
+    let ((), left) = tokio::join!(http_closed, state.drain_sessions(deadline));
     if left > 0 {
         tracing::warn!(
             sessions = left,

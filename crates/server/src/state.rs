@@ -34,6 +34,7 @@ impl ServerState {
             config.limits.connect_attempts_per_ip,
             Duration::from_secs(config.limits.connect_window_secs),
             config.limits.connect_limit_exempt_loopback,
+            config.limits.connect_limiter_max_entries,
         );
         ServerState {
             config,

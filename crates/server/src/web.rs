@@ -18,6 +18,7 @@ use herald_protocol::jwt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::config::SecretKeyConfig;
 use crate::rest::ApiError;
 use crate::state::{unix_now, ServerState};
 
@@ -59,6 +60,9 @@ const ASSETS: &[(&str, &str, &str)] = &[
 
 /// Lifetime of a dev token. The app asks for a fresh one on every (re)connect.
 const DEV_TOKEN_TTL_SECS: i64 = 3600;
+/// How long after its expiry a previous token still proves its peer id (a tab reconnecting
+/// after a laptop slept overnight keeps its identity).
+const DEV_REFRESH_GRACE_SECS: i64 = 24 * 3600;
 /// Largest accepted `POST /dev/token` body.
 const MAX_DEV_TOKEN_BODY: usize = 4 * 1024;
 const MAX_USERNAME_CHARS: usize = 40;
@@ -153,9 +157,12 @@ struct DevTokenRequest {
     avatar_url: Option<String>,
     #[serde(default)]
     color: Option<String>,
-    /// Keep the same peer id across token refreshes (the app sends back the one it was given).
+    /// Keep the same peer id across token refreshes: honoured only with `previous_token`.
     #[serde(default)]
     peer_id: Option<String>,
+    /// A token this server minted for `peer_id`: the proof that the caller is that peer.
+    #[serde(default)]
+    previous_token: Option<String>,
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -227,6 +234,35 @@ fn check_peer_id(raw: &str) -> Result<String, &'static str> {
     }
 }
 
+/// Whether `previous_token` is a token signed with `key` for `peer_id` that expired at most
+/// [`DEV_REFRESH_GRACE_SECS`] ago. Peer ids are public (every presence entry shows them), so
+/// only a token proves that the caller is that peer.
+fn proves_peer(
+    previous_token: Option<&str>,
+    peer_id: &str,
+    key: &SecretKeyConfig,
+    now: i64,
+) -> bool {
+    let Some(token) = previous_token else {
+        return false;
+    };
+    let Ok(unverified) = jwt::UnverifiedToken::parse(token) else {
+        return false;
+    };
+    if unverified.kid() != key.id {
+        return false;
+    }
+    match unverified.verify(key.secret.as_bytes()) {
+        Ok(claims) => {
+            claims.sub == peer_id
+                && claims
+                    .exp
+                    .is_some_and(|exp| exp.saturating_add(DEV_REFRESH_GRACE_SECS) >= now)
+        }
+        Err(_) => false,
+    }
+}
+
 fn palette_color(peer_id: &str) -> &'static str {
     let hash = peer_id
         .bytes()
@@ -234,9 +270,11 @@ fn palette_color(peer_id: &str) -> &'static str {
     PALETTE[hash as usize % PALETTE.len()]
 }
 
-/// `POST /dev/token` `{username, avatarUrl?, color?, peerId?}` → `{token, peerId, expiresAt,
-/// peerMetadata}`. The JWT is signed with the first live secret key of the first app, and its
-/// `peerMetadata` is `{username, avatarUrl?, color}`. 403 unless `[web] dev_tokens` is on.
+/// `POST /dev/token` `{username, avatarUrl?, color?, peerId?, previousToken?}` → `{token,
+/// peerId, expiresAt, peerMetadata}`. The JWT is signed with the first live secret key of the
+/// first app, and its `peerMetadata` is `{username, avatarUrl?, color}`. Without `peerId` the
+/// peer id is new and random; with it, `previousToken` must be a token minted for that peer id
+/// (403 otherwise). 403 unless `[web] dev_tokens` is on.
 async fn dev_token(State(state): State<Arc<ServerState>>, body: Body) -> Response {
     if !state.config.web.dev_tokens {
         return error(
@@ -267,16 +305,6 @@ async fn dev_token(State(state): State<Arc<ServerState>>, body: Body) -> Respons
         Some(Ok(url)) => url,
         Some(Err(msg)) => return invalid(msg),
     };
-    let peer_id = match req.peer_id.as_deref().map(check_peer_id) {
-        None => format!("u-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-        Some(Ok(id)) => id,
-        Some(Err(msg)) => return invalid(msg),
-    };
-    let color = match req.color.as_deref().map(check_color) {
-        None => palette_color(&peer_id).to_string(),
-        Some(Ok(color)) => color,
-        Some(Err(msg)) => return invalid(msg),
-    };
     let Some(key) = state
         .config
         .apps
@@ -288,6 +316,27 @@ async fn dev_token(State(state): State<Arc<ServerState>>, body: Body) -> Respons
             "no_signing_key",
             "the first configured app has no live secret key to sign dev tokens with",
         );
+    };
+    let now = unix_now();
+    // A caller-chosen peer id is someone's identity: minting it on request would let anyone
+    // who can reach this page take over a connected peer and read its directs.
+    let peer_id = match req.peer_id.as_deref().map(check_peer_id) {
+        None => format!("u-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        Some(Err(msg)) => return invalid(msg),
+        Some(Ok(id)) if proves_peer(req.previous_token.as_deref(), &id, key, now) => id,
+        Some(Ok(_)) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "peer_id_not_proven",
+                "peerId is kept only for its owner: send the previousToken you were given for \
+                 it, or leave peerId out to get a new one",
+            )
+        }
+    };
+    let color = match req.color.as_deref().map(check_color) {
+        None => palette_color(&peer_id).to_string(),
+        Some(Ok(color)) => color,
+        Some(Err(msg)) => return invalid(msg),
     };
     let mut meta = Map::new();
     meta.insert("username".into(), Value::String(username));
@@ -303,7 +352,6 @@ async fn dev_token(State(state): State<Arc<ServerState>>, body: Body) -> Respons
             "cannot encode peerMetadata",
         );
     };
-    let now = unix_now();
     let expires_at = now + DEV_TOKEN_TTL_SECS;
     let claims = Claims {
         sub: peer_id.clone(),

@@ -87,10 +87,11 @@ async fn a_dev_token_connects_with_its_peer_metadata() {
     assert_eq!(delta["joined"][0]["peerId"], peer_id.as_str());
     assert_eq!(delta["joined"][0]["metadata"], meta);
 
-    // A refresh keeps the peer id it is given; without a colour one is picked.
+    // A refresh that proves the peer id with the previous token keeps it; without a colour one
+    // is picked.
     let (status, again) = post_token(
         &server,
-        &json!({"username": "Ana", "peerId": peer_id}).to_string(),
+        &json!({"username": "Ana", "peerId": peer_id, "previousToken": token}).to_string(),
     )
     .await;
     assert_eq!(status, 200);
