@@ -130,8 +130,8 @@ impl Default for EngineConfig {
             node_id: String::new(),
             lease_ttl_ms: 10_000,
             reconnect_grace_ms: 3_000,
-            bus_queue_messages: 10_000,
-            bus_queue_bytes: 16 * 1024 * 1024,
+            bus_queue_messages: 4_096,
+            bus_queue_bytes: 8 * 1024 * 1024,
         }
     }
 }

@@ -4,12 +4,14 @@
 //! push sender without waiting. If that sender were an unbounded channel, a node that cannot
 //! keep up (a flood published on another node, a CPU-starved host) would buffer without limit.
 //! The inbox is that sender: it holds at most `engine.bus_queue_messages` pushes and
-//! `engine.bus_queue_bytes` of payload. Beyond either bound the newest push is **shed**: it is
-//! counted, and the node re-syncs channel rosters from Redis once it has caught up, so a lost
-//! presence delta is repaired; a lost message is counted as dropped, as a slow consumer's would
-//! be. What is queued keeps its order, so FIFO holds for everything that is delivered.
+//! `engine.bus_queue_bytes` of payload. Beyond either bound pushes are **shed**, from the topic
+//! with the most queued (the flood, not the quiet channel next to it). Shed pushes are counted,
+//! and the node re-syncs channel rosters from Redis once it has caught up, so a lost presence
+//! delta is repaired; a lost message is counted as dropped, as a slow consumer's would be.
+//! Shedding never reorders: FIFO holds for everything that is delivered. Since at most a full
+//! queue waits ahead of any push, the bound also caps the delay a flood adds to other traffic.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -37,6 +39,62 @@ impl Push {
 struct Queue {
     items: VecDeque<Push>,
     bytes: usize,
+    /// Pushes queued per topic, to find the topic that floods the queue.
+    per_topic: HashMap<String, usize>,
+}
+
+impl Queue {
+    fn push_back(&mut self, push: Push) {
+        self.bytes += push.cost();
+        match self.per_topic.get_mut(push.topic.as_str()) {
+            Some(n) => *n += 1,
+            None => {
+                self.per_topic.insert(push.topic.clone(), 1);
+            }
+        }
+        self.items.push_back(push);
+    }
+
+    fn forget(&mut self, push: &Push) {
+        self.bytes -= push.cost();
+        if let Some(n) = self.per_topic.get_mut(push.topic.as_str()) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_topic.remove(push.topic.as_str());
+            }
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Push> {
+        let push = self.items.pop_front()?;
+        self.forget(&push);
+        Some(push)
+    }
+
+    fn is_full_for(&self, cost: usize, max_messages: usize, max_bytes: usize) -> bool {
+        // A push larger than the byte bound still gets in when nothing else is queued, so a
+        // tight byte bound cannot starve every large message.
+        self.items.len() >= max_messages
+            || (!self.items.is_empty() && self.bytes + cost > max_bytes)
+    }
+
+    /// The topic with the most pushes queued, and how many.
+    fn heaviest(&self) -> Option<(&str, usize)> {
+        self.per_topic
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(topic, n)| (topic.as_str(), *n))
+    }
+
+    /// Drops the oldest queued push of `topic`.
+    fn evict_oldest_of(&mut self, topic: &str) {
+        let Some(i) = self.items.iter().position(|p| p.topic == topic) else {
+            return;
+        };
+        if let Some(push) = self.items.remove(i) {
+            self.forget(&push);
+        }
+    }
 }
 
 pub struct Inbox {
@@ -114,39 +172,51 @@ impl Inbox {
         self.push(push);
     }
 
-    /// Queues a push, or sheds it when either bound would be exceeded.
+    /// Queues a push. When either bound would be exceeded, the topic with the most pushes
+    /// queued pays: its oldest pushes are dropped to make room, or the newcomer is when it
+    /// belongs to that topic. So a flood on one channel sheds its own traffic, and a quiet
+    /// channel's messages still get through, in order, behind at most a full queue.
     pub fn push(&self, push: Push) {
         let cost = push.cost();
-        let queued = {
+        let (queued, shed) = {
             let mut queue = lock(&self.queue);
-            // A push larger than the byte bound still gets in when nothing else is queued, so a
-            // tight byte bound cannot starve every large message.
-            let full = queue.items.len() >= self.max_messages
-                || (!queue.items.is_empty() && queue.bytes + cost > self.max_bytes);
-            if full {
-                None
-            } else {
-                queue.bytes += cost;
-                queue.items.push_back(push);
-                Some(queue.items.len())
+            let mut shed = 0u64;
+            let mut admit = true;
+            while queue.is_full_for(cost, self.max_messages, self.max_bytes) {
+                shed += 1;
+                let own = queue
+                    .per_topic
+                    .get(push.topic.as_str())
+                    .copied()
+                    .unwrap_or(0);
+                let heaviest = match queue.heaviest() {
+                    Some((topic, n)) if n > own + 1 => topic.to_string(),
+                    _ => {
+                        admit = false;
+                        break;
+                    }
+                };
+                queue.evict_oldest_of(&heaviest);
             }
+            if admit {
+                queue.push_back(push);
+            }
+            (admit.then_some(queue.items.len()), shed)
         };
-        match queued {
-            Some(len) => {
-                self.peak.fetch_max(len, Ordering::Relaxed);
-                if len == 1 {
-                    self.ready.notify_one();
-                }
+        if let Some(len) = queued {
+            self.peak.fetch_max(len, Ordering::Relaxed);
+            if len == 1 {
+                self.ready.notify_one();
             }
-            None => {
-                self.shed.fetch_add(1, Ordering::Relaxed);
-                if !self.gap.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(
-                        max_messages = self.max_messages,
-                        max_bytes = self.max_bytes,
-                        "bus queue full: shedding pushes from redis; rosters will be re-synced"
-                    );
-                }
+        }
+        if shed > 0 {
+            self.shed.fetch_add(shed, Ordering::Relaxed);
+            if !self.gap.swap(true, Ordering::AcqRel) {
+                tracing::warn!(
+                    max_messages = self.max_messages,
+                    max_bytes = self.max_bytes,
+                    "bus queue full: shedding pushes from redis; rosters will be re-synced"
+                );
             }
         }
     }
@@ -169,10 +239,8 @@ impl Inbox {
     /// Moves up to `max` queued pushes into `out`, oldest first.
     pub fn take(&self, out: &mut Vec<Push>, max: usize) {
         let mut queue = lock(&self.queue);
-        let Queue { items, bytes } = &mut *queue;
-        let n = max.min(items.len());
-        for push in items.drain(..n) {
-            *bytes -= push.cost();
+        for _ in 0..max {
+            let Some(push) = queue.pop_front() else { break };
             out.push(push);
         }
     }
@@ -246,6 +314,19 @@ mod tests {
         assert!(!inbox.take_gap());
         assert_eq!(drain(&inbox), ["0", "1", "2"]);
         assert_eq!(inbox.stats().queued_bytes, 0);
+    }
+
+    #[test]
+    fn a_flooded_topic_pays_for_the_shedding_not_a_quiet_one() {
+        let inbox = Inbox::new(4, 1 << 20);
+        let epoch = inbox.new_connection();
+        inbox.offer(epoch, message("quiet", "q0"));
+        for i in 0..6 {
+            inbox.offer(epoch, message("flood", &format!("f{i}")));
+        }
+        inbox.offer(epoch, message("quiet", "q1"));
+        assert_eq!(inbox.stats().shed, 4);
+        assert_eq!(drain(&inbox), ["q0", "f1", "f2", "q1"]);
     }
 
     #[test]
