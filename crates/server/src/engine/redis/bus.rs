@@ -8,6 +8,9 @@
 //!   owns the topic's slot), through one cluster connection whose pushes arrive on one queue.
 //!   Order holds per topic (per channel, per target node), which is what FIFO per sender needs
 //!   on one channel. Wildcard subscribers listen on a classic per-app topic instead.
+//!
+//! In both modes the connection hands pushes to the node's bounded inbox (`inbox.rs`), and
+//! this task takes them from there in batches, yielding between batches.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

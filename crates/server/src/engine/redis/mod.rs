@@ -110,6 +110,10 @@ pub(crate) struct Inner {
     store: Store,
     scripts: Scripts,
     pub(crate) local: Local,
+    /// Subscribe and unsubscribe requests for the bus task. Not bounded by a number, but by
+    /// who sends: a session has one engine operation in flight at a time, and each sends at
+    /// most two commands (the topic and a barrier), as does each reconnect-grace timer; so the
+    /// queue holds at most about two commands per connection and running timer.
     bus: mpsc::UnboundedSender<BusCommand>,
     /// Pushes from Redis waiting for the bus task, bounded (`engine.bus_queue_*`).
     inbox: Arc<Inbox>,
