@@ -18,8 +18,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Attacker connections on node A, each publishing at its full rate.
 const ATTACKERS: usize = 20;
-/// Node B's bus queue bound for this test (small, so the flood overruns it).
-const BUS_QUEUE: usize = 512;
+/// Node B's bus queue bound for this test: small, so on most machines the flood overruns it
+/// and B has to shed (the unrelated messages must then still all arrive, in order).
+const BUS_QUEUE: usize = 64;
 /// Bytes of `data` per flood message.
 const FLOOD_BYTES: usize = 8 * 1024;
 const SHUTDOWN_DEADLINE_SECS: u64 = 3;
