@@ -125,6 +125,14 @@ pub struct EngineConfig {
     /// A peer whose connection drops (not a clean close) keeps its presence this long, so a
     /// quick reconnect, possibly to another node, shows no left/joined flap.
     pub reconnect_grace_ms: u64,
+
+    // Inter-node traffic bounds (Redis engine): how much a node buffers when it cannot keep up
+    // with what Redis pushes to it. Beyond either bound it sheds the newest pushes (counted in
+    // `herald_bus_shed_total`) and then re-syncs rosters from Redis.
+    /// Most pub/sub pushes queued for the node's bus task.
+    pub bus_queue_messages: usize,
+    /// Most payload bytes queued for the node's bus task.
+    pub bus_queue_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -137,6 +145,8 @@ impl Default for EngineConfig {
             node_id: String::new(),
             lease_ttl_ms: 10_000,
             reconnect_grace_ms: 3_000,
+            bus_queue_messages: 4_096,
+            bus_queue_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -452,6 +462,12 @@ impl Config {
         let e = &self.engine;
         if !matches!(e.kind.as_str(), "memory" | "redis") {
             return Err(invalid("engine.kind", "must be \"memory\" or \"redis\""));
+        }
+        if e.bus_queue_messages < 16 {
+            return Err(invalid("engine.bus_queue_messages", "must be at least 16"));
+        }
+        if e.bus_queue_bytes < 65_536 {
+            return Err(invalid("engine.bus_queue_bytes", "must be at least 65536"));
         }
         let urls: Vec<&str> = if e.redis_cluster {
             e.redis_url.split(',').map(str::trim).collect()

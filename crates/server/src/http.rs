@@ -116,6 +116,7 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
     let stats = state.engine.stats();
     state.metrics.subscriptions.set(stats.subscriptions as i64);
     state.metrics.channels.set(stats.channels as i64);
+    state.metrics.bus_queue.update(&stats.bus_queue);
     (
         [(
             header::CONTENT_TYPE,

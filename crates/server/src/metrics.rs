@@ -53,6 +53,8 @@ pub struct Metrics {
     pub fanout_seconds: Histogram,
     /// HTTP hygiene (see [`HttpMetrics`]).
     pub http: HttpMetrics,
+    /// The Redis engine's queue of pushes from Redis, updated when scraped.
+    pub bus_queue: BusQueueMetrics,
 }
 
 /// What bare TCP sockets cost the node, and what the accept loop cut short.
@@ -96,6 +98,57 @@ impl HttpMetrics {
             http.connect_limiter_untracked.clone(),
         );
         http
+    }
+}
+
+/// Inter-node traffic (Redis engine): the bus queue's depth, its high-water mark and what it
+/// shed. All zero on the memory engine.
+#[derive(Default)]
+pub struct BusQueueMetrics {
+    queued: Gauge,
+    queued_bytes: Gauge,
+    peak: Gauge,
+    shed: Counter,
+    /// Serialises scrapes, so the shed counter is advanced exactly once per shed push.
+    sync: std::sync::Mutex<()>,
+}
+
+impl BusQueueMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "bus_queue_messages",
+            "Pushes from Redis queued for this node's bus task",
+            self.queued.clone(),
+        );
+        registry.register(
+            "bus_queue_bytes",
+            "Bytes of pushes from Redis queued for this node's bus task",
+            self.queued_bytes.clone(),
+        );
+        registry.register(
+            "bus_queue_peak_messages",
+            "The most pushes from Redis ever queued at once on this node",
+            self.peak.clone(),
+        );
+        registry.register(
+            "bus_shed",
+            "Pushes from Redis dropped because this node's bus queue was full",
+            self.shed.clone(),
+        );
+    }
+
+    /// Copies the engine's counters in.
+    pub fn update(&self, stats: &crate::engine::BusQueueStats) {
+        let _serial = crate::sync::lock(&self.sync);
+        self.queued
+            .set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
+        self.queued_bytes
+            .set(i64::try_from(stats.queued_bytes).unwrap_or(i64::MAX));
+        self.peak.set(i64::try_from(stats.peak).unwrap_or(i64::MAX));
+        let seen = self.shed.get();
+        if stats.shed > seen {
+            self.shed.inc_by(stats.shed - seen);
+        }
     }
 }
 
@@ -174,6 +227,9 @@ impl Metrics {
             fanout_seconds.clone(),
         );
 
+        let bus_queue = BusQueueMetrics::default();
+        bus_queue.register(&mut registry);
+
         let resolve = |family: &Family<Labels, Counter>,
                        name: &'static str,
                        values: &[&str]|
@@ -201,6 +257,7 @@ impl Metrics {
             channels,
             slow_consumers,
             fanout_seconds,
+            bus_queue,
         }
     }
 

@@ -439,6 +439,7 @@ impl Engine for MemoryEngine {
         EngineStats {
             channels: self.channels.iter().map(|shard| lock(shard).len()).sum(),
             subscriptions: self.subscriptions.load(Ordering::Relaxed),
+            ..EngineStats::default()
         }
     }
 

@@ -175,6 +175,21 @@ pub struct ChannelSummary {
 pub struct EngineStats {
     pub channels: usize,
     pub subscriptions: usize,
+    /// The Redis engine's queue of pushes from Redis (zero on the memory engine).
+    pub bus_queue: BusQueueStats,
+}
+
+/// The queue between Redis pub/sub and the node's bus task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusQueueStats {
+    /// Pushes queued now.
+    pub queued: usize,
+    /// Bytes queued now.
+    pub queued_bytes: usize,
+    /// The most pushes ever queued at once.
+    pub peak: usize,
+    /// Pushes dropped because the queue was full, since the node started.
+    pub shed: u64,
 }
 
 #[async_trait]

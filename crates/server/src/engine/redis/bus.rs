@@ -8,18 +8,21 @@
 //!   owns the topic's slot), through one cluster connection whose pushes arrive on one queue.
 //!   Order holds per topic (per channel, per target node), which is what FIFO per sender needs
 //!   on one channel. Wildcard subscribers listen on a classic per-app topic instead.
+//!
+//! In both modes the connection hands pushes to the node's bounded inbox (`inbox.rs`), and
+//! this task takes them from there in batches, yielding between batches.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::PubSubSink;
+use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{PushKind, Value};
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion};
 use tokio::sync::{mpsc, oneshot};
 
+use super::inbox::Push;
 use super::store::{cluster_seeds, COMMAND_TIMEOUT};
 use super::wire::Event;
 use super::Inner;
@@ -88,6 +91,10 @@ fn dispatch(inner: &Inner, topic: &str, payload: &[u8], from_pattern: bool) {
     }
 }
 
+/// Pushes handled per turn of the bus task. After a batch it yields, so its subscribe
+/// commands, timers and the sessions sharing its worker thread get a turn during a flood.
+const BATCH: usize = 64;
+
 /// Runs the bus for the configured Redis until the engine stops.
 pub async fn run(
     inner: Arc<Inner>,
@@ -98,19 +105,35 @@ pub async fn run(
     if cluster {
         run_cluster(inner, urls, commands).await;
     } else {
-        match redis::Client::open(urls.as_str()) {
+        // RESP3, so pushes reach the inbox through a push sender that never blocks, instead
+        // of an unbounded channel inside the redis crate.
+        let client = urls.as_str().into_connection_info().and_then(|info| {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            redis::Client::open(info.set_redis_settings(settings))
+        });
+        match client {
             Ok(client) => run_single(inner, client, commands).await,
             Err(err) => tracing::error!(error = %err, "bad redis url; pub/sub disabled"),
         }
     }
 }
 
-async fn apply_single(sink: &mut PubSubSink, inner: &Inner, command: BusCommand) -> bool {
+/// Runs a bus command against a single Redis, bounded like every command.
+async fn apply_single(
+    conn: &mut MultiplexedConnection,
+    inner: &Inner,
+    command: BusCommand,
+) -> bool {
     let result = match command {
-        BusCommand::Channel(topic, true) => sink.subscribe(topic).await,
-        BusCommand::Channel(topic, false) => sink.unsubscribe(topic).await,
-        BusCommand::App(app, true) => sink.psubscribe(inner.keys.app_pattern(&app)).await,
-        BusCommand::App(app, false) => sink.punsubscribe(inner.keys.app_pattern(&app)).await,
+        BusCommand::Channel(topic, true) => bounded(conn.subscribe(topic)).await,
+        BusCommand::Channel(topic, false) => bounded(conn.unsubscribe(topic)).await,
+        BusCommand::App(app, true) => bounded(conn.psubscribe(inner.keys.app_pattern(&app))).await,
+        BusCommand::App(app, false) => {
+            bounded(conn.punsubscribe(inner.keys.app_pattern(&app))).await
+        }
         BusCommand::Barrier(done) => {
             let _ = done.send(true);
             Ok(())
@@ -119,30 +142,51 @@ async fn apply_single(sink: &mut PubSubSink, inner: &Inner, command: BusCommand)
     result.is_ok()
 }
 
+/// (Re-)subscribes everything the node needs on a fresh single-Redis connection.
+async fn subscribe_all_single(
+    conn: &mut MultiplexedConnection,
+    inner: &Inner,
+) -> redis::RedisResult<()> {
+    bounded(conn.subscribe(inner.keys.node())).await?;
+    let (channels, apps) = inner.local.topics(&inner.keys);
+    for topic in channels {
+        bounded(conn.subscribe(topic)).await?;
+    }
+    for app in apps {
+        bounded(conn.psubscribe(inner.keys.app_pattern(&app))).await?;
+    }
+    Ok(())
+}
+
 async fn run_single(
     inner: Arc<Inner>,
     client: redis::Client,
     mut commands: mpsc::UnboundedReceiver<BusCommand>,
 ) {
     let mut delay = Duration::from_millis(100);
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
-        let connected = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub()).await;
-        let Ok(Ok(pubsub)) = connected else {
+        let epoch = inner.inbox.new_connection();
+        let inbox = inner.inbox.clone();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_push_sender(move |info| {
+                inbox.offer(epoch, info);
+                Ok::<(), std::convert::Infallible>(())
+            });
+        let connected = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await;
+        let Ok(Ok(mut conn)) = connected else {
             inner.bus_up.store(false, Ordering::Release);
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
             continue;
         };
-        let (mut sink, mut stream) = pubsub.split();
-        let (channels, apps) = inner.local.topics(&inner.keys);
-        let mut ok = sink.subscribe(inner.keys.node()).await.is_ok();
-        for topic in channels {
-            ok = ok && sink.subscribe(topic).await.is_ok();
-        }
-        for app in apps {
-            ok = ok && sink.psubscribe(inner.keys.app_pattern(&app)).await.is_ok();
-        }
-        if !ok {
+        if subscribe_all_single(&mut conn, &inner).await.is_err() {
             tokio::time::sleep(delay).await;
             continue;
         }
@@ -154,18 +198,39 @@ async fn run_single(
             tokio::select! {
                 command = commands.recv() => {
                     let Some(command) = command else { return };
-                    if !apply_single(&mut sink, &inner, command).await {
+                    if !apply_single(&mut conn, &inner, command).await {
                         break;
                     }
                 }
-                msg = stream.next() => {
-                    let Some(msg) = msg else { break };
-                    dispatch(&inner, msg.get_channel_name(), msg.get_payload_bytes(), msg.from_pattern());
+                () = inner.inbox.ready() => {
+                    if inner.inbox.take_disconnected() {
+                        break;
+                    }
+                    deliver_batch(&inner, &mut batch);
                 }
             }
+            tokio::task::yield_now().await;
         }
         inner.bus_up.store(false, Ordering::Release);
         tracing::warn!(node = %inner.node, "redis pub/sub lost; reconnecting");
+    }
+}
+
+/// Dispatches up to one batch of queued pushes, oldest first. After pushes were shed, asks
+/// for a roster re-sync once the queue has drained (re-syncing while still behind would
+/// compare rosters with stale deltas).
+fn deliver_batch(inner: &Inner, batch: &mut Vec<Push>) {
+    inner.inbox.take(batch, BATCH);
+    for push in batch.drain(..) {
+        dispatch(inner, &push.topic, &push.payload, push.from_pattern);
+    }
+    if inner.inbox.is_empty() {
+        if inner.inbox.take_gap() {
+            inner.bus_gap();
+        }
+    } else {
+        // More is queued: come back after yielding.
+        inner.inbox.wake();
     }
 }
 
@@ -207,23 +272,20 @@ async fn subscribe_all(conn: &mut ClusterConnection, inner: &Inner) -> redis::Re
     Ok(())
 }
 
-/// `(topic, payload)` of a pushed message.
-fn message_parts(data: &[Value]) -> Option<(&[u8], &[u8])> {
-    match data {
-        [Value::BulkString(topic), Value::BulkString(payload)] => Some((topic, payload)),
-        _ => None,
-    }
-}
-
 async fn run_cluster(
     inner: Arc<Inner>,
     urls: String,
     mut commands: mpsc::UnboundedReceiver<BusCommand>,
 ) {
-    let (push_tx, mut pushes) = mpsc::unbounded_channel();
+    // One cluster client for the node's life: its pushes all come from connection epoch 1.
+    let epoch = inner.inbox.new_connection();
+    let inbox = inner.inbox.clone();
     let client = match ClusterClientBuilder::new(cluster_seeds(&urls))
         .use_protocol(redis::ProtocolVersion::RESP3)
-        .push_sender(push_tx)
+        .push_sender(move |info| {
+            inbox.offer(epoch, info);
+            Ok::<(), std::convert::Infallible>(())
+        })
         .connection_timeout(COMMAND_TIMEOUT)
         .response_timeout(COMMAND_TIMEOUT)
         .retries(1)
@@ -245,6 +307,7 @@ async fn run_cluster(
             }
         }
     };
+    let mut batch = Vec::with_capacity(BATCH);
     // While the bus is down, this probes the cluster and re-subscribes once it answers.
     let mut probe = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -255,17 +318,11 @@ async fn run_cluster(
                     lost(&inner);
                 }
             }
-            push = pushes.recv() => {
-                let Some(push) = push else { return };
-                match push.kind {
-                    PushKind::Message | PushKind::SMessage => {
-                        if let Some((topic, payload)) = message_parts(&push.data) {
-                            dispatch(&inner, &String::from_utf8_lossy(topic), payload, false);
-                        }
-                    }
-                    PushKind::Disconnection => lost(&inner),
-                    _ => {}
+            () = inner.inbox.ready() => {
+                if inner.inbox.take_disconnected() {
+                    lost(&inner);
                 }
+                deliver_batch(&inner, &mut batch);
             }
             _ = probe.tick(), if !inner.bus_up.load(Ordering::Acquire) => {
                 if subscribe_all(&mut conn, &inner).await.is_ok() {
@@ -275,6 +332,7 @@ async fn run_cluster(
                 }
             }
         }
+        tokio::task::yield_now().await;
     }
 }
 

@@ -72,15 +72,37 @@ struct Sub {
     include_sender_metadata: bool,
 }
 
+/// Most events buffered for one subscribe in flight. A subscriber that falls this far behind
+/// before its snapshot is even queued would overflow its outbound queue on replay anyway, so
+/// it is closed as a slow consumer instead of buffering on.
+const JOINING_BUFFER_MAX: usize = 4096;
+
 struct Joining {
     conn: Arc<Conn>,
     include_sender_metadata: bool,
     buffer: Vec<Buffered>,
 }
 
+impl Joining {
+    fn buffer_event(&mut self, event: Buffered) {
+        if self.buffer.len() < JOINING_BUFFER_MAX {
+            self.buffer.push(event);
+        } else if self.buffer.len() == JOINING_BUFFER_MAX {
+            self.conn.close(CloseReason::SLOW_CONSUMER);
+            // One past the bound marks it closed; nothing more is kept.
+            self.buffer.push(Buffered::Dropped);
+        }
+    }
+}
+
 enum Buffered {
-    Presence { seq: u64, frame: Frame },
+    Presence {
+        seq: u64,
+        frame: Frame,
+    },
     Message(Frame),
+    /// The buffer overflowed here (the connection was closed).
+    Dropped,
 }
 
 struct Hold {
@@ -163,6 +185,17 @@ fn message_frames<'e>(channel: &'e str, event: &'e Event<'_>) -> MessageFrames<'
         event.d.unwrap_or(RawValue::NULL),
         event.metadata(),
     )
+}
+
+/// [`message_frames`] with both variants encoded up front, so no encoding happens under the
+/// local state lock. Still at most two encodings per message.
+fn encoded_message_frames<'e>(channel: &'e str, event: &'e Event<'_>) -> MessageFrames<'e> {
+    let mut frames = message_frames(channel, event);
+    frames.get(false);
+    if event.m.is_some() {
+        frames.get(true);
+    }
+    frames
 }
 
 fn exclusion_of(event: &Event<'_>, node: &str) -> Option<ConnId> {
@@ -248,8 +281,9 @@ impl Local {
         if let Some(joining) = state.joining.remove(&conn.id) {
             if duplicate {
                 for buffered in joining.buffer {
-                    let (Buffered::Presence { frame, .. } | Buffered::Message(frame)) = buffered;
-                    conn.deliver(frame);
+                    if let Buffered::Presence { frame, .. } | Buffered::Message(frame) = buffered {
+                        conn.deliver(frame);
+                    }
                 }
                 let include = joining.include_sender_metadata;
                 state.subscribers.insert(
@@ -275,6 +309,22 @@ impl Local {
         seq: u64,
         roster: &[String],
     ) {
+        // Encoded before the lock is taken; queued under it, right after the ack.
+        let snapshot = conn.receives_presence.then(|| {
+            let members = roster_from_flat(roster, Some(&conn.peer_id));
+            let entries: Vec<PresenceEntry<'_>> = members
+                .iter()
+                .map(|m| PresenceEntry {
+                    peer_id: m.peer_id.as_str(),
+                    metadata: m.metadata.as_deref(),
+                })
+                .collect();
+            frame(encode::presence(channel.as_str(), &entries, &[]))
+        });
+        let known: HashMap<PeerId, Option<Arc<RawValue>>> = roster_from_flat(roster, None)
+            .into_iter()
+            .map(|m| (m.peer_id, m.metadata))
+            .collect();
         let mut channels = lock(&self.channels);
         let Some(state) = channels.get_mut(&(conn.app.clone(), channel.clone())) else {
             return;
@@ -285,23 +335,15 @@ impl Local {
         if let Some(ack) = ack {
             conn.deliver(ack);
         }
-        if conn.receives_presence {
-            let members = roster_from_flat(roster, Some(&conn.peer_id));
-            let entries: Vec<PresenceEntry<'_>> = members
-                .iter()
-                .map(|m| PresenceEntry {
-                    peer_id: m.peer_id.as_str(),
-                    metadata: m.metadata.as_deref(),
-                })
-                .collect();
-            conn.deliver(frame(encode::presence(channel.as_str(), &entries, &[])));
+        if let Some(snapshot) = snapshot {
+            conn.deliver(snapshot);
         }
         for buffered in joining.buffer {
             match buffered {
                 Buffered::Presence { seq: s, frame } if s > seq => {
                     conn.deliver(frame);
                 }
-                Buffered::Presence { .. } => {}
+                Buffered::Presence { .. } | Buffered::Dropped => {}
                 Buffered::Message(frame) => {
                     conn.deliver(frame);
                 }
@@ -316,10 +358,7 @@ impl Local {
             },
         );
         // The roster at `seq` plus every change after it is what subscribers now know.
-        state.known = roster_from_flat(roster, None)
-            .into_iter()
-            .map(|m| (m.peer_id, m.metadata))
-            .collect();
+        state.known = known;
         state.known_seq = seq;
         let recent = if state.joining.is_empty() {
             std::mem::take(&mut state.recent)
@@ -501,17 +540,19 @@ impl Local {
         (removed, app_done)
     }
 
-    /// An event from a channel topic: a message, or a presence delta.
+    /// An event from a channel topic: a message, or a presence delta. The frame is encoded
+    /// before the local state lock is taken: under it, only receivers are looked up and the
+    /// shared bytes enqueued.
     pub fn on_channel_event(&self, app: &str, channel: &str, event: &Event<'_>, node: &str) {
         let key = (AppId::new(app), ChannelName::new(channel));
-        let mut channels = lock(&self.channels);
-        let Some(state) = channels.get_mut(&key) else {
-            return;
-        };
         match event.k.as_ref() {
             "m" => {
                 let excluded = exclusion_of(event, node);
-                let mut frames = message_frames(channel, event);
+                let mut frames = encoded_message_frames(channel, event);
+                let mut channels = lock(&self.channels);
+                let Some(state) = channels.get_mut(&key) else {
+                    return;
+                };
                 for sub in state.subscribers.values() {
                     if Some(sub.conn.id) != excluded {
                         sub.conn.deliver(frames.get(sub.include_sender_metadata));
@@ -519,9 +560,8 @@ impl Local {
                 }
                 for joining in state.joining.values_mut() {
                     if Some(joining.conn.id) != excluded {
-                        joining.buffer.push(Buffered::Message(
-                            frames.get(joining.include_sender_metadata),
-                        ));
+                        let frame = frames.get(joining.include_sender_metadata);
+                        joining.buffer_event(Buffered::Message(frame));
                     }
                 }
             }
@@ -533,17 +573,20 @@ impl Local {
                     peer_id: peer,
                     metadata: event.metadata(),
                 }];
-                let text = if kind == "j" {
+                let delta = frame(if kind == "j" {
                     encode::presence(channel, &entry, &[])
                 } else {
                     encode::presence(channel, &[], &entry)
-                };
+                });
                 let (joined, peer_id) = (kind == "j", PeerId::new(peer));
+                let metadata = event.metadata().map(|m| Arc::from(m.to_owned()));
+                let mut channels = lock(&self.channels);
+                let Some(state) = channels.get_mut(&key) else {
+                    return;
+                };
                 if seq <= state.resync_floor && state.known.contains_key(&peer_id) == joined {
                     return;
                 }
-                let delta = frame(text);
-                let metadata = event.metadata().map(|m| Arc::from(m.to_owned()));
                 if !state.joining.is_empty() {
                     state
                         .recent
@@ -558,7 +601,7 @@ impl Local {
                 }
                 for joining in state.joining.values_mut() {
                     if joining.conn.receives_presence && joining.conn.peer_id.as_str() != peer {
-                        joining.buffer.push(Buffered::Presence {
+                        joining.buffer_event(Buffered::Presence {
                             seq,
                             frame: delta.clone(),
                         });
@@ -608,11 +651,11 @@ impl Local {
         event: &Event<'_>,
         exclude: Option<ConnId>,
     ) {
+        let mut frames = encoded_message_frames(channel.as_str(), event);
         let channels = lock(&self.channels);
         let Some(state) = channels.get(&(app.clone(), channel.clone())) else {
             return;
         };
-        let mut frames = message_frames(channel.as_str(), event);
         for sub in state.subscribers.values() {
             if Some(sub.conn.id) != exclude {
                 sub.conn.deliver(frames.get(sub.include_sender_metadata));

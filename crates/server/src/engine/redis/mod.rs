@@ -23,6 +23,7 @@
 //! See `keys.rs` for the key layout and `scripts.rs` for the scripts.
 
 mod bus;
+mod inbox;
 mod keys;
 mod local;
 mod scripts;
@@ -41,6 +42,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use self::bus::BusCommand;
+use self::inbox::Inbox;
 use self::keys::Keys;
 use self::local::{Local, SubscribeStart};
 use self::scripts::Scripts;
@@ -108,7 +110,13 @@ pub(crate) struct Inner {
     store: Store,
     scripts: Scripts,
     pub(crate) local: Local,
+    /// Subscribe and unsubscribe requests for the bus task. Not bounded by a number, but by
+    /// who sends: a session has one engine operation in flight at a time, and each sends at
+    /// most two commands (the topic and a barrier), as does each reconnect-grace timer; so the
+    /// queue holds at most about two commands per connection and running timer.
     bus: mpsc::UnboundedSender<BusCommand>,
+    /// Pushes from Redis waiting for the bus task, bounded (`engine.bus_queue_*`).
+    inbox: Arc<Inbox>,
     /// The pub/sub listener is up and subscribed.
     bus_up: AtomicBool,
     /// The last maintenance round reached Redis.
@@ -171,6 +179,10 @@ impl RedisEngine {
             scripts: Scripts::new(),
             local: Local::default(),
             bus: bus_tx,
+            inbox: Arc::new(Inbox::new(
+                config.bus_queue_messages,
+                config.bus_queue_bytes,
+            )),
             bus_up: AtomicBool::new(false),
             redis_ok: AtomicBool::new(false),
             needs_reassert: AtomicBool::new(true),
@@ -654,6 +666,22 @@ impl Inner {
         let until = from + Duration::from_millis(self.lease_ms.max(5_000) * 3);
         *lock(&self.resync_window) = Some((from, until));
         self.mark_trouble();
+        self.wake_maintenance.notify_one();
+    }
+
+    /// The bus shed pushes and has caught up since: deltas may be lost, so local rosters are
+    /// re-synced with Redis for a couple of maintenance rounds, starting now. (No re-assert:
+    /// Redis lost nothing; only this node's view did.)
+    pub(crate) fn bus_gap(&self) {
+        let now = std::time::Instant::now();
+        let until = now + 2 * maintenance_period(self.lease_ms);
+        {
+            let mut window = lock(&self.resync_window);
+            *window = Some(match *window {
+                Some((from, end)) if end > now => (from, end.max(until)),
+                _ => (now, until),
+            });
+        }
         self.wake_maintenance.notify_one();
     }
 
@@ -1181,6 +1209,7 @@ impl Engine for RedisEngine {
         EngineStats {
             channels: self.inner.local.channel_count(),
             subscriptions: self.inner.subscriptions.load(Ordering::Relaxed),
+            bus_queue: self.inner.inbox.stats(),
         }
     }
 
