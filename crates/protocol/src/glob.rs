@@ -37,6 +37,72 @@ pub struct Pattern {
     runs: Vec<String>,
     has_star: bool,
     has_double_star: bool,
+    nfa: BitNfa,
+}
+
+/// Bit masks over token positions for the bit-parallel matcher: position `i` (bit `i`) is
+/// "the first `i` tokens are consumed".
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BitNfa {
+    words: usize,
+    /// Distinct literal characters, sorted; `literal` holds one mask of `words` per entry.
+    chars: Vec<char>,
+    literal: Vec<u64>,
+    double_star: Vec<u64>,
+    /// Positions holding `*` or `**`.
+    wild: Vec<u64>,
+}
+
+impl BitNfa {
+    fn new(tokens: &[Token]) -> BitNfa {
+        let words = (tokens.len() + 1).div_ceil(64);
+        let mut chars: Vec<char> = tokens
+            .iter()
+            .filter_map(|t| match t {
+                Token::Literal(c) => Some(*c),
+                _ => None,
+            })
+            .collect();
+        chars.sort_unstable();
+        chars.dedup();
+        let mut nfa = BitNfa {
+            words,
+            literal: vec![0; chars.len() * words],
+            chars,
+            double_star: vec![0; words],
+            wild: vec![0; words],
+        };
+        for (i, token) in tokens.iter().enumerate() {
+            let (word, bit) = (i / 64, 1u64 << (i % 64));
+            match token {
+                Token::Literal(c) => {
+                    if let Ok(k) = nfa.chars.binary_search(c) {
+                        nfa.literal[k * words + word] |= bit;
+                    }
+                }
+                Token::Star => nfa.wild[word] |= bit,
+                Token::DoubleStar => {
+                    nfa.wild[word] |= bit;
+                    nfa.double_star[word] |= bit;
+                }
+            }
+        }
+        nfa
+    }
+
+    /// Lets active wildcards match the empty string (they are never adjacent, so one step
+    /// suffices). Returns false when no position is active.
+    fn close(&self, state: &mut [u64]) -> bool {
+        let mut carry = 0;
+        let mut any = 0;
+        for (word, wild) in state.iter_mut().zip(&self.wild) {
+            let open = *word & wild;
+            *word |= (open << 1) | carry;
+            carry = open >> 63;
+            any |= *word;
+        }
+        any != 0
+    }
 }
 
 /// Most wildcard tokens a subscribe pattern may have (see [`Pattern::wildcard_count`]).
@@ -86,6 +152,7 @@ impl Pattern {
             source,
             has_star: tokens.contains(&Token::Star),
             has_double_star: tokens.contains(&Token::DoubleStar),
+            nfa: BitNfa::new(&tokens),
             tokens,
             runs,
         }
@@ -216,26 +283,38 @@ impl Pattern {
         true
     }
 
+    /// The token NFA run bit-parallel: one bit per position, a few word operations per char.
     fn nfa_matches(&self, channel: &str) -> bool {
-        let tokens = &self.tokens;
-        let mut cur = vec![false; tokens.len() + 1];
-        let mut next = vec![false; tokens.len() + 1];
-        add_closed(tokens, 0, |i| cur[i] = true);
+        let nfa = &self.nfa;
+        let words = nfa.words;
+        let mut cur = vec![0u64; words];
+        let mut next = vec![0u64; words];
+        cur[0] = 1;
+        nfa.close(&mut cur);
         for c in channel.chars() {
-            next.fill(false);
-            let mut alive = false;
-            for (pos, _) in cur.iter().enumerate().filter(|(_, on)| **on) {
-                if let Some(to) = advance(tokens, pos, c) {
-                    add_closed(tokens, to, |i| next[i] = true);
-                    alive = true;
-                }
+            let literal = nfa
+                .chars
+                .binary_search(&c)
+                .ok()
+                .map(|k| &nfa.literal[k * words..(k + 1) * words]);
+            let mut carry = 0;
+            for i in 0..words {
+                let moved = literal.map_or(0, |m| cur[i] & m[i]);
+                let stays = if c == '/' {
+                    nfa.double_star[i]
+                } else {
+                    nfa.wild[i]
+                };
+                next[i] = (moved << 1) | carry | (cur[i] & stays);
+                carry = moved >> 63;
             }
-            if !alive {
+            if !nfa.close(&mut next) {
                 return false;
             }
             std::mem::swap(&mut cur, &mut next);
         }
-        cur[tokens.len()]
+        let end = self.tokens.len();
+        cur[end / 64] & (1 << (end % 64)) != 0
     }
 
     /// Language inclusion: true iff every string matched by `self` is also matched by `other`.

@@ -54,6 +54,15 @@ pub struct Limits {
     pub connect_window_secs: u64,
     /// Loopback clients skip the per-IP limit (local tools, tests, a reverse proxy on the host).
     pub connect_limit_exempt_loopback: bool,
+
+    // Wildcard subscriptions (issue 11): each costs matching work on publishes, so they are
+    // capped apart from exact ones. Over a cap: `channel_limit_exceeded`, connection stays open.
+    /// Wildcard subscriptions one connection may hold (they count toward
+    /// `max_channels_per_connection` too).
+    pub max_wildcard_subscriptions_per_connection: usize,
+    /// Distinct wildcard patterns one app may have on this node (identical patterns of many
+    /// connections count once). Bounds what one publish can cost in pattern matching.
+    pub max_wildcard_patterns_per_app: usize,
 }
 
 /// Timers (spec §8.1, §15).
@@ -257,6 +266,8 @@ impl Default for Limits {
             connect_attempts_per_ip: 60,
             connect_window_secs: 60,
             connect_limit_exempt_loopback: true,
+            max_wildcard_subscriptions_per_connection: 16,
+            max_wildcard_patterns_per_app: 1000,
         }
     }
 }
@@ -382,6 +393,18 @@ impl Config {
         }
         if l.connect_attempts_per_ip > 0 && l.connect_window_secs == 0 {
             return Err(invalid("limits.connect_window_secs", "must be at least 1"));
+        }
+        if l.max_wildcard_subscriptions_per_connection == 0 {
+            return Err(invalid(
+                "limits.max_wildcard_subscriptions_per_connection",
+                "must be at least 1 (turn wildcards off with wildcard_subscriptions = false)",
+            ));
+        }
+        if l.max_wildcard_patterns_per_app == 0 {
+            return Err(invalid(
+                "limits.max_wildcard_patterns_per_app",
+                "must be at least 1",
+            ));
         }
         let t = &self.timing;
         if t.ping_interval_secs == 0 {
