@@ -216,7 +216,12 @@ impl Pattern {
             });
             match end {
                 Some(slash) => start = slash + 1,
-                None => return Layout { segments, rest: None },
+                None => {
+                    return Layout {
+                        segments,
+                        rest: None,
+                    }
+                }
             }
         }
     }
@@ -1177,5 +1182,4 @@ mod tests {
             }
         }
     }
-
 }

@@ -434,8 +434,15 @@ impl Session {
                     "pattern has too many wildcards",
                 ));
             }
-            let limit = self.state.config.limits.max_wildcard_subscriptions_per_connection;
-            let held = self.subscriptions.iter().filter(|n| has_wildcard(n.as_str()));
+            let limit = self
+                .state
+                .config
+                .limits
+                .max_wildcard_subscriptions_per_connection;
+            let held = self
+                .subscriptions
+                .iter()
+                .filter(|n| has_wildcard(n.as_str()));
             if !self.subscriptions.contains(channel.as_str()) && held.count() >= limit {
                 return Err(OpError(
                     ErrorCode::ChannelLimitExceeded,

@@ -286,8 +286,10 @@ impl MemoryEngine {
         }
         // A connection gets a publication once, however many of its subscriptions match, and
         // not again through a pattern when it subscribes to the channel itself.
-        self.patterns
-            .for_each_match(p.app, p.channel.as_str(), |conn, include_sender_metadata| {
+        self.patterns.for_each_match(
+            p.app,
+            p.channel.as_str(),
+            |conn, include_sender_metadata| {
                 if Some(conn.id) == excluded
                     || state
                         .as_ref()
@@ -298,7 +300,8 @@ impl MemoryEngine {
                 if conn.deliver(frames.get(include_sender_metadata)) == Delivery::Queued {
                     delivered += 1;
                 }
-            });
+            },
+        );
         delivered
     }
 }

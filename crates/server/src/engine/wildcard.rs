@@ -94,7 +94,11 @@ impl Node {
                 }
             }
             Segment::Glob(glob) => {
-                if self.globs.get(glob.as_str()).is_some_and(|(_, n)| n.is_empty()) {
+                if self
+                    .globs
+                    .get(glob.as_str())
+                    .is_some_and(|(_, n)| n.is_empty())
+                {
                     self.globs.remove(glob.as_str());
                 }
             }
@@ -489,9 +493,24 @@ mod tests {
         let index = WildcardIndex::default();
         let (a, b, c) = (conn(1), conn(2), conn(3));
         assert_eq!(add(&index, &a, "room/*"), Added::New { first_of_app: true });
-        assert_eq!(add(&index, &a, "room/**"), Added::New { first_of_app: false });
-        assert_eq!(add(&index, &b, "room/r-*"), Added::New { first_of_app: false });
-        assert_eq!(add(&index, &c, "**/t"), Added::New { first_of_app: false });
+        assert_eq!(
+            add(&index, &a, "room/**"),
+            Added::New {
+                first_of_app: false
+            }
+        );
+        assert_eq!(
+            add(&index, &b, "room/r-*"),
+            Added::New {
+                first_of_app: false
+            }
+        );
+        assert_eq!(
+            add(&index, &c, "**/t"),
+            Added::New {
+                first_of_app: false
+            }
+        );
         assert_eq!(add(&index, &a, "room/*"), Added::Duplicate);
         assert_eq!(matched(&index, "room/r-1"), vec![a.id, b.id]);
         assert_eq!(matched(&index, "room/x/t"), vec![a.id, c.id]);
@@ -507,9 +526,15 @@ mod tests {
         let app = AppId::new("app".to_string());
         let name = ChannelName::new("x/*/y".to_string());
         let p = Pattern::parse("x/*/y");
-        assert!(matches!(index.add(&a, &name, &p, false, 1, |_| {}), Added::New { .. }));
+        assert!(matches!(
+            index.add(&a, &name, &p, false, 1, |_| {}),
+            Added::New { .. }
+        ));
         // Same pattern: no new distinct pattern, so the cap of 1 does not refuse it.
-        assert!(matches!(index.add(&b, &name, &p, true, 1, |_| {}), Added::New { .. }));
+        assert!(matches!(
+            index.add(&b, &name, &p, true, 1, |_| {}),
+            Added::New { .. }
+        ));
         let other = ChannelName::new("x/**".to_string());
         let refused = index.add(&a, &other, &Pattern::parse("x/**"), false, 1, |_| {});
         assert_eq!(refused, Added::PatternLimit);
