@@ -69,6 +69,14 @@ pub struct Limits {
     /// Sources the connect-attempt limiter tracks per window. When full, sources not in the
     /// table are let through uncounted (fail open; see ARCHITECTURE.md).
     pub connect_limiter_max_entries: usize,
+    // Wildcard subscriptions (issue 11): each costs matching work on publishes, so they are
+    // capped apart from exact ones. Over a cap: `channel_limit_exceeded`, connection stays open.
+    /// Wildcard subscriptions one connection may hold (they count toward
+    /// `max_channels_per_connection` too).
+    pub max_wildcard_subscriptions_per_connection: usize,
+    /// Distinct wildcard patterns one app may have on this node (identical patterns of many
+    /// connections count once). Bounds what one publish can cost in pattern matching.
+    pub max_wildcard_patterns_per_app: usize,
 }
 
 /// Timers (spec §8.1, §15).
@@ -286,6 +294,8 @@ impl Default for Limits {
             http_idle_timeout_secs: 60,
             max_connections_per_ip: 256,
             connect_limiter_max_entries: 100_000,
+            max_wildcard_subscriptions_per_connection: 16,
+            max_wildcard_patterns_per_app: 1000,
         }
     }
 }
@@ -427,6 +437,18 @@ impl Config {
         if l.connect_limiter_max_entries == 0 {
             return Err(invalid(
                 "limits.connect_limiter_max_entries",
+                "must be at least 1",
+            ));
+        }
+        if l.max_wildcard_subscriptions_per_connection == 0 {
+            return Err(invalid(
+                "limits.max_wildcard_subscriptions_per_connection",
+                "must be at least 1 (turn wildcards off with wildcard_subscriptions = false)",
+            ));
+        }
+        if l.max_wildcard_patterns_per_app == 0 {
+            return Err(invalid(
+                "limits.max_wildcard_patterns_per_app",
                 "must be at least 1",
             ));
         }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::auth::{AuthError, Identity};
 use crate::conn::{CloseReason, Conn, Frame, Outbound};
-use crate::engine::{Departure, Direct, Publication, SubscribeRequest, Target};
+use crate::engine::{Departure, Direct, EngineError, Publication, SubscribeRequest, Target};
 use crate::ids::{ChannelName, PeerId};
 use crate::limits::TokenBucket;
 use crate::metrics::Metrics;
@@ -427,6 +427,28 @@ impl Session {
                 ));
             }
             let pattern = Pattern::parse(&channel);
+            // Refused before the scope check, whose cost grows with the wildcard count.
+            if pattern.is_too_complex() {
+                return Err(OpError(
+                    ErrorCode::InvalidChannel,
+                    "pattern has too many wildcards",
+                ));
+            }
+            let limit = self
+                .state
+                .config
+                .limits
+                .max_wildcard_subscriptions_per_connection;
+            let held = self
+                .subscriptions
+                .iter()
+                .filter(|n| has_wildcard(n.as_str()));
+            if !self.subscriptions.contains(channel.as_str()) && held.count() >= limit {
+                return Err(OpError(
+                    ErrorCode::ChannelLimitExceeded,
+                    "too many wildcard subscriptions on this connection",
+                ));
+            }
             if !self.identity.access.allows_pattern(&pattern) {
                 return Err(OpError(
                     ErrorCode::ChannelNotAuthorized,
@@ -457,12 +479,19 @@ impl Session {
             target,
             include_sender_metadata,
             ack: request_id.map(|id| encode::ack(id).into()),
+            max_app_patterns: self.state.config.limits.max_wildcard_patterns_per_app,
         };
         self.state
             .engine
             .subscribe(request)
             .await
-            .map_err(|_| backend_error())?;
+            .map_err(|err| match err {
+                EngineError::PatternLimit => OpError(
+                    ErrorCode::ChannelLimitExceeded,
+                    "too many distinct wildcard patterns in this app",
+                ),
+                EngineError::Unavailable(_) => backend_error(),
+            })?;
         self.subscriptions.insert(name);
         Ok(Acked::Done)
     }

@@ -1,6 +1,7 @@
 //! The in-memory engine: presence and fan-out for one node, with no external dependencies.
 //!
-//! Lock order (never reversed): channel map shard → channel state → pattern table. Locks are
+//! Lock order (never reversed): channel map shard → channel state → an app's wildcard index
+//! (see `wildcard.rs`). Locks are
 //! std mutexes held for short, non-async sections; delivery inside them is a non-blocking
 //! `Conn::deliver` (a push under the connection queue's leaf lock), so holding a channel lock
 //! while enqueueing is cheap and is what makes presence ordering atomic.
@@ -9,13 +10,14 @@ use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use herald_protocol::glob::{has_wildcard, Pattern};
 use herald_protocol::{encode, PresenceEntry};
 use serde_json::value::RawValue;
 
+use super::wildcard::{Added, WildcardIndex};
 use super::{
     ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, MessageFrames,
     Publication, SubscribeRequest, Target,
@@ -50,20 +52,12 @@ struct MemberState {
     metadata: Option<Arc<RawValue>>,
 }
 
-/// A wildcard subscription: receives messages of matching channels, never presence deltas.
-struct PatternSub {
-    conn: Arc<Conn>,
-    name: ChannelName,
-    pattern: Pattern,
-    include_sender_metadata: bool,
-}
-
 /// The default single-node engine.
 pub struct MemoryEngine {
     channels: Vec<Mutex<HashMap<ChannelKey, Arc<Mutex<ChannelState>>>>>,
     peers: Vec<Mutex<HashMap<PeerKey, Vec<Arc<Conn>>>>>,
-    /// Wildcard subscriptions per app. Read on every publish of an app that has any.
-    patterns: RwLock<HashMap<AppId, Vec<PatternSub>>>,
+    /// Wildcard subscriptions (messages of matching channels, never presence deltas).
+    patterns: WildcardIndex,
     subscriptions: AtomicUsize,
 }
 
@@ -95,7 +89,7 @@ impl MemoryEngine {
         MemoryEngine {
             channels: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             peers: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            patterns: RwLock::new(HashMap::new()),
+            patterns: WildcardIndex::default(),
             subscriptions: AtomicUsize::new(0),
         }
     }
@@ -184,32 +178,36 @@ impl MemoryEngine {
         }
     }
 
-    fn subscribe_pattern(&self, req: SubscribeRequest<'_>, pattern: Pattern) -> bool {
+    fn subscribe_pattern(
+        &self,
+        req: SubscribeRequest<'_>,
+        pattern: Pattern,
+    ) -> Result<bool, EngineError> {
         let conn = req.conn;
-        if let Some(ack) = req.ack.clone() {
-            conn.deliver(ack);
+        let added = self.patterns.add(
+            conn,
+            req.channel,
+            &pattern,
+            req.include_sender_metadata,
+            req.max_app_patterns,
+            |_| {
+                if let Some(ack) = req.ack.clone() {
+                    conn.deliver(ack);
+                }
+                // The mandatory snapshot of a pattern subscription is empty (spec §9.4).
+                if conn.receives_presence {
+                    conn.deliver(frame(encode::presence(req.channel.as_str(), &[], &[])));
+                }
+            },
+        );
+        if added == Added::PatternLimit {
+            return Err(EngineError::PatternLimit);
         }
-        // The mandatory snapshot of a pattern subscription is empty (spec §9.4).
-        if conn.receives_presence {
-            conn.deliver(frame(encode::presence(req.channel.as_str(), &[], &[])));
+        let is_new = matches!(added, Added::New { .. });
+        if is_new {
+            self.subscriptions.fetch_add(1, Ordering::Relaxed);
         }
-        let mut patterns = self.patterns.write().unwrap_or_else(|p| p.into_inner());
-        let subs = patterns.entry(conn.app.clone()).or_default();
-        if let Some(existing) = subs
-            .iter_mut()
-            .find(|s| s.conn.id == conn.id && s.name == *req.channel)
-        {
-            existing.include_sender_metadata = req.include_sender_metadata;
-            return false;
-        }
-        subs.push(PatternSub {
-            conn: conn.clone(),
-            name: req.channel.clone(),
-            pattern,
-            include_sender_metadata: req.include_sender_metadata,
-        });
-        self.subscriptions.fetch_add(1, Ordering::Relaxed);
-        true
+        Ok(is_new)
     }
 
     /// `announce` is false only while the node shuts down: everyone is leaving, and a `left` for
@@ -253,16 +251,7 @@ impl MemoryEngine {
     }
 
     fn unsubscribe_pattern(&self, conn: &Conn, name: &ChannelName) -> bool {
-        let mut patterns = self.patterns.write().unwrap_or_else(|p| p.into_inner());
-        let Some(subs) = patterns.get_mut(&conn.app) else {
-            return false;
-        };
-        let before = subs.len();
-        subs.retain(|s| !(s.conn.id == conn.id && s.name == *name));
-        let removed = subs.len() < before;
-        if subs.is_empty() {
-            patterns.remove(&conn.app);
-        }
+        let removed = self.patterns.remove(conn, name, || {}).removed;
         if removed {
             self.subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
@@ -295,27 +284,24 @@ impl MemoryEngine {
                 }
             }
         }
-        let patterns = self.patterns.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(subs) = patterns.get(p.app) {
-            // A connection gets a publication once, however many of its subscriptions match.
-            let mut reached: Vec<ConnId> = Vec::new();
-            for sub in subs {
-                let id = sub.conn.id;
-                if Some(id) == excluded
-                    || reached.contains(&id)
+        // A connection gets a publication once, however many of its subscriptions match, and
+        // not again through a pattern when it subscribes to the channel itself.
+        self.patterns.for_each_match(
+            p.app,
+            p.channel.as_str(),
+            |conn, include_sender_metadata| {
+                if Some(conn.id) == excluded
                     || state
                         .as_ref()
-                        .is_some_and(|s| s.subscribers.contains_key(&id))
-                    || !sub.pattern.matches(p.channel.as_str())
+                        .is_some_and(|s| s.subscribers.contains_key(&conn.id))
                 {
-                    continue;
+                    return;
                 }
-                reached.push(id);
-                if sub.conn.deliver(frames.get(sub.include_sender_metadata)) == Delivery::Queued {
+                if conn.deliver(frames.get(include_sender_metadata)) == Delivery::Queued {
                     delivered += 1;
                 }
-            }
-        }
+            },
+        );
         delivered
     }
 }
@@ -357,7 +343,7 @@ impl Engine for MemoryEngine {
     async fn subscribe(&self, req: SubscribeRequest<'_>) -> Result<bool, EngineError> {
         Ok(match req.target.clone() {
             Target::Channel => self.subscribe_channel(req),
-            Target::Pattern(pattern) => self.subscribe_pattern(req, pattern),
+            Target::Pattern(pattern) => self.subscribe_pattern(req, pattern)?,
         })
     }
 
@@ -460,14 +446,13 @@ impl Engine for MemoryEngine {
                 });
             }
         }
-        let patterns = self.patterns.read().unwrap_or_else(|p| p.into_inner());
-        let mut pattern_counts: HashMap<&ChannelName, usize> = HashMap::new();
-        for sub in patterns.get(app).into_iter().flatten() {
-            *pattern_counts.entry(&sub.name).or_default() += 1;
+        let mut pattern_counts: HashMap<ChannelName, usize> = HashMap::new();
+        for (_, name) in self.patterns.subscriptions(app) {
+            *pattern_counts.entry(name).or_default() += 1;
         }
         for (name, subscribers) in pattern_counts {
             out.push(ChannelSummary {
-                channel: name.clone(),
+                channel: name,
                 members: 0,
                 subscribers,
             });
@@ -502,12 +487,8 @@ impl Engine for MemoryEngine {
                 }
             }
         }
-        let patterns = self.patterns.read().unwrap_or_else(|p| p.into_inner());
-        for sub in patterns.get(app).into_iter().flatten() {
-            channels
-                .entry(sub.conn.id)
-                .or_default()
-                .push(sub.name.clone());
+        for (id, name) in self.patterns.subscriptions(app) {
+            channels.entry(id).or_default().push(name);
         }
         super::with_channels(conns, channels)
     }

@@ -8,6 +8,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod wildcard;
 
 use std::sync::Arc;
 
@@ -23,6 +24,10 @@ use crate::ids::{AppId, ChannelName, PeerId};
 pub enum EngineError {
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+    /// A wildcard subscribe would exceed the app's distinct-pattern cap on this node
+    /// (`channel_limit_exceeded` on the wire).
+    #[error("too many distinct wildcard patterns in this app")]
+    PatternLimit,
 }
 
 /// How a connection ended, as far as presence is concerned.
@@ -53,6 +58,9 @@ pub struct SubscribeRequest<'a> {
     pub include_sender_metadata: bool,
     /// The `ack` to enqueue first, when the client sent a requestId.
     pub ack: Option<Frame>,
+    /// Distinct wildcard patterns the app may hold on this node; a pattern new to the app beyond
+    /// it is refused with [`EngineError::PatternLimit`] (nothing enqueued).
+    pub max_app_patterns: usize,
 }
 
 /// A publication to one concrete channel.

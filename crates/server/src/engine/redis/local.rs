@@ -1,7 +1,8 @@
 //! The node-local half of the Redis engine: which local connections subscribe to what, the
 //! node's presence holds, the local peer registry, and delivery of events from the bus.
 //!
-//! Lock order: channels, then patterns; the peer registry is never held with either. The
+//! Lock order: channels, then an app's wildcard index (`engine/wildcard.rs`, which matching
+//! takes without the channels lock); the peer registry is never held with either. The
 //! engine's index lock may be held while taking any of them (never the reverse). Every
 //! section is short and synchronous; delivery is a non-blocking enqueue.
 
@@ -20,7 +21,8 @@ use super::keys::Keys;
 use super::stored_metadata;
 use super::wire::Event;
 use crate::conn::{CloseReason, Conn, Delivery, Frame};
-use crate::engine::{ChannelSummary, Departure, Member, MessageFrames};
+use crate::engine::wildcard::{Added, WildcardIndex};
+use crate::engine::{ChannelSummary, Departure, EngineError, Member, MessageFrames};
 use crate::ids::{AppId, ChannelName, ConnId, PeerId};
 use crate::sync::lock;
 
@@ -31,7 +33,7 @@ type PeerKey = (AppId, PeerId);
 pub struct Local {
     channels: Mutex<HashMap<ChannelKey, LocalChannel>>,
     peers: Mutex<HashMap<PeerKey, Vec<Arc<Conn>>>>,
-    patterns: Mutex<HashMap<AppId, Vec<PatternSub>>>,
+    patterns: WildcardIndex,
     generation: AtomicU64,
 }
 
@@ -111,13 +113,6 @@ struct Hold {
     metadata: Option<Arc<RawValue>>,
     /// Set while a dropped peer's hold waits out the reconnect grace.
     pending_leave: Option<u64>,
-}
-
-struct PatternSub {
-    conn: Arc<Conn>,
-    name: ChannelName,
-    pattern: Pattern,
-    include_sender_metadata: bool,
 }
 
 /// What a subscribe must wait for before it may read the roster.
@@ -487,36 +482,38 @@ impl Local {
             .is_some_and(|s| s.subscribers.contains_key(&conn.id))
     }
 
-    /// Adds a wildcard subscription; the first of an app makes the node listen to the app.
+    /// Adds a wildcard subscription; the first of an app makes the node listen to the app. A
+    /// pattern new to the app beyond `max_app_patterns` is refused.
     pub fn add_pattern(
         &self,
         conn: &Arc<Conn>,
         name: &ChannelName,
         pattern: Pattern,
         include_sender_metadata: bool,
+        max_app_patterns: usize,
         bus: &mpsc::UnboundedSender<BusCommand>,
-    ) -> (bool, Option<oneshot::Receiver<bool>>) {
-        let mut patterns = lock(&self.patterns);
-        let subs = patterns.entry(conn.app.clone()).or_default();
-        if subs.is_empty() {
-            let _ = bus.send(BusCommand::App(conn.app.as_str().to_string(), true));
-        }
-        let (tx, rx) = oneshot::channel();
-        let _ = bus.send(BusCommand::Barrier(tx));
-        if let Some(existing) = subs
-            .iter_mut()
-            .find(|s| s.conn.id == conn.id && s.name == *name)
-        {
-            existing.include_sender_metadata = include_sender_metadata;
-            return (false, Some(rx));
-        }
-        subs.push(PatternSub {
-            conn: conn.clone(),
-            name: name.clone(),
-            pattern,
+    ) -> Result<(bool, Option<oneshot::Receiver<bool>>), EngineError> {
+        let mut confirm = None;
+        let added = self.patterns.add(
+            conn,
+            name,
+            &pattern,
             include_sender_metadata,
-        });
-        (true, Some(rx))
+            max_app_patterns,
+            |first_of_app| {
+                if first_of_app {
+                    let _ = bus.send(BusCommand::App(conn.app.as_str().to_string(), true));
+                }
+                let (tx, rx) = oneshot::channel();
+                let _ = bus.send(BusCommand::Barrier(tx));
+                confirm = Some(rx);
+            },
+        );
+        match added {
+            Added::PatternLimit => Err(EngineError::PatternLimit),
+            Added::Duplicate => Ok((false, confirm)),
+            Added::New { .. } => Ok((true, confirm)),
+        }
     }
 
     pub fn remove_pattern(
@@ -525,19 +522,10 @@ impl Local {
         name: &ChannelName,
         bus: &mpsc::UnboundedSender<BusCommand>,
     ) -> (bool, bool) {
-        let mut patterns = lock(&self.patterns);
-        let Some(subs) = patterns.get_mut(&conn.app) else {
-            return (false, false);
-        };
-        let before = subs.len();
-        subs.retain(|s| !(s.conn.id == conn.id && s.name == *name));
-        let removed = subs.len() < before;
-        let app_done = subs.is_empty();
-        if app_done {
-            patterns.remove(&conn.app);
+        let removed = self.patterns.remove(conn, name, || {
             let _ = bus.send(BusCommand::App(conn.app.as_str().to_string(), false));
-        }
-        (removed, app_done)
+        });
+        (removed.removed, removed.app_empty)
     }
 
     /// An event from a channel topic: a message, or a presence delta. The frame is encoded
@@ -619,27 +607,31 @@ impl Local {
             return;
         }
         let excluded = exclusion_of(event, node);
-        let key = (AppId::new(app), ChannelName::new(channel));
-        let channels = lock(&self.channels);
-        let exact = channels.get(&key);
-        let patterns = lock(&self.patterns);
-        let Some(subs) = patterns.get(&key.0) else {
+        let app = AppId::new(app);
+        // Matched under the app's index lock only; the node-wide channels lock is taken after,
+        // just to drop connections that get the message from the channel topic themselves.
+        let mut matched: Vec<(Arc<Conn>, bool)> = Vec::new();
+        self.patterns
+            .for_each_match(&app, channel, |conn, include_sender_metadata| {
+                if Some(conn.id) != excluded {
+                    matched.push((conn.clone(), include_sender_metadata));
+                }
+            });
+        if matched.is_empty() {
             return;
-        };
-        let mut frames = message_frames(channel, event);
-        let mut reached: Vec<ConnId> = Vec::new();
-        for sub in subs {
-            let id = sub.conn.id;
-            if Some(id) == excluded
-                || reached.contains(&id)
-                || exact
-                    .is_some_and(|s| s.subscribers.contains_key(&id) || s.joining.contains_key(&id))
-                || !sub.pattern.matches(channel)
-            {
-                continue;
+        }
+        {
+            let channels = lock(&self.channels);
+            if let Some(exact) = channels.get(&(app, ChannelName::new(channel))) {
+                matched.retain(|(conn, _)| {
+                    !exact.subscribers.contains_key(&conn.id)
+                        && !exact.joining.contains_key(&conn.id)
+                });
             }
-            reached.push(id);
-            sub.conn.deliver(frames.get(sub.include_sender_metadata));
+        }
+        let mut frames = message_frames(channel, event);
+        for (conn, include_sender_metadata) in matched {
+            conn.deliver(frames.get(include_sender_metadata));
         }
     }
 
@@ -778,8 +770,9 @@ impl Local {
 
     /// Apps with local wildcard subscribers.
     pub fn pattern_apps(&self) -> Vec<String> {
-        lock(&self.patterns)
-            .keys()
+        self.patterns
+            .apps()
+            .into_iter()
             .map(|app| app.as_str().to_string())
             .collect()
     }
@@ -848,8 +841,8 @@ impl Local {
             })
             .collect();
         let mut pattern_counts: HashMap<ChannelName, usize> = HashMap::new();
-        for sub in lock(&self.patterns).get(app).into_iter().flatten() {
-            *pattern_counts.entry(sub.name.clone()).or_default() += 1;
+        for (_, name) in self.patterns.subscriptions(app) {
+            *pattern_counts.entry(name).or_default() += 1;
         }
         out.extend(
             pattern_counts
@@ -882,11 +875,8 @@ impl Local {
                 }
             }
         }
-        for sub in lock(&self.patterns).get(app).into_iter().flatten() {
-            by_conn
-                .entry(sub.conn.id)
-                .or_default()
-                .push(sub.name.clone());
+        for (id, name) in self.patterns.subscriptions(app) {
+            by_conn.entry(id).or_default().push(name);
         }
         crate::engine::with_channels(conns, by_conn)
     }

@@ -1015,8 +1015,9 @@ impl Engine for RedisEngine {
                 req.channel,
                 pattern,
                 req.include_sender_metadata,
+                req.max_app_patterns,
                 &inner.bus,
-            );
+            )?;
             if let Some(confirm) = confirm {
                 await_confirm(confirm).await?;
             }
