@@ -375,7 +375,16 @@ pub fn has_wildcard(src: &str) -> bool {
 /// Conservative: answers `false` if a search bound ([`MAX_PRODUCT_STATES`],
 /// [`MAX_INCLUSION_WORK`]) is hit, so an authorisation check built on it can only under-grant.
 pub fn is_covered_by(p: &Pattern, set: &[Pattern]) -> bool {
-    check_inclusion(p, set) == Inclusion::Included
+    covered_with_work(p, set).0
+}
+
+/// [`is_covered_by`], plus the work units the check spent (0 on its fast paths, at most about
+/// [`MAX_INCLUSION_WORK`]). A caller on a request path charges that work to the requester, so a
+/// client that makes the server search hard pays for it in its own rate budget.
+pub fn covered_with_work(p: &Pattern, set: &[Pattern]) -> (bool, usize) {
+    let mut work = 0;
+    let included = check_inclusion_counting(p, set, &mut work) == Inclusion::Included;
+    (included, work)
 }
 
 /// Upper bound on product states explored by [`is_covered_by`].
@@ -587,7 +596,12 @@ impl<'a> Product<'a> {
 /// one input prefix; a state where `p` accepts but no member does is a counterexample. The
 /// alphabet is abstracted to `/`, each literal character of the involved patterns, and one fresh
 /// character standing for all others, which is exact because no token distinguishes the latter.
+#[cfg(test)]
 fn check_inclusion(p: &Pattern, set: &[Pattern]) -> Inclusion {
+    check_inclusion_counting(p, set, &mut 0)
+}
+
+fn check_inclusion_counting(p: &Pattern, set: &[Pattern], work: &mut usize) -> Inclusion {
     if let Some(word) = p.literal() {
         return if set.iter().any(|q| q.matches(&word)) {
             Inclusion::Included
@@ -626,7 +640,6 @@ fn check_inclusion(p: &Pattern, set: &[Pattern]) -> Inclusion {
     let mut queue = VecDeque::new();
 
     let start = product.start();
-    let mut work = 0usize;
     seen.insert(start.clone());
     states.push(start);
     parents.push(None);
@@ -642,12 +655,12 @@ fn check_inclusion(p: &Pattern, set: &[Pattern]) -> Inclusion {
         }
         let successors: Vec<(Bits, char)> = alphabet
             .iter()
-            .map(|&c| (product.step(cur, c, &mut work), c))
+            .map(|&c| (product.step(cur, c, work), c))
             .filter(|(next, _)| product.p_alive(next))
             .collect();
         for (next, c) in successors {
-            work += product.words;
-            if work > MAX_INCLUSION_WORK {
+            *work += product.words;
+            if *work > MAX_INCLUSION_WORK {
                 return Inclusion::Unknown;
             }
             if seen.contains(&next) {

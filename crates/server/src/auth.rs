@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use herald_protocol::claims::ClaimsError;
-use herald_protocol::glob::{has_wildcard, is_covered_by, Pattern};
+use herald_protocol::glob::{covered_with_work, has_wildcard, is_covered_by, Pattern};
 use herald_protocol::jwt::{JwtError, UnverifiedToken};
 use herald_protocol::{Action, ActionSet, CloseCode};
 use percent_encoding::percent_decode_str;
@@ -139,11 +139,24 @@ impl Access {
 
     /// A wildcard subscription must be included (as a language) in both pattern sets.
     pub fn allows_pattern(&self, pattern: &Pattern) -> bool {
-        is_covered_by(pattern, &self.key_patterns)
-            && self
-                .claim_patterns
-                .as_ref()
-                .is_none_or(|claims| is_covered_by(pattern, claims))
+        self.check_pattern(pattern).0
+    }
+
+    /// [`Access::allows_pattern`], plus the inclusion-search work it spent (for the caller to
+    /// charge to the connection: see `glob::covered_with_work`).
+    pub fn check_pattern(&self, pattern: &Pattern) -> (bool, usize) {
+        let (in_key, mut work) = covered_with_work(pattern, &self.key_patterns);
+        if !in_key {
+            return (false, work);
+        }
+        match &self.claim_patterns {
+            None => (true, work),
+            Some(claims) => {
+                let (in_claims, more) = covered_with_work(pattern, claims);
+                work += more;
+                (in_claims, work)
+            }
+        }
     }
 
     /// The key's own patterns (for REST scope checks).

@@ -30,6 +30,13 @@ impl TokenBucket {
         }
     }
 
+    /// Charges work already done on the connection's behalf. The balance may go below zero
+    /// (down to minus one burst), so the next frames wait for the refill: later `take`s fail
+    /// until it has been paid back.
+    pub fn charge(&mut self, tokens: f64) {
+        self.tokens = (self.tokens - tokens).max(-self.burst);
+    }
+
     /// Takes one token; `false` means the bucket is empty and the connection must close.
     pub fn take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -253,6 +260,20 @@ mod tests {
 
     fn from_bits(bits: u128) -> IpAddr {
         IpAddr::V6(Ipv6Addr::from(bits))
+    }
+
+    #[test]
+    fn charged_work_is_paid_back_before_the_next_frame() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(100.0, 200.0, t0);
+        b.charge(500.0);
+        assert!(
+            !b.take(t0),
+            "a charge beyond the balance leaves nothing to take"
+        );
+        // The balance was clamped at minus one burst: 2 s of refill brings it back above 1.
+        assert!(!b.take(t0 + Duration::from_millis(1_900)));
+        assert!(b.take(t0 + Duration::from_millis(2_100)));
     }
 
     #[test]

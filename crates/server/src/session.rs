@@ -30,6 +30,10 @@ use crate::state::{unix_now, unix_now_ms, ServerState, SessionGuard};
 const MAX_BATCH: usize = 64;
 /// A write that stalls this long means the peer stopped reading; the session ends.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scope-search work units (see `glob::covered_with_work`) that cost one extra rate token: the
+/// full budget of one search (~1 ms of CPU) costs ~60 tokens, so a connection can force at most a
+/// few such searches per second before its bucket closes it with 4011; honest patterns cost none.
+const SCOPE_WORK_PER_TOKEN: usize = 1_000;
 /// How long the final close frame may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -449,7 +453,14 @@ impl Session {
                     "too many wildcard subscriptions on this connection",
                 ));
             }
-            if !self.identity.access.allows_pattern(&pattern) {
+            let (allowed, work) = self.identity.access.check_pattern(&pattern);
+            if work >= SCOPE_WORK_PER_TOKEN {
+                // A costly scope search is paid for from this connection's own rate budget,
+                // and the worker thread is handed back before the next frame.
+                self.bucket.charge((work / SCOPE_WORK_PER_TOKEN) as f64);
+                tokio::task::yield_now().await;
+            }
+            if !allowed {
                 return Err(OpError(
                     ErrorCode::ChannelNotAuthorized,
                     "pattern not within allowed channels",
