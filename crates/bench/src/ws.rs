@@ -62,9 +62,24 @@ pub async fn connect(
     path: &str,
     index: usize,
 ) -> io::Result<(WsReader, WsWriter)> {
+    connect_with(addr, path, index, None).await
+}
+
+/// [`connect`] with the socket's receive buffer set to `recv_buffer` bytes before connecting.
+/// A small buffer lets a client that stops reading (a slow consumer in the soak) back up the
+/// server after kilobytes rather than the megabytes loopback autotuning would allow.
+pub async fn connect_with(
+    addr: SocketAddr,
+    path: &str,
+    index: usize,
+    recv_buffer: Option<u32>,
+) -> io::Result<(WsReader, WsWriter)> {
     let stream = match addr {
         SocketAddr::V4(v4) if v4.ip().is_loopback() => {
             let socket = tokio::net::TcpSocket::new_v4()?;
+            if let Some(bytes) = recv_buffer {
+                socket.set_recv_buffer_size(bytes)?;
+            }
             let host = 1 + (index % SOURCE_ADDRS as usize) as u8;
             socket.bind(SocketAddr::from(([127, 0, 0, host], 0)))?;
             socket.connect(addr).await?
