@@ -14,8 +14,6 @@ use crate::ws::{self, Frame, WsReader};
 
 use super::client::read_welcome;
 
-/// The receive buffer a slow consumer asks for, so the server backs up after kilobytes.
-const RECV_BUFFER: u32 = 4096;
 /// Reading time before each stall.
 const READ_BEFORE_STALL: Duration = Duration::from_secs(2);
 /// After a stall, reading this long without seeing a close means the server kept the connection.
@@ -81,7 +79,7 @@ impl SlowConsumer {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         while !*stop.borrow() {
             let path = format!("/v1?key={}", self.key);
-            let connected = match ws::connect_with(self.addr, &path, self.index, Some(RECV_BUFFER))
+            let connected = match ws::connect_with(self.addr, &path, self.index, true)
                 .await
             {
                 Ok((mut rd, wr)) => read_welcome(&mut rd).await.map(|_| (rd, wr)),
