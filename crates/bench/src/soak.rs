@@ -37,8 +37,8 @@ const FIREHOSE: &str = "soak/firehose";
 const DROP_CHANNEL: &str = "soak/drop";
 /// Stable connections connect this many at a time during setup.
 const SETUP_CONCURRENCY: usize = 16;
-/// Wrong rosters printed in full; the rest are only counted.
-const PRINTED_DIFFS: u64 = 5;
+/// Wrong rosters described in full; the rest are only counted.
+const PRINTED_DIFFS: usize = 5;
 
 /// Sizes and rates of one soak.
 #[derive(Debug, Clone, Serialize)]
@@ -164,6 +164,8 @@ pub struct SoakReport {
     pub timeouts: u64,
     pub connect_failures: u64,
     pub procs: Vec<ProcSummary>,
+    /// The first wrong rosters and presence anomalies, described.
+    pub examples: Vec<String>,
     #[serde(skip)]
     pub samples: Vec<Sample>,
     /// Why the soak failed; empty when it passed.
@@ -281,6 +283,9 @@ impl SoakReport {
             self.timeouts,
             self.connect_failures + self.slow.connect_failures
         );
+        for example in &self.examples {
+            let _ = writeln!(s, "  {example}");
+        }
         if self.passed() {
             let _ = writeln!(s, "result: PASS");
         } else {
@@ -688,7 +693,7 @@ async fn setup_stable(
 }
 
 /// Compares every tracked connection's rosters with the truth; returns (compared, wrong).
-async fn check_rosters(world: &World, printed: &mut u64) -> (u64, u64) {
+async fn check_rosters(world: &World, examples: &mut Vec<String>) -> (u64, u64) {
     let truth = world
         .truth
         .lock()
@@ -727,23 +732,24 @@ async fn check_rosters(world: &World, printed: &mut u64) -> (u64, u64) {
                 continue;
             }
             wrong += 1;
-            if *printed < PRINTED_DIFFS {
-                *printed += 1;
-                match told {
-                    None => eprintln!("soak: WRONG ROSTER {peer} on {channel}: no roster"),
-                    Some(r) if !member => eprintln!(
-                        "soak: WRONG ROSTER {peer} on {channel}: has a roster ({} peers) but is \
-                         not subscribed",
+            if examples.len() < PRINTED_DIFFS {
+                let example = match told {
+                    None => format!("wrong roster at {peer} on {channel}: no roster"),
+                    Some(r) if !member => format!(
+                        "wrong roster at {peer} on {channel}: has a roster ({} peers) but is not \
+                         subscribed",
                         r.peers.len()
                     ),
-                    Some(r) => eprintln!(
-                        "soak: WRONG ROSTER {peer} on {channel}: snapshot seen {}, missing {:?}, \
+                    Some(r) => format!(
+                        "wrong roster at {peer} on {channel}: snapshot seen {}, missing {:?}, \
                          extra {:?}",
                         r.snapshot_seen,
                         expected.difference(&r.peers).collect::<Vec<_>>(),
                         r.peers.difference(&expected).collect::<Vec<_>>()
                     ),
-                }
+                };
+                eprintln!("soak: {example}");
+                examples.push(example);
             }
         }
     }
@@ -825,7 +831,8 @@ pub async fn run(target: &SoakTarget, opts: &SoakOpts) -> anyhow::Result<SoakRep
 
     let start = Instant::now();
     let mut samples = Vec::new();
-    let (mut checks, mut compared, mut wrong, mut printed) = (0u64, 0u64, 0u64, 0u64);
+    let (mut checks, mut compared, mut wrong) = (0u64, 0u64, 0u64);
+    let mut examples = Vec::new();
     let load_time = opts.check_every.saturating_sub(opts.settle);
     loop {
         tokio::time::sleep(load_time).await;
@@ -834,7 +841,7 @@ pub async fn run(target: &SoakTarget, opts: &SoakOpts) -> anyhow::Result<SoakRep
         let elapsed = start.elapsed().as_secs_f64();
         let open = world.open.load(Ordering::Relaxed);
         let taken = stats::sample(&target.procs, elapsed, open);
-        let (c, w) = check_rosters(&world, &mut printed).await;
+        let (c, w) = check_rosters(&world, &mut examples).await;
         checks += 1;
         compared += c;
         wrong += w;
@@ -906,6 +913,10 @@ pub async fn run(target: &SoakTarget, opts: &SoakOpts) -> anyhow::Result<SoakRep
         timeouts: get(&counters.timeouts),
         connect_failures: get(&world.tally.connect_failures),
         procs,
+        examples: {
+            examples.extend(counters.anomaly_examples());
+            examples
+        },
         samples,
         failures: Vec::new(),
     };

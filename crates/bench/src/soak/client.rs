@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -20,6 +20,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// An application ping this often keeps an otherwise quiet connection from being reaped as dead
 /// (the generator's WebSocket client does not answer protocol pings).
 const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Presence anomalies printed in full; the rest are only counted.
+const PRINTED_ANOMALIES: u64 = 5;
 
 /// Counters shared by every connection of a soak run.
 #[derive(Debug, Default)]
@@ -38,6 +41,17 @@ pub struct Counters {
     /// counted separately).
     pub unexpected_closes: AtomicU64,
     pub timeouts: AtomicU64,
+    /// The first presence anomalies, described.
+    anomalies: Mutex<Vec<String>>,
+}
+
+impl Counters {
+    pub fn anomaly_examples(&self) -> Vec<String> {
+        self.anomalies
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
 }
 
 fn bump(counter: &AtomicU64) {
@@ -121,6 +135,7 @@ pub async fn connect(
     let peer = read_welcome(&mut rd).await?;
     let (cmd, rx) = mpsc::channel(16);
     let task = Task {
+        peer: peer.clone(),
         wr,
         counters,
         stable,
@@ -191,6 +206,8 @@ enum Pending {
 }
 
 struct Task {
+    /// This connection's own peer id, for messages.
+    peer: String,
     wr: WsWriter,
     counters: Arc<Counters>,
     stable: bool,
@@ -297,7 +314,7 @@ impl Task {
                 bump(&self.counters.presence_frames);
                 match serde_json::from_slice::<Presence>(payload) {
                     Ok(presence) => self.on_presence(presence),
-                    Err(_) => bump(&self.counters.presence_anomalies),
+                    Err(_) => self.anomaly("unparsable presence", "", ""),
                 }
             }
             Inbound::Ack(id) => {
@@ -334,7 +351,7 @@ impl Task {
     fn on_presence(&mut self, presence: Presence) {
         let Some(roster) = self.rosters.get_mut(&presence.channel) else {
             if !self.leaving.contains(&presence.channel) {
-                bump(&self.counters.presence_anomalies);
+                self.anomaly("presence for a channel it is not in", &presence.channel, "");
             }
             return;
         };
@@ -342,19 +359,37 @@ impl Task {
             // The first presence after the subscribe ack is the full snapshot.
             roster.peers = presence.joined.into_iter().map(|e| e.peer_id).collect();
             roster.snapshot_seen = true;
-            if !presence.left.is_empty() {
-                bump(&self.counters.presence_anomalies);
+            if let Some(entry) = presence.left.first() {
+                self.anomaly("a snapshot with left", &presence.channel, &entry.peer_id);
             }
             return;
         }
+        let mut wrong = Vec::new();
         for entry in presence.joined {
-            if !roster.peers.insert(entry.peer_id) {
-                bump(&self.counters.presence_anomalies);
+            if !roster.peers.insert(entry.peer_id.clone()) {
+                wrong.push(("joined for a peer already listed", entry.peer_id));
             }
         }
         for entry in presence.left {
             if !roster.peers.remove(&entry.peer_id) {
-                bump(&self.counters.presence_anomalies);
+                wrong.push(("left for a peer not listed", entry.peer_id));
+            }
+        }
+        for (what, peer) in wrong {
+            self.anomaly(what, &presence.channel, &peer);
+        }
+    }
+}
+
+impl Task {
+    /// Counts a presence frame that contradicts the roster, and prints the first few.
+    fn anomaly(&self, what: &str, channel: &str, peer: &str) {
+        let seen = self.counters.presence_anomalies.fetch_add(1, Ordering::Relaxed);
+        if seen < PRINTED_ANOMALIES {
+            let example = format!("presence anomaly at {}: {what} on {channel}: {peer}", self.peer);
+            eprintln!("soak: {example}");
+            if let Ok(mut examples) = self.counters.anomalies.lock() {
+                examples.push(example);
             }
         }
     }
