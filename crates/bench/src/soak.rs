@@ -37,6 +37,10 @@ const FIREHOSE: &str = "soak/firehose";
 const DROP_CHANNEL: &str = "soak/drop";
 /// Stable connections connect this many at a time during setup.
 const SETUP_CONCURRENCY: usize = 16;
+/// A check waits until no frame has arrived for this long (after the settle time)...
+const QUIET_FOR: Duration = Duration::from_millis(250);
+/// ...but no longer than this.
+const QUIET_MAX: Duration = Duration::from_secs(10);
 /// Wrong rosters described in full; the rest are only counted.
 const PRINTED_DIFFS: usize = 5;
 
@@ -692,6 +696,26 @@ async fn setup_stable(
     Ok(stable)
 }
 
+/// Waits (up to `QUIET_MAX`) until no frame has arrived for `QUIET_FOR`, so a check on a loaded
+/// machine does not catch deltas still on their way and call the roster wrong.
+async fn wait_for_quiet(counters: &Counters) {
+    let inbound = || {
+        counters.messages.load(Ordering::Relaxed)
+            + counters.directs.load(Ordering::Relaxed)
+            + counters.presence_frames.load(Ordering::Relaxed)
+    };
+    let until = Instant::now() + QUIET_MAX;
+    let mut seen = inbound();
+    while Instant::now() < until {
+        tokio::time::sleep(QUIET_FOR).await;
+        let now = inbound();
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
+
 /// Compares every tracked connection's rosters with the truth; returns (compared, wrong).
 async fn check_rosters(world: &World, examples: &mut Vec<String>) -> (u64, u64) {
     let truth = world
@@ -838,6 +862,7 @@ pub async fn run(target: &SoakTarget, opts: &SoakOpts) -> anyhow::Result<SoakRep
         tokio::time::sleep(load_time).await;
         let pause = world.gate.write().await;
         tokio::time::sleep(opts.settle).await;
+        wait_for_quiet(&counters).await;
         let elapsed = start.elapsed().as_secs_f64();
         let open = world.open.load(Ordering::Relaxed);
         let taken = stats::sample(&target.procs, elapsed, open);
