@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use herald_bench::proto::{Proto, Target};
-use herald_bench::suite::{self, SuiteOpts, SuiteResult};
 use herald_bench::soak::{self, Proc, SoakOpts, SoakTarget};
+use herald_bench::suite::{self, SuiteOpts, SuiteResult};
 use herald_bench::{procstat, report, scenarios};
 
 #[derive(Parser)]

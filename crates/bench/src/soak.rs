@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 pub use client::Counters;
 use client::{Handle, Op};
 pub use slow::SlowSummary;
-pub use stats::{ProcSummary, Proc, Sample, Series};
+pub use stats::{Proc, ProcSummary, Sample, Series};
 
 /// Rooms are the channels whose rosters are checked.
 const ROOM_PREFIX: &str = "soak/room-";
@@ -341,7 +341,9 @@ fn room(i: usize) -> String {
 
 /// JSON data of about `bytes` bytes.
 fn payload(bytes: usize) -> Arc<[u8]> {
-    format!(r#"{{"soak":"{}"}}"#, "x".repeat(bytes.saturating_sub(12))).into_bytes().into()
+    format!(r#"{{"soak":"{}"}}"#, "x".repeat(bytes.saturating_sub(12)))
+        .into_bytes()
+        .into()
 }
 
 /// Generator-side counters the report needs besides the connections' own.
@@ -491,7 +493,11 @@ async fn director(world: Arc<World>, mut stop: watch::Receiver<bool>) {
         let from = rng.below(n);
         let to = (from + 1 + rng.below(n - 1)) % n;
         let op = Op::Send(world.stable[to].peer.to_string(), data.clone());
-        if world.stable[from].request(op, &world.counters).await.is_ok() {
+        if world.stable[from]
+            .request(op, &world.counters)
+            .await
+            .is_ok()
+        {
             world.tally.directs_sent.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -560,7 +566,12 @@ async fn churner(world: Arc<World>, slot: usize, mut stop: watch::Receiver<bool>
             nap(&mut stop, Duration::from_secs(1)).await;
             continue;
         }
-        if !nap(&mut stop, rng.between(Duration::from_millis(500), Duration::from_secs(2))).await {
+        if !nap(
+            &mut stop,
+            rng.between(Duration::from_millis(500), Duration::from_secs(2)),
+        )
+        .await
+        {
             break;
         }
         if let Some((handle, channels)) = current.as_mut() {
@@ -575,7 +586,12 @@ async fn churner(world: Arc<World>, slot: usize, mut stop: watch::Receiver<bool>
                 channels.push(channel);
             }
         }
-        if !nap(&mut stop, rng.between(Duration::from_millis(500), Duration::from_secs(2))).await {
+        if !nap(
+            &mut stop,
+            rng.between(Duration::from_millis(500), Duration::from_secs(2)),
+        )
+        .await
+        {
             break;
         }
         if let Some((handle, _)) = current.as_ref() {
@@ -585,7 +601,12 @@ async fn churner(world: Arc<World>, slot: usize, mut stop: watch::Receiver<bool>
             let channel = room(rng.below(rooms));
             world.publish_room(handle, &channel, &data).await;
         }
-        if !nap(&mut stop, rng.between(Duration::from_millis(200), Duration::from_secs(1))).await {
+        if !nap(
+            &mut stop,
+            rng.between(Duration::from_millis(200), Duration::from_secs(1)),
+        )
+        .await
+        {
             break;
         }
     }
@@ -642,7 +663,12 @@ async fn dropper(world: Arc<World>, slot: usize, mut stop: watch::Receiver<bool>
                 current = Some(handle);
             }
         }
-        if !nap(&mut stop, rng.between(Duration::from_secs(1), Duration::from_secs(4))).await {
+        if !nap(
+            &mut stop,
+            rng.between(Duration::from_secs(1), Duration::from_secs(4)),
+        )
+        .await
+        {
             if let Some(old) = current.take() {
                 world.close(&old, false).await;
             }
@@ -784,7 +810,10 @@ async fn check_rosters(world: &World, examples: &mut Vec<String>) -> (u64, u64) 
 /// aborted) when it returns.
 pub async fn run(target: &SoakTarget, opts: &SoakOpts) -> anyhow::Result<SoakReport> {
     anyhow::ensure!(!target.addrs.is_empty(), "no node to soak");
-    anyhow::ensure!(opts.rooms >= 1 && opts.stable >= 2, "need a room and two stable peers");
+    anyhow::ensure!(
+        opts.rooms >= 1 && opts.stable >= 2,
+        "need a room and two stable peers"
+    );
     let counters = Arc::new(Counters::default());
     let next_index = AtomicUsize::new(0);
     crate::scenarios::progress(format!(
@@ -818,11 +847,14 @@ pub async fn run(target: &SoakTarget, opts: &SoakOpts) -> anyhow::Result<SoakRep
         next_index,
         open: AtomicUsize::new(stable.len()),
     });
-    world.tally.connects.fetch_add(stable.len() as u64, Ordering::Relaxed);
     world
         .tally
-        .joins
-        .fetch_add(stable.iter().map(|(_, c)| c.len() as u64).sum(), Ordering::Relaxed);
+        .connects
+        .fetch_add(stable.len() as u64, Ordering::Relaxed);
+    world.tally.joins.fetch_add(
+        stable.iter().map(|(_, c)| c.len() as u64).sum(),
+        Ordering::Relaxed,
+    );
 
     let (stop_tx, stop) = watch::channel(false);
     let mut actors = JoinSet::new();

@@ -32,7 +32,10 @@ async fn a_short_soak_finds_every_roster_right() {
     assert!(report.rosters_compared > 0, "{summary}");
     assert_eq!(report.wrong_rosters, 0, "{summary}");
     assert_eq!(report.presence_anomalies, 0, "{summary}");
-    assert!(report.room_publishes > 0 && report.directs_sent > 0, "{summary}");
+    assert!(
+        report.room_publishes > 0 && report.directs_sent > 0,
+        "{summary}"
+    );
     assert!(report.passed(), "{summary}");
     assert!(summary.contains("wrong rosters: 0 "), "{summary}");
     let _ = stop.send(());

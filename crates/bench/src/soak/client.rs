@@ -47,10 +47,7 @@ pub struct Counters {
 
 impl Counters {
     pub fn anomaly_examples(&self) -> Vec<String> {
-        self.anomalies
-            .lock()
-            .map(|a| a.clone())
-            .unwrap_or_default()
+        self.anomalies.lock().map(|a| a.clone()).unwrap_or_default()
     }
 }
 
@@ -81,7 +78,9 @@ enum Cmd {
     Request(Op, oneshot::Sender<Result<(), String>>),
     Rosters(oneshot::Sender<HashMap<String, Roster>>),
     /// Close with a close frame (a deliberate leave), or just drop the socket.
-    Close { graceful: bool },
+    Close {
+        graceful: bool,
+    },
 }
 
 /// The driver's handle on a connection. Cloning it shares the connection.
@@ -384,9 +383,15 @@ impl Task {
 impl Task {
     /// Counts a presence frame that contradicts the roster, and prints the first few.
     fn anomaly(&self, what: &str, channel: &str, peer: &str) {
-        let seen = self.counters.presence_anomalies.fetch_add(1, Ordering::Relaxed);
+        let seen = self
+            .counters
+            .presence_anomalies
+            .fetch_add(1, Ordering::Relaxed);
         if seen < PRINTED_ANOMALIES {
-            let example = format!("presence anomaly at {}: {what} on {channel}: {peer}", self.peer);
+            let example = format!(
+                "presence anomaly at {}: {what} on {channel}: {peer}",
+                self.peer
+            );
             eprintln!("soak: {example}");
             if let Ok(mut examples) = self.counters.anomalies.lock() {
                 examples.push(example);

@@ -79,14 +79,14 @@ impl SlowConsumer {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         while !*stop.borrow() {
             let path = format!("/v1?key={}", self.key);
-            let connected = match ws::connect_with(self.addr, &path, self.index, true)
-                .await
-            {
+            let connected = match ws::connect_with(self.addr, &path, self.index, true).await {
                 Ok((mut rd, wr)) => read_welcome(&mut rd).await.map(|_| (rd, wr)),
                 Err(e) => Err(e),
             };
             let Ok((mut rd, mut wr)) = connected else {
-                self.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 super::nap(&mut stop, Duration::from_secs(1)).await;
                 continue;
             };
@@ -97,7 +97,9 @@ impl SlowConsumer {
             if wr.send_text(subscribe.as_bytes()).await.is_err()
                 || read_until_closed(&mut rd, READ_BEFORE_STALL).await
             {
-                self.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 super::nap(&mut stop, Duration::from_secs(1)).await;
                 continue;
             }
