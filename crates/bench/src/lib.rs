@@ -7,5 +7,6 @@ pub mod procstat;
 pub mod proto;
 pub mod report;
 pub mod scenarios;
+pub mod soak;
 pub mod suite;
 pub mod ws;

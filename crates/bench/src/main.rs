@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use herald_bench::proto::{Proto, Target};
+use herald_bench::soak::{self, Proc, SoakOpts, SoakTarget};
 use herald_bench::suite::{self, SuiteOpts, SuiteResult};
 use herald_bench::{procstat, report, scenarios};
 
@@ -82,6 +84,66 @@ enum Command {
         #[arg(long)]
         spin: bool,
     },
+    /// Hold a mixed load for a while; check rosters, deliveries, and RSS/fds for drift.
+    /// Exits non-zero if anything was wrong (scripts/soak starts the servers).
+    Soak {
+        /// Node addresses, comma-separated (host:port, loopback).
+        #[arg(long, value_delimiter = ',', required = true)]
+        addr: Vec<SocketAddr>,
+        /// Processes to sample, as name=pid, comma-separated (every node, redis-server).
+        #[arg(long = "proc", value_delimiter = ',', value_parser = parse_proc)]
+        procs: Vec<Proc>,
+        /// Publishable key with presence.
+        #[arg(long, default_value = "pk_bench")]
+        key: String,
+        /// Publishable key without presence (firehose and slow consumers).
+        #[arg(long, default_value = "pk_bench_quiet")]
+        quiet_key: String,
+        /// Length of the run.
+        #[arg(long, default_value_t = 2.0)]
+        minutes: f64,
+        /// Seconds between checks.
+        #[arg(long)]
+        check_secs: Option<f64>,
+        /// Milliseconds the paused load settles before a check.
+        #[arg(long)]
+        settle_ms: Option<u64>,
+        /// Stable peers.
+        #[arg(long)]
+        stable: Option<usize>,
+        /// Churning connections.
+        #[arg(long)]
+        churners: Option<usize>,
+        /// Connections that drop without a close frame.
+        #[arg(long)]
+        droppers: Option<usize>,
+        /// Slow consumers.
+        #[arg(long)]
+        slow: Option<usize>,
+        /// Seconds a slow consumer stops reading.
+        #[arg(long)]
+        stall_secs: Option<f64>,
+        /// Room publishes per second.
+        #[arg(long)]
+        publish_rate: Option<f64>,
+        /// Directs per second.
+        #[arg(long)]
+        direct_rate: Option<f64>,
+        /// Firehose publishes per second.
+        #[arg(long)]
+        firehose_rate: Option<f64>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// CSV of the samples.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// The summary text (also printed).
+        #[arg(long)]
+        summary: Option<PathBuf>,
+        /// The whole report as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Merge suite results into a markdown table and PNG plots.
     Report {
         /// Directory for results.md and fanout-latency.png.
@@ -98,6 +160,15 @@ fn parse_proto(s: &str) -> Result<Proto, String> {
         "socketio" => Ok(Proto::Socketio),
         _ => Err("herald or socketio".into()),
     }
+}
+
+fn parse_proc(s: &str) -> Result<Proc, String> {
+    let (name, pid) = s.split_once('=').ok_or("name=pid")?;
+    let pid = pid.parse().map_err(|_| format!("{pid}: not a pid"))?;
+    Ok(Proc {
+        name: name.to_string(),
+        pid,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -179,6 +250,81 @@ fn main() -> anyhow::Result<()> {
             ));
             std::fs::write(&out, serde_json::to_vec_pretty(&result)?)
                 .with_context(|| format!("writing {}", out.display()))?;
+        }
+        Command::Soak {
+            addr,
+            procs,
+            key,
+            quiet_key,
+            minutes,
+            check_secs,
+            settle_ms,
+            stable,
+            churners,
+            droppers,
+            slow,
+            stall_secs,
+            publish_rate,
+            direct_rate,
+            firehose_rate,
+            seed,
+            csv,
+            summary,
+            json,
+        } => {
+            for a in &addr {
+                anyhow::ensure!(a.ip().is_loopback(), "{a}: the soak only targets loopback");
+            }
+            anyhow::ensure!(minutes > 0.0, "--minutes must be positive");
+            let mut opts = SoakOpts::standard(Duration::from_secs_f64(minutes * 60.0));
+            if let Some(s) = check_secs {
+                opts.check_every = Duration::from_secs_f64(s);
+            }
+            if let Some(ms) = settle_ms {
+                opts.settle = Duration::from_millis(ms);
+            }
+            anyhow::ensure!(
+                opts.check_every > opts.settle,
+                "the check interval must be longer than the settle time"
+            );
+            opts.stable = stable.unwrap_or(opts.stable);
+            opts.churners = churners.unwrap_or(opts.churners);
+            opts.droppers = droppers.unwrap_or(opts.droppers);
+            opts.slow_consumers = slow.unwrap_or(opts.slow_consumers);
+            if let Some(s) = stall_secs {
+                opts.stall = Duration::from_secs_f64(s);
+            }
+            opts.publish_rate = publish_rate.unwrap_or(opts.publish_rate);
+            opts.direct_rate = direct_rate.unwrap_or(opts.direct_rate);
+            opts.firehose_rate = firehose_rate.unwrap_or(opts.firehose_rate);
+            opts.seed = seed.unwrap_or(opts.seed);
+            let target = SoakTarget {
+                addrs: addr,
+                key,
+                quiet_key,
+                procs,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let result = runtime.block_on(soak::run(&target, &opts))?;
+            let text = result.render();
+            println!("{text}");
+            if let Some(path) = csv {
+                std::fs::write(&path, result.csv())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(path) = summary {
+                std::fs::write(&path, &text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&result)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if !result.passed() {
+                std::process::exit(1);
+            }
         }
         Command::Report { out_dir, files } => {
             let mut results = Vec::new();

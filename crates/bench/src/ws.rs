@@ -48,6 +48,10 @@ pub struct WsWriter {
     mask: [u8; 4],
 }
 
+/// Receive buffer and segment size of a `narrow` connection (see [`connect_with`]).
+const NARROW_RECV_BUFFER: u32 = 4096;
+const NARROW_SEGMENT: u32 = 1024;
+
 /// Loopback source addresses the generator spreads its connections over (127.0.0.1–64).
 const SOURCE_ADDRS: u8 = 64;
 
@@ -62,9 +66,26 @@ pub async fn connect(
     path: &str,
     index: usize,
 ) -> io::Result<(WsReader, WsWriter)> {
+    connect_with(addr, path, index, false).await
+}
+
+/// [`connect`] for a client that means to stop reading: a small receive buffer and a small
+/// segment size (`narrow`), so the server's kernel buffers fill after tens of kilobytes. With
+/// loopback's 64 KiB segments the server's send buffer grows to megabytes, and a stalled
+/// reader would take minutes to back up into the server's own queue.
+pub async fn connect_with(
+    addr: SocketAddr,
+    path: &str,
+    index: usize,
+    narrow: bool,
+) -> io::Result<(WsReader, WsWriter)> {
     let stream = match addr {
         SocketAddr::V4(v4) if v4.ip().is_loopback() => {
             let socket = tokio::net::TcpSocket::new_v4()?;
+            if narrow {
+                socket.set_recv_buffer_size(NARROW_RECV_BUFFER)?;
+                socket2::SockRef::from(&socket).set_tcp_mss(NARROW_SEGMENT)?;
+            }
             let host = 1 + (index % SOURCE_ADDRS as usize) as u8;
             socket.bind(SocketAddr::from(([127, 0, 0, host], 0)))?;
             socket.connect(addr).await?
