@@ -54,6 +54,15 @@ pub struct Limits {
     pub connect_window_secs: u64,
     /// Loopback clients skip the per-IP limit (local tools, tests, a reverse proxy on the host).
     pub connect_limit_exempt_loopback: bool,
+
+    // Outbound memory, bounded in bytes (see ARCHITECTURE.md, "Delivery never blocks").
+    /// Unwritten bytes one connection may hold (queued, plus the batch being written) before it
+    /// is closed as a slow consumer. One frame always fits an empty queue.
+    pub outbound_queue_bytes: usize,
+    /// Unwritten bytes the whole node may hold for all connections (0 = unlimited). Over it, a
+    /// delivery to a connection holding more than 64 KiB closes that connection as a slow
+    /// consumer; connections with small queues still get their frames.
+    pub node_outbound_bytes: usize,
 }
 
 /// Timers (spec §8.1, §15).
@@ -257,6 +266,13 @@ impl Default for Limits {
             connect_attempts_per_ip: 60,
             connect_window_secs: 60,
             connect_limit_exempt_loopback: true,
+            // 4 MiB: 64 maximum-size messages, or a few presence snapshots of a large room,
+            // which is seconds of backlog for a reader on a slow link; 1,000 stalled
+            // connections still pin at most 4 GiB before the node budget sheds them.
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            // 512 MiB: what a modest host can spare for backlog, room for 128 connections at
+            // their full budget before the largest holders are shed.
+            node_outbound_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -378,6 +394,18 @@ impl Config {
             return Err(invalid(
                 "limits.outbound_queue_frames",
                 "must be at least 8",
+            ));
+        }
+        if l.outbound_queue_bytes < 64 * 1024 {
+            return Err(invalid(
+                "limits.outbound_queue_bytes",
+                "must be at least 65536",
+            ));
+        }
+        if l.node_outbound_bytes > 0 && l.node_outbound_bytes < l.outbound_queue_bytes {
+            return Err(invalid(
+                "limits.node_outbound_bytes",
+                "must be 0 (unlimited) or at least limits.outbound_queue_bytes",
             ));
         }
         if l.connect_attempts_per_ip > 0 && l.connect_window_secs == 0 {

@@ -14,6 +14,7 @@ pub mod http;
 pub mod ids;
 pub mod limits;
 pub mod metrics;
+mod resubscribe;
 pub mod rest;
 pub mod server;
 pub mod session;

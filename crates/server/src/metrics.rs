@@ -51,6 +51,12 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Time from accepting a publish to having queued it for every local subscriber.
     pub fanout_seconds: Histogram,
+
+    // Outbound memory (the node-wide budget, `limits.node_outbound_bytes`).
+    /// Unwritten outbound bytes held for all connections; the connections update it directly.
+    pub outbound_queued_bytes: Gauge,
+    /// Connections closed because the node was over its outbound budget.
+    pub outbound_shed: Counter,
 }
 
 fn label(name: &'static str, value: impl Into<String>) -> Labels {
@@ -128,6 +134,19 @@ impl Metrics {
             fanout_seconds.clone(),
         );
 
+        let outbound_queued_bytes = Gauge::default();
+        registry.register(
+            "outbound_queued_bytes",
+            "Outbound bytes queued or being written, for all connections of this node",
+            outbound_queued_bytes.clone(),
+        );
+        let outbound_shed = Counter::default();
+        registry.register(
+            "outbound_budget_disconnects",
+            "Connections closed as slow consumers because the node was over its outbound budget",
+            outbound_shed.clone(),
+        );
+
         let resolve = |family: &Family<Labels, Counter>,
                        name: &'static str,
                        values: &[&str]|
@@ -153,6 +172,8 @@ impl Metrics {
             channels,
             slow_consumers,
             fanout_seconds,
+            outbound_queued_bytes,
+            outbound_shed,
         }
     }
 
