@@ -171,14 +171,7 @@ impl Conn {
         queue_capacity: usize,
     ) -> (Arc<Conn>, Outbound) {
         let limits = QueueLimits::frames_only(queue_capacity);
-        Conn::with_limits(
-            app,
-            peer_id,
-            peer_metadata,
-            receives_presence,
-            kind,
-            limits,
-        )
+        Conn::with_limits(app, peer_id, peer_metadata, receives_presence, kind, limits)
     }
 
     /// Creates the shared handle and the receiving end of its outbound queue.
@@ -235,8 +228,7 @@ impl Conn {
             outbox.frames.len() >= self.capacity || (held > 0 && after > self.byte_budget);
         // The node total is read only for connections already holding a large share, so a
         // delivery to a prompt reader never looks at it.
-        let over_node =
-            !over_own && after > NODE_SHED_ABOVE_BYTES && self.node.would_exceed(len);
+        let over_node = !over_own && after > NODE_SHED_ABOVE_BYTES && self.node.would_exceed(len);
         if over_own || over_node {
             drop(outbox);
             if self.close_first(CloseReason::SLOW_CONSUMER) && over_node {
@@ -483,7 +475,11 @@ mod tests {
         assert_eq!(conn.deliver(frame_of(200)), Delivery::Dropped);
         assert_eq!(conn.close_requested(), Some(CloseReason::SLOW_CONSUMER));
         drop(rx);
-        assert_eq!(node.queued_bytes(), 0, "a closed queue gives its bytes back");
+        assert_eq!(
+            node.queued_bytes(),
+            0,
+            "a closed queue gives its bytes back"
+        );
     }
 
     #[tokio::test]
@@ -510,7 +506,10 @@ mod tests {
         let (reader, mut reader_rx) = limited(budget, &node);
         // The hog fills the node up to its budget.
         for _ in 0..3 {
-            assert_eq!(hog.deliver(frame_of(NODE_SHED_ABOVE_BYTES)), Delivery::Queued);
+            assert_eq!(
+                hog.deliver(frame_of(NODE_SHED_ABOVE_BYTES)),
+                Delivery::Queued
+            );
         }
         // A prompt reader with a small queue still gets its frames.
         for _ in 0..10 {

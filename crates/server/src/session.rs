@@ -21,11 +21,11 @@ use tokio::time::Instant;
 
 use crate::auth::{AuthError, Identity};
 use crate::conn::{CloseReason, Conn, Frame, Outbound};
-use crate::resubscribe::DuplicateSubscribes;
 use crate::engine::{Departure, Direct, Publication, SubscribeRequest, Target};
 use crate::ids::{ChannelName, ConnId, PeerId};
 use crate::limits::TokenBucket;
 use crate::metrics::Metrics;
+use crate::resubscribe::DuplicateSubscribes;
 use crate::state::{unix_now, unix_now_ms, ServerState, SessionGuard};
 
 /// Frames written per flush; bounds the time the socket task spends away from reading.
@@ -727,7 +727,10 @@ mod tests {
         for (exp, lead) in [(i64::MAX, 5000), (i64::MAX / 1000, 5000), (i64::MAX, 0)] {
             // Far away (or unrepresentable, then no deadline at all), but no overflow.
             let deadline = expiry_deadline(exp, lead, now_ms);
-            assert!(deadline.is_none_or(|at| at > Instant::now() + year), "{exp} {lead}");
+            assert!(
+                deadline.is_none_or(|at| at > Instant::now() + year),
+                "{exp} {lead}"
+            );
         }
         // A past exp closes at once; a normal one closes `lead` early.
         let before = Instant::now();

@@ -85,7 +85,11 @@ impl GaugeWatch {
                 let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
                 let value = text
                     .lines()
-                    .find_map(|l| l.strip_prefix("herald_outbound_queued_bytes ")?.parse().ok())
+                    .find_map(|l| {
+                        l.strip_prefix("herald_outbound_queued_bytes ")?
+                            .parse()
+                            .ok()
+                    })
                     .unwrap();
                 peak = peak.max(value);
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -254,7 +258,10 @@ async fn repeated_subscribes_to_a_big_room_cannot_pin_snapshots() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(received, MESSAGES, "the well-behaved subscriber lost messages");
+    assert_eq!(
+        received, MESSAGES,
+        "the well-behaved subscriber lost messages"
+    );
     metric_reaches(
         &server,
         "herald_slow_consumer_disconnects_total",
@@ -274,11 +281,7 @@ async fn repeated_subscribes_to_a_big_room_cannot_pin_snapshots() {
         peak <= ATTACKERS * (4 * MIB + snapshot_bytes),
         "peak queued {peak} B"
     );
-    assert!(
-        rss_growth < 48 * MIB,
-        "RSS grew by {} MB",
-        rss_growth / MIB
-    );
+    assert!(rss_growth < 48 * MIB, "RSS grew by {} MB", rss_growth / MIB);
     for attacker in attackers {
         let code = attacker.read_to_end().await;
         assert!(code == 1008 || code == 1006, "attacker closed with {code}");
@@ -305,9 +308,11 @@ async fn a_racing_duplicate_subscribe_still_gets_ack_and_full_snapshot() {
     };
     let mut client = server.client("me").await;
     client
-        .send_burst(["a", "b"].map(|id| {
-            json!({"type": "subscribe", "channel": "room", "requestId": id}).to_string()
-        }))
+        .send_burst(
+            ["a", "b"].map(|id| {
+                json!({"type": "subscribe", "channel": "room", "requestId": id}).to_string()
+            }),
+        )
         .await;
     for id in ["a", "b"] {
         assert_eq!(client.recv().await, ack(id));
@@ -357,11 +362,7 @@ async fn large_directs_to_a_stalled_peer_stay_within_its_byte_budget() {
         rss_growth / MIB
     );
     assert!(peak <= 4 * MIB + 2 * 64 * 1024, "peak queued {peak} B");
-    assert!(
-        rss_growth < 32 * MIB,
-        "RSS grew by {} MB",
-        rss_growth / MIB
-    );
+    assert!(rss_growth < 32 * MIB, "RSS grew by {} MB", rss_growth / MIB);
     assert!(refused > 0, "the stalled peer was never disconnected");
     let code = sink.read_to_end().await;
     assert!(code == 1008 || code == 1006, "sink closed with {code}");
