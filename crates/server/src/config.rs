@@ -595,6 +595,25 @@ mod tests {
     }
 
     #[test]
+    fn outbound_byte_budgets_are_checked() {
+        let ok = "[limits]\noutbound_queue_bytes = 1048576\nnode_outbound_bytes = 0\n";
+        assert!(Config::from_toml(ok).unwrap().validate().is_ok());
+        for (text, field) in [
+            (
+                "[limits]\noutbound_queue_bytes = 1000\n",
+                "limits.outbound_queue_bytes",
+            ),
+            (
+                "[limits]\noutbound_queue_bytes = 1048576\nnode_outbound_bytes = 65536\n",
+                "limits.node_outbound_bytes",
+            ),
+        ] {
+            let err = Config::from_toml(text).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+
+    #[test]
     fn env_overrides() {
         let mut c = Config::default();
         c.apply_env([("HERALD_LISTEN".to_string(), "0.0.0.0:9000".to_string())].into_iter())
