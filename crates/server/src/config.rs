@@ -77,6 +77,14 @@ pub struct Limits {
     /// Distinct wildcard patterns one app may have on this node (identical patterns of many
     /// connections count once). Bounds what one publish can cost in pattern matching.
     pub max_wildcard_patterns_per_app: usize,
+    // Outbound memory, bounded in bytes (see ARCHITECTURE.md, "Delivery never blocks").
+    /// Unwritten bytes one connection may hold (queued, plus the batch being written) before it
+    /// is closed as a slow consumer. One frame always fits an empty queue.
+    pub outbound_queue_bytes: usize,
+    /// Unwritten bytes the whole node may hold for all connections (0 = unlimited). Over it, a
+    /// delivery to a connection holding more than 64 KiB closes that connection as a slow
+    /// consumer; connections with small queues still get their frames.
+    pub node_outbound_bytes: usize,
 }
 
 /// Timers (spec §8.1, §15).
@@ -296,6 +304,13 @@ impl Default for Limits {
             connect_limiter_max_entries: 100_000,
             max_wildcard_subscriptions_per_connection: 16,
             max_wildcard_patterns_per_app: 1000,
+            // 4 MiB: 64 maximum-size messages, or a few presence snapshots of a large room,
+            // which is seconds of backlog for a reader on a slow link; 1,000 stalled
+            // connections still pin at most 4 GiB before the node budget sheds them.
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            // 512 MiB: what a modest host can spare for backlog, room for 128 connections at
+            // their full budget before the largest holders are shed.
+            node_outbound_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -417,6 +432,18 @@ impl Config {
             return Err(invalid(
                 "limits.outbound_queue_frames",
                 "must be at least 8",
+            ));
+        }
+        if l.outbound_queue_bytes < 64 * 1024 {
+            return Err(invalid(
+                "limits.outbound_queue_bytes",
+                "must be at least 65536",
+            ));
+        }
+        if l.node_outbound_bytes > 0 && l.node_outbound_bytes < l.outbound_queue_bytes {
+            return Err(invalid(
+                "limits.node_outbound_bytes",
+                "must be 0 (unlimited) or at least limits.outbound_queue_bytes",
             ));
         }
         if l.connect_attempts_per_ip > 0 && l.connect_window_secs == 0 {
@@ -639,6 +666,25 @@ mod tests {
         let tagged = format!("{ok}key_prefix = \"h{{x}}:\"\n");
         let err = Config::from_toml(&tagged).unwrap().validate().unwrap_err();
         assert!(err.to_string().contains("engine.key_prefix"), "{err}");
+    }
+
+    #[test]
+    fn outbound_byte_budgets_are_checked() {
+        let ok = "[limits]\noutbound_queue_bytes = 1048576\nnode_outbound_bytes = 0\n";
+        assert!(Config::from_toml(ok).unwrap().validate().is_ok());
+        for (text, field) in [
+            (
+                "[limits]\noutbound_queue_bytes = 1000\n",
+                "limits.outbound_queue_bytes",
+            ),
+            (
+                "[limits]\noutbound_queue_bytes = 1048576\nnode_outbound_bytes = 65536\n",
+                "limits.node_outbound_bytes",
+            ),
+        ] {
+            let err = Config::from_toml(text).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+        }
     }
 
     #[test]

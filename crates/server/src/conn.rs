@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use herald_protocol::CloseCode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
@@ -17,6 +19,11 @@ use crate::sync::lock;
 /// An emptied queue keeps at most this many slots; more is released, so a connection that had
 /// one burst does not hold its peak buffer while idle.
 const IDLE_QUEUE_SLOTS: usize = 8;
+
+/// While the node is over `limits.node_outbound_bytes`, a connection holding more than this many
+/// unwritten bytes is shed. A client that reads promptly holds far less (one batch of small
+/// frames), so it keeps receiving while the connections that pile memory up are closed.
+pub const NODE_SHED_ABOVE_BYTES: usize = 64 * 1024;
 
 /// An encoded server frame. Cloning shares the bytes, so one encoding serves every receiver.
 pub type Frame = Utf8Bytes;
@@ -37,11 +44,81 @@ impl CloseReason {
         CloseReason::new(CloseCode::PolicyViolation, "slow consumer");
 }
 
+/// The node-wide account of outbound bytes: every connection's queued and not-yet-written frames.
+///
+/// The gauge doubles as the counter itself (an atomic add per delivery, no separate bookkeeping),
+/// so the metric is exact at any scrape.
+#[derive(Debug)]
+pub struct NodeOutbound {
+    /// Bytes the node may hold for all connections together (0 = unlimited).
+    limit: usize,
+    queued: Gauge,
+    /// Connections closed because the node was over its budget.
+    shed: Counter,
+}
+
+impl NodeOutbound {
+    pub fn new(limit: usize, queued: Gauge, shed: Counter) -> Self {
+        NodeOutbound {
+            limit,
+            queued,
+            shed,
+        }
+    }
+
+    /// No node-wide budget, with its own unregistered metrics (for tests and tools).
+    pub fn unlimited() -> Arc<Self> {
+        Arc::new(NodeOutbound::new(0, Gauge::default(), Counter::default()))
+    }
+
+    /// Outbound bytes currently held for all connections of this node.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.get().max(0) as usize
+    }
+
+    fn would_exceed(&self, len: usize) -> bool {
+        self.limit > 0 && self.queued_bytes().saturating_add(len) > self.limit
+    }
+
+    fn charge(&self, len: usize) {
+        self.queued.inc_by(len as i64);
+    }
+
+    fn release(&self, len: usize) {
+        if len > 0 {
+            self.queued.dec_by(len as i64);
+        }
+    }
+}
+
+/// How much one connection's outbound queue may hold before it is closed as a slow consumer.
+#[derive(Debug, Clone)]
+pub struct QueueLimits {
+    /// Frames in the shared queue (`limits.outbound_queue_frames`).
+    pub frames: usize,
+    /// Bytes queued plus taken by the session but not yet written (`limits.outbound_queue_bytes`).
+    pub bytes: usize,
+    /// The node-wide account this connection charges.
+    pub node: Arc<NodeOutbound>,
+}
+
+impl QueueLimits {
+    /// A frame cap only: no byte budget and no node-wide account.
+    pub fn frames_only(frames: usize) -> Self {
+        QueueLimits {
+            frames,
+            bytes: usize::MAX,
+            node: NodeOutbound::unlimited(),
+        }
+    }
+}
+
 /// Outcome of handing a frame to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
     Queued,
-    /// The queue was full; the connection is being closed as a slow consumer.
+    /// The queue was full (frames or bytes, its own or the node's); the connection is being
+    /// closed as a slow consumer.
     Dropped,
     /// The connection is already gone.
     Closed,
@@ -74,13 +151,17 @@ pub struct Conn {
     outbox_ready: Notify,
     /// Frames the queue may hold (`limits.outbound_queue_frames`).
     capacity: usize,
+    /// Unwritten bytes the connection may hold (`limits.outbound_queue_bytes`).
+    byte_budget: usize,
+    node: Arc<NodeOutbound>,
     /// Set once by whoever decides the connection must end; the session task obeys it.
     close_reason: OnceLock<CloseReason>,
     close_signal: Notify,
 }
 
 impl Conn {
-    /// Creates the shared handle and the receiving end of its outbound queue.
+    /// Creates the shared handle and the receiving end of its outbound queue, with a frame cap
+    /// only (engine tests and tools; sessions use [`Conn::with_limits`]).
     pub fn new(
         app: AppId,
         peer_id: PeerId,
@@ -88,6 +169,19 @@ impl Conn {
         receives_presence: bool,
         kind: &'static str,
         queue_capacity: usize,
+    ) -> (Arc<Conn>, Outbound) {
+        let limits = QueueLimits::frames_only(queue_capacity);
+        Conn::with_limits(app, peer_id, peer_metadata, receives_presence, kind, limits)
+    }
+
+    /// Creates the shared handle and the receiving end of its outbound queue.
+    pub fn with_limits(
+        app: AppId,
+        peer_id: PeerId,
+        peer_metadata: Option<Arc<RawValue>>,
+        receives_presence: bool,
+        kind: &'static str,
+        limits: QueueLimits,
     ) -> (Arc<Conn>, Outbound) {
         let conn = Conn {
             id: ConnId(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)),
@@ -99,7 +193,9 @@ impl Conn {
             connected_at: crate::state::unix_now(),
             outbox: Mutex::new(Outbox::default()),
             outbox_ready: Notify::new(),
-            capacity: queue_capacity.max(1),
+            capacity: limits.frames.max(1),
+            byte_budget: limits.bytes.max(1),
+            node: limits.node,
             close_reason: OnceLock::new(),
             close_signal: Notify::new(),
         };
@@ -107,24 +203,46 @@ impl Conn {
         let rx = Outbound {
             conn: conn.clone(),
             batch: VecDeque::new(),
+            taken_frames: 0,
+            taken_bytes: 0,
         };
         (conn, rx)
     }
 
-    /// Enqueues a frame without ever blocking. A full queue closes the connection as a slow
-    /// consumer: the sender is never slowed down by one bad receiver and memory stays bounded.
+    /// Enqueues a frame without ever blocking. The connection is closed as a slow consumer,
+    /// and the frame dropped, when its queue is full (frames or bytes), or when the node is over
+    /// its outbound budget and this connection holds more than [`NODE_SHED_ABOVE_BYTES`]. The
+    /// sender is never slowed down by one bad receiver and memory stays bounded.
+    ///
+    /// A frame always fits an empty queue, so one frame larger than the byte budget (a big
+    /// presence snapshot) still reaches a client that reads.
     pub fn deliver(&self, frame: Frame) -> Delivery {
+        let len = frame.len();
         let mut outbox = lock(&self.outbox);
         if outbox.closed {
             return Delivery::Closed;
         }
-        if outbox.frames.len() >= self.capacity {
+        let held = outbox.bytes;
+        let after = held.saturating_add(len);
+        let over_own =
+            outbox.frames.len() >= self.capacity || (held > 0 && after > self.byte_budget);
+        // The node total is read only for connections already holding a large share, so a
+        // delivery to a prompt reader never looks at it.
+        let over_node = !over_own && after > NODE_SHED_ABOVE_BYTES && self.node.would_exceed(len);
+        if over_own || over_node {
             drop(outbox);
-            self.close(CloseReason::SLOW_CONSUMER);
+            if self.close_first(CloseReason::SLOW_CONSUMER) && over_node {
+                self.node.shed.inc();
+            }
             return Delivery::Dropped;
         }
         let was_empty = outbox.frames.is_empty();
         outbox.frames.push_back(frame);
+        outbox.bytes = after;
+        outbox.enqueued += 1;
+        // Charged under the queue lock, as the release is, so the node total never dips below
+        // what the connections hold.
+        self.node.charge(len);
         drop(outbox);
         if was_empty {
             // Stores a permit if the session is not waiting yet, so the wake-up is never lost.
@@ -133,11 +251,34 @@ impl Conn {
         Delivery::Queued
     }
 
+    /// Unwritten bytes this connection holds: queued plus taken by the session but not yet
+    /// written.
+    pub fn queued_bytes(&self) -> usize {
+        lock(&self.outbox).bytes
+    }
+
+    /// Frames ever queued and frames written so far. A frame queued when `queued` read `n` has
+    /// been written once `written` reaches `n`.
+    pub fn progress(&self) -> QueueProgress {
+        let outbox = lock(&self.outbox);
+        QueueProgress {
+            queued: outbox.enqueued,
+            written: outbox.written,
+        }
+    }
+
     /// Asks the session to close with this reason. The first reason wins.
     pub fn close(&self, reason: CloseReason) {
-        if self.close_reason.set(reason).is_ok() {
+        self.close_first(reason);
+    }
+
+    /// [`Conn::close`], telling whether this reason was the first (and so the one that counts).
+    fn close_first(&self, reason: CloseReason) -> bool {
+        let first = self.close_reason.set(reason).is_ok();
+        if first {
             self.close_signal.notify_one();
         }
+        first
     }
 
     /// The reason set by [`Conn::close`], if any.
@@ -156,10 +297,23 @@ impl Conn {
     }
 }
 
+/// Counters of a connection's outbound queue (see [`Conn::progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueProgress {
+    pub queued: u64,
+    pub written: u64,
+}
+
 /// The queue shared by deliverers and the session task.
 #[derive(Debug, Default)]
 struct Outbox {
     frames: VecDeque<Frame>,
+    /// Bytes of `frames` plus the session's batch and the frames it has taken but not yet
+    /// written: everything this connection pins.
+    bytes: usize,
+    /// Frames ever queued, and frames written (see [`QueueProgress`]).
+    enqueued: u64,
+    written: u64,
     /// The session ended: later deliveries are refused (`Delivery::Closed`).
     closed: bool,
 }
@@ -170,6 +324,10 @@ pub struct Outbound {
     conn: Arc<Conn>,
     /// Frames taken from the shared queue in one swap, written before the next swap.
     batch: VecDeque<Frame>,
+    /// Frames handed out by `try_recv` since the last [`Outbound::written`], and their bytes:
+    /// still charged to the connection until the session says they reached the socket.
+    taken_frames: u64,
+    taken_bytes: usize,
 }
 
 impl Outbound {
@@ -187,6 +345,28 @@ impl Outbound {
     /// The next frame if one is queued. Takes the whole shared queue in one swap, so the lock
     /// is taken once per batch rather than once per frame.
     pub fn try_recv(&mut self) -> Option<Frame> {
+        let frame = self.take_next()?;
+        self.taken_frames += 1;
+        self.taken_bytes += frame.len();
+        Some(frame)
+    }
+
+    /// Releases the bytes of every frame taken so far: the session has written and flushed
+    /// them. One lock per written batch.
+    pub fn written(&mut self) {
+        if self.taken_frames == 0 {
+            return;
+        }
+        let mut outbox = lock(&self.conn.outbox);
+        outbox.bytes = outbox.bytes.saturating_sub(self.taken_bytes);
+        outbox.written += self.taken_frames;
+        self.conn.node.release(self.taken_bytes);
+        drop(outbox);
+        self.taken_frames = 0;
+        self.taken_bytes = 0;
+    }
+
+    fn take_next(&mut self) -> Option<Frame> {
         if let Some(frame) = self.batch.pop_front() {
             return Some(frame);
         }
@@ -212,6 +392,8 @@ impl Drop for Outbound {
         let mut outbox = lock(&self.conn.outbox);
         outbox.closed = true;
         outbox.frames = VecDeque::new();
+        self.conn.node.release(outbox.bytes);
+        outbox.bytes = 0;
     }
 }
 
@@ -260,6 +442,98 @@ mod tests {
         let (conn, rx) = conn(2);
         drop(rx);
         assert_eq!(conn.deliver(Frame::from("a")), Delivery::Closed);
+    }
+
+    fn limited(bytes: usize, node: &Arc<NodeOutbound>) -> (Arc<Conn>, Outbound) {
+        let limits = QueueLimits {
+            frames: 1024,
+            bytes,
+            node: node.clone(),
+        };
+        let (app, peer) = (AppId::new("app".to_string()), PeerId::new("p".to_string()));
+        Conn::with_limits(app, peer, None, true, "publishable", limits)
+    }
+
+    fn frame_of(len: usize) -> Frame {
+        Frame::from("x".repeat(len))
+    }
+
+    #[tokio::test]
+    async fn bytes_stay_charged_until_written_and_the_budget_closes_the_connection() {
+        let node = Arc::new(NodeOutbound::new(0, Gauge::default(), Counter::default()));
+        let (conn, mut rx) = limited(1000, &node);
+        assert_eq!(conn.deliver(frame_of(400)), Delivery::Queued);
+        assert_eq!(conn.deliver(frame_of(400)), Delivery::Queued);
+        // Taken by the session but not yet written: still pinned, still charged.
+        assert!(rx.try_recv().is_some());
+        assert_eq!(conn.queued_bytes(), 800);
+        assert_eq!(node.queued_bytes(), 800);
+        rx.written();
+        assert_eq!(conn.queued_bytes(), 400);
+        assert_eq!(node.queued_bytes(), 400);
+        assert_eq!(conn.deliver(frame_of(500)), Delivery::Queued);
+        assert_eq!(conn.deliver(frame_of(200)), Delivery::Dropped);
+        assert_eq!(conn.close_requested(), Some(CloseReason::SLOW_CONSUMER));
+        drop(rx);
+        assert_eq!(
+            node.queued_bytes(),
+            0,
+            "a closed queue gives its bytes back"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_frame_larger_than_the_budget_fits_an_empty_queue() {
+        let node = NodeOutbound::unlimited();
+        let (conn, mut rx) = limited(100, &node);
+        assert_eq!(conn.deliver(frame_of(5000)), Delivery::Queued);
+        assert!(rx.try_recv().is_some());
+        rx.written();
+        assert_eq!(conn.deliver(frame_of(5000)), Delivery::Queued);
+        assert_eq!(conn.deliver(frame_of(1)), Delivery::Dropped);
+    }
+
+    #[tokio::test]
+    async fn over_the_node_budget_only_large_holders_are_shed() {
+        let shed = Counter::default();
+        let node = Arc::new(NodeOutbound::new(
+            3 * NODE_SHED_ABOVE_BYTES,
+            Gauge::default(),
+            shed.clone(),
+        ));
+        let budget = 10 * NODE_SHED_ABOVE_BYTES;
+        let (hog, _hog_rx) = limited(budget, &node);
+        let (reader, mut reader_rx) = limited(budget, &node);
+        // The hog fills the node up to its budget.
+        for _ in 0..3 {
+            assert_eq!(
+                hog.deliver(frame_of(NODE_SHED_ABOVE_BYTES)),
+                Delivery::Queued
+            );
+        }
+        // A prompt reader with a small queue still gets its frames.
+        for _ in 0..10 {
+            assert_eq!(reader.deliver(frame_of(1000)), Delivery::Queued);
+            while reader_rx.try_recv().is_some() {}
+            reader_rx.written();
+        }
+        // The next delivery to the hog closes it; it is counted once.
+        assert_eq!(hog.deliver(frame_of(10)), Delivery::Dropped);
+        assert_eq!(hog.deliver(frame_of(10)), Delivery::Dropped);
+        assert_eq!(hog.close_requested(), Some(CloseReason::SLOW_CONSUMER));
+        assert_eq!(shed.get(), 1);
+        assert_eq!(reader.close_requested(), None);
+    }
+
+    #[tokio::test]
+    async fn progress_counts_frames_queued_and_written() {
+        let (conn, mut rx) = conn(16);
+        conn.deliver(Frame::from("a"));
+        conn.deliver(Frame::from("b"));
+        assert!(rx.try_recv().is_some());
+        rx.written();
+        let progress = conn.progress();
+        assert_eq!((progress.queued, progress.written), (2, 1));
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod rest;
+mod resubscribe;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -55,6 +55,12 @@ pub struct Metrics {
     pub http: HttpMetrics,
     /// The Redis engine's queue of pushes from Redis, updated when scraped.
     pub bus_queue: BusQueueMetrics,
+
+    // Outbound memory (the node-wide budget, `limits.node_outbound_bytes`).
+    /// Unwritten outbound bytes held for all connections; the connections update it directly.
+    pub outbound_queued_bytes: Gauge,
+    /// Connections closed because the node was over its outbound budget.
+    pub outbound_shed: Counter,
 }
 
 /// What bare TCP sockets cost the node, and what the accept loop cut short.
@@ -229,6 +235,18 @@ impl Metrics {
 
         let bus_queue = BusQueueMetrics::default();
         bus_queue.register(&mut registry);
+        let outbound_queued_bytes = Gauge::default();
+        registry.register(
+            "outbound_queued_bytes",
+            "Outbound bytes queued or being written, for all connections of this node",
+            outbound_queued_bytes.clone(),
+        );
+        let outbound_shed = Counter::default();
+        registry.register(
+            "outbound_budget_disconnects",
+            "Connections closed as slow consumers because the node was over its outbound budget",
+            outbound_shed.clone(),
+        );
 
         let resolve = |family: &Family<Labels, Counter>,
                        name: &'static str,
@@ -258,6 +276,8 @@ impl Metrics {
             slow_consumers,
             fanout_seconds,
             bus_queue,
+            outbound_queued_bytes,
+            outbound_shed,
         }
     }
 

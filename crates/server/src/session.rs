@@ -5,6 +5,7 @@
 //! which is what gives FIFO per sender → receiver across every frame type (spec §14).
 
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,9 +22,10 @@ use tokio::time::Instant;
 use crate::auth::{AuthError, Identity};
 use crate::conn::{CloseReason, Conn, Frame, Outbound};
 use crate::engine::{Departure, Direct, EngineError, Publication, SubscribeRequest, Target};
-use crate::ids::{ChannelName, PeerId};
+use crate::ids::{ChannelName, ConnId, PeerId};
 use crate::limits::TokenBucket;
 use crate::metrics::Metrics;
+use crate::resubscribe::DuplicateSubscribes;
 use crate::state::{unix_now, unix_now_ms, ServerState, SessionGuard};
 
 /// Frames written per flush; bounds the time the socket task spends away from reading.
@@ -94,6 +96,9 @@ struct Session {
     bucket: TokenBucket,
     /// The client sent a close frame: it left on purpose.
     client_closed: bool,
+    /// Snapshots queued by duplicate subscribes, so a client that does not read cannot ask
+    /// for one snapshot after another.
+    duplicates: DuplicateSubscribes,
 }
 
 /// What the read side decided.
@@ -114,13 +119,13 @@ impl Session {
         _slot: SessionGuard,
     ) {
         let limits = &state.config.limits;
-        let (conn, rx) = Conn::new(
+        let (conn, rx) = Conn::with_limits(
             identity.app.id.clone(),
             identity.peer_id.clone(),
             identity.peer_metadata.clone(),
             identity.access.can(Action::Presence),
             identity.kind.as_str(),
-            limits.outbound_queue_frames,
+            state.queue_limits(),
         );
         let welcome = encode::welcome(
             identity.peer_id.as_str(),
@@ -164,8 +169,12 @@ impl Session {
             subscriptions: HashSet::new(),
             bucket,
             client_closed: false,
+            duplicates: DuplicateSubscribes::default(),
         };
-        let reason = session.run(&mut ws, rx).await;
+        // A panic anywhere in the loop (a handler, the engine) ends only this session, and the
+        // cleanup below still runs: no ghost presence, no leaked quota or gauge.
+        let conn_id = session.conn.id;
+        let reason = unwind_to_close(session.run(&mut ws, rx), conn_id).await;
         let subscriptions = session.subscriptions.drain().collect();
         let departure = departure(session.client_closed, reason);
         session
@@ -200,10 +209,10 @@ impl Session {
         let dead_after = ping_every + Duration::from_secs(timing.pong_grace_secs);
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut last_seen = Instant::now();
-        let expiry = self.identity.expires_at.map(|exp| {
-            let ms_left = exp * 1000 - timing.expiry_lead_ms as i64 - unix_now_ms();
-            Instant::now() + Duration::from_millis(ms_left.max(0) as u64)
-        });
+        let expiry = self
+            .identity
+            .expires_at
+            .and_then(|exp| expiry_deadline(exp, timing.expiry_lead_ms, unix_now_ms()));
         let mut shutdown = self.state.shutdown_signal();
         if *shutdown.borrow() {
             // Shutdown began between the upgrade and now: still owe this client `going_away`.
@@ -478,11 +487,17 @@ impl Session {
         };
         let name = ChannelName::new(channel);
         let limit = self.state.config.limits.max_channels_per_connection;
-        if !self.subscriptions.contains(&name) && self.subscriptions.len() >= limit {
+        let duplicate = self.subscriptions.contains(&name);
+        if !duplicate && self.subscriptions.len() >= limit {
             return Err(OpError(
                 ErrorCode::ChannelLimitExceeded,
                 "too many subscriptions on this connection",
             ));
+        }
+        if duplicate && !self.duplicates.allows(&name, self.conn.progress()) {
+            // Refused before any snapshot is encoded; the session ends as a slow consumer.
+            self.conn.close(CloseReason::SLOW_CONSUMER);
+            return Ok(Acked::Done);
         }
         let request = SubscribeRequest {
             conn: &self.conn,
@@ -503,6 +518,9 @@ impl Session {
                 ),
                 EngineError::Unavailable(_) => backend_error(),
             })?;
+        if duplicate {
+            self.duplicates.queued(&name, self.conn.progress());
+        }
         self.subscriptions.insert(name);
         Ok(Acked::Done)
     }
@@ -514,6 +532,7 @@ impl Session {
         ))?;
         let name = ChannelName::new(channel);
         if self.subscriptions.remove(&name) {
+            self.duplicates.forget(&name);
             self.state
                 .engine
                 .unsubscribe(&self.conn, &name)
@@ -662,6 +681,34 @@ mod tokio_tungstenite_error {
     pub use tokio_tungstenite::tungstenite::Error;
 }
 
+/// When a token expiring at `exp` (Unix seconds) must be closed, `lead_ms` early. Saturating
+/// math: a token with an absurd `exp` (near `i64::MAX`) gets a deadline centuries away, or
+/// `None` where the platform's clock cannot represent it, and never an overflow.
+fn expiry_deadline(exp: i64, lead_ms: u64, now_ms: i64) -> Option<Instant> {
+    let lead_ms = i64::try_from(lead_ms).unwrap_or(i64::MAX);
+    let ms_left = exp
+        .saturating_mul(1000)
+        .saturating_sub(lead_ms)
+        .saturating_sub(now_ms);
+    let ms_left = u64::try_from(ms_left).unwrap_or(0);
+    Instant::now().checked_add(Duration::from_millis(ms_left))
+}
+
+/// Runs the session loop, turning a panic into a close with 1011, so that the caller's cleanup
+/// always runs.
+async fn unwind_to_close(
+    run: impl std::future::Future<Output = Option<CloseReason>>,
+    conn: ConnId,
+) -> Option<CloseReason> {
+    match AssertUnwindSafe(run).catch_unwind().await {
+        Ok(reason) => reason,
+        Err(_) => {
+            tracing::error!(conn = %conn, "session panicked; closing it");
+            Some(CloseReason::new(CloseCode::InternalError, "internal error"))
+        }
+    }
+}
+
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -690,7 +737,12 @@ async fn write_batch(
         }
         ws.flush().await
     };
-    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
+    let written = matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())));
+    if written {
+        // The frames reached the socket: the connection and the node stop being charged.
+        rx.written();
+    }
+    written
 }
 
 /// Best-effort delivery of what is already queued (used before a graceful close).
@@ -699,5 +751,55 @@ async fn flush_pending(ws: &mut WebSocket, rx: &mut Outbound, metrics: &Metrics)
         if !write_batch(ws, frame, rx, metrics).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::ids::{AppId, PeerId};
+
+    #[test]
+    fn an_absurd_exp_never_overflows_and_never_expires() {
+        let now_ms = 1_700_000_000_000;
+        let year = Duration::from_secs(365 * 24 * 3600);
+        for (exp, lead) in [(i64::MAX, 5000), (i64::MAX / 1000, 5000), (i64::MAX, 0)] {
+            // Far away (or unrepresentable, then no deadline at all), but no overflow.
+            let deadline = expiry_deadline(exp, lead, now_ms);
+            assert!(
+                deadline.is_none_or(|at| at > Instant::now() + year),
+                "{exp} {lead}"
+            );
+        }
+        // A past exp closes at once; a normal one closes `lead` early.
+        let before = Instant::now();
+        let past = expiry_deadline(i64::MIN, 0, now_ms).unwrap();
+        assert!(past >= before && past <= Instant::now());
+        let soon = expiry_deadline(now_ms / 1000 + 60, 5000, now_ms).unwrap();
+        let left = soon - Instant::now();
+        assert!(left <= Duration::from_secs(55) && left > Duration::from_secs(54));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_session_loop_still_returns_a_close_for_the_cleanup() {
+        let (conn, _rx) = Conn::new(
+            AppId::new("app".to_string()),
+            PeerId::new("p".to_string()),
+            None,
+            true,
+            "publishable",
+            8,
+        );
+        let panicking = async {
+            if conn.close_requested().is_none() {
+                panic!("handler bug");
+            }
+            None
+        };
+        let reason = unwind_to_close(panicking, conn.id).await;
+        assert_eq!(reason.map(|r| r.code), Some(CloseCode::InternalError));
+        let fine = unwind_to_close(async { Some(CloseReason::SLOW_CONSUMER) }, conn.id).await;
+        assert_eq!(fine, Some(CloseReason::SLOW_CONSUMER));
     }
 }

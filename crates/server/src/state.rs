@@ -8,6 +8,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::auth::{App, KeyStore};
 use crate::config::Config;
+use crate::conn::{NodeOutbound, QueueLimits};
 use crate::engine::Engine;
 use crate::limits::ConnectLimiter;
 use crate::metrics::Metrics;
@@ -18,6 +19,8 @@ pub struct ServerState {
     pub engine: Arc<dyn Engine>,
     pub connect_limiter: ConnectLimiter,
     pub metrics: Metrics,
+    /// Outbound bytes held for all connections, against `limits.node_outbound_bytes`.
+    pub outbound: Arc<NodeOutbound>,
     /// When this node started (uptime in the admin view).
     pub started: Instant,
     /// Live WebSocket sessions on this node (the node-wide 4010 quota, and shutdown's drain).
@@ -36,12 +39,19 @@ impl ServerState {
             config.limits.connect_limit_exempt_loopback,
             config.limits.connect_limiter_max_entries,
         );
+        let metrics = Metrics::new();
+        let outbound = Arc::new(NodeOutbound::new(
+            config.limits.node_outbound_bytes,
+            metrics.outbound_queued_bytes.clone(),
+            metrics.outbound_shed.clone(),
+        ));
         ServerState {
             config,
             keys,
             engine,
             connect_limiter,
-            metrics: Metrics::new(),
+            metrics,
+            outbound,
             started: Instant::now(),
             sessions: AtomicUsize::new(0),
             sessions_changed: Notify::new(),
@@ -55,14 +65,28 @@ impl ServerState {
         let node_max = self.config.limits.max_connections;
         let node_now = self.sessions.fetch_add(1, Ordering::AcqRel) + 1;
         let app_now = app.connections.fetch_add(1, Ordering::AcqRel) + 1;
-        app.peak_connections.fetch_max(app_now, Ordering::AcqRel);
+        // Built before the check, so a refused slot is released too.
         let guard = SessionGuard {
             state: self.clone(),
             app: app.clone(),
         };
         let over = (node_max > 0 && node_now > node_max)
             || (app.max_connections > 0 && app_now > app.max_connections);
-        (!over).then_some(guard)
+        if over {
+            return None;
+        }
+        // Only admitted sessions count towards the peak (`peakConcurrent`).
+        app.peak_connections.fetch_max(app_now, Ordering::AcqRel);
+        Some(guard)
+    }
+
+    /// The outbound limits of one new connection on this node.
+    pub fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            frames: self.config.limits.outbound_queue_frames,
+            bytes: self.config.limits.outbound_queue_bytes,
+            node: self.outbound.clone(),
+        }
     }
 
     pub fn live_sessions(&self) -> usize {
