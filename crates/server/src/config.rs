@@ -54,6 +54,12 @@ pub struct Limits {
     pub connect_window_secs: u64,
     /// Loopback clients skip the per-IP limit (local tools, tests, a reverse proxy on the host).
     pub connect_limit_exempt_loopback: bool,
+
+    // Input shape (hostile payloads).
+    /// How deeply a client frame's fields (`data` included) may nest arrays and objects; a
+    /// deeper frame gets `malformed_message` and is not forwarded, since receivers' JSON
+    /// parsers recurse (the Python SDK's reader dies near 1,000 levels).
+    pub max_json_depth: usize,
 }
 
 /// Timers (spec §8.1, §15).
@@ -257,6 +263,7 @@ impl Default for Limits {
             connect_attempts_per_ip: 60,
             connect_window_secs: 60,
             connect_limit_exempt_loopback: true,
+            max_json_depth: herald_protocol::json_depth::DEFAULT_MAX_JSON_DEPTH,
         }
     }
 }
@@ -357,6 +364,12 @@ impl Config {
             return Err(invalid(
                 "limits.max_message_size",
                 "must be between 1 and limits.max_frame_bytes",
+            ));
+        }
+        if l.max_json_depth == 0 || l.max_json_depth > 512 {
+            return Err(invalid(
+                "limits.max_json_depth",
+                "must be between 1 and 512",
             ));
         }
         if l.max_channels_per_connection == 0 {
