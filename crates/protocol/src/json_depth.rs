@@ -16,29 +16,30 @@ pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
 /// Brackets inside strings do not count (escapes are honoured). The input need not be valid
 /// JSON: the answer is about bracket nesting only, and parsing decides validity afterwards.
 pub fn nesting_exceeds(text: &[u8], max_depth: usize) -> bool {
-    // Fast path: nesting deeper than `max_depth` needs more than `max_depth` opening brackets.
-    // `b | 0x20 == b'{'` holds for exactly `{` (0x7B) and `[` (0x5B); this branch-free count
-    // vectorises, so typical frames never reach the string-aware scan below.
-    let openers: usize = text.iter().map(|&b| usize::from(b | 0x20 == b'{')).sum();
-    if openers <= max_depth {
+    // Fast path: nesting deeper than `max_depth` needs more than `max_depth` opening brackets,
+    // and counting them is branch-free and vectorised, so typical frames never reach the
+    // string-aware scan below.
+    if count_openers(text) <= max_depth {
         return false;
     }
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in text {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut i = 0;
+    while i < text.len() {
+        let b = text[i];
+        i += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => {
+                // Skip the string in a tight loop of its own; an escape skips the next byte.
+                while i < text.len() {
+                    let c = text[i];
+                    i += 1;
+                    if c == b'\\' {
+                        i += 1;
+                    } else if c == b'"' {
+                        break;
+                    }
+                }
+            }
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max_depth {
@@ -50,6 +51,20 @@ pub fn nesting_exceeds(text: &[u8], max_depth: usize) -> bool {
         }
     }
     false
+}
+
+/// How many `{` and `[` bytes `text` holds, strings included.
+fn count_openers(text: &[u8]) -> usize {
+    // `b | 0x20 == b'{'` holds for exactly `{` (0x7B) and `[` (0x5B). Byte-wide counters over
+    // chunks of 255 cannot overflow and let the compiler use the widest vector lanes.
+    text.chunks(255)
+        .map(|chunk| {
+            let n = chunk
+                .iter()
+                .fold(0u8, |n, &b| n + u8::from(b | 0x20 == b'{'));
+            usize::from(n)
+        })
+        .sum()
 }
 
 /// The raw JSON string (quotes included) of `key` in the top-level object of `text`, when its
@@ -128,6 +143,10 @@ mod tests {
     fn counts_nesting_not_brackets() {
         assert!(!nesting_exceeds(nested(64).as_bytes(), 64));
         assert!(nesting_exceeds(nested(65).as_bytes(), 64));
+        // Counts span the 255-byte chunks of the fast path.
+        assert!(!nesting_exceeds(nested(600).as_bytes(), 600));
+        assert!(nesting_exceeds(nested(600).as_bytes(), 599));
+        assert_eq!(count_openers("{[".repeat(1000).as_bytes()), 2000);
         // Many brackets side by side are shallow.
         let wide = format!("[{}]", vec!["{}"; 500].join(","));
         assert!(!nesting_exceeds(wide.as_bytes(), 2));
