@@ -543,6 +543,17 @@ mod tests {
     }
 
     #[test]
+    fn json_depth_is_bounded() {
+        for bad in [0, 513] {
+            let text = format!("[limits]\nmax_json_depth = {bad}\n");
+            let err = Config::from_toml(&text).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains("limits.max_json_depth"), "{err}");
+        }
+        let ok = Config::from_toml("[limits]\nmax_json_depth = 512\n").unwrap();
+        ok.validate().unwrap();
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let err = Config::from_toml("[limits]\nmax_channels_per_connection = 0\n")
             .unwrap()
