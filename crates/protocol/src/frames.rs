@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::codes::ErrorCode;
+use crate::json_depth::{nesting_exceeds, top_level_string};
 use crate::validate::is_valid_request_id;
 
 /// A decoded client frame: the operation plus its `requestId`, when one was given.
@@ -98,7 +99,14 @@ fn as_string(raw: Option<&RawValue>) -> Option<String> {
 }
 
 /// Decodes one text frame (spec §5.6 table decides every failure).
-pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
+///
+/// `max_json_depth` bounds how deeply any field, `data` included, may nest arrays and objects
+/// (the frame's own object does not count). A deeper frame is refused with `malformed_message`
+/// before it is parsed: `data` is forwarded raw, and receivers' parsers recurse.
+pub fn parse_client_frame(
+    text: &str,
+    max_json_depth: usize,
+) -> Result<ClientFrame<'_>, FrameError> {
     let malformed = |request_id, message| FrameError {
         code: ErrorCode::MalformedMessage,
         request_id,
@@ -106,6 +114,15 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
     };
     if !text.trim_start().starts_with('{') {
         return Err(malformed(None, "frame must be a JSON object"));
+    }
+    if nesting_exceeds(text.as_bytes(), max_json_depth.saturating_add(1)) {
+        let request_id = top_level_string(text, "requestId")
+            .and_then(|raw| serde_json::from_str::<String>(raw).ok())
+            .filter(|id| is_valid_request_id(id));
+        return Err(malformed(
+            request_id,
+            "JSON nests too deeply (see limits.max_json_depth)",
+        ));
     }
     let env: Envelope<'_> =
         serde_json::from_str(text).map_err(|_| malformed(None, "frame is not valid JSON"))?;
@@ -332,22 +349,70 @@ pub mod encode {
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> Result<ClientFrame<'_>, FrameError> {
+        parse_client_frame(text, crate::json_depth::DEFAULT_MAX_JSON_DEPTH)
+    }
+
     fn err(text: &str) -> FrameError {
-        parse_client_frame(text).unwrap_err()
+        parse(text).unwrap_err()
+    }
+
+    fn publish_nested(depth: usize, request_id: &str) -> String {
+        format!(
+            r#"{{"type":"publish","channel":"c","data":{}{},"requestId":"{request_id}"}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        )
+    }
+
+    #[test]
+    fn raw_data_is_not_depth_limited_by_serde() {
+        // serde_json's recursion limit (128) guards building a tree, but `RawValue` skips over
+        // `data` without one: only the explicit depth check stops a deep payload.
+        let text = publish_nested(5000, "r");
+        let f = parse_client_frame(&text, usize::MAX).unwrap();
+        assert!(matches!(f.op, ClientOp::Publish { data: Some(d), .. } if d.get().len() == 10_000));
+    }
+
+    #[test]
+    fn over_deep_frames_are_malformed_and_echo_the_request_id() {
+        for depth in [65, 1000, 5000] {
+            let e = err(&publish_nested(depth, "deep"));
+            assert_eq!(
+                (e.code, e.request_id.as_deref()),
+                (ErrorCode::MalformedMessage, Some("deep")),
+                "{depth}"
+            );
+        }
+        let ok = publish_nested(64, "ok");
+        let f = parse(&ok).unwrap();
+        assert!(matches!(f.op, ClientOp::Publish { data: Some(_), .. }));
+        // Any field counts, not only data; a bad requestId is not echoed.
+        let deep = "{\"a\":".repeat(70) + "1" + &"}".repeat(70);
+        let e = err(&format!(
+            r#"{{"type":"ping","extra":{deep},"requestId":""}}"#
+        ));
+        assert_eq!((e.code, e.request_id), (ErrorCode::MalformedMessage, None));
+        // Brackets inside strings are text.
+        let text = format!(
+            r#"{{"type":"publish","channel":"c","data":"{}"}}"#,
+            "[".repeat(5000)
+        );
+        assert!(parse(&text).is_ok());
+        assert!(parse_client_frame(&publish_nested(3, "r"), 3).is_ok());
+        assert!(parse_client_frame(&publish_nested(4, "r"), 3).is_err());
     }
 
     #[test]
     fn parses_every_client_frame() {
-        let f = parse_client_frame(r#"{"type":"subscribe","channel":"a/b","requestId":"r1","includeSenderMetadata":true,"extra":1}"#).unwrap();
+        let f = parse(r#"{"type":"subscribe","channel":"a/b","requestId":"r1","includeSenderMetadata":true,"extra":1}"#).unwrap();
         assert_eq!(f.request_id.as_deref(), Some("r1"));
         assert!(
             matches!(f.op, ClientOp::Subscribe { channel: Some(ref c), include_sender_metadata: true } if c == "a/b")
         );
 
-        let f = parse_client_frame(
-            r#"{"type":"subscribe","channel":"a","includeSenderMetadata":"yes"}"#,
-        )
-        .unwrap();
+        let f =
+            parse(r#"{"type":"subscribe","channel":"a","includeSenderMetadata":"yes"}"#).unwrap();
         assert!(matches!(
             f.op,
             ClientOp::Subscribe {
@@ -356,24 +421,22 @@ mod tests {
             }
         ));
 
-        let f = parse_client_frame(r#"{"type":"publish","channel":"c","data":null}"#).unwrap();
+        let f = parse(r#"{"type":"publish","channel":"c","data":null}"#).unwrap();
         assert!(matches!(f.op, ClientOp::Publish { data: Some(d), .. } if d.get() == "null"));
 
-        let f = parse_client_frame(r#"{"type":"publish","channel":"c"}"#).unwrap();
+        let f = parse(r#"{"type":"publish","channel":"c"}"#).unwrap();
         assert!(matches!(f.op, ClientOp::Publish { data: None, .. }));
 
-        let f =
-            parse_client_frame(r#"{"type":"send","to":"bob","data":{"n": 1500.0, "s":"\u00e9"}}"#)
-                .unwrap();
+        let f = parse(r#"{"type":"send","to":"bob","data":{"n": 1500.0, "s":"\u00e9"}}"#).unwrap();
         assert!(
             matches!(f.op, ClientOp::Send { to: Some(ref t), data: Some(d) } if t == "bob" && d.get() == r#"{"n": 1500.0, "s":"\u00e9"}"#)
         );
 
-        let f = parse_client_frame(r#"{"type":"unsubscribe","channel":5}"#).unwrap();
+        let f = parse(r#"{"type":"unsubscribe","channel":5}"#).unwrap();
         assert!(matches!(f.op, ClientOp::Unsubscribe { channel: None }));
 
         assert!(matches!(
-            parse_client_frame(r#"{"type":"ping"}"#).unwrap().op,
+            parse(r#"{"type":"ping"}"#).unwrap().op,
             ClientOp::Ping
         ));
     }

@@ -8,6 +8,7 @@ pub mod claims;
 pub mod codes;
 pub mod frames;
 pub mod glob;
+pub mod json_depth;
 pub mod jwt;
 pub mod validate;
 

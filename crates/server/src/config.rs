@@ -85,6 +85,11 @@ pub struct Limits {
     /// delivery to a connection holding more than 64 KiB closes that connection as a slow
     /// consumer; connections with small queues still get their frames.
     pub node_outbound_bytes: usize,
+    // Input shape (hostile payloads).
+    /// How deeply a client frame's fields (`data` included) may nest arrays and objects; a
+    /// deeper frame gets `malformed_message` and is not forwarded, since receivers' JSON
+    /// parsers recurse (the Python SDK's reader dies near 1,000 levels).
+    pub max_json_depth: usize,
 }
 
 /// Timers (spec §8.1, §15).
@@ -311,6 +316,7 @@ impl Default for Limits {
             // 512 MiB: what a modest host can spare for backlog, room for 128 connections at
             // their full budget before the largest holders are shed.
             node_outbound_bytes: 512 * 1024 * 1024,
+            max_json_depth: herald_protocol::json_depth::DEFAULT_MAX_JSON_DEPTH,
         }
     }
 }
@@ -411,6 +417,12 @@ impl Config {
             return Err(invalid(
                 "limits.max_message_size",
                 "must be between 1 and limits.max_frame_bytes",
+            ));
+        }
+        if l.max_json_depth == 0 || l.max_json_depth > 512 {
+            return Err(invalid(
+                "limits.max_json_depth",
+                "must be between 1 and 512",
             ));
         }
         if l.max_channels_per_connection == 0 {
@@ -629,6 +641,17 @@ mod tests {
             toml::to_string(&parsed).unwrap(),
             toml::to_string(&built_in).unwrap()
         );
+    }
+
+    #[test]
+    fn json_depth_is_bounded() {
+        for bad in [0, 513] {
+            let text = format!("[limits]\nmax_json_depth = {bad}\n");
+            let err = Config::from_toml(&text).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains("limits.max_json_depth"), "{err}");
+        }
+        let ok = Config::from_toml("[limits]\nmax_json_depth = 512\n").unwrap();
+        ok.validate().unwrap();
     }
 
     #[test]

@@ -384,6 +384,14 @@ async fn channel_publish(
     let data = req
         .data
         .ok_or_else(|| ApiError::invalid("data is required"))?;
+    if herald_protocol::json_depth::nesting_exceeds(
+        data.get().as_bytes(),
+        state.config.limits.max_json_depth,
+    ) {
+        return Err(ApiError::invalid(
+            "data nests deeper than limits.max_json_depth",
+        ));
+    }
     let from = req.from.unwrap_or_else(|| "system".to_string());
     if !is_valid_subject(&from) {
         return Err(ApiError::invalid(

@@ -343,7 +343,7 @@ impl Session {
     }
 
     async fn on_text(&mut self, text: &str) -> Flow {
-        let frame = match parse_client_frame(text) {
+        let frame = match parse_client_frame(text, self.state.config.limits.max_json_depth) {
             Ok(frame) => frame,
             Err(err) => {
                 self.state.metrics.frame_in("invalid");
@@ -411,6 +411,18 @@ impl Session {
             ));
         }
         Ok(channel)
+    }
+
+    /// `data` may be as large as the advertised `welcome.maxMessageSize`, measured in bytes as
+    /// received (what receivers get); the frame cap only leaves room for the envelope.
+    fn check_data_size(&self, data: &RawValue) -> Result<(), OpError> {
+        if data.get().len() > self.state.config.limits.max_message_size {
+            return Err(OpError(
+                ErrorCode::MalformedMessage,
+                "data is larger than maxMessageSize",
+            ));
+        }
+        Ok(())
     }
 
     fn require(&self, action: Action) -> Result<(), OpError> {
@@ -558,6 +570,7 @@ impl Session {
             ErrorCode::MissingData,
             "publish needs a data field",
         ))?;
+        self.check_data_size(data)?;
         self.require(Action::Publish)?;
         if !self.identity.access.allows_channel(&channel) {
             return Err(OpError(
@@ -594,6 +607,7 @@ impl Session {
             "to must be 1-128 bytes without control characters",
         ))?;
         let data = data.ok_or(OpError(ErrorCode::MissingData, "send needs a data field"))?;
+        self.check_data_size(data)?;
         self.require(Action::Send)?;
         let to = PeerId::new(to);
         let direct = Direct {

@@ -296,6 +296,13 @@ async fn py_data_passthrough_keeps_number_spelling() {
     scenario(Sdk::Py, "passthrough.py").await;
 }
 
+/// 11. JSON nested 5,000 levels deep is refused, so an SDK subscriber's reader survives: no
+/// reconnect, no presence flap, same peer id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_subscriber_survives_deeply_nested_publishes() {
+    scenario(Sdk::Py, "deep_payload.py").await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cross-SDK
 // ---------------------------------------------------------------------------------------------
