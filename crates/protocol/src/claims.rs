@@ -14,6 +14,8 @@ pub const MAX_PERMISSION_CLAIMS: usize = 16;
 pub const MAX_METADATA_BYTES: usize = 8 * 1024;
 /// Cap on serialized `peerMetadata` (public identity bag).
 pub const MAX_PEER_METADATA_BYTES: usize = 4 * 1024;
+/// Cap on how deeply `metadata` and `peerMetadata` nest (the object itself is level 1).
+pub const MAX_METADATA_DEPTH: usize = crate::json_depth::DEFAULT_MAX_JSON_DEPTH;
 
 /// The claims Herald reads. Unknown claims (`iss`, `aud`, `jti`, ...) are ignored, never rejected.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -66,6 +68,8 @@ pub enum ClaimsError {
     NotAnObject(&'static str),
     #[error("{0} exceeds {1} bytes")]
     TooLarge(&'static str, usize),
+    #[error("{0} nests deeper than {1} levels")]
+    TooDeep(&'static str, usize),
 }
 
 /// True when a raw JSON value is an object (leading whitespace allowed).
@@ -135,6 +139,11 @@ fn check_object(name: &'static str, raw: Option<&RawValue>, cap: usize) -> Resul
     if raw.get().len() > cap {
         return Err(ClaimsError::TooLarge(name, cap));
     }
+    // Stamped on presence entries and messages that every receiver parses: a deep value would
+    // crash their readers as deep `data` would (see `json_depth`).
+    if crate::json_depth::nesting_exceeds(raw.get().as_bytes(), MAX_METADATA_DEPTH) {
+        return Err(ClaimsError::TooDeep(name, MAX_METADATA_DEPTH));
+    }
     Ok(())
 }
 
@@ -193,6 +202,21 @@ mod tests {
             claims(&big).validate(now, 60),
             Err(ClaimsError::TooLarge("peerMetadata", 4096))
         );
+        let deep = format!(
+            r#"{{"sub":"a","exp":2000,"peerMetadata":{{"x":{}1{}}}}}"#,
+            "[".repeat(1000),
+            "]".repeat(1000)
+        );
+        assert_eq!(
+            claims(&deep).validate(now, 60),
+            Err(ClaimsError::TooDeep("peerMetadata", MAX_METADATA_DEPTH))
+        );
+        let nested_ok = format!(
+            r#"{{"sub":"a","exp":2000,"peerMetadata":{{"x":{}1{}}}}}"#,
+            "[".repeat(MAX_METADATA_DEPTH - 1),
+            "]".repeat(MAX_METADATA_DEPTH - 1)
+        );
+        assert_eq!(claims(&nested_ok).validate(now, 60), Ok(()));
         let many = format!(
             r#"{{"sub":"a","exp":2000,"channels":[{}]}}"#,
             vec!["\"c\""; 101].join(",")

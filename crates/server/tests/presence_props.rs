@@ -202,6 +202,7 @@ impl World {
                         channel: &name,
                         target: Target::Channel,
                         include_sender_metadata: false,
+                        max_app_patterns: usize::MAX,
                         ack: Some(encode::ack("s").into()),
                     })
                     .await
