@@ -753,10 +753,19 @@ def attack_scope(ctx):
     cpu0, started = cpu_seconds(h.pid), time.time()
     for c, ws in enumerate(conns):
         for i in range(100):
-            # 58 distinct literals each behind `**`: the costliest shape found for the check.
-            body = "".join(f"**{alphabet[(i + c * 7 + k) % 100]}" for k in range(58))
-            channel = f"fleet/{body}*/telemetry"
-            ws.send({"type": "subscribe", "channel": channel, "requestId": f"s{i}"})
+            if i % 2 == 0:
+                # 58 distinct literals each behind `**`: the costliest shape found for the
+                # unbounded check (a wildcard-count bound refuses it outright).
+                body = "".join(f"**{alphabet[(i + c * 7 + k) % 100]}" for k in range(58))
+                channel = f"fleet/{body}*/telemetry"
+            else:
+                # Within a wildcard-count bound of 8: 60 distinct literals in one segment.
+                body = "".join(alphabet[(i + c + k) % 100] for k in range(60))
+                channel = f"fleet/*{body}*a*b*c*d*e*/telemetry"
+            try:
+                ws.send({"type": "subscribe", "channel": channel, "requestId": f"s{i}"})
+            except OSError:
+                break  # closed by the server: its replies below say why
     acks, errors = 0, {}
     deadline = time.time() + 30
     for ws in conns:
