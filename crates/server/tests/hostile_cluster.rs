@@ -25,21 +25,6 @@ const BUS_QUEUE: usize = 64;
 const FLOOD_BYTES: usize = 8 * 1024;
 const SHUTDOWN_DEADLINE_SECS: u64 = 3;
 
-/// A gauge or counter from a node's `/metrics`.
-async fn metric(node: &TestServer, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", node.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-        .parse()
-        .unwrap()
-}
-
 /// An attacker: a burst, then the sustained rate, just under the limits (exceeding them would
 /// only get it disconnected). Its own acks are read and thrown away.
 async fn attack(node_a_url: String, stop: Arc<AtomicBool>) {
@@ -139,8 +124,8 @@ async fn a_flood_published_on_one_node_does_not_hurt_another() {
     );
 
     // B's queue of pushes from Redis never outgrew its bound.
-    let peak = metric(b, "herald_bus_queue_peak_messages").await;
-    let shed = metric(b, "herald_bus_shed_total").await;
+    let peak = b.metric("herald_bus_queue_peak_messages").await;
+    let shed = b.metric("herald_bus_shed_total").await;
     assert!(peak <= BUS_QUEUE as f64, "bus queue peaked at {peak}");
     eprintln!(
         "flood for {:?}: B's bus queue peaked at {peak}, shed {shed}, worst calm latency {worst:?}",

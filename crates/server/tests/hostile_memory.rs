@@ -40,23 +40,11 @@ fn proc_status_bytes(field: &str) -> usize {
     kb * 1024
 }
 
-async fn metric(server: &TestServer, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", server.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-}
-
 /// Polls `metric` until it reaches `at_least`, or fails after `within`.
 async fn metric_reaches(server: &TestServer, name: &str, at_least: f64, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let value = metric(server, name).await;
+        let value = server.metric(name).await;
         if value >= at_least {
             return;
         }
@@ -286,7 +274,7 @@ async fn repeated_subscribes_to_a_big_room_cannot_pin_snapshots() {
         let code = attacker.read_to_end().await;
         assert!(code == 1008 || code == 1006, "attacker closed with {code}");
     }
-    assert!(metric(&server, "herald_outbound_queued_bytes").await < 64.0 * 1024.0);
+    assert!(server.metric("herald_outbound_queued_bytes").await < 64.0 * 1024.0);
     // The members, who did nothing wrong, are still connected (past the messages they got).
     for member in &mut members {
         member
@@ -367,7 +355,9 @@ async fn large_directs_to_a_stalled_peer_stay_within_its_byte_budget() {
     let code = sink.read_to_end().await;
     assert!(code == 1008 || code == 1006, "sink closed with {code}");
     assert_eq!(
-        metric(&server, "herald_slow_consumer_disconnects_total").await,
+        server
+            .metric("herald_slow_consumer_disconnects_total")
+            .await,
         1.0
     );
     sender.sync().await;
@@ -421,7 +411,9 @@ async fn the_node_budget_sheds_stalled_connections_and_readers_keep_receiving() 
     )
     .await;
     let peak = gauge.peak().await;
-    let shed = metric(&server, "herald_outbound_budget_disconnects_total").await;
+    let shed = server
+        .metric("herald_outbound_budget_disconnects_total")
+        .await;
     println!("peak queued {peak} B; {shed} shed by the node budget");
     assert!(shed >= 1.0, "the node budget never acted");
     // Over the budget only connections holding ≤ 64 KiB may still grow, by one frame each.

@@ -476,6 +476,19 @@ pub fn hs256_header(kid: &str) -> String {
 }
 
 impl TestServer {
+    /// The value of one unlabelled gauge or counter in this node's `/metrics`; panics if absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
     /// Connects with a raw query string and expects the server to close before any frame:
     /// returns the close code (spec §1.3: refusals are closes after a successful upgrade).
     pub async fn refused(&self, query: &str) -> u16 {
