@@ -72,6 +72,10 @@ impl LocalChannel {
 struct Sub {
     conn: Arc<Conn>,
     include_sender_metadata: bool,
+    /// The presence sequence number of this subscriber's snapshot. A delta at or below it is
+    /// already in the snapshot: the bus can deliver it late, after the subscribe finished (the
+    /// node's pushes lag the script that read the roster), and it must not be sent again.
+    floor: u64,
 }
 
 /// Most events buffered for one subscribe in flight. A subscriber that falls this far behind
@@ -286,6 +290,7 @@ impl Local {
                     Sub {
                         conn: conn.clone(),
                         include_sender_metadata: include,
+                        floor: 0,
                     },
                 );
             }
@@ -350,6 +355,7 @@ impl Local {
             Sub {
                 conn: conn.clone(),
                 include_sender_metadata: include,
+                floor: seq,
             },
         );
         // The roster at `seq` plus every change after it is what subscribers now know.
@@ -583,7 +589,10 @@ impl Local {
                 state.known_seq = seq;
                 state.apply_known(joined, peer_id, metadata);
                 for sub in state.subscribers.values() {
-                    if sub.conn.receives_presence && sub.conn.peer_id.as_str() != peer {
+                    if sub.conn.receives_presence
+                        && sub.conn.peer_id.as_str() != peer
+                        && seq > sub.floor
+                    {
                         sub.conn.deliver(delta.clone());
                     }
                 }
@@ -711,6 +720,9 @@ impl Local {
         for state in lock(&self.channels).values_mut() {
             state.known_seq = 0;
             state.resync_floor = 0;
+            for sub in state.subscribers.values_mut() {
+                sub.floor = 0;
+            }
         }
     }
 
@@ -932,5 +944,34 @@ mod tests {
         // Later changes flow as usual.
         local.on_channel_event("app", "room", &delta("l", 4, "y"), "n1");
         assert_eq!(drain(&mut rx)[0]["left"][0]["peerId"], "y");
+    }
+
+    #[test]
+    fn a_delta_already_in_the_snapshot_is_not_sent_when_it_arrives_after_the_subscribe() {
+        let local = Local::default();
+        let keys = Keys::new("h:", "n1");
+        let (bus, _bus_rx) = mpsc::unbounded_channel();
+        let (conn, mut rx) = Conn::new(
+            AppId::new("app".to_string()),
+            PeerId::new("x".to_string()),
+            None,
+            true,
+            "publishable",
+            64,
+        );
+        let room = ChannelName::new("room".to_string());
+        local.begin_subscribe(&conn, &room, false, &bus, &keys);
+        // The roster was read at seq 5 and already lists y, whose `joined` (seq 4) is still on
+        // its way through the bus.
+        let roster = ["x", "", "y", ""].map(String::from);
+        local.finish_subscribe(&conn, &room, false, None, 5, &roster);
+        let snapshot = drain(&mut rx);
+        assert_eq!(snapshot[0]["joined"][0]["peerId"], "y");
+
+        local.on_channel_event("app", "room", &delta("j", 4, "y"), "n1");
+        assert!(drain(&mut rx).is_empty(), "y's joined was in the snapshot");
+
+        local.on_channel_event("app", "room", &delta("j", 6, "z"), "n1");
+        assert_eq!(drain(&mut rx)[0]["joined"][0]["peerId"], "z");
     }
 }
