@@ -97,6 +97,44 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    /// Every code, in numeric order.
+    pub const ALL: [CloseCode; 13] = [
+        CloseCode::Normal,
+        CloseCode::GoingAway,
+        CloseCode::InvalidPayload,
+        CloseCode::PolicyViolation,
+        CloseCode::MessageTooBig,
+        CloseCode::InternalError,
+        CloseCode::InvalidToken,
+        CloseCode::TokenExpired,
+        CloseCode::ChannelNotAuthorized,
+        CloseCode::OverConcurrentLimit,
+        CloseCode::OverMessageRate,
+        CloseCode::AccountSuspended,
+        CloseCode::AdminDisconnect,
+    ];
+
+    /// The code with this number, if the server sends it (the inverse of [`CloseCode::as_u16`]).
+    /// Numbers only a client or the WebSocket layer uses (4000, 1006) give `None`.
+    pub fn from_u16(code: u16) -> Option<CloseCode> {
+        Some(match code {
+            1000 => CloseCode::Normal,
+            1001 => CloseCode::GoingAway,
+            1007 => CloseCode::InvalidPayload,
+            1008 => CloseCode::PolicyViolation,
+            1009 => CloseCode::MessageTooBig,
+            1011 => CloseCode::InternalError,
+            4001 => CloseCode::InvalidToken,
+            4002 => CloseCode::TokenExpired,
+            4003 => CloseCode::ChannelNotAuthorized,
+            4010 => CloseCode::OverConcurrentLimit,
+            4011 => CloseCode::OverMessageRate,
+            4012 => CloseCode::AccountSuspended,
+            4020 => CloseCode::AdminDisconnect,
+            _ => return None,
+        })
+    }
+
     /// The numeric code.
     pub fn as_u16(self) -> u16 {
         match self {
@@ -125,5 +163,49 @@ impl CloseCode {
                 | CloseCode::AccountSuspended
                 | CloseCode::AdminDisconnect
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards [`CloseCode::ALL`]: this match stops compiling when a variant is added, and the
+    /// test below fails until the new variant is in `ALL` too.
+    fn listed(code: CloseCode) -> bool {
+        match code {
+            CloseCode::Normal
+            | CloseCode::GoingAway
+            | CloseCode::InvalidPayload
+            | CloseCode::PolicyViolation
+            | CloseCode::MessageTooBig
+            | CloseCode::InternalError
+            | CloseCode::InvalidToken
+            | CloseCode::TokenExpired
+            | CloseCode::ChannelNotAuthorized
+            | CloseCode::OverConcurrentLimit
+            | CloseCode::OverMessageRate
+            | CloseCode::AccountSuspended
+            | CloseCode::AdminDisconnect => CloseCode::ALL.contains(&code),
+        }
+    }
+
+    #[test]
+    fn close_codes_read_back_from_their_numbers() {
+        for code in CloseCode::ALL {
+            assert!(listed(code));
+            assert_eq!(CloseCode::from_u16(code.as_u16()), Some(code), "{code:?}");
+        }
+        // Exactly the listed numbers decode, each to the code that sends it.
+        let decoded: Vec<u16> = (0..=u16::MAX)
+            .filter(|&n| CloseCode::from_u16(n).is_some_and(|c| c.as_u16() == n))
+            .collect();
+        let mut numbers: Vec<u16> = CloseCode::ALL.iter().map(|c| c.as_u16()).collect();
+        numbers.sort_unstable();
+        assert_eq!(decoded, numbers);
+        assert!((0..=u16::MAX).all(|n| CloseCode::from_u16(n).is_none_or(|c| c.as_u16() == n)));
+        for client_only in [1006, 4000] {
+            assert_eq!(CloseCode::from_u16(client_only), None);
+        }
     }
 }
