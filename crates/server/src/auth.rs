@@ -14,8 +14,8 @@ use herald_protocol::{Action, ActionSet, CloseCode};
 use percent_encoding::percent_decode_str;
 use serde_json::value::RawValue;
 
+use crate::close::CloseReason;
 use crate::config::{Config, IceServer};
-use crate::conn::CloseReason;
 use crate::ids::{AppId, PeerId};
 
 /// A tenant at run time.

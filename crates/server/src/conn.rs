@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
-use herald_protocol::CloseCode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
+use crate::clock::unix_now;
+use crate::close::CloseReason;
 use crate::ids::{AppId, ConnId, PeerId};
 use crate::sync::lock;
 
@@ -27,22 +28,6 @@ pub const NODE_SHED_ABOVE_BYTES: usize = 64 * 1024;
 
 /// An encoded server frame. Cloning shares the bytes, so one encoding serves every receiver.
 pub type Frame = Utf8Bytes;
-
-/// Why the server closes a connection: the wire code plus a short reason (≤ 123 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseReason {
-    pub code: CloseCode,
-    pub reason: &'static str,
-}
-
-impl CloseReason {
-    pub const fn new(code: CloseCode, reason: &'static str) -> Self {
-        CloseReason { code, reason }
-    }
-    /// The outbound queue was full: the client reads slower than it is sent to.
-    pub const SLOW_CONSUMER: CloseReason =
-        CloseReason::new(CloseCode::PolicyViolation, "slow consumer");
-}
 
 /// The node-wide account of outbound bytes: every connection's queued and not-yet-written frames.
 ///
@@ -190,7 +175,7 @@ impl Conn {
             peer_metadata,
             receives_presence,
             kind,
-            connected_at: crate::state::unix_now(),
+            connected_at: unix_now(),
             outbox: Mutex::new(Outbox::default()),
             outbox_ready: Notify::new(),
             capacity: limits.frames.max(1),

@@ -13,10 +13,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::admin;
+use crate::clock::unix_now;
 use crate::limits::Attempt;
 use crate::rest::{self, ApiError};
 use crate::session;
-use crate::state::{unix_now, ServerState};
+use crate::state::ServerState;
 
 /// Read buffer per socket, allocated for the connection's lifetime. Small, because most sockets
 /// are idle most of the time: client frames are small (subscribe, publish, send), and a larger

@@ -7,6 +7,8 @@
 pub mod accept;
 pub mod admin;
 pub mod auth;
+pub mod clock;
+pub mod close;
 pub mod config;
 pub mod conn;
 pub mod devkeys;

@@ -26,10 +26,11 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::auth::SecretKey;
-use crate::conn::CloseReason;
+use crate::clock::unix_now;
+use crate::close::CloseReason;
 use crate::engine::{Member, Publication};
 use crate::ids::{ChannelName, PeerId};
-use crate::state::{unix_now, ServerState};
+use crate::state::ServerState;
 
 /// Largest accepted request body (spec §10); above it: 413.
 pub const MAX_BODY_BYTES: usize = 32 * 1024;

@@ -20,13 +20,15 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::auth::{AuthError, Identity};
-use crate::conn::{CloseReason, Conn, Frame, Outbound};
+use crate::clock::{unix_now, unix_now_ms};
+use crate::close::CloseReason;
+use crate::conn::{Conn, Frame, Outbound};
 use crate::engine::{Departure, Direct, EngineError, Publication, SubscribeRequest, Target};
 use crate::ids::{ChannelName, ConnId, PeerId};
 use crate::limits::TokenBucket;
 use crate::metrics::Metrics;
 use crate::resubscribe::DuplicateSubscribes;
-use crate::state::{unix_now, unix_now_ms, ServerState, SessionGuard};
+use crate::state::{ServerState, SessionGuard};
 
 /// Frames written per flush; bounds the time the socket task spends away from reading.
 const MAX_BATCH: usize = 64;

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
@@ -135,20 +135,4 @@ impl Drop for SessionGuard {
         self.state.sessions.fetch_sub(1, Ordering::AcqRel);
         self.state.sessions_changed.notify_waiters();
     }
-}
-
-/// Current Unix time in seconds (the unit of `serverTime`, `exp` and `expiresAt`).
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Current Unix time in milliseconds.
-pub fn unix_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -18,9 +18,10 @@ use herald_protocol::jwt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::clock::unix_now;
 use crate::config::SecretKeyConfig;
 use crate::rest::ApiError;
-use crate::state::{unix_now, ServerState};
+use crate::state::ServerState;
 
 const INDEX_HTML: &str = include_str!("../../../web/app/index.html");
 

@@ -22,7 +22,8 @@ use super::{
     ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, MessageFrames,
     Publication, SubscribeRequest, Target,
 };
-use crate::conn::{CloseReason, Conn, Delivery, Frame};
+use crate::close::CloseReason;
+use crate::conn::{Conn, Delivery, Frame};
 use crate::ids::{AppId, ChannelName, ConnId, PeerId};
 use crate::sync::lock;
 

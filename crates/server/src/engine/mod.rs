@@ -16,7 +16,8 @@ use async_trait::async_trait;
 use herald_protocol::glob::Pattern;
 use serde_json::value::RawValue;
 
-use crate::conn::{CloseReason, Conn, Frame};
+use crate::close::CloseReason;
+use crate::conn::{Conn, Frame};
 use crate::ids::{AppId, ChannelName, PeerId};
 
 /// Faults of the engine itself (not of client input). Maps to `backend_error` on the wire.

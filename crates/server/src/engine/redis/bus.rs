@@ -56,7 +56,7 @@ fn dispatch(inner: &Inner, topic: &str, payload: &[u8], from_pattern: bool) {
                 if let (Some(app), Some(peer), Some(code)) =
                     (event.a.as_deref(), event.p.as_deref(), event.c)
                 {
-                    let reason = crate::conn::CloseReason::new(
+                    let reason = crate::close::CloseReason::new(
                         if code == 4020 {
                             herald_protocol::CloseCode::AdminDisconnect
                         } else {

@@ -52,8 +52,9 @@ use super::{
     ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Publication,
     SubscribeRequest, Target,
 };
+use crate::close::CloseReason;
 use crate::config::EngineConfig;
-use crate::conn::{CloseReason, Conn, Frame};
+use crate::conn::{Conn, Frame};
 use crate::ids::{AppId, ChannelName, PeerId};
 use crate::sync::lock;
 
