@@ -1,20 +1,18 @@
 //! [`SignallingClient`]: the public face of one logical connection. The socket itself is owned
-//! by a background task (see `connection.rs`); this file holds the state they share and the
-//! request/ack correlation.
+//! by a background task (see `connection.rs`); the state both use, and the request/ack
+//! correlation, are in `shared.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 
 use crate::connection;
 use crate::error::Error;
 use crate::events::{lock, EventStream, Subscribers};
 use crate::frames;
 use crate::options::SignallingClientOptions;
+use crate::shared::{Inner, Observer, Shared};
 use crate::types::{
     ChannelMessage, ConnectionEvent, ConnectionState, DirectMessage, GoingAway, PresenceEvent,
     ServerError, SubscribeOptions, Welcome,
@@ -69,83 +67,6 @@ impl std::fmt::Debug for SignallingClient {
     }
 }
 
-/// State shared between the handles, the connection task and request futures.
-pub(crate) struct Inner {
-    pub(crate) options: SignallingClientOptions,
-    /// The validated origin (`scheme://authority`); `/v1?…` is appended per connection.
-    pub(crate) origin: String,
-    pub(crate) shared: Mutex<Shared>,
-    pub(crate) presence: Subscribers<PresenceEvent>,
-    pub(crate) messages: Subscribers<ChannelMessage>,
-    pub(crate) directs: Subscribers<DirectMessage>,
-    pub(crate) server_errors: Subscribers<ServerError>,
-    pub(crate) going_away: Subscribers<GoingAway>,
-    pub(crate) connection: Subscribers<ConnectionEvent>,
-    /// In-crate listeners ([`crate::Peer`]) that must see every event, in order, without the
-    /// loss a full application queue allows. Called from the connection task, outside `shared`.
-    pub(crate) observers: Mutex<Vec<Arc<dyn Observer>>>,
-}
-
-/// The mutable part of [`Inner`]. Guarded by a std mutex that is never held across `.await`.
-pub(crate) struct Shared {
-    pub(crate) state: ConnectionState,
-    /// The welcome of the current (or last) connection.
-    pub(crate) welcome: Option<Welcome>,
-    /// The welcomed connection requests go to; `None` between connections.
-    pub(crate) conn: Option<LiveConn>,
-    /// Requests waiting for their `ack`/`error`, by `requestId`. Drained with
-    /// [`Error::Disconnected`] when the connection ends.
-    pub(crate) pending: HashMap<String, oneshot::Sender<Result<(), Error>>>,
-    /// Every channel subscribed and not unsubscribed, with its options: the replay set.
-    /// Tracked from the moment `subscribe` is called, not from its ack, because a subscribe in
-    /// flight when the socket drops may have reached the server (spec §8.2).
-    pub(crate) subscriptions: BTreeMap<String, SubscribeOptions>,
-    /// Stops the current connection task (and any connect in progress).
-    pub(crate) stop: Option<watch::Sender<bool>>,
-    /// The current connection task, awaited by `close()`.
-    pub(crate) driver: Option<JoinHandle<()>>,
-    /// Set by `close()`/drop: no reconnect may follow.
-    pub(crate) closing: bool,
-    pub(crate) disposed: bool,
-    /// Bumped by each `connect()`, so a superseded connect attempt cannot touch the state of a
-    /// newer one.
-    pub(crate) generation: u64,
-    pub(crate) next_conn_id: u64,
-}
-
-/// The current connection, as request senders see it.
-pub(crate) struct LiveConn {
-    pub(crate) id: u64,
-    /// The connection task's outbound queue (bounded: a slow socket slows requests down).
-    pub(crate) tx: mpsc::Sender<String>,
-}
-
-/// An event as in-crate observers see it.
-#[derive(Clone, Copy)]
-pub(crate) enum Observed<'a> {
-    Connected {
-        is_reconnect: bool,
-    },
-    Disconnected {
-        code: u16,
-        reason: &'a str,
-        will_reconnect: bool,
-    },
-    Presence(&'a PresenceEvent),
-    Message(&'a ChannelMessage),
-    Direct(&'a DirectMessage),
-    ServerError(&'a ServerError),
-    TokenProviderFailing {
-        consecutive_failures: u32,
-        error: &'a str,
-    },
-}
-
-/// An in-crate listener; see [`Inner::observers`].
-pub(crate) trait Observer: Send + Sync {
-    fn observe(&self, event: Observed<'_>);
-}
-
 /// Closes the connection when the last application handle goes away.
 struct DropGuard {
     inner: Arc<Inner>,
@@ -161,115 +82,6 @@ impl Drop for DropGuard {
         if let Some(stop) = stop {
             let _ = stop.send(true);
         }
-    }
-}
-
-/// Removes a pending request when its future is dropped early (timeout or cancellation).
-struct PendingGuard<'a> {
-    inner: &'a Inner,
-    request_id: String,
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        lock(&self.inner.shared).pending.remove(&self.request_id);
-    }
-}
-
-impl Inner {
-    /// Sets the state and returns the change to announce (after the lock is released).
-    pub(crate) fn set_state(shared: &mut Shared, to: ConnectionState) -> Option<ConnectionEvent> {
-        let from = shared.state;
-        (from != to).then(|| {
-            shared.state = to;
-            ConnectionEvent::StateChanged { from, to }
-        })
-    }
-
-    pub(crate) fn announce(&self, event: Option<ConnectionEvent>) {
-        if let Some(event) = event {
-            self.connection.emit(event);
-        }
-    }
-
-    /// Calls every observer. The list is copied first so an observer may take other locks.
-    pub(crate) fn notify(&self, event: Observed<'_>) {
-        let observers = lock(&self.observers).clone();
-        for observer in observers {
-            observer.observe(event);
-        }
-    }
-
-    /// Completes the pending request `request_id`, if it is still waiting.
-    pub(crate) fn settle(&self, request_id: &str, result: Result<(), Error>) -> bool {
-        let waiter = lock(&self.shared).pending.remove(request_id);
-        match waiter {
-            Some(tx) => {
-                let _ = tx.send(result);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Sends the frame `build(requestId)` on the current connection and waits for its answer.
-    pub(crate) async fn request(&self, build: impl FnOnce(&str) -> String) -> Result<(), Error> {
-        let (request_id, tx, rx) = {
-            let mut shared = lock(&self.shared);
-            if shared.disposed {
-                return Err(Error::Disposed);
-            }
-            let tx = match (&shared.state, &shared.conn) {
-                (ConnectionState::Connected, Some(conn)) => conn.tx.clone(),
-                (state, _) => return Err(Error::NotConnected(*state)),
-            };
-            let request_id = frames::request_id();
-            let (done, rx) = oneshot::channel();
-            shared.pending.insert(request_id.clone(), done);
-            (request_id, tx, rx)
-        };
-        let frame = build(&request_id);
-        let _guard = PendingGuard {
-            inner: self,
-            request_id,
-        };
-        let timeout = self.options.request_timeout;
-        let exchange = async move {
-            if tx.send(frame).await.is_err() {
-                return Err(Error::Disconnected {
-                    code: 1006,
-                    reason: "the connection ended".into(),
-                });
-            }
-            rx.await.unwrap_or(Err(Error::Disconnected {
-                code: 1006,
-                reason: "the connection ended".into(),
-            }))
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or(Err(Error::Timeout(timeout)))
-    }
-
-    /// The payload cap of the current connection (65536 before the first welcome).
-    fn max_message_size(&self) -> usize {
-        lock(&self.shared)
-            .welcome
-            .as_ref()
-            .map_or(herald_protocol::MAX_MESSAGE_SIZE, |w| w.max_message_size)
-    }
-
-    /// Serializes `data` once and checks it against the welcome's cap (spec §8.6): an oversized
-    /// frame would get the whole connection closed with 1009.
-    pub(crate) fn payload(&self, data: &impl Serialize) -> Result<Box<RawValue>, Error> {
-        let raw =
-            serde_json::value::to_raw_value(data).map_err(|e| Error::Serialize(e.to_string()))?;
-        let size = raw.get().len();
-        let cap = self.max_message_size();
-        if size > cap {
-            return Err(Error::Oversized { size, cap });
-        }
-        Ok(raw)
     }
 }
 

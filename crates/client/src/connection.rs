@@ -20,11 +20,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use herald_protocol::CloseCode;
 
-use crate::client::{Inner, LiveConn, Observed};
 use crate::error::Error;
 use crate::events::lock;
 use crate::frames::{self, ServerFrame};
 use crate::options::Credential;
+use crate::shared::{Inner, LiveConn, Observed};
 use crate::types::{ConnectionEvent, ConnectionState, Welcome};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;

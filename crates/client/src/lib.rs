@@ -112,6 +112,7 @@ mod events;
 mod frames;
 mod options;
 mod peer;
+mod shared;
 mod signal;
 mod types;
 
@@ -123,9 +124,10 @@ pub use options::{
     DEFAULT_URL,
 };
 pub use peer::{
-    DataKind, Peer, PeerData, PeerError, PeerOptions, PeerState, RemotePeer, DEFAULT_MAX_PEERS,
+    DataKind, Peer, PeerData, PeerError, PeerOptions, PeerState, RemotePeer, SignalHandler,
+    DEFAULT_MAX_PEERS,
 };
-pub use signal::{IceCandidate, SdpType, Signal, SignalHandler, TrackMeta, TRACK_META_KEY};
+pub use signal::{IceCandidate, SdpType, Signal, TrackMeta, TRACK_META_KEY};
 pub use types::{
     ChannelMessage, ConnectionEvent, ConnectionState, DirectMessage, GoingAway, IceServer,
     Metadata, PresenceEvent, PresencePeer, ServerError, SubscribeOptions, Welcome,

@@ -10,11 +10,12 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::client::{check_channel, Observed, Observer, SignallingClient};
+use crate::client::{check_channel, SignallingClient};
 use crate::error::Error;
 use crate::events::{lock, EventStream, Subscribers};
 use crate::options::SignallingClientOptions;
-use crate::signal::{Signal, SignalHandler, TrackMeta};
+use crate::shared::{Observed, Observer};
+use crate::signal::{Signal, TrackMeta};
 use crate::types::{ConnectionState, Metadata, PresencePeer, ServerError, SubscribeOptions};
 
 /// Remote peers tracked per channel; further joins are ignored (as MeteredPeer does).
@@ -267,6 +268,37 @@ impl RemotePeer {
         } else if tracks.len() < MAX_TRACK_META || tracks.contains_key(&meta.track_id) {
             tracks.insert(meta.track_id.clone(), meta.clone());
         }
+    }
+}
+
+/// The hook a WebRTC layer implements to ride on [`Peer`]'s roster and signalling (the payloads
+/// are in `signal.rs`).
+///
+/// Every method is called from the connection task, in wire order, and must not block: hand
+/// work to your own task. The default methods do nothing, so a handler implements only what it
+/// needs.
+pub trait SignalHandler: Send + Sync + 'static {
+    /// A remote peer entered the roster (before `peer_joined` is delivered): create its
+    /// peer connection here. Politeness is [`RemotePeer::polite`].
+    fn peer_joined(&self, remote: &RemotePeer) {
+        let _ = remote;
+    }
+
+    /// A remote peer left the roster: close its peer connection.
+    fn peer_left(&self, remote: &RemotePeer) {
+        let _ = remote;
+    }
+
+    /// The signalling connection was re-established and `remote` survived the reconcile.
+    /// The official SDKs build a fresh peer connection and offer again (spec §17.4).
+    fn connection_reset(&self, remote: &RemotePeer) {
+        let _ = remote;
+    }
+
+    /// A signal arrived from `remote` (only from peers in the roster, as the SDKs require).
+    /// Track metadata is also cached on the [`RemotePeer`] before this call.
+    fn signal(&self, remote: &RemotePeer, signal: Signal) {
+        let _ = (remote, signal);
     }
 }
 

@@ -1,14 +1,14 @@
-//! The WebRTC signalling payloads that `MeteredPeer`s exchange over `send`/`direct` (spec §17.3),
-//! and the hook a WebRTC layer plugs into.
+//! The WebRTC signalling payloads that `MeteredPeer`s exchange over `send`/`direct` (spec §17.3).
 //!
 //! [`crate::Peer`] carries no media stack. It recognises these payloads exactly as the official
-//! SDKs do, so they never surface as application data, and hands them to a [`SignalHandler`]
-//! if one is installed. A WebRTC layer (for example one built on the `webrtc` crate) implements
-//! the handler and answers through [`crate::RemotePeer::send_signal`].
+//! SDKs do, so they never surface as application data, and hands them to a
+//! [`crate::SignalHandler`] if one is installed. A WebRTC layer (for example one built on the
+//! `webrtc` crate) implements the handler and answers through
+//! [`crate::RemotePeer::send_signal`]. This module is the payloads only: the handler is part of
+//! the peer's interface and lives with it in `peer.rs`.
 
 use serde_json::{json, Map, Value};
 
-use crate::peer::RemotePeer;
 use crate::types::Metadata;
 
 /// The reserved key of track-metadata messages.
@@ -171,36 +171,6 @@ impl Signal {
                 json!({ TRACK_META_KEY: inner })
             }
         }
-    }
-}
-
-/// The hook a WebRTC layer implements to ride on [`crate::Peer`]'s roster and signalling.
-///
-/// Every method is called from the connection task, in wire order, and must not block: hand
-/// work to your own task. The default methods do nothing, so a handler implements only what it
-/// needs.
-pub trait SignalHandler: Send + Sync + 'static {
-    /// A remote peer entered the roster (before `peer_joined` is delivered): create its
-    /// peer connection here. Politeness is [`RemotePeer::polite`].
-    fn peer_joined(&self, remote: &RemotePeer) {
-        let _ = remote;
-    }
-
-    /// A remote peer left the roster: close its peer connection.
-    fn peer_left(&self, remote: &RemotePeer) {
-        let _ = remote;
-    }
-
-    /// The signalling connection was re-established and `remote` survived the reconcile.
-    /// The official SDKs build a fresh peer connection and offer again (spec §17.4).
-    fn connection_reset(&self, remote: &RemotePeer) {
-        let _ = remote;
-    }
-
-    /// A signal arrived from `remote` (only from peers in the roster, as the SDKs require).
-    /// Track metadata is also cached on the [`RemotePeer`] before this call.
-    fn signal(&self, remote: &RemotePeer, signal: Signal) {
-        let _ = (remote, signal);
     }
 }
 
