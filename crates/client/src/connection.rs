@@ -47,15 +47,8 @@ const TOKEN_FAILURE_THRESHOLD: u32 = 3;
 
 /// Codes after which no reconnect is attempted: the credential, its claims, the account or an
 /// administrator said no, and trying again cannot change that (spec §7.2).
-const TERMINAL_CLOSE_CODES: [CloseCode; 4] = [
-    CloseCode::InvalidToken,
-    CloseCode::ChannelNotAuthorized,
-    CloseCode::AccountSuspended,
-    CloseCode::AdminDisconnect,
-];
-
 pub(crate) fn is_terminal(code: u16) -> bool {
-    TERMINAL_CLOSE_CODES.iter().any(|c| c.as_u16() == code)
+    CloseCode::from_u16(code).is_some_and(CloseCode::is_terminal_for_sdks)
 }
 
 /// 4000 is the client-side inactivity/welcome-timeout close (spec §7.1).

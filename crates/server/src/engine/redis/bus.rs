@@ -56,14 +56,11 @@ fn dispatch(inner: &Inner, topic: &str, payload: &[u8], from_pattern: bool) {
                 if let (Some(app), Some(peer), Some(code)) =
                     (event.a.as_deref(), event.p.as_deref(), event.c)
                 {
-                    let reason = crate::close::CloseReason::new(
-                        if code == 4020 {
-                            herald_protocol::CloseCode::AdminDisconnect
-                        } else {
-                            herald_protocol::CloseCode::PolicyViolation
-                        },
-                        "disconnected by admin",
-                    );
+                    // Only kicks travel as "x" today (4020); a number this node does not know
+                    // still closes the peer, with the generic policy code.
+                    let code = herald_protocol::CloseCode::from_u16(code)
+                        .unwrap_or(herald_protocol::CloseCode::PolicyViolation);
+                    let reason = crate::close::CloseReason::new(code, "disconnected by admin");
                     inner.local.close_peer(
                         &crate::ids::AppId::new(app),
                         &crate::ids::PeerId::new(peer),
