@@ -184,8 +184,7 @@ async fn channel(
     let members = state
         .engine
         .channel_members(&key.app.id, &channel)
-        .await
-        .map_err(|_| ApiError::backend())?;
+        .await?;
     let subscribers = state
         .engine
         .local_channels(&key.app.id)

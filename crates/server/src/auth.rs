@@ -1,7 +1,7 @@
 //! Credentials: the key store built from config, and connect-time authentication (spec §1-2).
 //!
-//! Every failure is an [`AuthError`]; [`AuthError::close_reason`] is the single place that maps
-//! them to close codes. Failures are reported after the WebSocket upgrade, never as HTTP errors.
+//! Every failure is an [`AuthError`]; [`AuthError::close_reason`], in `errors.rs` beside the other
+//! error mappings, is the single place that maps them to close codes. Failures are reported after the WebSocket upgrade, never as HTTP errors.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -10,11 +10,10 @@ use std::sync::Arc;
 use herald_protocol::claims::ClaimsError;
 use herald_protocol::glob::{covered_with_work, has_wildcard, is_covered_by, Pattern};
 use herald_protocol::jwt::{JwtError, UnverifiedToken};
-use herald_protocol::{Action, ActionSet, CloseCode};
+use herald_protocol::{Action, ActionSet};
 use percent_encoding::percent_decode_str;
 use serde_json::value::RawValue;
 
-use crate::close::CloseReason;
 use crate::config::{Config, IceServer};
 use crate::ids::{AppId, PeerId};
 
@@ -202,32 +201,6 @@ pub enum AuthError {
     ChannelsOutsideKey,
     #[error("account suspended")]
     Suspended,
-}
-
-impl AuthError {
-    /// The one mapping from auth failures to close codes (spec §7).
-    pub fn close_reason(&self) -> CloseReason {
-        match self {
-            AuthError::Expired => CloseReason::new(CloseCode::TokenExpired, "token expired"),
-            AuthError::ChannelsOutsideKey => CloseReason::new(
-                CloseCode::ChannelNotAuthorized,
-                "channels claim exceeds key scope",
-            ),
-            AuthError::Suspended => {
-                CloseReason::new(CloseCode::AccountSuspended, "account suspended")
-            }
-            AuthError::OriginNotAllowed => {
-                CloseReason::new(CloseCode::InvalidToken, "origin not allowed")
-            }
-            AuthError::MissingCredential | AuthError::BothCredentials => {
-                CloseReason::new(CloseCode::InvalidToken, "missing or ambiguous credential")
-            }
-            AuthError::UnknownKey => CloseReason::new(CloseCode::InvalidToken, "invalid key"),
-            AuthError::Token(_) | AuthError::UnknownKid | AuthError::Claims(_) => {
-                CloseReason::new(CloseCode::InvalidToken, "invalid token")
-            }
-        }
-    }
 }
 
 /// The credential found in the connect URL's query string.

@@ -18,4 +18,7 @@ impl CloseReason {
     /// The outbound queue was full: the client reads slower than it is sent to.
     pub const SLOW_CONSUMER: CloseReason =
         CloseReason::new(CloseCode::PolicyViolation, "slow consumer");
+    /// An administrator kicked the peer (`DELETE /v1/peers/:id`), on this node or another.
+    pub const ADMIN_DISCONNECT: CloseReason =
+        CloseReason::new(CloseCode::AdminDisconnect, "disconnected by admin");
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod conn;
 pub mod devkeys;
 pub mod engine;
+pub mod errors;
 pub mod http;
 pub mod ids;
 pub mod limits;

@@ -19,7 +19,7 @@ use herald_protocol::glob::{has_wildcard, is_covered_by, Pattern};
 use herald_protocol::validate::{
     is_reserved_channel, is_valid_channel, is_valid_subject, is_valid_target_peer_id,
 };
-use herald_protocol::{jwt, Action, ActionSet, CloseCode};
+use herald_protocol::{jwt, Action, ActionSet};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 use serde_json::json;
@@ -28,7 +28,8 @@ use serde_json::value::RawValue;
 use crate::auth::SecretKey;
 use crate::clock::unix_now;
 use crate::close::CloseReason;
-use crate::engine::{Member, Publication};
+use crate::engine::{EngineError, Member, Publication};
+use crate::errors::RestCode;
 use crate::ids::{ChannelName, PeerId};
 use crate::state::ServerState;
 
@@ -52,12 +53,12 @@ pub fn routes() -> Router<Arc<ServerState>> {
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: RestCode,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: RestCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -66,34 +67,34 @@ impl ApiError {
     }
     /// 400 `invalid_request`.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        Self::new(StatusCode::BAD_REQUEST, RestCode::InvalidRequest, message)
     }
     /// One response for every 401 cause (spec §13.2).
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            RestCode::Unauthorized,
             "missing or invalid secret key",
         )
     }
     fn reserved() -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
-            "channel_reserved",
+            RestCode::ChannelReserved,
             "channel prefix is reserved",
         )
     }
     pub(crate) fn not_authorized(channel: &str) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
-            "channel_not_authorized",
+            RestCode::ChannelNotAuthorized,
             format!("channel not in key's allowed patterns: {channel}"),
         )
     }
     pub(crate) fn action(action: Action) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
-            "action_not_permitted",
+            RestCode::ActionNotPermitted,
             format!("key lacks the {} action", action.as_str()),
         )
     }
@@ -101,19 +102,20 @@ impl ApiError {
     fn not_app_wide(what: &str) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
-            "channel_not_authorized",
+            RestCode::ChannelNotAuthorized,
             format!("{what} needs a key whose patterns cover every channel (**)"),
         )
     }
-    pub fn backend() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "internal_error",
-            "engine unavailable",
-        )
-    }
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        Self::new(StatusCode::NOT_FOUND, RestCode::NotFound, "no such endpoint")
+    }
+}
+
+/// The engine's failures answer with the one mapping in `errors.rs`.
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> Self {
+        let (status, code, message) = err.rest();
+        ApiError::new(status, code, message)
     }
 }
 
@@ -121,7 +123,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(json!({"error": self.code, "message": self.message})),
+            Json(json!({"error": self.code.as_str(), "message": self.message})),
         )
             .into_response()
     }
@@ -170,7 +172,7 @@ async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
     to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request",
+            RestCode::InvalidRequest,
             "body larger than 32 KB",
         )
     })
@@ -317,7 +319,7 @@ async fn channel_endpoint(
         ("peers" | "publish", _) => {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "invalid_request",
+                RestCode::InvalidRequest,
                 "method not allowed",
             ))
         }
@@ -347,8 +349,7 @@ async fn channel_peers(state: &ServerState, key: &SecretKey, channel: String) ->
     let members = state
         .engine
         .channel_members(&key.app.id, &ChannelName::new(channel.as_str()))
-        .await
-        .map_err(|_| ApiError::backend())?;
+        .await?;
     #[derive(serde::Serialize)]
     struct Peers<'a> {
         channel: &'a str,
@@ -413,8 +414,7 @@ async fn channel_publish(
             data,
             exclude: None,
         })
-        .await
-        .map_err(|_| ApiError::backend())?;
+        .await?;
     Ok(Json(json!({"channel": channel, "delivered": delivered})).into_response())
 }
 
@@ -437,12 +437,11 @@ async fn kick_peer(
     if !key.is_app_wide() {
         return Err(ApiError::not_app_wide("kicking a peer"));
     }
-    let reason = CloseReason::new(CloseCode::AdminDisconnect, "disconnected by admin");
+    let reason = CloseReason::ADMIN_DISCONNECT;
     let closed = state
         .engine
         .close_peer(&key.app.id, &PeerId::new(peer_id.as_str()), reason)
-        .await
-        .map_err(|_| ApiError::backend())?;
+        .await?;
     Ok(Json(json!({"peerId": peer_id, "closed": closed})).into_response())
 }
 

@@ -141,11 +141,7 @@ impl Session {
         // only drained after the welcome, so welcome stays the first frame.
         if let Err(err) = state.engine.register(&conn).await {
             tracing::warn!(conn = %conn.id, error = %err, "engine register failed");
-            send_close(
-                &mut ws,
-                CloseReason::new(CloseCode::InternalError, "backend unavailable"),
-            )
-            .await;
+            send_close(&mut ws, err.close_reason()).await;
             return;
         }
         if ws.send(Message::Text(welcome.into())).await.is_err() {
@@ -228,7 +224,7 @@ impl Session {
                 biased;
                 reason = conn.closed() => return Some(reason),
                 _ = sleep_until_opt(expiry) => {
-                    return Some(CloseReason::new(CloseCode::TokenExpired, "token expired"));
+                    return Some(AuthError::Expired.close_reason());
                 }
                 _ = sleep_until_opt(going_away_until) => {
                     flush_pending(ws, &mut rx, &self.state.metrics).await;
@@ -524,14 +520,7 @@ impl Session {
         self.state
             .engine
             .subscribe(request)
-            .await
-            .map_err(|err| match err {
-                EngineError::PatternLimit => OpError(
-                    ErrorCode::ChannelLimitExceeded,
-                    "too many distinct wildcard patterns in this app",
-                ),
-                EngineError::Unavailable(_) => backend_error(),
-            })?;
+            .await?;
         if duplicate {
             self.duplicates.queued(&name, self.conn.progress());
         }
@@ -550,8 +539,7 @@ impl Session {
             self.state
                 .engine
                 .unsubscribe(&self.conn, &name)
-                .await
-                .map_err(|_| backend_error())?;
+                .await?;
         }
         Ok(Acked::Pending)
     }
@@ -595,7 +583,7 @@ impl Session {
             .metrics
             .fanout_seconds
             .observe(started.elapsed().as_secs_f64());
-        result.map_err(|_| backend_error())?;
+        result?;
         Ok(Acked::Pending)
     }
 
@@ -623,7 +611,7 @@ impl Session {
         match self.state.engine.send_direct(direct).await {
             Ok(0) => Err(OpError(ErrorCode::PeerNotFound, "peer is not connected")),
             Ok(_) => Ok(Acked::Pending),
-            Err(_) => Err(backend_error()),
+            Err(err) => Err(err.into()),
         }
     }
 }
@@ -637,8 +625,12 @@ enum Acked {
 /// A per-request failure: answered with an `error` frame, the socket stays open.
 struct OpError(ErrorCode, &'static str);
 
-fn backend_error() -> OpError {
-    OpError(ErrorCode::BackendError, "backend unavailable, retry later")
+/// The engine's failures answer with the one mapping in `errors.rs`.
+impl From<EngineError> for OpError {
+    fn from(err: EngineError) -> Self {
+        let (code, message) = err.wire();
+        OpError(code, message)
+    }
 }
 
 fn action_message(action: Action) -> &'static str {

@@ -60,7 +60,10 @@ fn dispatch(inner: &Inner, topic: &str, payload: &[u8], from_pattern: bool) {
                     // still closes the peer, with the generic policy code.
                     let code = herald_protocol::CloseCode::from_u16(code)
                         .unwrap_or(herald_protocol::CloseCode::PolicyViolation);
-                    let reason = crate::close::CloseReason::new(code, "disconnected by admin");
+                    let reason = crate::close::CloseReason::new(
+                        code,
+                        crate::close::CloseReason::ADMIN_DISCONNECT.reason,
+                    );
                     inner.local.close_peer(
                         &crate::ids::AppId::new(app),
                         &crate::ids::PeerId::new(peer),
