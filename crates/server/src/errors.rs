@@ -18,7 +18,8 @@ use crate::auth::AuthError;
 use crate::close::CloseReason;
 use crate::engine::EngineError;
 
-/// The REST `error` codes (spec §13.2). Those the wire protocol also has spell themselves with
+/// The REST `error` codes (spec §13.2), plus the three of the development sign-in
+/// (`POST /dev/token`, not part of the public API). Those the wire protocol also has spell themselves with
 /// [`ErrorCode::as_str`], so the two can never drift apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestCode {
@@ -34,8 +35,14 @@ pub enum RestCode {
     ActionNotPermitted,
     /// 404: unknown endpoint.
     NotFound,
-    /// 503: infrastructure fault.
+    /// 503 (500 on `/dev/token`): infrastructure fault.
     InternalError,
+    /// 403, `POST /dev/token` only: development sign-in is switched off.
+    DevTokensDisabled,
+    /// 503, `POST /dev/token` only: no live secret key to sign with.
+    NoSigningKey,
+    /// 403, `POST /dev/token` only: a `peerId` asked for without the token that proves it.
+    PeerIdNotProven,
 }
 
 impl RestCode {
@@ -49,6 +56,9 @@ impl RestCode {
             RestCode::ChannelNotAuthorized => ErrorCode::ChannelNotAuthorized.as_str(),
             RestCode::ActionNotPermitted => ErrorCode::ActionNotPermitted.as_str(),
             RestCode::InternalError => ErrorCode::InternalError.as_str(),
+            RestCode::DevTokensDisabled => "dev_tokens_disabled",
+            RestCode::NoSigningKey => "no_signing_key",
+            RestCode::PeerIdNotProven => "peer_id_not_proven",
         }
     }
 }
@@ -123,7 +133,10 @@ mod tests {
             RestCode::ChannelNotAuthorized.as_str(),
             "channel_not_authorized"
         );
-        assert_eq!(RestCode::ActionNotPermitted.as_str(), "action_not_permitted");
+        assert_eq!(
+            RestCode::ActionNotPermitted.as_str(),
+            "action_not_permitted"
+        );
         assert_eq!(RestCode::InternalError.as_str(), "internal_error");
     }
 

@@ -20,6 +20,7 @@ use serde_json::{json, Map, Value};
 
 use crate::clock::unix_now;
 use crate::config::SecretKeyConfig;
+use crate::errors::RestCode;
 use crate::rest::ApiError;
 use crate::state::ServerState;
 
@@ -166,12 +167,16 @@ struct DevTokenRequest {
     previous_token: Option<String>,
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": code, "message": message}))).into_response()
+fn error(status: StatusCode, code: RestCode, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": code.as_str(), "message": message})),
+    )
+        .into_response()
 }
 
 fn invalid(message: &str) -> Response {
-    error(StatusCode::BAD_REQUEST, "invalid_request", message)
+    error(StatusCode::BAD_REQUEST, RestCode::InvalidRequest, message)
 }
 
 /// 1-40 characters after trimming, no control characters. Anything else is allowed: the app
@@ -280,7 +285,7 @@ async fn dev_token(State(state): State<Arc<ServerState>>, body: Body) -> Respons
     if !state.config.web.dev_tokens {
         return error(
             StatusCode::FORBIDDEN,
-            "dev_tokens_disabled",
+            RestCode::DevTokensDisabled,
             "Sign-in with POST /dev/token is disabled on this server. It is for development \
              only: run Herald in dev mode (no [[apps]] configured) or set [web] dev_tokens = true. \
              In production, your backend mints tokens with POST /v1/tokens.",
@@ -289,7 +294,7 @@ async fn dev_token(State(state): State<Arc<ServerState>>, body: Body) -> Respons
     let Ok(bytes) = to_bytes(body, MAX_DEV_TOKEN_BODY).await else {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request",
+            RestCode::InvalidRequest,
             "body larger than 4 KB",
         );
     };
@@ -314,7 +319,7 @@ async fn dev_token(State(state): State<Arc<ServerState>>, body: Body) -> Respons
     else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "no_signing_key",
+            RestCode::NoSigningKey,
             "the first configured app has no live secret key to sign dev tokens with",
         );
     };
@@ -328,7 +333,7 @@ async fn dev_token(State(state): State<Arc<ServerState>>, body: Body) -> Respons
         Some(Ok(_)) => {
             return error(
                 StatusCode::FORBIDDEN,
-                "peer_id_not_proven",
+                RestCode::PeerIdNotProven,
                 "peerId is kept only for its owner: send the previousToken you were given for \
                  it, or leave peerId out to get a new one",
             )
@@ -349,7 +354,7 @@ async fn dev_token(State(state): State<Arc<ServerState>>, body: Body) -> Respons
     let Ok(raw_meta) = serde_json::value::to_raw_value(&peer_metadata) else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
+            RestCode::InternalError,
             "cannot encode peerMetadata",
         );
     };
