@@ -181,10 +181,7 @@ async fn channel(
         return Err(ApiError::not_authorized(&name));
     }
     let channel = ChannelName::new(name.as_str());
-    let members = state
-        .engine
-        .channel_members(&key.app.id, &channel)
-        .await?;
+    let members = state.engine.channel_members(&key.app.id, &channel).await?;
     let subscribers = state
         .engine
         .local_channels(&key.app.id)

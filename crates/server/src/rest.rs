@@ -107,7 +107,11 @@ impl ApiError {
         )
     }
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, RestCode::NotFound, "no such endpoint")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            RestCode::NotFound,
+            "no such endpoint",
+        )
     }
 }
 

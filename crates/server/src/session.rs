@@ -517,10 +517,7 @@ impl Session {
             ack: request_id.map(|id| encode::ack(id).into()),
             max_app_patterns: self.state.config.limits.max_wildcard_patterns_per_app,
         };
-        self.state
-            .engine
-            .subscribe(request)
-            .await?;
+        self.state.engine.subscribe(request).await?;
         if duplicate {
             self.duplicates.queued(&name, self.conn.progress());
         }
@@ -536,10 +533,7 @@ impl Session {
         let name = ChannelName::new(channel);
         if self.subscriptions.remove(&name) {
             self.duplicates.forget(&name);
-            self.state
-                .engine
-                .unsubscribe(&self.conn, &name)
-                .await?;
+            self.state.engine.unsubscribe(&self.conn, &name).await?;
         }
         Ok(Acked::Pending)
     }
