@@ -28,19 +28,20 @@ pub fn cpu_ticks(pid: &str) -> u64 {
 
 /// Sum of VmRSS over `pids`, in KiB.
 pub fn rss_kb(pids: &[u32]) -> u64 {
-    pids.iter()
-        .map(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find(|l| l.starts_with("VmRSS:"))
-                        .and_then(|l| l.split_whitespace().nth(1))
-                        .and_then(|v| v.parse().ok())
-                })
-                .unwrap_or(0)
+    pids.iter().map(|pid| status_kb(*pid, "VmRSS:")).sum()
+}
+
+/// One `… kB` field of `/proc/<pid>/status` (0 when the process or the field is gone).
+pub fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
         })
-        .sum()
+        .unwrap_or(0)
 }
 
 /// CPU used during one measurement, in cores (1.0 = one core busy the whole time).

@@ -242,7 +242,8 @@ impl SoakReport {
                 None => format!("  {what:<8} no samples after warm-up"),
             };
             let _ = writeln!(s, "process {} (pid {}), after warm-up:", p.process, p.pid);
-            let _ = writeln!(s, "{}", line("RSS KiB", &p.rss_kb));
+            let _ = writeln!(s, "{}", line("anon KiB", &p.anon_kb));
+            let _ = writeln!(s, "{} (reported only)", line("RSS KiB", &p.rss_kb));
             let _ = writeln!(s, "{}", line("fds", &p.fds));
         }
         let _ = writeln!(
@@ -1003,7 +1004,10 @@ fn failures(r: &SoakReport) -> Vec<String> {
     }
     for p in &r.procs {
         if !p.flat() {
-            out.push(format!("{} RSS or fds beyond the bound", p.process));
+            out.push(format!(
+                "{} anonymous memory or fds beyond the bound",
+                p.process
+            ));
         }
     }
     out
