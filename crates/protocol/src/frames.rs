@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 
 use crate::codes::ErrorCode;
 use crate::json_depth::{nesting_exceeds, top_level_string};
+use crate::json_escapes::has_lone_surrogate;
 use crate::validate::is_valid_request_id;
 
 /// A decoded client frame: the operation plus its `requestId`, when one was given.
@@ -141,6 +142,17 @@ pub fn parse_client_frame(
     let Some(ty) = as_string(env.ty) else {
         return Err(malformed(request_id, "type must be a string"));
     };
+    // `data` is forwarded raw, so it must be JSON every receiver can read. (A lone surrogate
+    // elsewhere, e.g. in a channel name, fails that field's own decoding and check.)
+    if env
+        .data
+        .is_some_and(|data| has_lone_surrogate(data.get().as_bytes()))
+    {
+        return Err(malformed(
+            request_id,
+            "data escapes half of a UTF-16 surrogate pair",
+        ));
+    }
     let op = match ty.as_str() {
         "subscribe" => ClientOp::Subscribe {
             channel: as_string(env.channel),

@@ -9,6 +9,7 @@ pub mod codes;
 pub mod frames;
 pub mod glob;
 pub mod json_depth;
+pub mod json_escapes;
 pub mod jwt;
 pub mod validate;
 

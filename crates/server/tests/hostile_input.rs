@@ -92,6 +92,32 @@ async fn over_deep_sends_are_refused_and_never_forwarded() {
     );
 }
 
+/// A lone UTF-16 surrogate escape is valid JSON grammar but names no character: a strict
+/// receiver (the Rust SDK) would drop the whole frame, a lenient one would build a broken
+/// string. Found by fuzzing; refused at the door, while a proper pair passes untouched.
+#[tokio::test]
+async fn lone_surrogate_escapes_are_refused_and_pairs_pass() {
+    let server = TestServer::start().await;
+    let mut subscriber = server.client("alice").await;
+    subscriber.subscribe("room/u").await;
+    let (mut attacker, attacker_id) = server.pk_client(PK).await;
+    attacker.subscribe("room/u").await;
+    let joined = subscriber.recv().await;
+    assert_eq!(peer_ids(&joined["joined"]), vec![attacker_id]);
+
+    for (data, rid) in [(r#""\ud901""#, "high"), (r#"{"s":["\ude00"]}"#, "low")] {
+        attacker.send_text(&publish_text("room/u", data, rid)).await;
+        assert_error(&attacker.recv().await, "malformed_message", Some(rid));
+    }
+    marker_is_next(&mut attacker, &mut subscriber, "room/u").await;
+
+    attacker
+        .send_text(&publish_text("room/u", r#""\ud83d\ude00""#, "pair"))
+        .await;
+    assert_eq!(attacker.recv().await, ack("pair"));
+    assert_eq!(subscriber.recv().await["data"], "\u{1F600}");
+}
+
 #[tokio::test]
 async fn the_depth_limit_follows_the_config() {
     let server = TestServer::start_with(config_with(|c| c.limits.max_json_depth = 8)).await;
