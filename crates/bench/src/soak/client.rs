@@ -15,6 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::proto::{classify, push_u64, Inbound, Proto};
 use crate::ws::{self, Frame, WsReader, WsWriter};
 
+/// How long a graceful close waits for the server's close frame.
+const CLOSE_HANDSHAKE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a request may wait for its ack before the soak counts it as timed out.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// An application ping this often keeps an otherwise quiet connection from being reaped as dead
@@ -237,6 +239,15 @@ impl Task {
                         self.closing = true;
                         if graceful {
                             self.wr.close().await;
+                            // Finish the closing handshake before dropping the socket, as a
+                            // browser does. Closing it with frames still arriving makes the
+                            // kernel answer with a reset, which can discard the close frame
+                            // unread: the server then sees a dropped connection (presence kept
+                            // for the reconnect grace), not a leave.
+                            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_WAIT, async {
+                                while let Ok(Frame::Data(_) | Frame::Control) = rd.next().await {}
+                            })
+                            .await;
                         }
                         return;
                     }
