@@ -914,12 +914,15 @@ mod tests {
         event
     }
 
-    #[test]
-    fn a_delta_that_arrives_after_the_resync_that_covered_it_is_not_sent_twice() {
-        let local = Local::default();
+    /// Peer `x` subscribed to `room` on a fresh node, with a snapshot read at `seq`.
+    fn subscribed(
+        local: &Local,
+        seq: u64,
+        roster: &[String],
+    ) -> (Arc<Conn>, Outbound, ChannelName) {
         let keys = Keys::new("h:", "n1");
         let (bus, _bus_rx) = mpsc::unbounded_channel();
-        let (conn, mut rx) = Conn::new(
+        let (conn, rx) = Conn::new(
             AppId::new("app".to_string()),
             PeerId::new("x".to_string()),
             None,
@@ -929,7 +932,14 @@ mod tests {
         );
         let room = ChannelName::new("room".to_string());
         local.begin_subscribe(&conn, &room, false, &bus, &keys);
-        local.finish_subscribe(&conn, &room, false, None, 1, &["x".into(), String::new()]);
+        local.finish_subscribe(&conn, &room, false, None, seq, roster);
+        (conn, rx, room)
+    }
+
+    #[test]
+    fn a_delta_that_arrives_after_the_resync_that_covered_it_is_not_sent_twice() {
+        let local = Local::default();
+        let (conn, mut rx, room) = subscribed(&local, 1, &["x".into(), String::new()]);
         assert_eq!(drain(&mut rx)[0]["joined"], serde_json::json!([]));
 
         // The re-sync reads the roster at seq 3: y joined meanwhile (its delta, seq 2, is late).
@@ -949,23 +959,11 @@ mod tests {
 
     #[test]
     fn a_delta_already_in_the_snapshot_is_not_sent_when_it_arrives_after_the_subscribe() {
-        let local = Local::default();
-        let keys = Keys::new("h:", "n1");
-        let (bus, _bus_rx) = mpsc::unbounded_channel();
-        let (conn, mut rx) = Conn::new(
-            AppId::new("app".to_string()),
-            PeerId::new("x".to_string()),
-            None,
-            true,
-            "publishable",
-            64,
-        );
-        let room = ChannelName::new("room".to_string());
-        local.begin_subscribe(&conn, &room, false, &bus, &keys);
         // The roster was read at seq 5 and already lists y, whose `joined` (seq 4) is still on
         // its way through the bus.
+        let local = Local::default();
         let roster = ["x", "", "y", ""].map(String::from);
-        local.finish_subscribe(&conn, &room, false, None, 5, &roster);
+        let (_conn, mut rx, _room) = subscribed(&local, 5, &roster);
         let snapshot = drain(&mut rx);
         assert_eq!(snapshot[0]["joined"][0]["peerId"], "y");
 
