@@ -1,49 +1,31 @@
-//! The in-memory engine: presence and fan-out for one node, with no external dependencies.
+//! The in-memory engine: the node-local hub plus an in-process roster per channel. It serves a
+//! single node and needs nothing else.
 //!
-//! Lock order (never reversed): channel map shard → channel state → an app's wildcard index
-//! (see `wildcard.rs`). Locks are
-//! std mutexes held for short, non-async sections; delivery inside them is a non-blocking
-//! `Conn::deliver` (a push under the connection queue's leaf lock), so holding a channel lock
-//! while enqueueing is cheap and is what makes presence ordering atomic.
+//! Presence ordering is atomic because a subscribe queues its ack, its snapshot and the
+//! `joined` to others under the channel's lock (see `hub/` for the lock order).
 
-use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_protocol::glob::{has_wildcard, Pattern};
 use herald_protocol::{encode, PresenceEntry};
 use serde_json::value::RawValue;
 
-use super::wildcard::{Added, WildcardIndex};
+use super::hub::wildcard::Added;
+use super::hub::{self, channel_key, entry, Hub, MessageFrames};
 use super::{
-    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, MessageFrames,
-    Publication, SubscribeRequest, Target,
+    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Publication,
+    SubscribeRequest, Target,
 };
 use crate::close::CloseReason;
-use crate::conn::{Conn, Delivery, Frame};
-use crate::ids::{AppId, ChannelName, ConnId, PeerId};
-use crate::sync::lock;
+use crate::conn::{Conn, Frame};
+use crate::ids::{AppId, ChannelName, PeerId};
 
-const SHARDS: usize = 16;
-
-type ChannelKey = (AppId, ChannelName);
-type PeerKey = (AppId, PeerId);
-
-/// One concrete channel's subscribers and reference-counted roster.
+/// A channel's reference-counted roster: one entry per peer with local connections subscribed.
 #[derive(Default)]
-struct ChannelState {
-    /// Set when the channel was dropped from the map; a subscriber holding a stale `Arc` retries.
-    removed: bool,
-    subscribers: HashMap<ConnId, Subscriber>,
+struct Roster {
     members: HashMap<PeerId, MemberState>,
-}
-
-struct Subscriber {
-    conn: Arc<Conn>,
-    include_sender_metadata: bool,
 }
 
 struct MemberState {
@@ -54,110 +36,39 @@ struct MemberState {
 }
 
 /// The default single-node engine.
+#[derive(Default)]
 pub struct MemoryEngine {
-    channels: Vec<Mutex<HashMap<ChannelKey, Arc<Mutex<ChannelState>>>>>,
-    peers: Vec<Mutex<HashMap<PeerKey, Vec<Arc<Conn>>>>>,
-    /// Wildcard subscriptions (messages of matching channels, never presence deltas).
-    patterns: WildcardIndex,
-    subscriptions: AtomicUsize,
-}
-
-impl Default for MemoryEngine {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-fn shard_of<K: Hash>(key: &K) -> usize {
-    let mut h = DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() as usize) % SHARDS
-}
-
-fn frame(text: String) -> Frame {
-    Frame::from(text)
-}
-
-fn entry<'a>(peer_id: &'a PeerId, metadata: &'a Option<Arc<RawValue>>) -> PresenceEntry<'a> {
-    PresenceEntry {
-        peer_id: peer_id.as_str(),
-        metadata: metadata.as_deref(),
-    }
+    hub: Hub<Roster>,
 }
 
 impl MemoryEngine {
     pub fn new() -> Self {
-        MemoryEngine {
-            channels: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            peers: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            patterns: WildcardIndex::default(),
-            subscriptions: AtomicUsize::new(0),
-        }
-    }
-
-    fn channel(&self, key: &ChannelKey) -> Option<Arc<Mutex<ChannelState>>> {
-        lock(&self.channels[shard_of(key)]).get(key).cloned()
-    }
-
-    fn channel_or_create(&self, key: &ChannelKey) -> Arc<Mutex<ChannelState>> {
-        lock(&self.channels[shard_of(key)])
-            .entry(key.clone())
-            .or_default()
-            .clone()
-    }
-
-    /// Drops an empty channel from the map (map lock, then channel lock: the documented order).
-    fn remove_if_empty(&self, key: &ChannelKey) {
-        let mut map = lock(&self.channels[shard_of(key)]);
-        if let Some(cell) = map.get(key) {
-            let mut state = lock(cell);
-            if state.subscribers.is_empty() {
-                state.removed = true;
-                drop(state);
-                map.remove(key);
-            }
-        }
+        Self::default()
     }
 
     fn subscribe_channel(&self, req: SubscribeRequest<'_>) -> bool {
         let conn = req.conn;
-        let key = (conn.app.clone(), req.channel.clone());
-        loop {
-            let cell = self.channel_or_create(&key);
-            let mut state = lock(&cell);
-            if state.removed {
-                continue;
-            }
+        let key = channel_key(&conn.app, req.channel);
+        let is_new = self.hub.channels.with_or_create(&key, |ch| {
             if let Some(ack) = req.ack.clone() {
                 conn.deliver(ack);
             }
-            let is_new = match state.subscribers.entry(conn.id) {
-                Entry::Occupied(mut existing) => {
-                    existing.get_mut().include_sender_metadata = req.include_sender_metadata;
-                    false
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(Subscriber {
-                        conn: conn.clone(),
-                        include_sender_metadata: req.include_sender_metadata,
-                    });
-                    true
-                }
-            };
+            let is_new = ch.subscribe(conn, req.include_sender_metadata, 0);
             if conn.receives_presence {
-                let others: Vec<PresenceEntry<'_>> = state
+                let others: Vec<PresenceEntry<'_>> = ch
+                    .slot
                     .members
                     .iter()
                     .filter(|(peer, _)| **peer != conn.peer_id)
                     .map(|(peer, m)| entry(peer, &m.metadata))
                     .collect();
-                conn.deliver(frame(encode::presence(req.channel.as_str(), &others, &[])));
+                conn.deliver(hub::presence(req.channel.as_str(), &others, &[]));
             }
             if !is_new {
                 return false;
             }
-            self.subscriptions.fetch_add(1, Ordering::Relaxed);
-            let member = state
+            let member = ch
+                .slot
                 .members
                 .entry(conn.peer_id.clone())
                 .or_insert(MemberState {
@@ -168,15 +79,19 @@ impl MemoryEngine {
             member.metadata = conn.peer_metadata.clone();
             if member.connections == 1 {
                 let joined = [entry(&conn.peer_id, &conn.peer_metadata)];
-                let delta = frame(encode::presence(req.channel.as_str(), &joined, &[]));
-                for sub in state.subscribers.values() {
+                let delta = hub::presence(req.channel.as_str(), &joined, &[]);
+                for sub in ch.subscribers() {
                     if sub.conn.id != conn.id && sub.conn.receives_presence {
                         sub.conn.deliver(delta.clone());
                     }
                 }
             }
-            return true;
+            true
+        });
+        if is_new {
+            self.hub.count_subscribed();
         }
+        is_new
     }
 
     fn subscribe_pattern(
@@ -185,7 +100,7 @@ impl MemoryEngine {
         pattern: Pattern,
     ) -> Result<bool, EngineError> {
         let conn = req.conn;
-        let added = self.patterns.add(
+        let added = self.hub.patterns.add(
             conn,
             req.channel,
             &pattern,
@@ -197,64 +112,64 @@ impl MemoryEngine {
                 }
                 // The mandatory snapshot of a pattern subscription is empty (spec §9.4).
                 if conn.receives_presence {
-                    conn.deliver(frame(encode::presence(req.channel.as_str(), &[], &[])));
+                    conn.deliver(hub::presence(req.channel.as_str(), &[], &[]));
                 }
             },
         );
-        if added == Added::PatternLimit {
-            return Err(EngineError::PatternLimit);
+        match added {
+            Added::PatternLimit => Err(EngineError::PatternLimit),
+            Added::Duplicate => Ok(false),
+            Added::New { .. } => {
+                self.hub.count_subscribed();
+                Ok(true)
+            }
         }
-        let is_new = matches!(added, Added::New { .. });
-        if is_new {
-            self.subscriptions.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(is_new)
     }
 
     /// `announce` is false only while the node shuts down: everyone is leaving, and a `left` for
     /// peers that will reconnect in a moment would only make clients tear down and rebuild.
     fn unsubscribe_channel(&self, conn: &Arc<Conn>, channel: &ChannelName, announce: bool) -> bool {
-        let key = (conn.app.clone(), channel.clone());
-        let Some(cell) = self.channel(&key) else {
-            return false;
-        };
-        let mut state = lock(&cell);
-        if state.subscribers.remove(&conn.id).is_none() {
-            return false;
-        }
-        self.subscriptions.fetch_sub(1, Ordering::Relaxed);
-        let mut last = false;
-        if let Some(member) = state.members.get_mut(&conn.peer_id) {
+        let key = channel_key(&conn.app, channel);
+        let removed = self.hub.channels.with(&key, |ch| {
+            if ch.unsubscribe(conn.id).is_none() {
+                return false;
+            }
+            let Some(member) = ch.slot.members.get_mut(&conn.peer_id) else {
+                return true;
+            };
             member.connections -= 1;
-            last = member.connections == 0;
-        }
-        if last {
-            let metadata = state.members.remove(&conn.peer_id).and_then(|m| m.metadata);
-            if !announce {
-                drop(state);
-                self.remove_if_empty(&key);
+            if member.connections > 0 {
                 return true;
             }
-            let left = [entry(&conn.peer_id, &metadata)];
-            let delta = frame(encode::presence(channel.as_str(), &[], &left));
-            for sub in state.subscribers.values() {
-                if sub.conn.receives_presence {
-                    sub.conn.deliver(delta.clone());
+            let metadata = ch
+                .slot
+                .members
+                .remove(&conn.peer_id)
+                .and_then(|m| m.metadata);
+            if announce {
+                let left = [entry(&conn.peer_id, &metadata)];
+                let delta = hub::presence(channel.as_str(), &[], &left);
+                for sub in ch.subscribers() {
+                    if sub.conn.receives_presence {
+                        sub.conn.deliver(delta.clone());
+                    }
                 }
             }
+            true
+        });
+        if removed != Some(true) {
+            return false;
         }
-        let empty = state.subscribers.is_empty();
-        drop(state);
-        if empty {
-            self.remove_if_empty(&key);
-        }
+        self.hub.count_unsubscribed();
+        // The roster empties with the subscribers: nothing else keeps a channel.
+        self.hub.channels.remove_if_idle(&key, |_| true);
         true
     }
 
     fn unsubscribe_pattern(&self, conn: &Conn, name: &ChannelName) -> bool {
-        let removed = self.patterns.remove(conn, name, || {}).removed;
+        let removed = self.hub.patterns.remove(conn, name, || {}).removed;
         if removed {
-            self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            self.hub.count_unsubscribed();
         }
         removed
     }
@@ -266,55 +181,12 @@ impl MemoryEngine {
             self.unsubscribe_channel(conn, channel, announce)
         }
     }
-
-    fn publish_now(&self, p: &Publication<'_>) -> usize {
-        // Encoded lazily, at most once per variant, and shared by every receiver.
-        let mut frames =
-            MessageFrames::new(p.channel.as_str(), p.from.as_str(), p.data, p.from_metadata);
-        let excluded = p.exclude.map(|c| c.id);
-        let mut delivered = 0;
-        let key = (p.app.clone(), p.channel.clone());
-        let cell = self.channel(&key);
-        let state = cell.as_ref().map(|c| lock(c));
-        if let Some(state) = &state {
-            for sub in state.subscribers.values() {
-                if Some(sub.conn.id) != excluded
-                    && sub.conn.deliver(frames.get(sub.include_sender_metadata)) == Delivery::Queued
-                {
-                    delivered += 1;
-                }
-            }
-        }
-        // A connection gets a publication once, however many of its subscriptions match, and
-        // not again through a pattern when it subscribes to the channel itself.
-        self.patterns.for_each_match(
-            p.app,
-            p.channel.as_str(),
-            |conn, include_sender_metadata| {
-                if Some(conn.id) == excluded
-                    || state
-                        .as_ref()
-                        .is_some_and(|s| s.subscribers.contains_key(&conn.id))
-                {
-                    return;
-                }
-                if conn.deliver(frames.get(include_sender_metadata)) == Delivery::Queued {
-                    delivered += 1;
-                }
-            },
-        );
-        delivered
-    }
 }
 
 #[async_trait]
 impl Engine for MemoryEngine {
     async fn register(&self, conn: &Arc<Conn>) -> Result<(), EngineError> {
-        let key = (conn.app.clone(), conn.peer_id.clone());
-        lock(&self.peers[shard_of(&key)])
-            .entry(key)
-            .or_default()
-            .push(conn.clone());
+        self.hub.peers.register(conn);
         Ok(())
     }
 
@@ -331,14 +203,7 @@ impl Engine for MemoryEngine {
         for channel in &subscriptions {
             self.unsubscribe_any(conn, channel, announce);
         }
-        let key = (conn.app.clone(), conn.peer_id.clone());
-        let mut peers = lock(&self.peers[shard_of(&key)]);
-        if let Some(conns) = peers.get_mut(&key) {
-            conns.retain(|c| c.id != conn.id);
-            if conns.is_empty() {
-                peers.remove(&key);
-            }
-        }
+        self.hub.peers.unregister(conn);
     }
 
     async fn subscribe(&self, req: SubscribeRequest<'_>) -> Result<bool, EngineError> {
@@ -356,30 +221,21 @@ impl Engine for MemoryEngine {
         Ok(self.unsubscribe_any(conn, channel, true))
     }
 
-    async fn publish(&self, publication: Publication<'_>) -> Result<usize, EngineError> {
-        Ok(self.publish_now(&publication))
+    async fn publish(&self, p: Publication<'_>) -> Result<usize, EngineError> {
+        // Encoded lazily, at most once per variant, and shared by every receiver.
+        let mut frames =
+            MessageFrames::new(p.channel.as_str(), p.from.as_str(), p.data, p.from_metadata);
+        let key = channel_key(p.app, p.channel);
+        Ok(self.hub.fan_out(&key, &mut frames, p.exclude.map(|c| c.id)))
     }
 
     async fn send_direct(&self, d: Direct<'_>) -> Result<usize, EngineError> {
-        let key = (d.app.clone(), d.to.clone());
-        let peers = lock(&self.peers[shard_of(&key)]);
-        let Some(conns) = peers.get(&key) else {
-            return Ok(0);
-        };
-        let excluded = d.exclude.map(|c| c.id);
-        let mut encoded: Option<Frame> = None;
-        let mut delivered = 0;
-        for conn in conns.iter().filter(|c| Some(c.id) != excluded) {
-            let bytes = encoded
-                .get_or_insert_with(|| {
-                    frame(encode::direct(d.from.as_str(), d.data, d.from_metadata))
-                })
-                .clone();
-            if conn.deliver(bytes) == Delivery::Queued {
-                delivered += 1;
-            }
-        }
-        Ok(delivered)
+        Ok(self
+            .hub
+            .peers
+            .deliver_direct(d.app, d.to, d.exclude.map(|c| c.id), || {
+                Frame::from(encode::direct(d.from.as_str(), d.data, d.from_metadata))
+            }))
     }
 
     async fn channel_members(
@@ -387,18 +243,17 @@ impl Engine for MemoryEngine {
         app: &AppId,
         channel: &ChannelName,
     ) -> Result<Vec<Member>, EngineError> {
-        let Some(cell) = self.channel(&(app.clone(), channel.clone())) else {
-            return Ok(Vec::new());
-        };
-        let state = lock(&cell);
-        Ok(state
-            .members
-            .iter()
-            .map(|(peer, m)| Member {
-                peer_id: peer.clone(),
-                metadata: m.metadata.clone(),
-            })
-            .collect())
+        let members = self.hub.channels.with(&channel_key(app, channel), |ch| {
+            ch.slot
+                .members
+                .iter()
+                .map(|(peer, m)| Member {
+                    peer_id: peer.clone(),
+                    metadata: m.metadata.clone(),
+                })
+                .collect()
+        });
+        Ok(members.unwrap_or_default())
     }
 
     async fn close_peer(
@@ -407,15 +262,7 @@ impl Engine for MemoryEngine {
         peer: &PeerId,
         reason: CloseReason,
     ) -> Result<usize, EngineError> {
-        let key = (app.clone(), peer.clone());
-        let conns = lock(&self.peers[shard_of(&key)])
-            .get(&key)
-            .cloned()
-            .unwrap_or_default();
-        for conn in &conns {
-            conn.close(reason);
-        }
-        Ok(conns.len())
+        Ok(self.hub.peers.close(app, peer, reason))
     }
 
     async fn is_ready(&self) -> bool {
@@ -424,42 +271,14 @@ impl Engine for MemoryEngine {
 
     fn stats(&self) -> EngineStats {
         EngineStats {
-            channels: self.channels.iter().map(|shard| lock(shard).len()).sum(),
-            subscriptions: self.subscriptions.load(Ordering::Relaxed),
+            channels: self.hub.channel_count(),
+            subscriptions: self.hub.subscription_count(),
             ..EngineStats::default()
         }
     }
 
     fn local_channels(&self, app: &AppId) -> Vec<ChannelSummary> {
-        let mut out = Vec::new();
-        for shard in &self.channels {
-            let cells: Vec<(ChannelName, Arc<Mutex<ChannelState>>)> = lock(shard)
-                .iter()
-                .filter(|((a, _), _)| a == app)
-                .map(|((_, name), cell)| (name.clone(), cell.clone()))
-                .collect();
-            for (channel, cell) in cells {
-                let state = lock(&cell);
-                out.push(ChannelSummary {
-                    channel,
-                    members: state.members.len(),
-                    subscribers: state.subscribers.len(),
-                });
-            }
-        }
-        let mut pattern_counts: HashMap<ChannelName, usize> = HashMap::new();
-        for (_, name) in self.patterns.subscriptions(app) {
-            *pattern_counts.entry(name).or_default() += 1;
-        }
-        for (name, subscribers) in pattern_counts {
-            out.push(ChannelSummary {
-                channel: name,
-                members: 0,
-                subscribers,
-            });
-        }
-        out.sort_by(|a, b| a.channel.cmp(&b.channel));
-        out
+        self.hub.channel_summaries(app, |ch| ch.slot.members.len())
     }
 
     fn local_connections(
@@ -467,30 +286,6 @@ impl Engine for MemoryEngine {
         app: &AppId,
         peer: Option<&PeerId>,
     ) -> Vec<(Arc<Conn>, Vec<ChannelName>)> {
-        let mut conns: Vec<Arc<Conn>> = Vec::new();
-        for shard in &self.peers {
-            for ((a, p), list) in lock(shard).iter() {
-                if a == app && peer.is_none_or(|want| want == p) {
-                    conns.extend(list.iter().cloned());
-                }
-            }
-        }
-        let mut channels: HashMap<ConnId, Vec<ChannelName>> = HashMap::new();
-        for shard in &self.channels {
-            let cells: Vec<(ChannelName, Arc<Mutex<ChannelState>>)> = lock(shard)
-                .iter()
-                .filter(|((a, _), _)| a == app)
-                .map(|((_, name), cell)| (name.clone(), cell.clone()))
-                .collect();
-            for (name, cell) in cells {
-                for id in lock(&cell).subscribers.keys() {
-                    channels.entry(*id).or_default().push(name.clone());
-                }
-            }
-        }
-        for (id, name) in self.patterns.subscriptions(app) {
-            channels.entry(id).or_default().push(name);
-        }
-        super::with_channels(conns, channels)
+        self.hub.connection_summaries(app, peer)
     }
 }

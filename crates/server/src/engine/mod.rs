@@ -1,14 +1,16 @@
 //! The engine boundary: presence and fan-out, behind one small trait.
 //!
-//! The session code talks only to [`Engine`]. The in-memory engine ([`memory::MemoryEngine`])
-//! serves a single node; a distributed engine fills the same trait without touching sessions.
+//! The session code talks only to [`Engine`]. Both engines build on the node-local [`hub`]
+//! (local subscribers, wildcard index, peer registry, encode-once delivery): the in-memory
+//! engine ([`memory::MemoryEngine`]) adds an in-process roster and serves a single node; the
+//! Redis engine ([`redis::RedisEngine`]) adds presence, routing and leases in Redis.
 //! Presence and fan-out share one trait because the subscribe sequence (ack, snapshot, then the
 //! delta to others) must be atomic with respect to other presence changes on the channel, and
 //! only the engine can order those.
 
+pub mod hub;
 pub mod memory;
 pub mod redis;
-pub mod wildcard;
 
 use std::sync::Arc;
 
@@ -105,68 +107,6 @@ impl serde::Serialize for Member {
         }
         map.end()
     }
-}
-
-/// A `message` encoded at most once per variant (with and without `fromMetadata`) and shared by
-/// every receiver: the "encode once, fan out bytes" rule of both engines.
-pub(crate) struct MessageFrames<'a> {
-    channel: &'a str,
-    from: &'a str,
-    data: &'a RawValue,
-    from_metadata: Option<&'a RawValue>,
-    plain: Option<Frame>,
-    with_metadata: Option<Frame>,
-}
-
-impl<'a> MessageFrames<'a> {
-    pub(crate) fn new(
-        channel: &'a str,
-        from: &'a str,
-        data: &'a RawValue,
-        from_metadata: Option<&'a RawValue>,
-    ) -> Self {
-        MessageFrames {
-            channel,
-            from,
-            data,
-            from_metadata,
-            plain: None,
-            with_metadata: None,
-        }
-    }
-
-    /// The frame for a receiver whose subscription did (or did not) ask for sender metadata.
-    pub(crate) fn get(&mut self, include_sender_metadata: bool) -> Frame {
-        let metadata = self.from_metadata.filter(|_| include_sender_metadata);
-        let slot = if metadata.is_some() {
-            &mut self.with_metadata
-        } else {
-            &mut self.plain
-        };
-        let (channel, from, data) = (self.channel, self.from, self.data);
-        slot.get_or_insert_with(|| {
-            Frame::from(herald_protocol::encode::message(
-                channel, from, data, metadata,
-            ))
-        })
-        .clone()
-    }
-}
-
-/// Pairs each connection (sorted by id) with its sorted channel list, for the operator views.
-pub(crate) fn with_channels(
-    mut conns: Vec<Arc<Conn>>,
-    mut by_conn: std::collections::HashMap<crate::ids::ConnId, Vec<ChannelName>>,
-) -> Vec<(Arc<Conn>, Vec<ChannelName>)> {
-    conns.sort_by_key(|c| c.id);
-    conns
-        .into_iter()
-        .map(|c| {
-            let mut list = by_conn.remove(&c.id).unwrap_or_default();
-            list.sort();
-            (c, list)
-        })
-        .collect()
 }
 
 /// One channel as operators see it on this node.

@@ -20,25 +20,15 @@ use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::inbox::Push;
+use super::node::Node;
 use super::store::{cluster_seeds, COMMAND_TIMEOUT};
+use super::topics::BusCommand;
 use super::wire::Event;
-use super::Inner;
 
-/// Requests to the bus task, applied in the order they were sent.
-pub enum BusCommand {
-    /// Listen (true) or stop listening (false) to a channel topic.
-    Channel(String, bool),
-    /// Listen (true) or stop listening (false) to every channel of an app, for wildcard
-    /// subscriptions.
-    App(String, bool),
-    /// Answered once every command sent before it has been applied (`false` if the bus is down).
-    Barrier(oneshot::Sender<bool>),
-}
-
-fn dispatch(inner: &Inner, topic: &str, payload: &[u8], from_pattern: bool) {
+fn dispatch(inner: &Node, topic: &str, payload: &[u8], from_pattern: bool) {
     if topic == inner.keys.patterns_topic() {
         // A node announces an app that gained wildcard subscribers (cluster mode).
         inner.pattern_interest(String::from_utf8_lossy(payload).into_owned());
@@ -48,35 +38,13 @@ fn dispatch(inner: &Inner, topic: &str, payload: &[u8], from_pattern: bool) {
         tracing::warn!(topic, "undecodable event on the bus");
         return;
     };
-    let node = inner.node.as_str();
+    let node = inner.id.as_str();
     if topic == inner.keys.node() {
-        match event.k.as_ref() {
-            "d" => inner.local.on_direct(&event, node),
-            "x" => {
-                if let (Some(app), Some(peer), Some(code)) =
-                    (event.a.as_deref(), event.p.as_deref(), event.c)
-                {
-                    // Only kicks travel as "x" today (4020); a number this node does not know
-                    // still closes the peer, with the generic policy code.
-                    let code = herald_protocol::CloseCode::from_u16(code)
-                        .unwrap_or(herald_protocol::CloseCode::PolicyViolation);
-                    let reason = crate::close::CloseReason::new(
-                        code,
-                        crate::close::CloseReason::ADMIN_DISCONNECT.reason,
-                    );
-                    inner.local.close_peer(
-                        &crate::ids::AppId::new(app),
-                        &crate::ids::PeerId::new(peer),
-                        reason,
-                    );
-                }
-            }
-            _ => {}
-        }
+        inner.local.on_node_event(&event, node);
         return;
     }
     if let Some(app) = inner.keys.app_of_topic(topic) {
-        if let Some(channel) = event.n.as_deref() {
+        if let Some(channel) = event.channel.as_deref() {
             inner.local.on_pattern_message(app, channel, &event, node);
         }
         return;
@@ -97,7 +65,7 @@ const BATCH: usize = 64;
 
 /// Runs the bus for the configured Redis until the engine stops.
 pub async fn run(
-    inner: Arc<Inner>,
+    inner: Arc<Node>,
     urls: String,
     cluster: bool,
     commands: mpsc::UnboundedReceiver<BusCommand>,
@@ -122,11 +90,7 @@ pub async fn run(
 }
 
 /// Runs a bus command against a single Redis, bounded like every command.
-async fn apply_single(
-    conn: &mut MultiplexedConnection,
-    inner: &Inner,
-    command: BusCommand,
-) -> bool {
+async fn apply_single(conn: &mut MultiplexedConnection, inner: &Node, command: BusCommand) -> bool {
     let result = match command {
         BusCommand::Channel(topic, true) => bounded(conn.subscribe(topic)).await,
         BusCommand::Channel(topic, false) => bounded(conn.unsubscribe(topic)).await,
@@ -145,10 +109,10 @@ async fn apply_single(
 /// (Re-)subscribes everything the node needs on a fresh single-Redis connection.
 async fn subscribe_all_single(
     conn: &mut MultiplexedConnection,
-    inner: &Inner,
+    inner: &Node,
 ) -> redis::RedisResult<()> {
     bounded(conn.subscribe(inner.keys.node())).await?;
-    let (channels, apps) = inner.local.topics(&inner.keys);
+    let (channels, apps) = inner.local.topics();
     for topic in channels {
         bounded(conn.subscribe(topic)).await?;
     }
@@ -159,7 +123,7 @@ async fn subscribe_all_single(
 }
 
 async fn run_single(
-    inner: Arc<Inner>,
+    inner: Arc<Node>,
     client: redis::Client,
     mut commands: mpsc::UnboundedReceiver<BusCommand>,
 ) {
@@ -193,7 +157,7 @@ async fn run_single(
         delay = Duration::from_millis(100);
         inner.bus_up.store(true, Ordering::Release);
         inner.bus_connected();
-        tracing::info!(node = %inner.node, "redis pub/sub connected");
+        tracing::info!(node = %inner.id, "redis pub/sub connected");
         loop {
             tokio::select! {
                 command = commands.recv() => {
@@ -212,14 +176,14 @@ async fn run_single(
             tokio::task::yield_now().await;
         }
         inner.bus_up.store(false, Ordering::Release);
-        tracing::warn!(node = %inner.node, "redis pub/sub lost; reconnecting");
+        tracing::warn!(node = %inner.id, "redis pub/sub lost; reconnecting");
     }
 }
 
 /// Dispatches up to one batch of queued pushes, oldest first. After pushes were shed, asks
 /// for a roster re-sync once the queue has drained (re-syncing while still behind would
 /// compare rosters with stale deltas).
-fn deliver_batch(inner: &Inner, batch: &mut Vec<Push>) {
+fn deliver_batch(inner: &Node, batch: &mut Vec<Push>) {
     inner.inbox.take(batch, BATCH);
     for push in batch.drain(..) {
         dispatch(inner, &push.topic, &push.payload, push.from_pattern);
@@ -244,7 +208,7 @@ async fn bounded(
         .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "pub/sub command timed out").into()))
 }
 
-async fn apply_cluster(conn: &mut ClusterConnection, inner: &Inner, command: BusCommand) -> bool {
+async fn apply_cluster(conn: &mut ClusterConnection, inner: &Node, command: BusCommand) -> bool {
     let result = match command {
         BusCommand::Channel(topic, true) => bounded(conn.ssubscribe(topic)).await,
         BusCommand::Channel(topic, false) => bounded(conn.sunsubscribe(topic)).await,
@@ -259,10 +223,10 @@ async fn apply_cluster(conn: &mut ClusterConnection, inner: &Inner, command: Bus
 }
 
 /// (Re-)subscribes everything the node needs. Subscribing twice is harmless.
-async fn subscribe_all(conn: &mut ClusterConnection, inner: &Inner) -> redis::RedisResult<()> {
+async fn subscribe_all(conn: &mut ClusterConnection, inner: &Node) -> redis::RedisResult<()> {
     bounded(conn.ssubscribe(inner.keys.node())).await?;
     bounded(conn.subscribe(inner.keys.patterns_topic())).await?;
-    let (channels, apps) = inner.local.topics(&inner.keys);
+    let (channels, apps) = inner.local.topics();
     for topic in channels {
         bounded(conn.ssubscribe(topic)).await?;
     }
@@ -273,7 +237,7 @@ async fn subscribe_all(conn: &mut ClusterConnection, inner: &Inner) -> redis::Re
 }
 
 async fn run_cluster(
-    inner: Arc<Inner>,
+    inner: Arc<Node>,
     urls: String,
     mut commands: mpsc::UnboundedReceiver<BusCommand>,
 ) {
@@ -328,7 +292,7 @@ async fn run_cluster(
                 if subscribe_all(&mut conn, &inner).await.is_ok() {
                     inner.bus_up.store(true, Ordering::Release);
                     inner.bus_connected();
-                    tracing::info!(node = %inner.node, "redis cluster pub/sub connected");
+                    tracing::info!(node = %inner.id, "redis cluster pub/sub connected");
                 }
             }
         }
@@ -336,8 +300,8 @@ async fn run_cluster(
     }
 }
 
-fn lost(inner: &Inner) {
+fn lost(inner: &Node) {
     if inner.bus_up.swap(false, Ordering::AcqRel) {
-        tracing::warn!(node = %inner.node, "redis cluster pub/sub lost; reconnecting");
+        tracing::warn!(node = %inner.id, "redis cluster pub/sub lost; reconnecting");
     }
 }

@@ -1,4 +1,5 @@
-//! Names of every Redis key and pub/sub topic the engine uses.
+//! Names of every Redis key and pub/sub topic the engine uses: no other file builds one (the
+//! Lua scripts derive a channel's keys from its base key with the suffixes listed below).
 //!
 //! Every key carries a hash tag (`{…}`), so the keys of one channel, one peer route or one node
 //! live in one Redis Cluster slot and each script touches a single slot. A channel's topic
@@ -56,7 +57,17 @@ impl Keys {
     }
 
     pub fn route_key(&self, app: &str, peer: &str) -> String {
-        format!("{}:route", self.route_base(app, peer))
+        self.route_key_of_base(&self.route_base(app, peer))
+    }
+
+    /// A peer's route hash, given its base key.
+    pub fn route_key_of_base(&self, base: &str) -> String {
+        format!("{base}:route")
+    }
+
+    /// A channel's per-instance subscriber counts, given its base key.
+    pub fn subscribers_key(&self, base: &str) -> String {
+        format!("{base}:subs")
     }
 
     /// Base of a node instance's keys: `P{n:<instance>}`.
@@ -71,6 +82,26 @@ impl Keys {
     /// Base of the cluster-wide registry (one slot): `P{cluster}`.
     pub fn cluster_base(&self) -> String {
         format!("{}{{cluster}}", self.prefix)
+    }
+
+    /// Instances being cleaned up (reaping).
+    pub fn reaping_key(&self) -> String {
+        format!("{}:reaping", self.cluster_base())
+    }
+
+    /// Cluster mode: which instances have wildcard subscribers in which apps.
+    pub fn patterns_key(&self) -> String {
+        format!("{}:patterns", self.cluster_base())
+    }
+
+    /// A member of [`Keys::patterns_key`]: `app\ninstance`.
+    pub fn pattern_interest_entry(&self, app: &str, instance: &str) -> String {
+        format!("{app}\n{instance}")
+    }
+
+    /// The app of a [`Keys::pattern_interest_entry`].
+    pub fn app_of_pattern_interest_entry(entry: &str) -> Option<&str> {
+        entry.split_once('\n').map(|(app, _)| app)
     }
 
     /// Which kind of base key an index entry is.

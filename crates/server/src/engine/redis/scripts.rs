@@ -14,7 +14,7 @@ const HELPERS: &str = r#"
 local function publish_presence(pub, topic, kind, seq, peer, meta)
   if meta == nil or meta == false or meta == '' then meta = 'null' end
   redis.call(pub, topic,
-    '{"k":"' .. kind .. '","s":' .. seq .. ',"p":' .. cjson.encode(peer) .. ',"m":' .. meta .. '}')
+    '{"kind":"' .. kind .. '","seq":' .. seq .. ',"peer":' .. cjson.encode(peer) .. ',"meta":' .. meta .. '}')
 end
 
 -- Drops one instance's hold of a peer, already removed from the holds set. Publishes `left`
@@ -26,7 +26,7 @@ local function release(b, pub, topic, peer)
   local meta = redis.call('HGET', b .. ':meta', peer)
   redis.call('HDEL', b .. ':meta', peer)
   local seq = redis.call('INCR', b .. ':seq')
-  publish_presence(pub, topic, 'l', seq, peer, meta)
+  publish_presence(pub, topic, 'left', seq, peer, meta)
   if redis.call('EXISTS', b .. ':members') == 0 then redis.call('DEL', b .. ':seq') end
   return 1
 end
@@ -40,7 +40,7 @@ local function hold(b, pub, topic, inst, peer, meta, quiet)
   end
   redis.call('HSET', b .. ':meta', peer, meta)
   local seq = redis.call('INCR', b .. ':seq')
-  if first == 1 and not quiet then publish_presence(pub, topic, 'j', seq, peer, meta) end
+  if first == 1 and not quiet then publish_presence(pub, topic, 'joined', seq, peer, meta) end
   return {first, seq}
 end
 
@@ -207,7 +207,7 @@ for _ = 1, tonumber(ARGV[i]) do
   local peer = ARGV[i + 1]
   i = i + 1
   if not announced[peer] and desired[peer] == nil and redis.call('HEXISTS', b .. ':members', peer) == 0 then
-    publish_presence(pub, topic, 'l', redis.call('INCR', b .. ':seq'), peer, nil)
+    publish_presence(pub, topic, 'left', redis.call('INCR', b .. ':seq'), peer, nil)
   end
 end
 return 1

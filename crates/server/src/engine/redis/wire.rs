@@ -1,67 +1,85 @@
-//! What Herald nodes publish to each other through Redis pub/sub. Payloads are compact JSON;
-//! client `data` and metadata stay raw, so each node encodes client frames once, byte-for-byte.
+//! What Herald nodes publish to each other through Redis pub/sub. Payloads are JSON with
+//! readable field names; client `data` and metadata stay raw, so each node encodes client
+//! frames once, byte-for-byte. Presence events are also written by the Lua scripts
+//! (`scripts.rs`), in the same shape.
+//!
+//! | kind | topic | fields |
+//! |---|---|---|
+//! | `message` | a channel's (and, in cluster mode, its app's wildcard topic) | `from`, `meta`, `data`, `exclude`, `channel` |
+//! | `joined`, `left` | a channel's | `seq`, `peer`, `meta` |
+//! | `direct` | a node's | `app`, `to`, `from`, `meta`, `data`, `exclude` |
+//! | `kick` | a node's | `app`, `peer`, `code` |
 
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// One event on a channel topic (`m` message, `j` joined, `l` left), an app's wildcard topic
-/// (`m`), or a node topic (`d` direct, `x` kick). Presence events are written by the Lua scripts, in the same shape.
+/// The kinds of event.
+pub mod kind {
+    pub const MESSAGE: &str = "message";
+    pub const JOINED: &str = "joined";
+    pub const LEFT: &str = "left";
+    pub const DIRECT: &str = "direct";
+    pub const KICK: &str = "kick";
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Event<'a> {
-    pub k: Cow<'a, str>,
-    /// Presence sequence number (j/l).
+    /// One of [`kind`].
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+    /// Presence sequence number of the channel (joined/left).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub s: Option<u64>,
-    /// Peer id: the presence subject (j/l), the kicked peer (x).
+    pub seq: Option<u64>,
+    /// The presence subject (joined/left), the kicked peer (kick).
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    pub p: Option<Cow<'a, str>>,
-    /// Metadata: the member's (j/l), the sender's (m/d).
+    pub peer: Option<Cow<'a, str>>,
+    /// Metadata: the member's (joined/left), the sender's (message/direct).
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    pub m: Option<&'a RawValue>,
-    /// Sender peer id (m/d).
+    pub meta: Option<&'a RawValue>,
+    /// Sender peer id (message/direct).
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    pub f: Option<Cow<'a, str>>,
-    /// Client data, forwarded verbatim (m/d). `null` is a value here, not an absence.
+    pub from: Option<Cow<'a, str>>,
+    /// Client data, forwarded verbatim (message/direct). `null` is a value here, not an absence.
     #[serde(
         default,
         borrow,
         deserialize_with = "herald_protocol::frames::present",
         skip_serializing_if = "Option::is_none"
     )]
-    pub d: Option<&'a RawValue>,
-    /// App id (d/x).
+    pub data: Option<&'a RawValue>,
+    /// App id (direct/kick).
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    pub a: Option<Cow<'a, str>>,
-    /// Target peer (d).
+    pub app: Option<Cow<'a, str>>,
+    /// Target peer (direct).
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    pub t: Option<Cow<'a, str>>,
-    /// Origin node and connection excluded from delivery, as `node/conn` (m/d).
+    pub to: Option<Cow<'a, str>>,
+    /// Origin node and connection excluded from delivery, as `node/conn` (message/direct).
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    pub x: Option<Cow<'a, str>>,
-    /// Close code (x).
+    pub exclude: Option<Cow<'a, str>>,
+    /// Close code (kick).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub c: Option<u16>,
-    /// Channel name (m), set when the message also goes to the app's wildcard topic.
+    pub code: Option<u16>,
+    /// Channel name (message), set when the message also goes to the app's wildcard topic.
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    pub n: Option<Cow<'a, str>>,
+    pub channel: Option<Cow<'a, str>>,
 }
 
 impl<'a> Event<'a> {
     pub fn new(kind: &'a str) -> Event<'a> {
         Event {
-            k: Cow::Borrowed(kind),
-            s: None,
-            p: None,
-            m: None,
-            f: None,
-            d: None,
-            a: None,
-            t: None,
-            x: None,
-            c: None,
-            n: None,
+            kind: Cow::Borrowed(kind),
+            seq: None,
+            peer: None,
+            meta: None,
+            from: None,
+            data: None,
+            app: None,
+            to: None,
+            exclude: None,
+            code: None,
+            channel: None,
         }
     }
 
@@ -69,10 +87,23 @@ impl<'a> Event<'a> {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// `m`/`l`/`j` metadata, treating JSON `null` as none.
+    /// Metadata, treating JSON `null` as none.
     pub fn metadata(&self) -> Option<&'a RawValue> {
-        self.m.filter(|m| m.get() != "null")
+        self.meta.filter(|m| m.get() != "null")
     }
+
+    /// The connection to skip on `node`, if the event was sent by one of its connections.
+    pub fn excluded_on(&self, node: &str) -> Option<crate::ids::ConnId> {
+        let (origin, id) = self.exclude.as_deref()?.split_once('/')?;
+        (origin == node)
+            .then(|| id.parse().ok().map(crate::ids::ConnId))
+            .flatten()
+    }
+}
+
+/// The `exclude` field for a connection of `node`.
+pub fn exclusion(node: &str, conn: Option<&crate::conn::Conn>) -> Option<String> {
+    conn.map(|c| format!("{node}/{}", c.id.0))
 }
 
 #[cfg(test)]
@@ -83,20 +114,33 @@ mod tests {
     #[test]
     fn round_trips_with_raw_data_and_null() {
         let data = RawValue::from_string("{\"n\": 1500.0}".into()).unwrap();
-        let mut e = Event::new("m");
-        e.f = Some("alice".into());
-        e.d = Some(&data);
+        let mut e = Event::new(kind::MESSAGE);
+        e.from = Some("alice".into());
+        e.data = Some(&data);
         let json = e.to_json();
+        assert!(json.contains(r#""kind":"message""#), "{json}");
         let back: Event<'_> = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.d.unwrap().get(), "{\"n\": 1500.0}");
-        let null: Event<'_> = serde_json::from_str(r#"{"k":"m","d":null}"#).unwrap();
-        assert_eq!(null.d.unwrap().get(), "null");
+        assert_eq!(back.data.unwrap().get(), "{\"n\": 1500.0}");
+        let null: Event<'_> = serde_json::from_str(r#"{"kind":"message","data":null}"#).unwrap();
+        assert_eq!(null.data.unwrap().get(), "null");
         // The Lua side escapes `/` as `\/` in peer ids.
         let lua: Event<'_> =
-            serde_json::from_str(r#"{"k":"j","s":3,"p":"a\/b","m":null}"#).unwrap();
+            serde_json::from_str(r#"{"kind":"joined","seq":3,"peer":"a\/b","meta":null}"#).unwrap();
         assert_eq!(
-            (lua.p.as_deref().unwrap(), lua.s, lua.metadata().is_none()),
+            (
+                lua.peer.as_deref().unwrap(),
+                lua.seq,
+                lua.metadata().is_none()
+            ),
             ("a/b", Some(3), true)
         );
+    }
+
+    #[test]
+    fn exclusion_names_the_origin_node_and_connection() {
+        let mut e = Event::new(kind::MESSAGE);
+        e.exclude = Some("n1/42".into());
+        assert_eq!(e.excluded_on("n1"), Some(crate::ids::ConnId(42)));
+        assert_eq!(e.excluded_on("n2"), None);
     }
 }

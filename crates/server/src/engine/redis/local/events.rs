@@ -1,0 +1,186 @@
+//! Delivery of what arrives from the bus (and of what must be delivered locally while Redis is
+//! unreachable). Frames are encoded before a channel lock is taken: under it, only receivers
+//! are looked up and the shared bytes enqueued.
+
+use std::sync::Arc;
+
+use herald_protocol::{encode, PresenceEntry};
+use serde_json::value::RawValue;
+
+use super::super::wire::{kind, Event};
+use super::{Buffered, Local};
+use crate::close::CloseReason;
+use crate::conn::Frame;
+use crate::engine::hub::{channel_key, presence, MessageFrames};
+use crate::ids::{AppId, ChannelName, ConnId, PeerId};
+
+/// The shared encoder for a message event from the bus.
+fn message_frames<'e>(channel: &'e str, event: &'e Event<'_>) -> MessageFrames<'e> {
+    MessageFrames::new(
+        channel,
+        event.from.as_deref().unwrap_or_default(),
+        event.data.unwrap_or(RawValue::NULL),
+        event.metadata(),
+    )
+}
+
+impl Local {
+    /// An event from a channel topic: a message, or a presence delta.
+    pub fn on_channel_event(&self, app: &str, channel: &str, event: &Event<'_>, node: &str) {
+        let key = (AppId::new(app), ChannelName::new(channel));
+        match event.kind.as_ref() {
+            kind::MESSAGE => {
+                let excluded = event.excluded_on(node);
+                let mut frames = message_frames(channel, event).prepared();
+                self.hub.channels.with(&key, |ch| {
+                    ch.deliver_message(&mut frames, excluded);
+                    for joining in ch.slot.joining.values_mut() {
+                        if Some(joining.conn.id) != excluded {
+                            let frame = frames.get(joining.include_sender_metadata);
+                            joining.buffer_event(Buffered::Message(frame));
+                        }
+                    }
+                });
+            }
+            kind @ (kind::JOINED | kind::LEFT) => {
+                let (Some(peer), Some(seq)) = (event.peer.as_deref(), event.seq) else {
+                    return;
+                };
+                let joined = kind == kind::JOINED;
+                let entry = [PresenceEntry {
+                    peer_id: peer,
+                    metadata: event.metadata(),
+                }];
+                let delta = if joined {
+                    presence(channel, &entry, &[])
+                } else {
+                    presence(channel, &[], &entry)
+                };
+                let peer_id = PeerId::new(peer);
+                let metadata = event.metadata().map(|m| Arc::from(m.to_owned()));
+                self.hub.channels.with(&key, |ch| {
+                    self.apply_delta(ch, seq, joined, peer_id, metadata, &delta)
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn apply_delta(
+        &self,
+        ch: &mut crate::engine::hub::Channel<super::NodeChannel>,
+        seq: u64,
+        joined: bool,
+        peer_id: PeerId,
+        metadata: Option<Arc<RawValue>>,
+        delta: &Frame,
+    ) {
+        let state = &mut ch.slot;
+        if seq <= state.resync_floor && state.known.contains_key(&peer_id) == joined {
+            return;
+        }
+        if !state.joining.is_empty() {
+            state
+                .recent
+                .push((seq, joined, peer_id.clone(), metadata.clone()));
+        }
+        state.known_seq = seq;
+        for joining in state.joining.values_mut() {
+            if joining.conn.receives_presence && joining.conn.peer_id != peer_id {
+                joining.buffer_event(Buffered::Presence {
+                    seq,
+                    frame: delta.clone(),
+                });
+            }
+        }
+        state.apply_known(joined, peer_id.clone(), metadata);
+        for sub in ch.subscribers() {
+            if sub.conn.receives_presence && sub.conn.peer_id != peer_id && seq > sub.floor {
+                sub.conn.deliver(delta.clone());
+            }
+        }
+    }
+
+    /// A message seen through the node's wildcard subscription: for pattern subscribers only
+    /// (exact subscribers get it from the channel topic).
+    pub fn on_pattern_message(&self, app: &str, channel: &str, event: &Event<'_>, node: &str) {
+        if event.kind != kind::MESSAGE {
+            return;
+        }
+        let app = AppId::new(app);
+        // Matched under the app's index lock only; the channel's lock is taken after, just to
+        // drop connections that get the message from the channel topic themselves.
+        let mut matched = self
+            .hub
+            .pattern_matches(&app, channel, event.excluded_on(node));
+        if matched.is_empty() {
+            return;
+        }
+        self.hub
+            .channels
+            .with(&(app, ChannelName::new(channel)), |ch| {
+                matched.retain(|(conn, _)| {
+                    !ch.is_subscribed(conn.id) && !ch.slot.joining.contains_key(&conn.id)
+                });
+            });
+        let mut frames = message_frames(channel, event);
+        for (conn, include_sender_metadata) in matched {
+            conn.deliver(frames.get(include_sender_metadata));
+        }
+    }
+
+    /// Delivers a message to local exact subscribers directly (Redis unreachable).
+    pub fn deliver_message(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+        event: &Event<'_>,
+        exclude: Option<ConnId>,
+    ) {
+        let mut frames = message_frames(channel.as_str(), event).prepared();
+        self.hub.channels.with(&channel_key(app, channel), |ch| {
+            ch.deliver_message(&mut frames, exclude)
+        });
+    }
+
+    /// A `direct` for a peer on this node. Returns the connections reached.
+    pub fn deliver_direct(&self, event: &Event<'_>, exclude: Option<ConnId>) -> usize {
+        let (Some(app), Some(to), Some(from), Some(data)) = (
+            event.app.as_deref(),
+            event.to.as_deref(),
+            event.from.as_deref(),
+            event.data,
+        ) else {
+            return 0;
+        };
+        self.hub
+            .peers
+            .deliver_direct(&AppId::new(app), &PeerId::new(to), exclude, || {
+                Frame::from(encode::direct(from, data, event.metadata()))
+            })
+    }
+
+    /// An event on this node's topic: a direct or a kick.
+    pub fn on_node_event(&self, event: &Event<'_>, node: &str) {
+        match event.kind.as_ref() {
+            kind::DIRECT => {
+                self.deliver_direct(event, event.excluded_on(node));
+            }
+            kind::KICK => {
+                if let (Some(app), Some(peer), Some(code)) =
+                    (event.app.as_deref(), event.peer.as_deref(), event.code)
+                {
+                    // Only kicks travel today (4020); a number this node does not know still
+                    // closes the peer, with the generic policy code.
+                    let code = herald_protocol::CloseCode::from_u16(code)
+                        .unwrap_or(herald_protocol::CloseCode::PolicyViolation);
+                    let reason = CloseReason::new(code, CloseReason::ADMIN_DISCONNECT.reason);
+                    self.hub
+                        .peers
+                        .close(&AppId::new(app), &PeerId::new(peer), reason);
+                }
+            }
+            _ => {}
+        }
+    }
+}

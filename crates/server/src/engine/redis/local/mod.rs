@@ -1,0 +1,226 @@
+//! The Redis engine's node-local half: the hub (local subscribers, wildcard index, peer
+//! registry) with, per channel, what this node needs on top of it: its presence holds, the
+//! subscribes in flight, whether it listens to the channel's topic, and the roster as its
+//! subscribers were told it.
+//!
+//! - `subscribe.rs`: the life of a subscription (begin, finish or abort, remove, grace).
+//! - `events.rs`: delivery of what arrives from the bus.
+//! - `resync.rs`: bringing rosters back in line after deltas were lost.
+//! - `state.rs`: what re-assertion, pruning and the bus need to know about local state.
+//!
+//! Locks: the hub's (see `engine/hub/`). The engine's index lock may be held while taking any
+//! of them (never the reverse). Every section is short and synchronous.
+
+mod events;
+mod resync;
+mod state;
+mod subscribe;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+pub use self::state::ChannelHolds;
+pub use self::subscribe::{Removal, SubscribeStart};
+use super::stored_metadata;
+use super::topics::BusSender;
+use crate::close::CloseReason;
+use crate::conn::{Conn, Frame};
+use crate::engine::hub::Hub;
+use crate::engine::Member;
+use crate::ids::{ConnId, PeerId};
+
+pub struct Local {
+    pub hub: Hub<NodeChannel>,
+    /// Topic subscriptions and barriers go to the bus task through this.
+    bus: BusSender,
+    /// Tags each reconnect grace, so a late timer cannot end a newer hold.
+    generation: AtomicU64,
+}
+
+/// What the Redis engine keeps per channel beside the hub's subscribers.
+#[derive(Default)]
+pub struct NodeChannel {
+    /// Subscribes in flight: events are buffered until the snapshot is queued.
+    joining: HashMap<ConnId, Joining>,
+    /// This node's presence holds, per peer.
+    holds: HashMap<PeerId, Hold>,
+    /// The node is subscribed to this channel's topic.
+    topic: bool,
+    /// The roster as this node's subscribers have been told it (snapshot plus deltas), so a
+    /// re-sync after an outage can send exactly the deltas they missed.
+    known: HashMap<PeerId, Option<Arc<RawValue>>>,
+    /// Sequence number of the last change reflected in `known`.
+    known_seq: u64,
+    /// Sequence number of the last re-sync: a delta at or below it that `known` already
+    /// reflects was sent by the re-sync (it was published before the roster was read but
+    /// arrived after), so it is not sent again.
+    resync_floor: u64,
+    /// Deltas seen while a subscribe is in flight, to bring `known` from its snapshot to now.
+    recent: Vec<(u64, bool, PeerId, Option<Arc<RawValue>>)>,
+}
+
+impl NodeChannel {
+    fn apply_known(&mut self, joined: bool, peer: PeerId, metadata: Option<Arc<RawValue>>) {
+        if joined {
+            self.known.insert(peer, metadata);
+        } else {
+            self.known.remove(&peer);
+        }
+    }
+
+    /// How many peers this node holds presence for here.
+    pub fn hold_count(&self) -> usize {
+        self.holds.len()
+    }
+}
+
+/// Most events buffered for one subscribe in flight. A subscriber that falls this far behind
+/// before its snapshot is even queued would overflow its outbound queue on replay anyway, so
+/// it is closed as a slow consumer instead of buffering on.
+const JOINING_BUFFER_MAX: usize = 4096;
+
+struct Joining {
+    conn: Arc<Conn>,
+    include_sender_metadata: bool,
+    buffer: Vec<Buffered>,
+}
+
+impl Joining {
+    fn buffer_event(&mut self, event: Buffered) {
+        if self.buffer.len() < JOINING_BUFFER_MAX {
+            self.buffer.push(event);
+        } else if self.buffer.len() == JOINING_BUFFER_MAX {
+            self.conn.close(CloseReason::SLOW_CONSUMER);
+            // One past the bound marks it closed; nothing more is kept.
+            self.buffer.push(Buffered::Dropped);
+        }
+    }
+}
+
+enum Buffered {
+    Presence {
+        seq: u64,
+        frame: Frame,
+    },
+    Message(Frame),
+    /// The buffer overflowed here (the connection was closed).
+    Dropped,
+}
+
+struct Hold {
+    /// Local subscribed connections of the peer.
+    connections: u32,
+    metadata: Option<Arc<RawValue>>,
+    /// Set while a dropped peer's hold waits out the reconnect grace.
+    pending_leave: Option<u64>,
+}
+
+/// Roster entries from a flat `HGETALL meta:<ck>` reply, without `exclude`.
+pub fn roster_from_flat(flat: &[String], exclude: Option<&PeerId>) -> Vec<Member> {
+    flat.chunks_exact(2)
+        .filter(|kv| exclude.is_none_or(|p| p.as_str() != kv[0]))
+        .map(|kv| Member {
+            peer_id: PeerId::new(kv[0].as_str()),
+            metadata: stored_metadata(&kv[1]),
+        })
+        .collect()
+}
+
+impl Local {
+    pub fn new(bus: BusSender) -> Local {
+        Local {
+            hub: Hub::default(),
+            bus,
+            generation: AtomicU64::new(0),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::conn::Outbound;
+    use crate::engine::redis::keys::Keys;
+    use crate::engine::redis::wire::{kind, Event};
+    use crate::ids::{AppId, ChannelName};
+
+    fn drain(rx: &mut Outbound) -> Vec<serde_json::Value> {
+        std::iter::from_fn(|| rx.try_recv())
+            .map(|f| serde_json::from_str(f.as_str()).unwrap())
+            .collect()
+    }
+
+    fn delta<'a>(kind: &'a str, seq: u64, peer: &'a str) -> Event<'a> {
+        let mut event = Event::new(kind);
+        event.seq = Some(seq);
+        event.peer = Some(peer.into());
+        event
+    }
+
+    fn local() -> Local {
+        let (bus, _commands) = BusSender::new(Arc::new(Keys::new("h:", "n1")));
+        Local::new(bus)
+    }
+
+    /// Peer `x` subscribed to `room` on a fresh node, with a snapshot read at `seq`.
+    fn subscribed(
+        local: &Local,
+        seq: u64,
+        roster: &[String],
+    ) -> (Arc<Conn>, Outbound, ChannelName) {
+        let (conn, rx) = Conn::new(
+            AppId::new("app".to_string()),
+            PeerId::new("x".to_string()),
+            None,
+            true,
+            "publishable",
+            64,
+        );
+        let room = ChannelName::new("room".to_string());
+        local.begin_subscribe(&conn, &room, false);
+        local.finish_subscribe(&conn, &room, false, None, seq, roster);
+        (conn, rx, room)
+    }
+
+    #[test]
+    fn a_delta_that_arrives_after_the_resync_that_covered_it_is_not_sent_twice() {
+        let local = local();
+        let (conn, mut rx, room) = subscribed(&local, 1, &["x".into(), String::new()]);
+        assert_eq!(drain(&mut rx)[0]["joined"], serde_json::json!([]));
+
+        // The re-sync reads the roster at seq 3: y joined meanwhile (its delta, seq 2, is late).
+        let key = (conn.app.clone(), room.clone());
+        let roster = ["x", "", "y", ""].map(String::from);
+        local.resync(&key, &roster, 3);
+        let sent = drain(&mut rx);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0]["joined"][0]["peerId"], "y");
+        local.on_channel_event("app", "room", &delta(kind::JOINED, 2, "y"), "n1");
+        assert!(drain(&mut rx).is_empty());
+
+        // Later changes flow as usual.
+        local.on_channel_event("app", "room", &delta(kind::LEFT, 4, "y"), "n1");
+        assert_eq!(drain(&mut rx)[0]["left"][0]["peerId"], "y");
+    }
+
+    #[test]
+    fn a_delta_already_in_the_snapshot_is_not_sent_when_it_arrives_after_the_subscribe() {
+        // The roster was read at seq 5 and already lists y, whose `joined` (seq 4) is still on
+        // its way through the bus.
+        let local = local();
+        let roster = ["x", "", "y", ""].map(String::from);
+        let (_conn, mut rx, _room) = subscribed(&local, 5, &roster);
+        let snapshot = drain(&mut rx);
+        assert_eq!(snapshot[0]["joined"][0]["peerId"], "y");
+
+        local.on_channel_event("app", "room", &delta(kind::JOINED, 4, "y"), "n1");
+        assert!(drain(&mut rx).is_empty(), "y's joined was in the snapshot");
+
+        local.on_channel_event("app", "room", &delta(kind::JOINED, 6, "z"), "n1");
+        assert_eq!(drain(&mut rx)[0]["joined"][0]["peerId"], "z");
+    }
+}

@@ -1,0 +1,130 @@
+//! The state one Redis-engine node shares between the engine handle, the bus task, the
+//! maintenance task and reconnect-grace timers. Each job's methods live in their own file
+//! (`lease.rs`, `index.rs`, `reassert.rs`, `presence.rs`, `routing.rs`, `interest.rs`,
+//! `publish.rs`); this file holds the fields and the small helpers they all use.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::inbox::Inbox;
+use super::index_book::IndexBook;
+use super::keys::Keys;
+use super::local::Local;
+use super::scripts::Scripts;
+use super::store::Store;
+use super::topics::{BusCommand, BusSender};
+use crate::config::EngineConfig;
+use crate::engine::EngineError;
+use crate::sync::lock;
+
+pub(crate) struct Node {
+    /// This node's id (stable across incarnations).
+    pub(super) id: String,
+    /// This node's current instance id; it changes when the node finds itself reaped.
+    pub(super) instance: Mutex<String>,
+    pub(super) keys: Arc<Keys>,
+    pub(super) lease_ms: u64,
+    pub(super) grace: Duration,
+    pub(super) store: Store,
+    pub(super) scripts: Scripts,
+    pub(super) local: Local,
+    /// Pushes from Redis waiting for the bus task, bounded (`engine.bus_queue_*`).
+    pub(super) inbox: Arc<Inbox>,
+    /// The pub/sub listener is up and subscribed.
+    pub(super) bus_up: AtomicBool,
+    /// The last maintenance round reached Redis.
+    pub(super) redis_ok: AtomicBool,
+    /// Redis and local state may disagree (an op failed, the bus reconnected, the lease
+    /// lapsed): the maintenance task re-asserts.
+    pub(super) needs_reassert: AtomicBool,
+    /// The next re-assert announces this node's peers (others saw them leave).
+    pub(super) announce: AtomicBool,
+    pub(super) wake_maintenance: Notify,
+    /// When the maintenance task re-syncs local rosters with Redis (from, until). Set on every
+    /// bus reconnect: deltas published while this node was not listening are lost. It starts
+    /// after a settling delay, so the other nodes have re-asserted their presence too and a
+    /// half-rebuilt roster never shows up as peers leaving.
+    pub(super) resync_window: Mutex<Option<(tokio::time::Instant, tokio::time::Instant)>>,
+    /// Presence holds (channel base, peer) whose `left` could not be recorded while Redis was
+    /// down.
+    pub(super) departed: Mutex<Vec<(String, String)>>,
+    pub(super) index: IndexBook,
+    /// Cluster mode: apps with wildcard subscribers anywhere, whose messages also go to the
+    /// app's classic topic.
+    pub(super) pattern_apps: Mutex<HashSet<String>>,
+}
+
+/// A new instance id for a node: `<node>#<incarnation>`.
+pub(super) fn new_instance(node: &str) -> String {
+    format!("{node}#{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+pub(super) fn unavailable(err: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(err.to_string())
+}
+
+impl Node {
+    /// A node of the given id over a connected store; the receiver feeds the bus task.
+    pub(super) fn new(
+        id: String,
+        config: &EngineConfig,
+        store: Store,
+    ) -> (Node, tokio::sync::mpsc::UnboundedReceiver<BusCommand>) {
+        let keys = Arc::new(Keys::new(&config.key_prefix, &id));
+        let (bus, commands) = BusSender::new(keys.clone());
+        let node = Node {
+            instance: Mutex::new(new_instance(&id)),
+            id,
+            keys,
+            lease_ms: config.lease_ttl_ms,
+            grace: Duration::from_millis(config.reconnect_grace_ms),
+            store,
+            scripts: Scripts::new(),
+            local: Local::new(bus),
+            inbox: Arc::new(Inbox::new(
+                config.bus_queue_messages,
+                config.bus_queue_bytes,
+            )),
+            bus_up: AtomicBool::new(false),
+            redis_ok: AtomicBool::new(false),
+            needs_reassert: AtomicBool::new(true),
+            announce: AtomicBool::new(false),
+            wake_maintenance: Notify::new(),
+            departed: Mutex::new(Vec::new()),
+            resync_window: Mutex::new(None),
+            index: IndexBook::default(),
+            pattern_apps: Mutex::new(HashSet::new()),
+        };
+        (node, commands)
+    }
+
+    /// A handle on the command connection (cheap: it is multiplexed).
+    pub(super) fn conn(&self) -> Store {
+        self.store.clone()
+    }
+
+    pub(super) fn instance(&self) -> String {
+        lock(&self.instance).clone()
+    }
+
+    pub(super) fn publish_command(&self) -> &'static str {
+        self.store.publish_command()
+    }
+
+    /// Redis and local state may disagree: the next maintenance round re-asserts.
+    pub(super) fn mark_trouble(&self) {
+        self.needs_reassert.store(true, Ordering::Release);
+    }
+
+    pub(super) fn require_bus(&self) -> Result<(), EngineError> {
+        if self.bus_up.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(EngineError::Unavailable("redis pub/sub is down".into()))
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Presence on the Redis engine: an exact subscribe joins the channel in Redis (one script
+//! that records this node's hold, publishes `joined` when the peer is new anywhere, and
+//! returns the roster with its sequence number); removing the last local subscription of a
+//! peer leaves, at once or after the reconnect grace.
+//!
+//! The path of a subscribe: `begin_subscribe` (local: buffer events, listen to the topic) →
+//! wait for the bus → index the channel → `join` (script) → `finish_subscribe` (local: ack,
+//! snapshot, buffered events).
+
+use std::sync::Arc;
+
+use super::await_confirm;
+use super::local::{roster_from_flat, Removal, SubscribeStart};
+use super::node::{unavailable, Node};
+use crate::conn::Conn;
+use crate::engine::{Departure, EngineError, Member, SubscribeRequest};
+use crate::ids::{AppId, ChannelName, PeerId};
+use crate::sync::lock;
+
+impl Node {
+    /// Subscribes a connection to a concrete channel. Returns true when the subscription is new.
+    pub(super) async fn subscribe_channel(
+        &self,
+        req: SubscribeRequest<'_>,
+    ) -> Result<bool, EngineError> {
+        let conn = req.conn;
+        let base = self
+            .keys
+            .channel_base(conn.app.as_str(), req.channel.as_str());
+        let (_in_use, written) = self.index.use_entry(&base);
+        let SubscribeStart { duplicate, confirm } =
+            self.local
+                .begin_subscribe(conn, req.channel, req.include_sender_metadata);
+        if let Err(err) = await_confirm(confirm).await {
+            self.local.abort_subscribe(conn, req.channel, duplicate);
+            return Err(err);
+        }
+        let joined = match self.ensure_indexed(&base, written).await {
+            Ok(()) => self.join(&base, conn, if duplicate { 0 } else { 1 }).await,
+            Err(err) => Err(err),
+        };
+        let (_, seq, roster) = match joined {
+            Ok(result) => result,
+            Err(err) => {
+                self.local.abort_subscribe(conn, req.channel, duplicate);
+                self.mark_trouble();
+                return Err(unavailable(err));
+            }
+        };
+        self.local
+            .finish_subscribe(conn, req.channel, duplicate, req.ack, seq, &roster);
+        if !duplicate {
+            self.local.hub.count_subscribed();
+        }
+        Ok(!duplicate)
+    }
+
+    /// Removes one local subscription to a concrete channel and settles its presence hold.
+    pub(super) async fn unsubscribe_channel(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        channel: &ChannelName,
+        departure: Departure,
+    ) -> bool {
+        let base = self.keys.channel_base(conn.app.as_str(), channel.as_str());
+        let in_use = self.index.use_entry(&base);
+        let Some(outcome) = self.local.remove(conn, channel, departure, self.grace) else {
+            return false;
+        };
+        self.local.hub.count_unsubscribed();
+        let adjusted: redis::RedisResult<i64> = redis::cmd("HINCRBY")
+            .arg(self.keys.subscribers_key(&base))
+            .arg(self.instance())
+            .arg(-1)
+            .query_async(&mut self.conn())
+            .await;
+        if adjusted.is_err() {
+            self.mark_trouble();
+        }
+        match outcome {
+            Removal::Kept => {}
+            Removal::LeaveNow => self.leave(&conn.app, channel, &conn.peer_id).await,
+            Removal::LeaveAfterGrace(generation) => {
+                let node = self.clone();
+                let (app, channel, peer) =
+                    (conn.app.clone(), channel.clone(), conn.peer_id.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(node.grace).await;
+                    let (_in_use, _) = node.index.use_entry(&base);
+                    if node.local.grace_expired(&app, &channel, &peer, generation) {
+                        node.leave(&app, &channel, &peer).await;
+                    }
+                });
+            }
+        }
+        drop(in_use);
+        true
+    }
+
+    /// The channel's roster, one entry per peer.
+    pub(super) async fn channel_members(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+    ) -> Result<Vec<Member>, EngineError> {
+        let (_, flat) = self
+            .roster(app.as_str(), channel.as_str())
+            .await
+            .map_err(unavailable)?;
+        Ok(roster_from_flat(&flat, None))
+    }
+
+    /// A channel's roster (flat peer → metadata list) and its sequence number, read together.
+    pub(super) async fn roster(
+        &self,
+        app: &str,
+        channel: &str,
+    ) -> redis::RedisResult<(u64, Vec<String>)> {
+        self.scripts
+            .roster
+            .key(self.keys.channel_base(app, channel))
+            .invoke_async(&mut self.conn())
+            .await
+    }
+
+    async fn join(
+        &self,
+        base: &str,
+        conn: &Conn,
+        subscriber_delta: i64,
+    ) -> redis::RedisResult<(i64, u64, Vec<String>)> {
+        let meta = conn.peer_metadata.as_ref().map_or("", |m| m.get());
+        self.scripts
+            .join
+            .key(base)
+            .arg(self.publish_command())
+            .arg(self.keys.topic_of_base(base))
+            .arg(self.instance())
+            .arg(conn.peer_id.as_str())
+            .arg(meta)
+            .arg(subscriber_delta)
+            .invoke_async(&mut self.conn())
+            .await
+    }
+
+    /// Drops this node's hold of (channel, peer), then re-checks: if the peer subscribed again
+    /// locally while the script ran, its hold is restored.
+    async fn leave(self: &Arc<Self>, app: &AppId, channel: &ChannelName, peer: &PeerId) {
+        let base = self.keys.channel_base(app.as_str(), channel.as_str());
+        let (_in_use, written) = self.index.use_entry(&base);
+        let result: redis::RedisResult<i64> = self
+            .scripts
+            .leave
+            .key(&base)
+            .arg(self.publish_command())
+            .arg(self.keys.topic_of_base(&base))
+            .arg(self.instance())
+            .arg(peer.as_str())
+            .invoke_async(&mut self.conn())
+            .await;
+        if result.is_err() {
+            lock(&self.departed).push((base, peer.as_str().to_string()));
+            self.mark_trouble();
+            return;
+        }
+        if let Some(conn) = self.local.any_holder(app, channel, peer) {
+            let rejoined = match self.ensure_indexed(&base, written).await {
+                Ok(()) => self.join(&base, &conn, 0).await.map(|_| ()),
+                Err(err) => Err(err),
+            };
+            if rejoined.is_err() {
+                self.mark_trouble();
+            }
+        }
+    }
+}

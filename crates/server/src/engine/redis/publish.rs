@@ -1,0 +1,53 @@
+//! Publishing on the Redis engine: one script on the channel's slot publishes the message to
+//! the channel's topic (and, in cluster mode, to the app's wildcard topic when some node has
+//! wildcard subscribers there) and counts the subscribed connections it reaches. Every node,
+//! the publisher's own included, delivers it from the bus (`local/events.rs`), which keeps
+//! FIFO per sender → receiver.
+
+use super::node::{unavailable, Node};
+use super::wire::{self, kind, Event};
+use crate::engine::{EngineError, Publication};
+
+impl Node {
+    pub(super) async fn publish(&self, p: Publication<'_>) -> Result<usize, EngineError> {
+        let mut event = Event::new(kind::MESSAGE);
+        event.from = Some(p.from.as_str().into());
+        event.meta = p.from_metadata;
+        event.data = Some(p.data);
+        let exclusion = wire::exclusion(&self.id, p.exclude);
+        event.exclude = exclusion.as_deref().map(Into::into);
+        // Cluster mode: wildcard subscribers of the app listen on its classic topic.
+        let app_topic = self
+            .app_has_pattern_interest(p.app)
+            .then(|| self.keys.app_topic(p.app.as_str()));
+        if app_topic.is_some() {
+            event.channel = Some(p.channel.as_str().into());
+        }
+        let payload = event.to_json();
+        let base = self.keys.channel_base(p.app.as_str(), p.channel.as_str());
+        let publisher_subscribed = p
+            .exclude
+            .is_some_and(|c| self.local.is_subscribed(c, p.channel));
+        let result: redis::RedisResult<usize> = self
+            .scripts
+            .publish
+            .key(&base)
+            .arg(self.publish_command())
+            .arg(self.keys.topic_of_base(&base))
+            .arg(&payload)
+            .arg(usize::from(publisher_subscribed))
+            .arg(app_topic.unwrap_or_default())
+            .invoke_async(&mut self.conn())
+            .await;
+        match result {
+            Ok(n) => Ok(n),
+            Err(err) => {
+                // Local subscribers still get it; the caller learns remote delivery failed.
+                self.local
+                    .deliver_message(p.app, p.channel, &event, p.exclude.map(|c| c.id));
+                self.mark_trouble();
+                Err(unavailable(err))
+            }
+        }
+    }
+}

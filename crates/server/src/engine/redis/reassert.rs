@@ -1,0 +1,199 @@
+//! Making Redis agree with this node again after trouble (a failed operation, a bus
+//! reconnect, a lapsed lease): re-assertion writes the node's holds, routes and wildcard
+//! interest back; a roster re-sync tells local subscribers what they missed while deltas could
+//! not flow.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::lease::maintenance_period;
+use super::local::ChannelHolds;
+use super::node::Node;
+use super::{run_bounded, run_pipe};
+use crate::sync::lock;
+
+impl Node {
+    /// Makes Redis agree with local state: index entries first, then every channel this node
+    /// holds or may have held, then routes and wildcard interest.
+    pub(super) async fn reassert(&self) -> redis::RedisResult<()> {
+        let instance = self.instance();
+        let announce = self.announce.load(Ordering::Acquire);
+        let index_key = self.keys.index_key(&instance);
+        self.index.forget_writes();
+        let departed: Vec<(String, String)> = std::mem::take(&mut *lock(&self.departed));
+        let result = self
+            .reassert_state(&instance, &index_key, announce, &departed)
+            .await;
+        match result {
+            Ok(()) => {
+                if announce {
+                    self.announce.store(false, Ordering::Release);
+                }
+            }
+            Err(_) => lock(&self.departed).extend(departed),
+        }
+        result
+    }
+
+    async fn reassert_state(
+        &self,
+        instance: &str,
+        index_key: &str,
+        announce: bool,
+        departed: &[(String, String)],
+    ) -> redis::RedisResult<()> {
+        let snapshot = self.local.snapshot_for_reassert();
+        let indexed: Vec<String> = redis::cmd("HKEYS")
+            .arg(index_key)
+            .query_async(&mut self.conn())
+            .await?;
+        let mut departed_by_channel: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (base, peer) in departed {
+            departed_by_channel
+                .entry(base.as_str())
+                .or_default()
+                .push(peer.as_str());
+        }
+        // Index first: whatever is held below must be findable by a reaper. (One key, so one
+        // slot: a pipeline is fine even on a cluster.)
+        let mut bases: Vec<&str> = snapshot
+            .channels
+            .keys()
+            .chain(snapshot.routes.keys())
+            .map(String::as_str)
+            .collect();
+        bases.extend(departed_by_channel.keys().copied());
+        let mut pipe = redis::pipe();
+        for base in &bases {
+            pipe.cmd("HINCRBY")
+                .arg(index_key)
+                .arg(*base)
+                .arg(1)
+                .ignore();
+        }
+        run_pipe(&pipe, &mut self.conn()).await?;
+        self.index.mark_written(bases.iter().copied());
+        let mut channels: HashSet<&str> = snapshot.channels.keys().map(String::as_str).collect();
+        channels.extend(departed_by_channel.keys().copied());
+        channels.extend(
+            indexed
+                .iter()
+                .filter(|b| self.keys.is_channel_base(b))
+                .map(String::as_str),
+        );
+        let empty = ChannelHolds::default();
+        // Each invocation is built up front and owns its arguments.
+        let invocations: Vec<redis::ScriptInvocation<'_>> = channels
+            .into_iter()
+            .map(|base| {
+                let state = snapshot.channels.get(base).unwrap_or(&empty);
+                let gone = departed_by_channel.get(base).cloned().unwrap_or_default();
+                let mut inv = self.scripts.reassert_channel.key(base);
+                inv.arg(self.publish_command())
+                    .arg(self.keys.topic_of_base(base))
+                    .arg(instance)
+                    .arg(if announce { "1" } else { "0" })
+                    .arg(state.subscribers)
+                    .arg(state.holds.len());
+                for (peer, meta) in &state.holds {
+                    inv.arg(peer).arg(meta);
+                }
+                inv.arg(gone.len());
+                for peer in gone {
+                    inv.arg(peer);
+                }
+                inv
+            })
+            .collect();
+        let calls: Vec<_> = invocations
+            .into_iter()
+            .map(|inv| {
+                let mut conn = self.conn();
+                async move { inv.invoke_async::<i64>(&mut conn).await }
+            })
+            .collect();
+        let results = run_bounded(calls).await;
+        for result in results {
+            result?;
+        }
+        // Routes and wildcard interest live in many slots: one command each, pipelined by
+        // the multiplexed connection.
+        let mut commands = Vec::new();
+        for (base, count) in &snapshot.routes {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(self.keys.route_key_of_base(base))
+                .arg(instance)
+                .arg(*count);
+            commands.push(cmd);
+        }
+        for base in indexed.iter().filter(|b| !self.keys.is_channel_base(b)) {
+            if !snapshot.routes.contains_key(base) {
+                let mut cmd = redis::cmd("HDEL");
+                cmd.arg(self.keys.route_key_of_base(base)).arg(instance);
+                commands.push(cmd);
+            }
+        }
+        if self.store.is_cluster() {
+            let patterns = self.keys.patterns_key();
+            for app in self.local.pattern_apps() {
+                let mut cmd = redis::cmd("SADD");
+                cmd.arg(&patterns)
+                    .arg(self.keys.pattern_interest_entry(&app, instance));
+                commands.push(cmd);
+            }
+        }
+        let calls: Vec<_> = commands
+            .into_iter()
+            .map(|cmd| {
+                let mut conn = self.conn();
+                async move { cmd.query_async::<()>(&mut conn).await }
+            })
+            .collect();
+        run_bounded(calls).await.into_iter().collect()
+    }
+
+    /// Starts the re-sync window after the bus (re)connected.
+    pub(crate) fn bus_connected(&self) {
+        self.local.reset_sequences();
+        let settle = 2 * maintenance_period(self.lease_ms);
+        let from = Instant::now() + settle;
+        let until = from + Duration::from_millis(self.lease_ms.max(5_000) * 3);
+        *lock(&self.resync_window) = Some((from, until));
+        self.mark_trouble();
+        self.wake_maintenance.notify_one();
+    }
+
+    /// The bus shed pushes and has caught up since: deltas may be lost, so local rosters are
+    /// re-synced with Redis for a couple of maintenance rounds, starting now. (No re-assert:
+    /// Redis lost nothing; only this node's view did.)
+    pub(crate) fn bus_gap(&self) {
+        let now = Instant::now();
+        let until = now + 2 * maintenance_period(self.lease_ms);
+        {
+            let mut window = lock(&self.resync_window);
+            *window = Some(match *window {
+                Some((from, end)) if end > now => (from, end.max(until)),
+                _ => (now, until),
+            });
+        }
+        self.wake_maintenance.notify_one();
+    }
+
+    /// Reads every locally subscribed channel's roster (with its sequence number, atomically)
+    /// and lets local subscribers catch up on what they missed.
+    pub(super) async fn resync(&self) -> redis::RedisResult<()> {
+        let channels = self.local.subscribed_channels();
+        let calls: Vec<_> = channels
+            .into_iter()
+            .map(|key| async move {
+                let (seq, roster) = self.roster(key.0.as_str(), key.1.as_str()).await?;
+                self.local.resync(&key, &roster, seq);
+                Ok::<(), redis::RedisError>(())
+            })
+            .collect();
+        run_bounded(calls).await.into_iter().collect()
+    }
+}
