@@ -142,3 +142,6 @@ impl<S: Default> Hub<S> {
 pub fn channel_key(app: &AppId, channel: &ChannelName) -> ChannelKey {
     (app.clone(), channel.clone())
 }
+
+#[cfg(test)]
+mod tests;

@@ -229,3 +229,37 @@ impl Node {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_period_is_a_quarter_lease_within_bounds() {
+        assert_eq!(maintenance_period(400), Duration::from_millis(250));
+        assert_eq!(maintenance_period(4_000), Duration::from_millis(1_000));
+        assert_eq!(maintenance_period(60_000), Duration::from_millis(2_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streak_grows_with_regular_renewals_and_restarts_after_a_gap() {
+        let gap = Duration::from_millis(500);
+        let mut streak = RenewalStreak::default();
+        assert_eq!(streak.renewed(gap), Duration::ZERO);
+        for _ in 0..4 {
+            tokio::time::advance(Duration::from_millis(250)).await;
+            streak.renewed(gap);
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
+        // Exactly `max_gap` since the last renewal still continues the streak.
+        assert_eq!(streak.renewed(gap), Duration::from_millis(1_500));
+        // One more than that starts over: a node must renew a whole lease before it reaps.
+        tokio::time::advance(Duration::from_millis(501)).await;
+        assert_eq!(streak.renewed(gap), Duration::ZERO);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(streak.renewed(gap), Duration::from_millis(100));
+        streak.broken();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(streak.renewed(gap), Duration::ZERO);
+    }
+}
