@@ -18,8 +18,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use herald_protocol::CloseCode;
+mod backoff;
 
+use self::backoff::{is_terminal, retry, Attempt, Backoff, Failure, Redial, Retried, Verdict};
 use crate::error::Error;
 use crate::events::lock;
 use crate::frames::{self, ServerFrame};
@@ -42,15 +43,6 @@ const MAX_INBOUND_MESSAGE: usize = 1 << 20;
 /// Retries of a failed subscription replay on the same connection, and their spacing (§8.2).
 const REPLAY_RETRIES: u32 = 3;
 const REPLAY_RETRY_DELAY: Duration = Duration::from_secs(2);
-/// `TokenProviderFailing` is reported from this many consecutive failures on.
-const TOKEN_FAILURE_THRESHOLD: u32 = 3;
-
-/// Codes after which no reconnect is attempted: the credential, its claims, the account or an
-/// administrator said no, and trying again cannot change that (spec §7.2).
-pub(crate) fn is_terminal(code: u16) -> bool {
-    CloseCode::from_u16(code).is_some_and(CloseCode::is_terminal_for_sdks)
-}
-
 /// 4000 is the client-side inactivity/welcome-timeout close (spec §7.1).
 const CLIENT_INACTIVITY: u16 = 4000;
 
@@ -441,13 +433,7 @@ async fn drive(
         if !after_close(&inner, conn_id, &closed, generation) {
             return;
         }
-        let floor = match &inner.options.reconnect {
-            Some(r) if closed.code == CloseCode::OverConcurrentLimit.as_u16() => {
-                Some(r.overload_floor)
-            }
-            _ => None,
-        };
-        match reconnect(&inner, &mut stop, floor, generation).await {
+        match reconnect(&inner, &mut stop, closed.code, generation).await {
             Some((next_ws, next_id, next_rx)) => {
                 ws = next_ws;
                 conn_id = next_id;
@@ -507,95 +493,108 @@ fn announce_disconnect(inner: &Inner, code: u16, reason: &str, will_reconnect: b
 async fn reconnect(
     inner: &Arc<Inner>,
     stop: &mut watch::Receiver<bool>,
-    mut floor: Option<Duration>,
+    close_code: u16,
     generation: u64,
 ) -> Option<(Ws, u64, mpsc::Receiver<String>)> {
-    let policy = inner.options.reconnect?;
-    let mut attempts: u32 = 0;
-    let mut token_failures: u32 = 0;
-    loop {
-        attempts = attempts.saturating_add(1);
-        let delay = policy.delay(attempts, floor.take(), rand::random_range(-1.0..=1.0));
-        tracing::debug!(attempt = attempts, ?delay, "reconnecting");
-        tokio::select! {
-            biased;
-            _ = stopped(stop) => break,
-            _ = sleep(delay) => {}
+    let mut backoff = Backoff::new(inner.options.reconnect?, close_code);
+    let mut redial = Redialer {
+        inner,
+        stop: stop.clone(),
+        generation,
+    };
+    match retry(&mut redial, &mut backoff, stop, || {
+        rand::random_range(-1.0..=1.0)
+    })
+    .await
+    {
+        Retried::Won(next) => Some(next),
+        Retried::GaveUp => None,
+        Retried::Stopped => {
+            finish_closed(inner, generation);
+            None
         }
-        let failure = match open(inner, stop).await {
-            Ok(session) => match install(inner, &session.welcome, true, generation) {
-                Some((conn_id, rx)) => return Some((session.ws, conn_id, rx)),
-                None => {
-                    let mut ws = session.ws;
-                    close_socket(&mut ws, 1000, "client requested close").await;
-                    break;
+    }
+}
+
+/// Dials for the reconnect loop and announces its failures.
+struct Redialer<'a> {
+    inner: &'a Arc<Inner>,
+    stop: watch::Receiver<bool>,
+    generation: u64,
+}
+
+impl Redial for Redialer<'_> {
+    type Won = (Ws, u64, mpsc::Receiver<String>);
+
+    async fn attempt(&mut self) -> Attempt<Self::Won> {
+        let error = match open(self.inner, &mut self.stop).await {
+            Ok(session) => {
+                return match install(self.inner, &session.welcome, true, self.generation) {
+                    Some((conn_id, rx)) => Attempt::Won((session.ws, conn_id, rx)),
+                    None => {
+                        let mut ws = session.ws;
+                        close_socket(&mut ws, 1000, "client requested close").await;
+                        Attempt::Stopped
+                    }
                 }
-            },
-            Err(Error::Closed) => break,
+            }
+            Err(Error::Closed) => return Attempt::Stopped,
             Err(e) => e,
         };
-        let (code, reason) = match &failure {
+        match error {
             Error::TokenProvider(_) | Error::TokenProviderTimeout(_) => {
-                token_failures += 1;
-                let error = failure.to_string();
-                if token_failures >= TOKEN_FAILURE_THRESHOLD {
-                    inner
-                        .connection
-                        .emit(ConnectionEvent::TokenProviderFailing {
-                            consecutive_failures: token_failures,
-                            error: error.clone(),
-                        });
-                    inner.notify(Observed::TokenProviderFailing {
-                        consecutive_failures: token_failures,
-                        error: &error,
-                    });
-                }
-                (None, error)
+                Attempt::Failed(Failure::Token, error.to_string())
             }
             Error::ConnectRejected { code, reason } => {
-                token_failures = 0;
-                (Some(*code), reason.clone())
+                Attempt::Failed(Failure::Closed(code), reason)
             }
             Error::WelcomeTimeout(_) => {
-                token_failures = 0;
-                (Some(CLIENT_INACTIVITY), failure.to_string())
+                Attempt::Failed(Failure::Closed(CLIENT_INACTIVITY), error.to_string())
             }
-            other => {
-                token_failures = 0;
-                (Some(1006), other.to_string())
-            }
-        };
-        tracing::debug!(attempt = attempts, error = %failure, "reconnect attempt failed");
-        if code == Some(CloseCode::OverConcurrentLimit.as_u16()) {
-            floor = Some(policy.overload_floor);
+            other => Attempt::Failed(Failure::Closed(1006), other.to_string()),
         }
-        let exhausted = policy.max_attempts.is_some_and(|max| attempts >= max);
-        let give_up = exhausted || code.is_some_and(is_terminal);
+    }
+
+    fn failed(&mut self, failure: Failure, reason: &str, verdict: Verdict) -> bool {
+        let inner = self.inner;
+        if let Some(consecutive_failures) = verdict.token_failing {
+            inner
+                .connection
+                .emit(ConnectionEvent::TokenProviderFailing {
+                    consecutive_failures,
+                    error: reason.to_owned(),
+                });
+            inner.notify(Observed::TokenProviderFailing {
+                consecutive_failures,
+                error: reason,
+            });
+        }
+        let give_up = verdict.give_up;
         // Closed before the announcement, so a listener that reads the state sees it.
         let state_event = {
             let mut shared = lock(&inner.shared);
-            if shared.closing || shared.generation != generation {
-                None
-            } else if give_up {
+            if shared.closing || shared.generation != self.generation {
+                return false;
+            }
+            if give_up {
                 shared.stop = None;
-                Some(Inner::set_state(&mut shared, ConnectionState::Closed))
+                Inner::set_state(&mut shared, ConnectionState::Closed)
             } else {
-                Some(None)
+                None
             }
         };
-        let Some(state_event) = state_event else {
-            break;
+        let code = match failure {
+            Failure::Closed(code) => Some(code),
+            Failure::Token => None,
         };
         if code.is_some() || give_up {
-            announce_disconnect(inner, code.unwrap_or(1006), &reason, !give_up);
+            announce_disconnect(inner, code.unwrap_or(1006), reason, !give_up);
         }
         if give_up {
             inner.announce(state_event);
-            return None;
         }
+        true
     }
-    finish_closed(inner, generation);
-    None
 }
 
 /// Reads and writes one welcomed socket until it ends; returns how it ended.
@@ -736,16 +735,6 @@ fn dispatch(inner: &Inner, conn_id: u64, text: &str) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn terminal_codes() {
-        for code in [4001, 4003, 4012, 4020] {
-            assert!(is_terminal(code), "{code}");
-        }
-        for code in [1000, 1001, 1006, 4000, 4002, 4010, 4011] {
-            assert!(!is_terminal(code), "{code}");
-        }
-    }
 
     #[test]
     fn credentials_are_scrubbed_from_errors() {
