@@ -389,3 +389,179 @@ impl Redial for Redialer<'_> {
         true
     }
 }
+
+/// The real reconnect path (`reconnect` and its `Redialer`) on a paused clock. A failing or
+/// silent token provider ends each attempt before anything is dialled, so no socket is
+/// waited on and the clock can run ahead.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    use crate::events::{EventStream, Subscribers};
+    use crate::options::{ReconnectOptions, SignallingClientOptions};
+    use crate::shared::Shared;
+
+    /// A token provider that records when it is asked, then fails, or never answers.
+    fn provider(calls: Arc<Mutex<Vec<Instant>>>, answers: bool) -> SignallingClientOptions {
+        SignallingClientOptions::token_provider(move || {
+            calls.lock().unwrap().push(Instant::now());
+            async move {
+                if !answers {
+                    std::future::pending::<()>().await;
+                }
+                Err::<String, _>("provider down")
+            }
+        })
+        .with_url("ws://127.0.0.1:1")
+    }
+
+    /// A client state as `drive` leaves it when a welcomed socket dropped: reconnecting, in
+    /// generation 1, with its stop switch in place.
+    fn reconnecting(
+        options: SignallingClientOptions,
+    ) -> (
+        Arc<Inner>,
+        watch::Receiver<bool>,
+        EventStream<ConnectionEvent>,
+    ) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            origin: options.validate().unwrap(),
+            shared: Mutex::new(Shared {
+                state: ConnectionState::Reconnecting,
+                welcome: None,
+                conn: None,
+                pending: HashMap::new(),
+                subscriptions: BTreeMap::new(),
+                stop: Some(stop_tx),
+                driver: None,
+                closing: false,
+                disposed: false,
+                generation: 1,
+                next_conn_id: 1,
+            }),
+            presence: Subscribers::new("presence", 16),
+            messages: Subscribers::new("messages", 16),
+            directs: Subscribers::new("directs", 16),
+            server_errors: Subscribers::new("server_errors", 16),
+            going_away: Subscribers::new("going_away", 16),
+            connection: Subscribers::new("connection_events", 16),
+            observers: Mutex::new(Vec::new()),
+            options,
+        });
+        let events = inner.connection.subscribe();
+        (inner, stop_rx, events)
+    }
+
+    fn policy(max_attempts: u32) -> Option<ReconnectOptions> {
+        Some(ReconnectOptions {
+            jitter: 0.0,
+            max_attempts: Some(max_attempts),
+            ..ReconnectOptions::default()
+        })
+    }
+
+    fn since(t0: Instant, times: &Mutex<Vec<Instant>>) -> Vec<u128> {
+        let times = times.lock().unwrap();
+        times.iter().map(|t| (*t - t0).as_millis()).collect()
+    }
+
+    fn drain(events: &mut EventStream<ConnectionEvent>) -> Vec<ConnectionEvent> {
+        std::iter::from_fn(|| events.try_recv()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_failures_are_reported_then_the_budget_closes_the_client() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut options = provider(calls.clone(), true);
+        options.reconnect = policy(4);
+        let (inner, mut stop, mut events) = reconnecting(options);
+        let t0 = Instant::now();
+        assert!(reconnect(&inner, &mut stop, 1006, 1).await.is_none());
+        assert_eq!(since(t0, &calls), [500, 1500, 3500, 7500]);
+        let failing = |n| ConnectionEvent::TokenProviderFailing {
+            consecutive_failures: n,
+            error: "token provider failed: provider down".into(),
+        };
+        assert_eq!(
+            drain(&mut events),
+            [
+                failing(3),
+                failing(4),
+                ConnectionEvent::Disconnected {
+                    code: 1006,
+                    reason: "token provider failed: provider down".into(),
+                    will_reconnect: false,
+                },
+                ConnectionEvent::StateChanged {
+                    from: ConnectionState::Reconnecting,
+                    to: ConnectionState::Closed,
+                },
+            ],
+            "only the last failure is a disconnect: a token failure has no close code"
+        );
+        let shared = lock(&inner.shared);
+        assert!(shared.stop.is_none());
+        assert_eq!(shared.state, ConnectionState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_provider_times_out_on_the_clock_and_a_4010_waits_the_floor() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut options = provider(calls.clone(), false);
+        options.reconnect = policy(2);
+        let (inner, mut stop, mut events) = reconnecting(options);
+        let t0 = Instant::now();
+        assert!(reconnect(&inner, &mut stop, 4010, 1).await.is_none());
+        // The 30 s floor, 10 s for the provider, then 1 s and another 10 s.
+        assert_eq!(since(t0, &calls), [30_000, 41_000]);
+        assert_eq!(Instant::now() - t0, Duration::from_secs(51));
+        assert_eq!(
+            drain(&mut events),
+            [
+                ConnectionEvent::Disconnected {
+                    code: 1006,
+                    reason: "token provider did not answer within 10s".into(),
+                    will_reconnect: false,
+                },
+                ConnectionEvent::StateChanged {
+                    from: ConnectionState::Reconnecting,
+                    to: ConnectionState::Closed,
+                },
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_during_the_wait_ends_the_run_without_an_attempt() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut options = provider(calls.clone(), true);
+        options.reconnect = policy(100);
+        let (inner, mut stop, mut events) = reconnecting(options);
+        let stop_tx = lock(&inner.shared).stop.take().unwrap();
+        let run = {
+            let inner = inner.clone();
+            tokio::spawn(async move { reconnect(&inner, &mut stop, 1006, 1).await.is_none() })
+        };
+        // Let the run start its 500 ms wait, then close in the middle of it.
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert!(!run.is_finished());
+        stop_tx.send(true).unwrap();
+        assert!(run.await.unwrap());
+        assert!(calls.lock().unwrap().is_empty());
+        assert_eq!(
+            drain(&mut events),
+            [ConnectionEvent::StateChanged {
+                from: ConnectionState::Reconnecting,
+                to: ConnectionState::Closed,
+            }]
+        );
+    }
+}
