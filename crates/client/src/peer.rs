@@ -539,3 +539,6 @@ impl Peer {
         &self.inner.client
     }
 }
+
+#[cfg(test)]
+mod tests;
