@@ -259,3 +259,90 @@ async fn only_roster_members_may_send_directs_and_signals_go_to_the_handler() {
     );
     assert_eq!(hooks.take(), [hook("signal", "a")]);
 }
+
+/// Makes the peer's client look connected on a connection whose outbound queue the test
+/// reads, so requests the peer makes show up as frames.
+fn fake_connection(peer: &Peer) -> tokio::sync::mpsc::Receiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut shared = lock(&peer.inner.client.inner.shared);
+    shared.state = ConnectionState::Connected;
+    shared.conn = Some(crate::shared::LiveConn { id: 1, tx });
+    rx
+}
+
+/// Lets spawned tasks run up to their next wait; the paused clock stays where it is.
+async fn settle() {
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn subscribes(frames: &mut tokio::sync::mpsc::Receiver<String>) -> usize {
+    let mut count = 0;
+    while let Ok(frame) = frames.try_recv() {
+        let frame: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            (&frame["type"], &frame["channel"]),
+            (&json!("subscribe"), &json!("room"))
+        );
+        count += 1;
+    }
+    count
+}
+
+/// Reconnects a peer whose roster holds `a`, with a 10 s reconcile timeout.
+async fn reconnected_with_a_roster() -> (Peer, tokio::sync::mpsc::Receiver<String>) {
+    let (peer, _hooks) = joined_peer();
+    peer.inner
+        .on_event(Observed::Presence(&presence("room", &["a"], &[])));
+    drop_connection(&peer, 1006, true);
+    let frames = fake_connection(&peer);
+    peer.inner
+        .on_event(Observed::Connected { is_reconnect: true });
+    settle().await;
+    (peer, frames)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_snapshot_is_asked_for_twice_then_reported() {
+    let (peer, mut frames) = reconnected_with_a_roster().await;
+    let mut errors = peer.errors();
+    let second = Duration::from_secs(1);
+    let milli = Duration::from_millis(1);
+    for round in 1..=2 {
+        tokio::time::advance(second * 10 - milli).await;
+        settle().await;
+        assert_eq!(subscribes(&mut frames), 0, "round {round}: not before 10 s");
+        tokio::time::advance(milli).await;
+        settle().await;
+        assert_eq!(
+            subscribes(&mut frames),
+            1,
+            "round {round}: subscribed again"
+        );
+        assert!(errors.try_recv().is_none());
+    }
+    tokio::time::advance(second * 10).await;
+    settle().await;
+    assert_eq!(errors.try_recv(), Some(PeerError::ReconcileTimeout));
+    assert_eq!(subscribes(&mut frames), 0, "no third subscribe");
+    assert_eq!(peer.state(), PeerState::Reconnecting);
+    // A late snapshot still completes the reconcile.
+    peer.inner
+        .on_event(Observed::Presence(&presence("room", &["a"], &[])));
+    assert_eq!(peer.state(), PeerState::Joined);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_in_time_disarms_the_watchdog() {
+    let (peer, mut frames) = reconnected_with_a_roster().await;
+    let mut errors = peer.errors();
+    tokio::time::advance(Duration::from_secs(9)).await;
+    peer.inner
+        .on_event(Observed::Presence(&presence("room", &["a"], &[])));
+    assert_eq!(peer.state(), PeerState::Joined);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    settle().await;
+    assert_eq!(subscribes(&mut frames), 0);
+    assert!(errors.try_recv().is_none());
+}
