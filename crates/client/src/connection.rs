@@ -1,5 +1,6 @@
-//! The connection task: dialing, the welcome, the read/write loop with its heartbeat and
-//! inactivity watchdog, and reconnection with backoff (spec §1.3, §7.2, §8).
+//! The connection task: its lifecycle (connect, close, install a welcomed socket, replay the
+//! subscriptions) and the reconnect after a drop (spec §1.3, §7.2, §8). Dialling is in
+//! `dial`, one socket's read/write loop in `session`, the reconnect schedule in `backoff`.
 //!
 //! One task owns the socket for the whole life of a `connect()`, across reconnects. Requests
 //! reach it through the connection's bounded outbound queue; inbound frames are dispatched from
@@ -9,62 +10,27 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{sleep, sleep_until, timeout, Instant};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio::time::{sleep, timeout};
 
-use herald_protocol::CloseCode;
+mod backoff;
+mod dial;
+mod session;
 
+use self::backoff::{is_terminal, retry, Attempt, Backoff, Failure, Redial, Retried, Verdict};
+use self::dial::{close_socket, open, Closed, Ws, CLIENT_INACTIVITY, CLOSE_FLUSH_TIMEOUT};
+use self::session::run_session;
 use crate::error::Error;
 use crate::events::lock;
-use crate::frames::{self, ServerFrame};
-use crate::options::Credential;
+use crate::frames;
 use crate::shared::{Inner, LiveConn, Observed};
 use crate::types::{ConnectionEvent, ConnectionState, Welcome};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// Frames a connection's outbound queue holds before request senders wait.
 const OUTBOUND_QUEUE: usize = 256;
-/// Frames written per flush.
-const WRITE_BATCH: usize = 64;
-/// A write that cannot complete in this time means the link is dead.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a closing handshake may take before the socket is simply dropped.
-const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
-/// The official SDKs refuse inbound messages above 1 MiB; a server never needs more.
-const MAX_INBOUND_MESSAGE: usize = 1 << 20;
 /// Retries of a failed subscription replay on the same connection, and their spacing (§8.2).
 const REPLAY_RETRIES: u32 = 3;
 const REPLAY_RETRY_DELAY: Duration = Duration::from_secs(2);
-/// `TokenProviderFailing` is reported from this many consecutive failures on.
-const TOKEN_FAILURE_THRESHOLD: u32 = 3;
-
-/// Codes after which no reconnect is attempted: the credential, its claims, the account or an
-/// administrator said no, and trying again cannot change that (spec §7.2).
-pub(crate) fn is_terminal(code: u16) -> bool {
-    CloseCode::from_u16(code).is_some_and(CloseCode::is_terminal_for_sdks)
-}
-
-/// 4000 is the client-side inactivity/welcome-timeout close (spec §7.1).
-const CLIENT_INACTIVITY: u16 = 4000;
-
-/// A welcomed socket.
-struct Session {
-    ws: Ws,
-    welcome: Welcome,
-}
-
-/// How a socket ended.
-struct Closed {
-    code: u16,
-    reason: String,
-}
 
 /// Resolves once a stop was requested (or the stop switch is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -76,26 +42,6 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
             return;
         }
     }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Percent-encodes a credential for the query string (everything but RFC 3986 unreserved).
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// `connect()`: the first connection of a generation, then the background task.
@@ -194,167 +140,6 @@ fn finish_closed(inner: &Inner, generation: u64) {
     inner.announce(event);
 }
 
-/// Token, upgrade and welcome, abandoned as soon as a stop is requested.
-async fn open(inner: &Inner, stop: &mut watch::Receiver<bool>) -> Result<Session, Error> {
-    tokio::select! {
-        biased;
-        _ = stopped(stop) => Err(Error::Closed),
-        result = open_unstoppable(inner) => result,
-    }
-}
-
-async fn open_unstoppable(inner: &Inner) -> Result<Session, Error> {
-    let options = &inner.options;
-    let query = match &options.credential {
-        Credential::ApiKey(key) => format!("key={}", percent_encode(key)),
-        Credential::TokenProvider(provider) => {
-            let limit = options.token_provider_timeout;
-            let token = timeout(limit, provider.token())
-                .await
-                .map_err(|_| Error::TokenProviderTimeout(limit))?
-                .map_err(|e| Error::TokenProvider(e.to_string()))?;
-            if token.is_empty() {
-                return Err(Error::TokenProvider(
-                    "the provider returned an empty token".into(),
-                ));
-            }
-            format!("token={}", percent_encode(&token))
-        }
-    };
-    // The URL carries the credential: it is never logged or put into an error.
-    let url = format!("{}/v1?{query}", inner.origin);
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_INBOUND_MESSAGE))
-        .max_frame_size(Some(MAX_INBOUND_MESSAGE));
-    let limit = options.welcome_timeout;
-    let deadline = Instant::now() + limit;
-    let dial = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
-    let (mut ws, _response) = match timeout(limit, dial).await {
-        Err(_) => return Err(Error::WelcomeTimeout(limit)),
-        Ok(Err(e)) => return Err(handshake_error(e)),
-        Ok(Ok(pair)) => pair,
-    };
-    match tokio::time::timeout_at(deadline, wait_for_welcome(&mut ws)).await {
-        Ok(Ok(welcome)) => Ok(Session { ws, welcome }),
-        Ok(Err(e)) => Err(e),
-        Err(_) => {
-            close_socket(&mut ws, CLIENT_INACTIVITY, "welcome timeout").await;
-            Err(Error::WelcomeTimeout(limit))
-        }
-    }
-}
-
-fn handshake_error(e: tungstenite::Error) -> Error {
-    match e {
-        tungstenite::Error::Http(response) => {
-            Error::Transport(format!("HTTP {} on the upgrade", response.status()))
-        }
-        tungstenite::Error::Url(tungstenite::error::UrlError::TlsFeatureNotEnabled) => {
-            Error::Transport("wss:// needs herald-client's `rustls` feature".into())
-        }
-        other => Error::Transport(scrub(&other.to_string())),
-    }
-}
-
-/// Masks a credential that an error text might quote (as the official SDKs do), so errors
-/// can be logged and shown.
-fn scrub(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = ["token=", "key="]
-        .iter()
-        .filter_map(|k| rest.find(k).map(|i| (i, k.len())))
-        .min()
-    {
-        let (i, len) = at;
-        out.push_str(&rest[..i + len]);
-        out.push('…');
-        rest = &rest[i + len..];
-        let end = rest.find(['&', ' ', '"', '\'']).unwrap_or(rest.len());
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Reads until the welcome. The server sends nothing before it; anything else is dropped.
-async fn wait_for_welcome(ws: &mut Ws) -> Result<Welcome, Error> {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => match frames::parse_server_frame(text.as_str()) {
-                Ok(ServerFrame::Welcome(welcome)) => return Ok(welcome),
-                Ok(_) => tracing::debug!("ignoring a frame that arrived before the welcome"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "dropping a malformed frame before the welcome")
-                }
-            },
-            Some(Ok(Message::Close(frame))) => {
-                let closed = close_parts(frame);
-                let _ = timeout(CLOSE_FLUSH_TIMEOUT, ws.flush()).await;
-                return Err(Error::ConnectRejected {
-                    code: closed.code,
-                    reason: closed.reason,
-                });
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                return Err(Error::ConnectRejected {
-                    code: error_code(&e),
-                    reason: scrub(&e.to_string()),
-                })
-            }
-            None => {
-                return Err(Error::ConnectRejected {
-                    code: 1006,
-                    reason: "the connection ended before the welcome".into(),
-                })
-            }
-        }
-    }
-}
-
-fn close_parts(frame: Option<CloseFrame>) -> Closed {
-    match frame {
-        Some(f) => Closed {
-            code: u16::from(f.code),
-            reason: f.reason.to_string(),
-        },
-        None => Closed {
-            code: 1005,
-            reason: String::new(),
-        },
-    }
-}
-
-fn error_code(e: &tungstenite::Error) -> u16 {
-    match e {
-        tungstenite::Error::Capacity(_) => 1009,
-        tungstenite::Error::Protocol(_) => 1002,
-        tungstenite::Error::Utf8(_) => 1007,
-        _ => 1006,
-    }
-}
-
-/// Sends a close frame and waits briefly for the server's echo, so the peer sees a clean
-/// close rather than a reset.
-async fn close_socket(ws: &mut Ws, code: u16, reason: &str) {
-    let frame = CloseFrame {
-        code: WsCloseCode::from(code),
-        reason: reason.to_owned().into(),
-    };
-    let handshake = async {
-        if ws.close(Some(frame)).await.is_err() {
-            return;
-        }
-        while let Some(Ok(message)) = ws.next().await {
-            if message.is_close() {
-                break;
-            }
-        }
-    };
-    let _ = timeout(CLOSE_FLUSH_TIMEOUT, handshake).await;
-}
-
 /// Makes a welcomed socket the current connection: state, welcome, events, subscription
 /// replay. `None` when a `close()` (or a newer `connect()`) got there first.
 fn install(
@@ -441,13 +226,7 @@ async fn drive(
         if !after_close(&inner, conn_id, &closed, generation) {
             return;
         }
-        let floor = match &inner.options.reconnect {
-            Some(r) if closed.code == CloseCode::OverConcurrentLimit.as_u16() => {
-                Some(r.overload_floor)
-            }
-            _ => None,
-        };
-        match reconnect(&inner, &mut stop, floor, generation).await {
+        match reconnect(&inner, &mut stop, closed.code, generation).await {
             Some((next_ws, next_id, next_rx)) => {
                 ws = next_ws;
                 conn_id = next_id;
@@ -507,259 +286,282 @@ fn announce_disconnect(inner: &Inner, code: u16, reason: &str, will_reconnect: b
 async fn reconnect(
     inner: &Arc<Inner>,
     stop: &mut watch::Receiver<bool>,
-    mut floor: Option<Duration>,
+    close_code: u16,
     generation: u64,
 ) -> Option<(Ws, u64, mpsc::Receiver<String>)> {
-    let policy = inner.options.reconnect?;
-    let mut attempts: u32 = 0;
-    let mut token_failures: u32 = 0;
-    loop {
-        attempts = attempts.saturating_add(1);
-        let delay = policy.delay(attempts, floor.take(), rand::random_range(-1.0..=1.0));
-        tracing::debug!(attempt = attempts, ?delay, "reconnecting");
-        tokio::select! {
-            biased;
-            _ = stopped(stop) => break,
-            _ = sleep(delay) => {}
+    let mut backoff = Backoff::new(inner.options.reconnect?, close_code);
+    let mut redial = Redialer {
+        inner,
+        stop: stop.clone(),
+        generation,
+    };
+    match retry(&mut redial, &mut backoff, stop, || {
+        rand::random_range(-1.0..=1.0)
+    })
+    .await
+    {
+        Retried::Won(next) => Some(next),
+        Retried::GaveUp => None,
+        Retried::Stopped => {
+            finish_closed(inner, generation);
+            None
         }
-        let failure = match open(inner, stop).await {
-            Ok(session) => match install(inner, &session.welcome, true, generation) {
-                Some((conn_id, rx)) => return Some((session.ws, conn_id, rx)),
-                None => {
-                    let mut ws = session.ws;
-                    close_socket(&mut ws, 1000, "client requested close").await;
-                    break;
+    }
+}
+
+/// Dials for the reconnect loop and announces its failures.
+struct Redialer<'a> {
+    inner: &'a Arc<Inner>,
+    stop: watch::Receiver<bool>,
+    generation: u64,
+}
+
+impl Redial for Redialer<'_> {
+    type Won = (Ws, u64, mpsc::Receiver<String>);
+
+    async fn attempt(&mut self) -> Attempt<Self::Won> {
+        let error = match open(self.inner, &mut self.stop).await {
+            Ok(session) => {
+                return match install(self.inner, &session.welcome, true, self.generation) {
+                    Some((conn_id, rx)) => Attempt::Won((session.ws, conn_id, rx)),
+                    None => {
+                        let mut ws = session.ws;
+                        close_socket(&mut ws, 1000, "client requested close").await;
+                        Attempt::Stopped
+                    }
                 }
-            },
-            Err(Error::Closed) => break,
+            }
+            Err(Error::Closed) => return Attempt::Stopped,
             Err(e) => e,
         };
-        let (code, reason) = match &failure {
+        match error {
             Error::TokenProvider(_) | Error::TokenProviderTimeout(_) => {
-                token_failures += 1;
-                let error = failure.to_string();
-                if token_failures >= TOKEN_FAILURE_THRESHOLD {
-                    inner
-                        .connection
-                        .emit(ConnectionEvent::TokenProviderFailing {
-                            consecutive_failures: token_failures,
-                            error: error.clone(),
-                        });
-                    inner.notify(Observed::TokenProviderFailing {
-                        consecutive_failures: token_failures,
-                        error: &error,
-                    });
-                }
-                (None, error)
+                Attempt::Failed(Failure::Token, error.to_string())
             }
             Error::ConnectRejected { code, reason } => {
-                token_failures = 0;
-                (Some(*code), reason.clone())
+                Attempt::Failed(Failure::Closed(code), reason)
             }
             Error::WelcomeTimeout(_) => {
-                token_failures = 0;
-                (Some(CLIENT_INACTIVITY), failure.to_string())
+                Attempt::Failed(Failure::Closed(CLIENT_INACTIVITY), error.to_string())
             }
-            other => {
-                token_failures = 0;
-                (Some(1006), other.to_string())
-            }
-        };
-        tracing::debug!(attempt = attempts, error = %failure, "reconnect attempt failed");
-        if code == Some(CloseCode::OverConcurrentLimit.as_u16()) {
-            floor = Some(policy.overload_floor);
+            other => Attempt::Failed(Failure::Closed(1006), other.to_string()),
         }
-        let exhausted = policy.max_attempts.is_some_and(|max| attempts >= max);
-        let give_up = exhausted || code.is_some_and(is_terminal);
+    }
+
+    fn failed(&mut self, failure: Failure, reason: &str, verdict: Verdict) -> bool {
+        let inner = self.inner;
+        if let Some(consecutive_failures) = verdict.token_failing {
+            inner
+                .connection
+                .emit(ConnectionEvent::TokenProviderFailing {
+                    consecutive_failures,
+                    error: reason.to_owned(),
+                });
+            inner.notify(Observed::TokenProviderFailing {
+                consecutive_failures,
+                error: reason,
+            });
+        }
+        let give_up = verdict.give_up;
         // Closed before the announcement, so a listener that reads the state sees it.
         let state_event = {
             let mut shared = lock(&inner.shared);
-            if shared.closing || shared.generation != generation {
-                None
-            } else if give_up {
+            if shared.closing || shared.generation != self.generation {
+                return false;
+            }
+            if give_up {
                 shared.stop = None;
-                Some(Inner::set_state(&mut shared, ConnectionState::Closed))
+                Inner::set_state(&mut shared, ConnectionState::Closed)
             } else {
-                Some(None)
+                None
             }
         };
-        let Some(state_event) = state_event else {
-            break;
+        let code = match failure {
+            Failure::Closed(code) => Some(code),
+            Failure::Token => None,
         };
         if code.is_some() || give_up {
-            announce_disconnect(inner, code.unwrap_or(1006), &reason, !give_up);
+            announce_disconnect(inner, code.unwrap_or(1006), reason, !give_up);
         }
         if give_up {
             inner.announce(state_event);
-            return None;
         }
-    }
-    finish_closed(inner, generation);
-    None
-}
-
-/// Reads and writes one welcomed socket until it ends; returns how it ended.
-async fn run_session(
-    inner: &Inner,
-    ws: &mut Ws,
-    out_rx: &mut mpsc::Receiver<String>,
-    conn_id: u64,
-    stop: &mut watch::Receiver<bool>,
-) -> Closed {
-    let inactivity = inner.options.inactivity_timeout;
-    // A third of the watchdog window (at least 1 s), as the official SDKs do: two pings go
-    // out before a silent link is given up.
-    let heartbeat = inactivity.map(|t| (t / 3).max(Duration::from_secs(1)));
-    let mut last_inbound = Instant::now();
-    let mut next_ping = heartbeat.map(|h| last_inbound + h);
-    loop {
-        let watchdog = inactivity.map(|t| last_inbound + t);
-        tokio::select! {
-            biased;
-            _ = stopped(stop) => {
-                close_socket(ws, 1000, "client requested close").await;
-                return Closed { code: 1000, reason: "client requested close".into() };
-            }
-            inbound = ws.next() => match inbound {
-                Some(Ok(Message::Text(text))) => {
-                    last_inbound = Instant::now();
-                    next_ping = heartbeat.map(|h| last_inbound + h);
-                    dispatch(inner, conn_id, text.as_str());
-                }
-                Some(Ok(Message::Binary(_))) => {
-                    tracing::warn!("dropping a binary frame: the protocol is text only");
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    // Flushing sends the close echo tungstenite queued.
-                    let _ = timeout(CLOSE_FLUSH_TIMEOUT, ws.flush()).await;
-                    return close_parts(frame);
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Closed { code: error_code(&e), reason: e.to_string() },
-                None => return Closed { code: 1006, reason: "the connection ended".into() },
-            },
-            outbound = out_rx.recv() => {
-                let Some(first) = outbound else {
-                    return Closed { code: 1006, reason: "the outbound queue closed".into() };
-                };
-                if let Err(e) = write_batch(ws, out_rx, first).await {
-                    return Closed { code: 1006, reason: e };
-                }
-            }
-            _ = sleep_until_opt(next_ping) => {
-                next_ping = heartbeat.map(|h| Instant::now() + h);
-                if let Err(e) = write_batch(ws, out_rx, frames::PING.to_owned()).await {
-                    return Closed { code: 1006, reason: e };
-                }
-            }
-            _ = sleep_until_opt(watchdog) => {
-                tracing::warn!(?inactivity, "no frame from the server in time; reconnecting");
-                close_socket(ws, CLIENT_INACTIVITY, "inactivity timeout").await;
-                return Closed { code: CLIENT_INACTIVITY, reason: "inactivity timeout".into() };
-            }
-        }
+        true
     }
 }
 
-/// Writes `first` and whatever else is queued (up to a batch) with one flush.
-async fn write_batch(
-    ws: &mut Ws,
-    out_rx: &mut mpsc::Receiver<String>,
-    first: String,
-) -> Result<(), String> {
-    let write = async {
-        ws.feed(Message::text(first)).await?;
-        for _ in 1..WRITE_BATCH {
-            match out_rx.try_recv() {
-                Ok(next) => ws.feed(Message::text(next)).await?,
-                Err(_) => break,
-            }
-        }
-        ws.flush().await
-    };
-    match timeout(WRITE_TIMEOUT, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("a write stalled".into()),
-    }
-}
-
-/// Routes one inbound frame: answers to requests, then events to observers and streams.
-fn dispatch(inner: &Inner, conn_id: u64, text: &str) {
-    let frame = match frames::parse_server_frame(text) {
-        Ok(frame) => frame,
-        Err(e) => {
-            tracing::warn!(error = %e, conn_id, "dropping a malformed frame from the server");
-            return;
-        }
-    };
-    match frame {
-        ServerFrame::Welcome(_) => tracing::warn!("ignoring a second welcome"),
-        ServerFrame::Ack { request_id } => {
-            if !inner.settle(&request_id, Ok(())) {
-                tracing::debug!(%request_id, "ack for no pending request (timed out?)");
-            }
-        }
-        ServerFrame::Error(error) => {
-            if let Some(request_id) = error.request_id.clone() {
-                if inner.settle(&request_id, Err(Error::Server(error.clone()))) {
-                    return;
-                }
-            }
-            // The official SDKs' compatibility path for servers without `ping`: an
-            // uncorrelated unknown_type answers the heartbeat and means nothing else.
-            if error.code == "unknown_type" && error.request_id.is_none() {
-                tracing::debug!("server does not know ping; ignoring its unknown_type");
-                return;
-            }
-            inner.notify(Observed::ServerError(&error));
-            inner.server_errors.emit(error);
-        }
-        ServerFrame::Message(message) => {
-            inner.notify(Observed::Message(&message));
-            inner.messages.emit(message);
-        }
-        ServerFrame::Direct(direct) => {
-            inner.notify(Observed::Direct(&direct));
-            inner.directs.emit(direct);
-        }
-        ServerFrame::Presence(presence) => {
-            inner.notify(Observed::Presence(&presence));
-            inner.presence.emit(presence);
-        }
-        ServerFrame::GoingAway(going_away) => inner.going_away.emit(going_away),
-        ServerFrame::Pong => {}
-    }
-}
-
+/// The real reconnect path (`reconnect` and its `Redialer`) on a paused clock. A failing or
+/// silent token provider ends each attempt before anything is dialled, so no socket is
+/// waited on and the clock can run ahead.
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::Mutex;
+    use tokio::time::Instant;
 
-    #[test]
-    fn terminal_codes() {
-        for code in [4001, 4003, 4012, 4020] {
-            assert!(is_terminal(code), "{code}");
-        }
-        for code in [1000, 1001, 1006, 4000, 4002, 4010, 4011] {
-            assert!(!is_terminal(code), "{code}");
-        }
+    use crate::events::{EventStream, Subscribers};
+    use crate::options::{ReconnectOptions, SignallingClientOptions};
+    use crate::shared::Shared;
+
+    /// A token provider that records when it is asked, then fails, or never answers.
+    fn provider(calls: Arc<Mutex<Vec<Instant>>>, answers: bool) -> SignallingClientOptions {
+        SignallingClientOptions::token_provider(move || {
+            calls.lock().unwrap().push(Instant::now());
+            async move {
+                if !answers {
+                    std::future::pending::<()>().await;
+                }
+                Err::<String, _>("provider down")
+            }
+        })
+        .with_url("ws://127.0.0.1:1")
     }
 
-    #[test]
-    fn credentials_are_scrubbed_from_errors() {
+    /// A client state as `drive` leaves it when a welcomed socket dropped: reconnecting, in
+    /// generation 1, with its stop switch in place.
+    fn reconnecting(
+        options: SignallingClientOptions,
+    ) -> (
+        Arc<Inner>,
+        watch::Receiver<bool>,
+        EventStream<ConnectionEvent>,
+    ) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            origin: options.validate().unwrap(),
+            shared: Mutex::new(Shared {
+                state: ConnectionState::Reconnecting,
+                welcome: None,
+                conn: None,
+                pending: HashMap::new(),
+                subscriptions: BTreeMap::new(),
+                stop: Some(stop_tx),
+                driver: None,
+                closing: false,
+                disposed: false,
+                generation: 1,
+                next_conn_id: 1,
+            }),
+            presence: Subscribers::new("presence", 16),
+            messages: Subscribers::new("messages", 16),
+            directs: Subscribers::new("directs", 16),
+            server_errors: Subscribers::new("server_errors", 16),
+            going_away: Subscribers::new("going_away", 16),
+            connection: Subscribers::new("connection_events", 16),
+            observers: Mutex::new(Vec::new()),
+            options,
+        });
+        let events = inner.connection.subscribe();
+        (inner, stop_rx, events)
+    }
+
+    fn policy(max_attempts: u32) -> Option<ReconnectOptions> {
+        Some(ReconnectOptions {
+            jitter: 0.0,
+            max_attempts: Some(max_attempts),
+            ..ReconnectOptions::default()
+        })
+    }
+
+    fn since(t0: Instant, times: &Mutex<Vec<Instant>>) -> Vec<u128> {
+        let times = times.lock().unwrap();
+        times.iter().map(|t| (*t - t0).as_millis()).collect()
+    }
+
+    fn drain(events: &mut EventStream<ConnectionEvent>) -> Vec<ConnectionEvent> {
+        std::iter::from_fn(|| events.try_recv()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_failures_are_reported_then_the_budget_closes_the_client() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut options = provider(calls.clone(), true);
+        options.reconnect = policy(4);
+        let (inner, mut stop, mut events) = reconnecting(options);
+        let t0 = Instant::now();
+        assert!(reconnect(&inner, &mut stop, 1006, 1).await.is_none());
+        assert_eq!(since(t0, &calls), [500, 1500, 3500, 7500]);
+        let failing = |n| ConnectionEvent::TokenProviderFailing {
+            consecutive_failures: n,
+            error: "token provider failed: provider down".into(),
+        };
         assert_eq!(
-            scrub("failed: ws://h/v1?token=eyJ.abc.def&x=1 and key=pk_live_1 end"),
-            "failed: ws://h/v1?token=…&x=1 and key=… end"
+            drain(&mut events),
+            [
+                failing(3),
+                failing(4),
+                ConnectionEvent::Disconnected {
+                    code: 1006,
+                    reason: "token provider failed: provider down".into(),
+                    will_reconnect: false,
+                },
+                ConnectionEvent::StateChanged {
+                    from: ConnectionState::Reconnecting,
+                    to: ConnectionState::Closed,
+                },
+            ],
+            "only the last failure is a disconnect: a token failure has no close code"
         );
-        assert_eq!(scrub("Connection refused"), "Connection refused");
+        let shared = lock(&inner.shared);
+        assert!(shared.stop.is_none());
+        assert_eq!(shared.state, ConnectionState::Closed);
     }
 
-    #[test]
-    fn credentials_are_percent_encoded() {
-        assert_eq!(percent_encode("a.b-c_d~e"), "a.b-c_d~e");
-        assert_eq!(percent_encode("a+b/c=d&e f"), "a%2Bb%2Fc%3Dd%26e%20f");
-        assert_eq!(percent_encode("é"), "%C3%A9");
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_provider_times_out_on_the_clock_and_a_4010_waits_the_floor() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut options = provider(calls.clone(), false);
+        options.reconnect = policy(2);
+        let (inner, mut stop, mut events) = reconnecting(options);
+        let t0 = Instant::now();
+        assert!(reconnect(&inner, &mut stop, 4010, 1).await.is_none());
+        // The 30 s floor, 10 s for the provider, then 1 s and another 10 s.
+        assert_eq!(since(t0, &calls), [30_000, 41_000]);
+        assert_eq!(Instant::now() - t0, Duration::from_secs(51));
+        assert_eq!(
+            drain(&mut events),
+            [
+                ConnectionEvent::Disconnected {
+                    code: 1006,
+                    reason: "token provider did not answer within 10s".into(),
+                    will_reconnect: false,
+                },
+                ConnectionEvent::StateChanged {
+                    from: ConnectionState::Reconnecting,
+                    to: ConnectionState::Closed,
+                },
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_during_the_wait_ends_the_run_without_an_attempt() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut options = provider(calls.clone(), true);
+        options.reconnect = policy(100);
+        let (inner, mut stop, mut events) = reconnecting(options);
+        let stop_tx = lock(&inner.shared).stop.take().unwrap();
+        let run = {
+            let inner = inner.clone();
+            tokio::spawn(async move { reconnect(&inner, &mut stop, 1006, 1).await.is_none() })
+        };
+        // Let the run start its 500 ms wait, then close in the middle of it.
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert!(!run.is_finished());
+        stop_tx.send(true).unwrap();
+        assert!(run.await.unwrap());
+        assert!(calls.lock().unwrap().is_empty());
+        assert_eq!(
+            drain(&mut events),
+            [ConnectionEvent::StateChanged {
+                from: ConnectionState::Reconnecting,
+                to: ConnectionState::Closed,
+            }]
+        );
     }
 }

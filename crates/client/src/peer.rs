@@ -2,28 +2,27 @@
 //! instance, a roster of [`RemotePeer`] handles kept from presence, broadcast and per-peer
 //! data, and reconciliation of the roster after every reconnect (spec §8.4).
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+mod reconcile_deadline;
+mod remote;
+mod roster;
+mod types;
+
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::Value;
 
+pub use self::remote::{RemotePeer, SignalHandler};
+pub use self::types::{DataKind, PeerData, PeerError, PeerOptions, PeerState, DEFAULT_MAX_PEERS};
+
+use self::roster::{Change, Roster};
 use crate::client::{check_channel, SignallingClient};
 use crate::error::Error;
 use crate::events::{lock, EventStream, Subscribers};
-use crate::options::SignallingClientOptions;
 use crate::shared::{Observed, Observer};
-use crate::signal::{Signal, TrackMeta};
-use crate::types::{ConnectionState, Metadata, PresencePeer, ServerError, SubscribeOptions};
+use crate::signal::Signal;
+use crate::types::{ConnectionState, PresencePeer, SubscribeOptions};
 
-/// Remote peers tracked per channel; further joins are ignored (as MeteredPeer does).
-pub const DEFAULT_MAX_PEERS: usize = 256;
-/// Cached track-metadata entries per remote peer.
-const MAX_TRACK_META: usize = 512;
-/// Re-subscribes issued when no snapshot arrives after a reconnect, before giving up.
-const MAX_RECONCILE_RESUBSCRIBES: u32 = 2;
 /// Uncorrelated server errors that mean the session cannot work (MeteredPeer's list).
 const FATAL_SERVER_CODES: [&str; 5] = [
     "account_suspended",
@@ -32,275 +31,6 @@ const FATAL_SERVER_CODES: [&str; 5] = [
     "invalid_token",
     "token_expired",
 ];
-
-/// Options of a [`Peer`].
-#[derive(Clone)]
-pub struct PeerOptions {
-    /// The underlying client's options. `auto_resubscribe` must stay on: the reconcile needs
-    /// the replayed subscribe's snapshot.
-    pub client: SignallingClientOptions,
-    /// The WebRTC hook; without one, signals are recognised and dropped.
-    pub signal_handler: Option<Arc<dyn SignalHandler>>,
-    /// Most remote peers tracked. Default [`DEFAULT_MAX_PEERS`].
-    pub max_peers: usize,
-    /// How long to wait for the roster snapshot after a reconnect before subscribing again
-    /// (twice), then reporting [`PeerError::ReconcileTimeout`]. Default 10 s.
-    pub reconcile_timeout: Duration,
-}
-
-impl PeerOptions {
-    /// Peer options around client options, with the defaults.
-    pub fn new(client: SignallingClientOptions) -> Self {
-        PeerOptions {
-            client,
-            signal_handler: None,
-            max_peers: DEFAULT_MAX_PEERS,
-            reconcile_timeout: Duration::from_secs(10),
-        }
-    }
-
-    /// The same options with a WebRTC signal handler.
-    pub fn with_signal_handler(mut self, handler: Arc<dyn SignalHandler>) -> Self {
-        self.signal_handler = Some(handler);
-        self
-    }
-}
-
-impl std::fmt::Debug for PeerOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerOptions")
-            .field("client", &self.client)
-            .field("signal_handler", &self.signal_handler.is_some())
-            .field("max_peers", &self.max_peers)
-            .field("reconcile_timeout", &self.reconcile_timeout)
-            .finish()
-    }
-}
-
-/// The lifecycle of a [`Peer`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PeerState {
-    /// Not joined (yet, or again after a failed join).
-    Idle,
-    /// `join()` in progress.
-    Joining,
-    /// In the channel.
-    Joined,
-    /// The connection dropped; the roster is kept and will be reconciled.
-    Reconnecting,
-    /// `leave()` in progress.
-    Leaving,
-    /// Left for good (by `leave()` or a terminal disconnect). Every stream has ended.
-    Closed,
-}
-
-/// How a [`PeerData`] travelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DataKind {
-    /// A channel broadcast ([`Peer::send`]).
-    Broadcast,
-    /// Per-peer data ([`Peer::send_to`], [`RemotePeer::send`]).
-    Direct,
-}
-
-/// Application data from another peer. WebRTC signals never arrive here.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PeerData {
-    /// The sender's peer id, stamped by the server.
-    pub from: String,
-    /// The sender's `peerMetadata` (for broadcasts only when joined with
-    /// `include_sender_metadata`).
-    pub from_metadata: Option<Metadata>,
-    /// The payload.
-    pub data: Value,
-    /// Broadcast or direct.
-    pub kind: DataKind,
-    /// The sender's handle, when it is in the roster (always, for direct data).
-    pub remote: Option<RemotePeer>,
-}
-
-/// Something the application should react to; see [`Peer::errors`].
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum PeerError {
-    /// The connection ended for good (a terminal close code such as 4020, or the reconnect
-    /// budget ran out) and the peer is now [`PeerState::Closed`].
-    Closed {
-        /// The last close code.
-        code: u16,
-        /// The last close reason.
-        reason: String,
-    },
-    /// An uncorrelated server error that makes the session unusable (account suspended,
-    /// channel not authorized, action not permitted).
-    Server(ServerError),
-    /// The token provider keeps failing; the client keeps retrying.
-    TokenProvider {
-        /// Consecutive failures.
-        consecutive_failures: u32,
-        /// The last failure.
-        error: String,
-    },
-    /// No roster snapshot arrived after a reconnect, even after subscribing again. Leave and
-    /// create a new [`Peer`] to recover.
-    ReconcileTimeout,
-}
-
-/// Another peer in the joined channel.
-///
-/// A handle: clones refer to the same remote. It keeps its identity across reconnects as long
-/// as the remote is still in the channel, so state attached to it (a UI row, a WebRTC
-/// connection) survives a signalling blip. Equality is identity.
-#[derive(Clone)]
-pub struct RemotePeer {
-    inner: Arc<RemoteInner>,
-}
-
-struct RemoteInner {
-    peer_id: String,
-    /// Refreshed from the snapshot when the remote survives a reconcile (its token, and so its
-    /// metadata, may have rotated during the drop).
-    metadata: Mutex<Option<Metadata>>,
-    /// False once the remote left the roster; the handle then refuses to send.
-    present: AtomicBool,
-    /// Weak: a handle kept by the application must not keep the peer (and its connection)
-    /// alive.
-    peer: Weak<PeerInner>,
-    tracks: Mutex<BTreeMap<String, TrackMeta>>,
-}
-
-impl std::fmt::Debug for RemotePeer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemotePeer")
-            .field("peer_id", &self.inner.peer_id)
-            .field("metadata", &self.metadata())
-            .field("present", &self.is_present())
-            .finish()
-    }
-}
-
-impl PartialEq for RemotePeer {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
-    }
-}
-
-impl Eq for RemotePeer {}
-
-impl RemotePeer {
-    fn new(peer_id: &str, metadata: Option<Metadata>, peer: Weak<PeerInner>) -> Self {
-        RemotePeer {
-            inner: Arc::new(RemoteInner {
-                peer_id: peer_id.to_owned(),
-                metadata: Mutex::new(metadata),
-                present: AtomicBool::new(true),
-                peer,
-                tracks: Mutex::new(BTreeMap::new()),
-            }),
-        }
-    }
-
-    /// The remote's peer id.
-    pub fn peer_id(&self) -> &str {
-        &self.inner.peer_id
-    }
-
-    /// The remote's public `peerMetadata` (name, avatar, …), if it has any.
-    pub fn metadata(&self) -> Option<Metadata> {
-        lock(&self.inner.metadata).clone()
-    }
-
-    /// True while the remote is in the roster.
-    pub fn is_present(&self) -> bool {
-        self.inner.present.load(Ordering::Acquire)
-    }
-
-    /// The perfect-negotiation role against this remote: polite when the local peer id sorts
-    /// first (spec §17.2). `None` before the first welcome.
-    pub fn polite(&self) -> Option<bool> {
-        let peer = self.inner.peer.upgrade()?;
-        let local = peer.client.peer_id()?;
-        Some(local.as_str() < self.peer_id())
-    }
-
-    /// Track metadata the remote announced for `track_id` (or its stream id).
-    pub fn track_metadata(&self, track_id: &str) -> Option<TrackMeta> {
-        let tracks = lock(&self.inner.tracks);
-        tracks.get(track_id).cloned().or_else(|| {
-            tracks
-                .values()
-                .find(|t| t.stream_id.as_deref() == Some(track_id))
-                .cloned()
-        })
-    }
-
-    /// Sends `data` to this remote only (a `send` frame; it arrives as direct data).
-    pub async fn send(&self, data: impl Serialize) -> Result<(), Error> {
-        let peer = self.live_peer()?;
-        Peer { inner: peer }.send_to(self.peer_id(), data).await
-    }
-
-    /// Sends a WebRTC signal to this remote, in the exact wire shape the official SDKs expect.
-    pub async fn send_signal(&self, signal: &Signal) -> Result<(), Error> {
-        let peer = self.live_peer()?;
-        peer.client.send(self.peer_id(), signal.to_data()).await
-    }
-
-    fn live_peer(&self) -> Result<Arc<PeerInner>, Error> {
-        if !self.is_present() {
-            return Err(Error::PeerGone(self.inner.peer_id.clone()));
-        }
-        self.inner.peer.upgrade().ok_or(Error::Closed)
-    }
-
-    fn leave(&self) {
-        self.inner.present.store(false, Ordering::Release);
-    }
-
-    fn set_metadata(&self, metadata: Option<Metadata>) {
-        *lock(&self.inner.metadata) = metadata;
-    }
-
-    fn store_track(&self, meta: &TrackMeta) {
-        let mut tracks = lock(&self.inner.tracks);
-        if meta.metadata.is_none() {
-            tracks.remove(&meta.track_id);
-        } else if tracks.len() < MAX_TRACK_META || tracks.contains_key(&meta.track_id) {
-            tracks.insert(meta.track_id.clone(), meta.clone());
-        }
-    }
-}
-
-/// The hook a WebRTC layer implements to ride on [`Peer`]'s roster and signalling (the payloads
-/// are in `signal.rs`).
-///
-/// Every method is called from the connection task, in wire order, and must not block: hand
-/// work to your own task. The default methods do nothing, so a handler implements only what it
-/// needs.
-pub trait SignalHandler: Send + Sync + 'static {
-    /// A remote peer entered the roster (before `peer_joined` is delivered): create its
-    /// peer connection here. Politeness is [`RemotePeer::polite`].
-    fn peer_joined(&self, remote: &RemotePeer) {
-        let _ = remote;
-    }
-
-    /// A remote peer left the roster: close its peer connection.
-    fn peer_left(&self, remote: &RemotePeer) {
-        let _ = remote;
-    }
-
-    /// The signalling connection was re-established and `remote` survived the reconcile.
-    /// The official SDKs build a fresh peer connection and offer again (spec §17.4).
-    fn connection_reset(&self, remote: &RemotePeer) {
-        let _ = remote;
-    }
-
-    /// A signal arrived from `remote` (only from peers in the roster, as the SDKs require).
-    /// Track metadata is also cached on the [`RemotePeer`] before this call.
-    fn signal(&self, remote: &RemotePeer, signal: Signal) {
-        let _ = (remote, signal);
-    }
-}
 
 /// One channel's presence room, like the official `MeteredPeer`, without media.
 ///
@@ -349,7 +79,6 @@ impl std::fmt::Debug for Peer {
 struct PeerInner {
     client: SignallingClient,
     handler: Option<Arc<dyn SignalHandler>>,
-    max_peers: usize,
     reconcile_timeout: Duration,
     shared: Mutex<PeerShared>,
     joined: Subscribers<RemotePeer>,
@@ -365,7 +94,7 @@ struct PeerShared {
     /// resolves is kept (the JS SDK records it only after the ack and can lose it, spec §20.1).
     channel: Option<String>,
     join_options: SubscribeOptions,
-    roster: BTreeMap<String, RemotePeer>,
+    roster: Roster<RemotePeer>,
     /// The next presence of the channel is the post-reconnect snapshot to reconcile against.
     reconcile_pending: bool,
     /// Bumped whenever a reconcile deadline must be cancelled.
@@ -385,6 +114,16 @@ enum Action {
     Signal(RemotePeer, Signal),
     ArmDeadline(u64),
     EndStreams,
+}
+
+impl From<Change<RemotePeer>> for Action {
+    fn from(change: Change<RemotePeer>) -> Self {
+        match change {
+            Change::Joined(remote) => Action::Joined(remote),
+            Change::Left(remote) => Action::Left(remote),
+            Change::Reset(remote) => Action::Reset(remote),
+        }
+    }
 }
 
 /// The [`Observer`] the client calls; weak so the client does not keep its peer alive.
@@ -408,75 +147,9 @@ impl PeerInner {
         }
     }
 
-    fn add(
-        self: &Arc<Self>,
-        shared: &mut PeerShared,
-        local: Option<&str>,
-        entry: &PresencePeer,
-        actions: &mut Vec<Action>,
-    ) {
-        if Some(entry.peer_id.as_str()) == local || shared.roster.contains_key(&entry.peer_id) {
-            return;
-        }
-        if shared.roster.len() >= self.max_peers {
-            tracing::warn!(peer_id = %entry.peer_id, cap = self.max_peers, "roster full; ignoring a join");
-            return;
-        }
-        let remote = RemotePeer::new(&entry.peer_id, entry.metadata.clone(), Arc::downgrade(self));
-        shared.roster.insert(entry.peer_id.clone(), remote.clone());
-        actions.push(Action::Joined(remote));
-    }
-
-    fn remove(shared: &mut PeerShared, peer_id: &str, actions: &mut Vec<Action>) {
-        if let Some(remote) = shared.roster.remove(peer_id) {
-            remote.leave();
-            actions.push(Action::Left(remote));
-        }
-    }
-
-    fn remove_all(shared: &mut PeerShared, actions: &mut Vec<Action>) {
-        let ids: Vec<String> = shared.roster.keys().cloned().collect();
-        for id in ids {
-            Self::remove(shared, &id, actions);
-        }
-    }
-
-    /// Diffs the post-reconnect snapshot against the roster (spec §8.4): departures first,
-    /// then survivors (same handle, fresh metadata, connection reset) and newcomers.
-    fn reconcile(
-        self: &Arc<Self>,
-        shared: &mut PeerShared,
-        local: Option<&str>,
-        snapshot: &[PresencePeer],
-        actions: &mut Vec<Action>,
-    ) {
-        let present: HashSet<&str> = snapshot
-            .iter()
-            .map(|p| p.peer_id.as_str())
-            .filter(|id| Some(*id) != local)
-            .collect();
-        let departed: Vec<String> = shared
-            .roster
-            .keys()
-            .filter(|id| !present.contains(id.as_str()))
-            .cloned()
-            .collect();
-        for id in departed {
-            Self::remove(shared, &id, actions);
-        }
-        let mut seen = HashSet::new();
-        for entry in snapshot {
-            if Some(entry.peer_id.as_str()) == local || !seen.insert(entry.peer_id.as_str()) {
-                continue;
-            }
-            match shared.roster.get(&entry.peer_id) {
-                Some(survivor) => {
-                    survivor.set_metadata(entry.metadata.clone());
-                    actions.push(Action::Reset(survivor.clone()));
-                }
-                None => self.add(shared, local, entry, actions),
-            }
-        }
+    /// Empties the roster: everyone gets a final `peer_left`.
+    fn clear_roster(shared: &mut PeerShared, actions: &mut Vec<Action>) {
+        actions.extend(shared.roster.clear().into_iter().map(Action::from));
     }
 
     fn on_event(self: &Arc<Self>, event: Observed<'_>) {
@@ -517,7 +190,7 @@ impl PeerInner {
                             Self::set_phase(&mut shared, PeerState::Reconnecting, &mut actions);
                         } else {
                             shared.reconcile_pending = false;
-                            Self::remove_all(&mut shared, &mut actions);
+                            Self::clear_roster(&mut shared, &mut actions);
                             actions.push(Action::Error(PeerError::Closed {
                                 code,
                                 reason: reason.to_owned(),
@@ -530,20 +203,27 @@ impl PeerInner {
                 }
                 Observed::Presence(presence) => {
                     if active && shared.channel.as_deref() == Some(presence.channel.as_str()) {
+                        let peer = Arc::downgrade(self);
+                        let mut make = |entry: &PresencePeer| {
+                            RemotePeer::new(&entry.peer_id, entry.metadata.clone(), peer.clone())
+                        };
                         if shared.reconcile_pending {
                             shared.reconcile_pending = false;
                             shared.reconcile_round += 1;
-                            self.reconcile(&mut shared, local, &presence.joined, &mut actions);
+                            let changes =
+                                shared.roster.reconcile(local, &presence.joined, &mut make);
+                            actions.extend(changes.into_iter().map(Action::from));
                             if shared.phase == PeerState::Reconnecting {
                                 Self::set_phase(&mut shared, PeerState::Joined, &mut actions);
                             }
                         } else {
-                            for entry in &presence.joined {
-                                self.add(&mut shared, local, entry, &mut actions);
-                            }
-                            for entry in &presence.left {
-                                Self::remove(&mut shared, &entry.peer_id, &mut actions);
-                            }
+                            let changes = shared.roster.apply_delta(
+                                local,
+                                &presence.joined,
+                                &presence.left,
+                                &mut make,
+                            );
+                            actions.extend(changes.into_iter().map(Action::from));
                         }
                     }
                 }
@@ -642,47 +322,6 @@ impl PeerInner {
             }
         }
     }
-
-    /// If the snapshot has not arrived `reconcile_timeout` after a reconnect, subscribe again
-    /// on the same connection (twice), then report [`PeerError::ReconcileTimeout`].
-    fn arm_reconcile_deadline(self: &Arc<Self>, round: u64) {
-        let peer = Arc::downgrade(self);
-        let wait = self.reconcile_timeout;
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            let Some(peer) = peer.upgrade() else {
-                return;
-            };
-            let connected = peer.client.state() == ConnectionState::Connected;
-            let retry = {
-                let mut shared = lock(&peer.shared);
-                if shared.reconcile_round != round
-                    || !shared.reconcile_pending
-                    || shared.phase != PeerState::Reconnecting
-                    || !connected
-                {
-                    return;
-                }
-                let Some(channel) = shared.channel.clone() else {
-                    return;
-                };
-                if shared.reconcile_resubscribes < MAX_RECONCILE_RESUBSCRIBES {
-                    shared.reconcile_resubscribes += 1;
-                    Some((channel, shared.join_options))
-                } else {
-                    None
-                }
-            };
-            match retry {
-                Some((channel, options)) => {
-                    tracing::warn!(%channel, "no roster snapshot after reconnect; subscribing again");
-                    peer.arm_reconcile_deadline(round);
-                    let _ = peer.client.subscribe(&channel, options).await;
-                }
-                None => peer.errors.emit(PeerError::ReconcileTimeout),
-            }
-        });
-    }
 }
 
 impl Peer {
@@ -699,13 +338,12 @@ impl Peer {
         let inner = Arc::new(PeerInner {
             client,
             handler: options.signal_handler,
-            max_peers: options.max_peers,
             reconcile_timeout: options.reconcile_timeout,
             shared: Mutex::new(PeerShared {
                 phase: PeerState::Idle,
                 channel: None,
                 join_options: SubscribeOptions::default(),
-                roster: BTreeMap::new(),
+                roster: Roster::new(options.max_peers),
                 reconcile_pending: false,
                 reconcile_round: 0,
                 reconcile_resubscribes: 0,
@@ -778,7 +416,7 @@ impl Peer {
                 client.close().await;
                 let mut shared = lock(&self.inner.shared);
                 if shared.phase == PeerState::Joining {
-                    PeerInner::remove_all(&mut shared, &mut actions);
+                    PeerInner::clear_roster(&mut shared, &mut actions);
                     shared.channel = None;
                     PeerInner::set_phase(&mut shared, PeerState::Idle, &mut actions);
                 }
@@ -801,7 +439,7 @@ impl Peer {
             shared.reconcile_pending = false;
             shared.reconcile_round += 1;
             PeerInner::set_phase(&mut shared, PeerState::Leaving, &mut actions);
-            PeerInner::remove_all(&mut shared, &mut actions);
+            PeerInner::clear_roster(&mut shared, &mut actions);
         }
         self.inner.run(actions);
         self.inner.client.dispose().await;
@@ -873,7 +511,7 @@ impl Peer {
 
     /// The current roster.
     pub fn remote_peers(&self) -> Vec<RemotePeer> {
-        lock(&self.inner.shared).roster.values().cloned().collect()
+        lock(&self.inner.shared).roster.members().cloned().collect()
     }
 
     /// The remote with this id, if it is in the roster.
@@ -901,3 +539,6 @@ impl Peer {
         &self.inner.client
     }
 }
+
+#[cfg(test)]
+mod tests;
