@@ -15,7 +15,6 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::future::Either;
 use futures_util::{FutureExt, SinkExt};
 use herald_protocol::{encode, parse_client_frame, Action, ClientOp, CloseCode, ErrorCode};
-use rand::Rng;
 use tokio::time::Instant;
 
 use crate::auth::{AuthError, Identity};
@@ -30,7 +29,7 @@ use crate::state::{ServerState, SessionGuard};
 
 use self::ending::{classify_read_error, departure, rate_limited, unwind_to_close};
 use self::ops::{Acked, OpError};
-use self::timers::{expiry_deadline, sleep_until_opt};
+use self::timers::{going_away_retry_ms, Beat, Deadline, Deadlines, Liveness};
 use self::write::{flush_pending, write_batch, MAX_BATCH};
 
 mod ending;
@@ -155,11 +154,7 @@ impl Session {
         let (kind, app) = (identity.kind.as_str(), identity.app.id.as_str());
         state.metrics.connection_opened(kind, app);
         tracing::info!(conn = %conn.id, app = %identity.app.id, peer = %identity.peer_id, kind = identity.kind.as_str(), "connected");
-        let bucket = TokenBucket::new(
-            limits.rate_per_second,
-            limits.rate_burst,
-            Instant::now().into_std(),
-        );
+        let bucket = TokenBucket::new(limits.rate_per_second, limits.rate_burst, Instant::now());
         let mut session = Session {
             state,
             identity,
@@ -203,39 +198,35 @@ impl Session {
     /// The connection loop. Returns the close to send, or `None` when the client is gone.
     async fn run(&mut self, ws: &mut WebSocket, mut rx: Outbound) -> Option<CloseReason> {
         let timing = self.state.config.timing.clone();
-        let ping_every = Duration::from_secs(timing.ping_interval_secs);
-        let dead_after = ping_every + Duration::from_secs(timing.pong_grace_secs);
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        let mut last_seen = Instant::now();
-        let expiry = self
-            .identity
-            .expires_at
-            .and_then(|exp| expiry_deadline(exp, timing.expiry_lead_ms, unix_now_ms()));
+        let mut liveness = Liveness::new(&timing);
+        let mut deadlines = Deadlines::new(
+            self.identity.expires_at,
+            timing.expiry_lead_ms,
+            unix_now_ms(),
+        );
         let mut shutdown = self.state.shutdown_signal();
         if *shutdown.borrow() {
             // Shutdown began between the upgrade and now: still owe this client `going_away`.
             shutdown.mark_changed();
         }
-        let mut going_away_until: Option<Instant> = None;
         let write_delay = Duration::from_millis(timing.write_delay_ms);
         let conn = self.conn.clone();
         loop {
             tokio::select! {
                 biased;
                 reason = conn.closed() => return Some(reason),
-                _ = sleep_until_opt(expiry) => {
-                    return Some(AuthError::Expired.close_reason());
-                }
-                _ = sleep_until_opt(going_away_until) => {
-                    flush_pending(ws, &mut rx, &self.state.metrics).await;
-                    return Some(CloseReason::new(CloseCode::GoingAway, "server shutting down"));
-                }
-                changed = shutdown.changed(), if going_away_until.is_none() => {
+                deadline = deadlines.fired() => match deadline {
+                    Deadline::Expired => return Some(AuthError::Expired.close_reason()),
+                    Deadline::DrainOver => {
+                        flush_pending(ws, &mut rx, &self.state.metrics).await;
+                        return Some(CloseReason::new(CloseCode::GoingAway, "server shutting down"));
+                    }
+                },
+                changed = shutdown.changed(), if !deadlines.draining() => {
                     if changed.is_err() || *shutdown.borrow() {
-                        let base = timing.going_away_retry_ms.max(1);
-                        let retry = rand::rng().random_range(base / 2..=base + base / 2);
+                        let retry = going_away_retry_ms(timing.going_away_retry_ms);
                         self.conn.deliver(encode::going_away(retry).into());
-                        going_away_until = Some(Instant::now() + Duration::from_millis(timing.going_away_drain_ms));
+                        deadlines.start_drain(Duration::from_millis(timing.going_away_drain_ms));
                     }
                 }
                 Some(first) = rx.recv() => {
@@ -256,7 +247,7 @@ impl Session {
                     }
                 }
                 inbound = ws.recv() => {
-                    last_seen = Instant::now();
+                    liveness.heard();
                     let mut flow = self.on_inbound(inbound).await;
                     // Frames the client has already sent are handled before the replies they
                     // caused are written: a burst of N requests then costs one socket write for
@@ -281,8 +272,8 @@ impl Session {
                         }
                     }
                 }
-                _ = ping.tick() => {
-                    if last_seen.elapsed() > dead_after {
+                beat = liveness.beat() => {
+                    if beat == Beat::Dead {
                         tracing::info!(conn = %self.conn.id, "no pong: reaping dead socket");
                         return None;
                     }
@@ -328,7 +319,7 @@ impl Session {
     }
 
     fn take_token(&mut self) -> bool {
-        self.bucket.take(std::time::Instant::now())
+        self.bucket.take(Instant::now())
     }
 
     fn reply(&self, frame: String) {
