@@ -29,9 +29,11 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -65,6 +67,8 @@ pub async fn accept_until(
     let options = Arc::new(ConnectionOptions {
         header_read_timeout: Duration::from_millis(limits.http_header_read_timeout_ms),
         idle_timeout: Duration::from_secs(limits.http_idle_timeout_secs),
+        header_timeouts: state.metrics.http.header_timeouts.clone(),
+        idle_timeouts: state.metrics.http.idle_timeouts.clone(),
     });
     let mut tasks = JoinSet::new();
     let mut shutdown = pin!(shutdown);
@@ -87,7 +91,7 @@ pub async fn accept_until(
                         stream,
                         peer,
                         router.clone(),
-                        state.clone(),
+                        state.shutdown_signal(),
                         options.clone(),
                     ));
                 }
@@ -110,21 +114,27 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
+/// What every HTTP connection of the node is held to, and where it counts its timeouts.
 struct ConnectionOptions {
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    header_timeouts: Counter,
+    idle_timeouts: Counter,
 }
 
 /// Serves one connection's HTTP/1 requests until it closes, upgrades to WebSocket, stalls, or
-/// the node shuts down.
-async fn serve_connection(
-    stream: CountedStream,
+/// `shutdown` turns true. Generic over the stream so tests can serve an in-memory pipe on a
+/// paused clock.
+async fn serve_connection<S>(
+    stream: CountedStream<S>,
     peer: SocketAddr,
     router: Router,
-    state: Arc<ServerState>,
+    mut shutdown: watch::Receiver<bool>,
     options: Arc<ConnectionOptions>,
-) {
-    let progress = stream.progress.clone();
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut idle = IdleWatch::new(stream.progress.clone(), options.idle_timeout);
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let mut request = request.map(Body::new);
         // Handlers read the client's address with `ConnectInfo<SocketAddr>`.
@@ -141,11 +151,6 @@ async fn serve_connection(
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades());
 
-    let mut shutdown = state.shutdown_signal();
-    let idle = options.idle_timeout;
-    let check_every = (idle / 4).max(Duration::from_millis(10));
-    let mut last_progress = progress.load(Ordering::Relaxed);
-    let mut last_change = Instant::now();
     let mut give_up_at: Option<Instant> = None;
     loop {
         let grace_over = async {
@@ -159,20 +164,14 @@ async fn serve_connection(
                 // Ok also when the socket was handed to a WebSocket session.
                 if let Err(e) = result {
                     if e.is_timeout() {
-                        state.metrics.http.header_timeouts.inc();
+                        options.header_timeouts.inc();
                     }
                 }
                 return;
             }
-            () = tokio::time::sleep(check_every) => {
-                let now = progress.load(Ordering::Relaxed);
-                if now != last_progress {
-                    last_progress = now;
-                    last_change = Instant::now();
-                } else if last_change.elapsed() >= idle {
-                    state.metrics.http.idle_timeouts.inc();
-                    return;
-                }
+            () = idle.expired() => {
+                options.idle_timeouts.inc();
+                return;
             }
             _ = shutdown.wait_for(|down| *down), if give_up_at.is_none() => {
                 // Closes at once when no request is in progress; else after its response.
@@ -184,18 +183,58 @@ async fn serve_connection(
     }
 }
 
+/// Notices a connection that moved no byte for `idle`. It looks every quarter of `idle` (at
+/// least every 10 ms) rather than re-arming a timer per byte, so it fires between `idle` and
+/// `idle * 5/4` after the last byte.
+struct IdleWatch {
+    progress: Arc<AtomicU64>,
+    idle: Duration,
+    check_every: Duration,
+    last_progress: u64,
+    last_change: Instant,
+}
+
+impl IdleWatch {
+    fn new(progress: Arc<AtomicU64>, idle: Duration) -> Self {
+        let last_progress = progress.load(Ordering::Relaxed);
+        IdleWatch {
+            progress,
+            idle,
+            check_every: (idle / 4).max(Duration::from_millis(10)),
+            last_progress,
+            last_change: Instant::now(),
+        }
+    }
+
+    /// Resolves once nothing moved for `idle`. Cancel-safe: what it saw is kept in `self`, and
+    /// a cancelled wait only restarts the current look.
+    async fn expired(&mut self) {
+        loop {
+            tokio::time::sleep(self.check_every).await;
+            let now = self.progress.load(Ordering::Relaxed);
+            if now != self.last_progress {
+                self.last_progress = now;
+                self.last_change = Instant::now();
+            } else if self.last_change.elapsed() >= self.idle {
+                return;
+            }
+        }
+    }
+}
+
 /// A TCP stream that holds its source's place in [`ConnectionSlots`] and the open-connections
 /// gauge for as long as the socket lives (through a WebSocket upgrade too), and counts the
-/// reads and writes that moved bytes, for the idle timeout.
-struct CountedStream {
-    tcp: TcpStream,
+/// reads and writes that moved bytes, for the idle timeout. (Generic only so tests can wrap an
+/// in-memory pipe.)
+struct CountedStream<S = TcpStream> {
+    tcp: S,
     progress: Arc<AtomicU64>,
     open: Gauge,
     _slot: ConnectionSlot,
 }
 
-impl CountedStream {
-    fn new(tcp: TcpStream, slot: ConnectionSlot, open: &Gauge) -> Self {
+impl<S> CountedStream<S> {
+    fn new(tcp: S, slot: ConnectionSlot, open: &Gauge) -> Self {
         open.inc();
         CountedStream {
             tcp,
@@ -210,13 +249,13 @@ impl CountedStream {
     }
 }
 
-impl Drop for CountedStream {
+impl<S> Drop for CountedStream<S> {
     fn drop(&mut self) {
         self.open.dec();
     }
 }
 
-impl AsyncRead for CountedStream {
+impl<S: AsyncRead + Unpin> AsyncRead for CountedStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -232,7 +271,7 @@ impl AsyncRead for CountedStream {
     }
 }
 
-impl AsyncWrite for CountedStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountedStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -269,5 +308,160 @@ impl AsyncWrite for CountedStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use axum::routing::post;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_moves_nothing_is_idle_exactly_after_the_idle_time() {
+        let start = Instant::now();
+        let mut idle = IdleWatch::new(Arc::new(AtomicU64::new(0)), secs(60));
+        idle.expired().await;
+        assert_eq!(start.elapsed(), secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_byte_restarts_the_idle_time_from_the_look_that_saw_it() {
+        let start = Instant::now();
+        let progress = Arc::new(AtomicU64::new(0));
+        let mut idle = IdleWatch::new(progress.clone(), secs(60));
+        tokio::spawn(async move {
+            tokio::time::sleep(secs(20)).await;
+            progress.fetch_add(1, Ordering::Relaxed);
+        });
+        // Looks every 15 s: the byte at 20 s is seen at 30 s, so idle from 30 s to 90 s.
+        idle.expired().await;
+        assert_eq!(start.elapsed(), secs(90));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_wait_keeps_what_it_saw() {
+        let start = Instant::now();
+        let mut idle = IdleWatch::new(Arc::new(AtomicU64::new(0)), secs(60));
+        // The serving loop drops the wait when another branch wins (shutdown); the silence
+        // already counted still counts, only the look in progress restarts.
+        assert!(tokio::time::timeout(secs(50), idle.expired())
+            .await
+            .is_err());
+        idle.expired().await;
+        assert_eq!(start.elapsed(), secs(65));
+    }
+
+    /// Serves one in-memory connection as the accept loop would; returns the client's end,
+    /// the shutdown switch, the options (for their counters) and the serving task.
+    fn serve(
+        header_read_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> (
+        DuplexStream,
+        watch::Sender<bool>,
+        Arc<ConnectionOptions>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let slots = ConnectionSlots::new(0, false);
+        let slot = slots.try_acquire([192, 0, 2, 1].into()).unwrap();
+        let stream = CountedStream::new(server, slot, &Gauge::default());
+        // A handler that reads the whole body, so a stalled body stalls the request.
+        let router = Router::new().route("/", post(|body: String| async move { body }));
+        let (down, shutdown) = watch::channel(false);
+        let options = Arc::new(ConnectionOptions {
+            header_read_timeout,
+            idle_timeout,
+            header_timeouts: Counter::default(),
+            idle_timeouts: Counter::default(),
+        });
+        let peer = SocketAddr::from(([192, 0, 2, 1], 40_000));
+        let task = tokio::spawn(serve_connection(
+            stream,
+            peer,
+            router,
+            shutdown,
+            options.clone(),
+        ));
+        (client, down, options, task)
+    }
+
+    const STALLED_POST: &[u8] =
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nonly part of the body";
+
+    #[tokio::test(start_paused = true)]
+    async fn half_a_request_head_is_closed_exactly_at_the_header_read_timeout() {
+        let start = Instant::now();
+        let (mut client, _down, options, task) = serve(secs(10), secs(600));
+        client.write_all(b"GET / HTTP/1.1\r\nhost:").await.unwrap();
+        task.await.unwrap();
+        assert_eq!(start.elapsed(), secs(10));
+        assert_eq!(options.header_timeouts.get(), 1);
+        assert_eq!(options.idle_timeouts.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_alive_connection_gets_a_fresh_header_read_timeout_after_each_response() {
+        let start = Instant::now();
+        let (mut client, _down, options, task) = serve(secs(10), secs(600));
+        // The first request arrives late but within its timeout, at 5 s...
+        tokio::time::advance(secs(5)).await;
+        client
+            .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
+            .await
+            .unwrap();
+        let mut response = [0u8; 12];
+        client.read_exact(&mut response).await.unwrap();
+        assert_eq!(&response, b"HTTP/1.1 200");
+        // ...and the wait for the next one's headers starts after the response: 5 s + 10 s.
+        task.await.unwrap();
+        assert_eq!(start.elapsed(), secs(15));
+        assert_eq!(options.header_timeouts.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_is_closed_between_the_idle_time_and_a_quarter_more() {
+        let start = Instant::now();
+        let (mut client, _down, options, task) = serve(secs(10), secs(60));
+        client.write_all(STALLED_POST).await.unwrap();
+        // The bytes moved at 0 s are seen at the first look (15 s): idle from 15 s to 75 s.
+        task.await.unwrap();
+        assert_eq!(start.elapsed(), secs(75));
+        assert_eq!(options.idle_timeouts.get(), 1);
+        assert_eq!(options.header_timeouts.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_shutdown_a_request_in_flight_gets_the_grace_and_no_more() {
+        let start = Instant::now();
+        let (mut client, down, options, task) = serve(secs(10), secs(60));
+        client.write_all(STALLED_POST).await.unwrap();
+        tokio::time::advance(secs(3)).await;
+        down.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(start.elapsed(), secs(3) + IN_FLIGHT_GRACE);
+        assert_eq!(options.idle_timeouts.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_shutdown_a_connection_between_requests_closes_at_once() {
+        let start = Instant::now();
+        let (mut client, down, _options, task) = serve(secs(10), secs(60));
+        client
+            .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
+            .await
+            .unwrap();
+        let mut response = [0u8; 12];
+        client.read_exact(&mut response).await.unwrap();
+        tokio::time::advance(secs(3)).await;
+        down.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(start.elapsed(), secs(3));
     }
 }

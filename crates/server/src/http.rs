@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -49,7 +48,10 @@ async fn connect(
     uri: Uri,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match state.connect_limiter.check(peer.ip(), Instant::now()) {
+    match state
+        .connect_limiter
+        .check(peer.ip(), tokio::time::Instant::now())
+    {
         Attempt::Allowed => {}
         Attempt::Untracked => {
             state.metrics.http.connect_limiter_untracked.inc();

@@ -7,7 +7,11 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, not std's: outside tests it is the same monotonic clock, and a test can pause
+// it and step the bucket's refill and the limiter's windows to the millisecond.
+use tokio::time::Instant;
 
 use crate::sync::lock;
 
@@ -285,6 +289,75 @@ mod tests {
         assert!(b.take(t0 + Duration::from_millis(20)));
     }
 
+    /// A bucket of `burst` tokens refilling at `per_second`, emptied (by taking or charging)
+    /// at the current paused instant.
+    fn emptied(per_second: f64, burst: f64, charge: f64) -> TokenBucket {
+        let mut b = TokenBucket::new(per_second, burst, Instant::now());
+        while b.take(Instant::now()) {}
+        b.charge(charge);
+        b
+    }
+
+    // Each probe below gets its own bucket: a `take` is itself a refill step, so probing one
+    // bucket a millisecond early would move its float arithmetic off the exact boundary.
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_bucket_refills_one_token_per_rate_interval_on_the_clock() {
+        // At 100 tokens/s one token takes 10 ms: none a millisecond early, one at 10 ms.
+        let (mut early, mut on_time) = (emptied(100.0, 200.0, 0.0), emptied(100.0, 200.0, 0.0));
+        tokio::time::advance(Duration::from_millis(9)).await;
+        assert!(!early.take(Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(on_time.take(Instant::now()));
+        assert!(!on_time.take(Instant::now()));
+        // A long pause refills up to the burst and no further.
+        tokio::time::advance(Duration::from_secs(3_600)).await;
+        assert!((0..200).all(|_| on_time.take(Instant::now())));
+        assert!(!on_time.take(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_charged_bucket_is_back_in_credit_when_the_debt_is_refilled() {
+        // Charged 20 at zero, the balance clamps at -5 (minus one burst), not -20, so a token
+        // is back after 6 tokens of refill: 600 ms at 10/s, not 2.1 s.
+        let (mut early, mut on_time) = (emptied(10.0, 5.0, 20.0), emptied(10.0, 5.0, 20.0));
+        tokio::time::advance(Duration::from_millis(599)).await;
+        assert!(!early.take(Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(on_time.take(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_limiter_windows_roll_over_exactly_on_the_window_length() {
+        let l = ConnectLimiter::new(2, Duration::from_secs(60), false, 1000);
+        let ip = IpAddr::from([10, 0, 0, 1]);
+        assert!(l.allow(ip, Instant::now()) && l.allow(ip, Instant::now()));
+        assert!(!l.allow(ip, Instant::now()));
+        // Windows count from the limiter's start: the last millisecond of the first one still
+        // refuses, the first of the next one admits afresh.
+        tokio::time::advance(Duration::from_millis(59_999)).await;
+        assert!(!l.allow(ip, Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(l.allow(ip, Instant::now()) && l.allow(ip, Instant::now()));
+        assert!(!l.allow(ip, Instant::now()));
+        // Windows are fixed, not sliding: attempts late in one window do not count in the next.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(l.allow(ip, Instant::now()));
+        assert_eq!(l.tracked_sources(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_shorter_than_a_second_is_rounded_up_to_one() {
+        // `new` clamps the window, so a zero window cannot divide by zero or never limit.
+        let l = ConnectLimiter::new(1, Duration::ZERO, false, 1000);
+        let ip = IpAddr::from([10, 0, 0, 1]);
+        assert!(l.allow(ip, Instant::now()));
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!l.allow(ip, Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(l.allow(ip, Instant::now()));
+    }
+
     #[test]
     fn connect_limiter_counts_per_ip_and_window() {
         let l = ConnectLimiter::new(2, Duration::from_secs(60), true, 1000);
@@ -352,7 +425,7 @@ mod tests {
         // limiter swept the whole map per attempt once it held 10k entries.
         let l = ConnectLimiter::new(60, Duration::from_secs(60), false, 100_000);
         let now = Instant::now();
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         for i in 0..200_000u64 {
             let ip = from_bits(u128::from(i) << 64 | 1);
             l.check(ip, now);
