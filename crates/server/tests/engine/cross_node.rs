@@ -8,8 +8,8 @@ use herald_server::ids::{AppId, PeerId};
 use serde_json::json;
 
 use crate::harness::{
-    ack, connect, direct, entry, joined, left, members_in, message, message_with_metadata,
-    Barrier, ClientSpec, Nodes, APP,
+    ack, connect, direct, entry, joined, left, members_in, message, message_with_metadata, Barrier,
+    ClientSpec, Nodes, APP,
 };
 
 const ROOM: &str = "room/1";
@@ -27,8 +27,11 @@ pub async fn presence_crosses_nodes(nodes: Nodes) {
         .await;
     b.subscribe(ROOM).await;
     b.expect_subscribed(ROOM, json!([entry("a")])).await;
-    a.expect(joined(ROOM, json!([{"peerId": "b", "metadata": {"n": "b"}}])))
-        .await;
+    a.expect(joined(
+        ROOM,
+        json!([{"peerId": "b", "metadata": {"n": "b"}}]),
+    ))
+    .await;
     let both = json!([entry("a"), {"peerId": "b", "metadata": {"n": "b"}}]);
     assert_eq!(members_in(&n0, APP, ROOM).await, both);
     assert_eq!(members_in(&n1, APP, ROOM).await, both);
@@ -55,8 +58,13 @@ pub async fn messages_cross_nodes(nodes: Nodes) {
     w.expect(ack()).await;
 
     assert_eq!(a.publish(ROOM, "1", Some(r#"{"n":"a"}"#)).await, 1);
-    b.expect(message_with_metadata(ROOM, "a", json!(1), json!({"n": "a"})))
-        .await;
+    b.expect(message_with_metadata(
+        ROOM,
+        "a",
+        json!(1),
+        json!({"n": "a"}),
+    ))
+    .await;
     w.expect(message(ROOM, "a", json!(1))).await;
 
     assert_eq!(b.publish(ROOM, "2", None).await, 1);
@@ -80,9 +88,7 @@ pub async fn directs_and_kicks_cross_nodes(nodes: Nodes) {
     p1.expect(direct("q", json!("hi"))).await;
     assert_eq!(p0.send("p", r#""me""#, None).await, 1);
     p1.expect(direct("p", json!("me"))).await;
-    Barrier::new(&n0)
-        .direct("p", &mut [&mut p0, &mut p1])
-        .await;
+    Barrier::new(&n0).direct("p", &mut [&mut p0, &mut p1]).await;
 
     let reason = CloseReason::ADMIN_DISCONNECT;
     let kicked = n0

@@ -336,7 +336,9 @@ impl<'a> Barrier<'a> {
             .await
             .unwrap();
         for observer in observers {
-            observer.expect(message(name, MARKER_PEER, json!("marker"))).await;
+            observer
+                .expect(message(name, MARKER_PEER, json!("marker")))
+                .await;
         }
     }
 

@@ -84,7 +84,11 @@ pub async fn directs_reach_every_connection_of_the_peer(nodes: Nodes) {
     p1.expect(want.clone()).await;
     p2.expect(want).await;
 
-    assert_eq!(p1.send("p", r#""self""#, None).await, 1, "own connection excluded");
+    assert_eq!(
+        p1.send("p", r#""self""#, None).await,
+        1,
+        "own connection excluded"
+    );
     p2.expect(direct("p", json!("self"))).await;
     Barrier::new(&engine)
         .direct("p", &mut [&mut p1, &mut p2])
@@ -94,22 +98,24 @@ pub async fn directs_reach_every_connection_of_the_peer(nodes: Nodes) {
     Barrier::new(&engine).direct("q", &mut [&mut q]).await;
 }
 
-/// A pattern subscription gets an empty snapshot and the messages of matching channels, never
-/// their presence deltas.
+/// A pattern subscription gets an empty snapshot (even over populated channels) and the
+/// messages of matching channels, never their presence deltas.
 pub async fn wildcards_get_messages_but_never_presence(nodes: Nodes) {
     let engine = nodes.engine();
+    let mut a = connect(&engine, "a").await;
+    a.subscribe(ROOM).await;
+    a.expect_subscribed(ROOM, json!([])).await;
+
     let mut watcher = connect(&engine, "watcher").await;
-    assert!(
-        watcher.subscribe_pattern("room/*", usize::MAX).await.unwrap()
-    );
+    assert!(watcher
+        .subscribe_pattern("room/*", usize::MAX)
+        .await
+        .unwrap());
     watcher.expect(ack()).await;
     watcher
         .expect(presence("room/*", json!([]), json!([])))
         .await;
 
-    let mut a = connect(&engine, "a").await;
-    a.subscribe(ROOM).await;
-    a.expect_subscribed(ROOM, json!([])).await;
     let mut b = connect(&engine, "b").await;
     b.subscribe(ROOM).await;
     b.expect_subscribed(ROOM, json!([entry("a")])).await;
@@ -137,15 +143,15 @@ pub async fn exact_and_wildcard_subscriptions_deliver_once(nodes: Nodes) {
         .await;
     both.subscribe(ROOM).await;
     both.expect(ack()).await;
-    assert!(
-        both.subscribe_pattern("room/*", usize::MAX).await.unwrap()
-    );
+    assert!(both.subscribe_pattern("room/*", usize::MAX).await.unwrap());
     both.expect(ack()).await;
     let publisher = connect(&engine, "pub").await;
 
     assert_eq!(publisher.publish(ROOM, "1", None).await, 1);
     both.expect(message(ROOM, "pub", json!(1))).await;
-    Barrier::new(&engine).on_channel(ROOM, &mut [&mut both]).await;
+    Barrier::new(&engine)
+        .on_channel(ROOM, &mut [&mut both])
+        .await;
 }
 
 /// The app-wide cap on distinct wildcard patterns refuses a new pattern beyond it, enqueueing
@@ -153,9 +159,7 @@ pub async fn exact_and_wildcard_subscriptions_deliver_once(nodes: Nodes) {
 pub async fn the_app_pattern_cap_refuses_new_patterns(nodes: Nodes) {
     let engine = nodes.engine();
     let mut first = connect(&engine, "first").await;
-    assert!(
-        first.subscribe_pattern("a/*", 1).await.unwrap()
-    );
+    assert!(first.subscribe_pattern("a/*", 1).await.unwrap());
     first.expect(ack()).await;
     first.expect(presence("a/*", json!([]), json!([]))).await;
 
@@ -166,7 +170,8 @@ pub async fn the_app_pattern_cap_refuses_new_patterns(nodes: Nodes) {
     ));
     second.expect_nothing_queued();
     assert!(
-        second.subscribe_pattern("a/*", 1).await.unwrap(), "a pattern the app holds is not new to it"
+        second.subscribe_pattern("a/*", 1).await.unwrap(),
+        "a pattern the app holds is not new to it"
     );
     second.expect(ack()).await;
     second.expect(presence("a/*", json!([]), json!([]))).await;
@@ -175,14 +180,13 @@ pub async fn the_app_pattern_cap_refuses_new_patterns(nodes: Nodes) {
         .app(crate::harness::OTHER_APP)
         .connect(&engine)
         .await;
-    assert!(
-        elsewhere.subscribe_pattern("c/*", 1).await.unwrap()
-    );
+    assert!(elsewhere.subscribe_pattern("c/*", 1).await.unwrap());
     elsewhere.expect(ack()).await;
 
     assert!(first.unsubscribe("a/*").await);
     assert!(second.unsubscribe("a/*").await);
     assert!(
-        second.subscribe_pattern("b/*", 1).await.unwrap(), "the cap counts patterns held now"
+        second.subscribe_pattern("b/*", 1).await.unwrap(),
+        "the cap counts patterns held now"
     );
 }

@@ -29,7 +29,10 @@ pub async fn subscribe_queues_ack_then_full_snapshot(nodes: Nodes) {
         .await;
     a.expect(joined(ROOM, json!([entry("b")]))).await;
 
-    let mut quiet = ClientSpec::new("q").without_presence().connect(&engine).await;
+    let mut quiet = ClientSpec::new("q")
+        .without_presence()
+        .connect(&engine)
+        .await;
     assert!(quiet.subscribe(ROOM).await);
     quiet.expect(ack()).await;
     a.expect(joined(ROOM, json!([entry("q")]))).await;
@@ -104,7 +107,10 @@ pub async fn repeat_subscribe_resends_snapshot_and_updates_the_flag(nodes: Nodes
     a.publish(ROOM, "1", Some(r#"{"n":"a"}"#)).await;
     b.expect(message(ROOM, "a", json!(1))).await;
 
-    assert!(!b.subscribe_with(ROOM, true).await.unwrap(), "a repeat is not new");
+    assert!(
+        !b.subscribe_with(ROOM, true).await.unwrap(),
+        "a repeat is not new"
+    );
     b.expect_subscribed(ROOM, json!([{"peerId": "a", "metadata": {"n": "a"}}]))
         .await;
     Barrier::new(&engine)
@@ -113,8 +119,13 @@ pub async fn repeat_subscribe_resends_snapshot_and_updates_the_flag(nodes: Nodes
     assert_eq!(engine.stats().subscriptions, 2);
 
     a.publish(ROOM, "2", Some(r#"{"n":"a"}"#)).await;
-    b.expect(message_with_metadata(ROOM, "a", json!(2), json!({"n": "a"})))
-        .await;
+    b.expect(message_with_metadata(
+        ROOM,
+        "a",
+        json!(2),
+        json!({"n": "a"}),
+    ))
+    .await;
 }
 
 /// Unsubscribe announces `left` and says whether there was a subscription; again, it does
@@ -131,7 +142,10 @@ pub async fn unsubscribe_emits_left_and_is_idempotent(nodes: Nodes) {
 
     assert!(b.unsubscribe(ROOM).await);
     a.expect(left(ROOM, json!([entry("b")]))).await;
-    assert!(!b.unsubscribe(ROOM).await, "a second unsubscribe finds nothing");
+    assert!(
+        !b.unsubscribe(ROOM).await,
+        "a second unsubscribe finds nothing"
+    );
     assert!(!b.unsubscribe("room/never").await);
     Barrier::new(&engine).on_channel(ROOM, &mut [&mut a]).await;
     b.expect_nothing_queued();

@@ -8,8 +8,8 @@ use herald_server::ids::{AppId, PeerId};
 use serde_json::json;
 
 use crate::harness::{
-    connect, direct, entry, joined, members, members_in, message, Barrier, ClientSpec, Nodes,
-    APP, OTHER_APP,
+    connect, direct, entry, joined, members, members_in, message, Barrier, ClientSpec, Nodes, APP,
+    OTHER_APP,
 };
 
 const ROOM: &str = "room/1";
@@ -24,7 +24,10 @@ pub async fn channel_members_lists_each_peer_once(nodes: Nodes) {
         .connect(&engine)
         .await;
     a1.subscribe(ROOM).await;
-    let mut b = ClientSpec::new("b").without_presence().connect(&engine).await;
+    let mut b = ClientSpec::new("b")
+        .without_presence()
+        .connect(&engine)
+        .await;
     b.subscribe(ROOM).await;
     assert_eq!(
         members(&nodes, ROOM).await,
@@ -53,7 +56,10 @@ pub async fn close_peer_closes_every_connection_of_the_peer(nodes: Nodes) {
     let reason = CloseReason::ADMIN_DISCONNECT;
 
     assert_eq!(
-        engine.close_peer(&app, &PeerId::new("p"), reason).await.unwrap(),
+        engine
+            .close_peer(&app, &PeerId::new("p"), reason)
+            .await
+            .unwrap(),
         2
     );
     for conn in [&p1.conn, &p2.conn] {
@@ -142,7 +148,11 @@ pub async fn stats_count_and_return_to_zero(nodes: Nodes) {
     b.subscribe(ROOM).await;
     assert!(b.subscribe_pattern("room/*", usize::MAX).await.unwrap());
     b.subscribe(ROOM).await;
-    assert_eq!(counts(), (2, 4), "a pattern is a subscription, not a channel");
+    assert_eq!(
+        counts(),
+        (2, 4),
+        "a pattern is a subscription, not a channel"
+    );
 
     assert!(a.unsubscribe("room/2").await);
     assert_eq!(counts(), (1, 3));
@@ -157,7 +167,10 @@ pub async fn apps_are_isolated(nodes: Nodes) {
     let mut one = connect(&engine, "alice").await;
     one.subscribe(ROOM).await;
     one.expect_subscribed(ROOM, json!([])).await;
-    let mut two = ClientSpec::new("alice").app(OTHER_APP).connect(&engine).await;
+    let mut two = ClientSpec::new("alice")
+        .app(OTHER_APP)
+        .connect(&engine)
+        .await;
     two.subscribe(ROOM).await;
     two.expect_subscribed(ROOM, json!([])).await;
 
@@ -171,7 +184,10 @@ pub async fn apps_are_isolated(nodes: Nodes) {
     assert_eq!(bob.send("alice", "2", None).await, 1);
     one.expect(direct("bob", json!(2))).await;
 
-    assert_eq!(members(&nodes, ROOM).await, json!([entry("alice"), entry("bob")]));
+    assert_eq!(
+        members(&nodes, ROOM).await,
+        json!([entry("alice"), entry("bob")])
+    );
     assert_eq!(
         members_in(&engine, OTHER_APP, ROOM).await,
         json!([entry("alice")])
