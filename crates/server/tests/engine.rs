@@ -10,6 +10,8 @@ mod common;
 
 #[path = "engine/cross_node.rs"]
 mod cross_node;
+#[path = "engine/departures.rs"]
+mod departures;
 #[path = "engine/harness.rs"]
 mod harness;
 #[path = "engine/messages.rs"]
@@ -49,7 +51,6 @@ on_both_engines!(
     presence::presence_is_reference_counted,
     presence::repeat_subscribe_resends_snapshot_and_updates_the_flag,
     presence::unsubscribe_emits_left_and_is_idempotent,
-    presence::disconnect_left_announces_at_once,
     messages::publish_reaches_every_subscriber_but_the_publisher,
     messages::publish_counts_its_receivers,
     messages::directs_reach_every_connection_of_the_peer,
@@ -63,40 +64,76 @@ on_both_engines!(
     views::apps_are_isolated,
 );
 
-/// Departures whose presence handling the engines document differently.
+/// Departures, whose presence handling the engines document differently, and what only a
+/// cluster of nodes can show.
 mod memory_only {
+    use crate::departures;
+    use crate::Nodes;
+    use herald_server::engine::Departure;
+
+    #[tokio::test]
+    async fn disconnect_left_announces_at_once() {
+        departures::departure_announces_left_at_once(Nodes::memory(), Departure::Left).await;
+    }
+
+    /// No reconnect grace on one node: reference counting covers an overlapping reconnect.
+    #[tokio::test]
+    async fn disconnect_dropped_announces_at_once() {
+        departures::departure_announces_left_at_once(Nodes::memory(), Departure::Dropped).await;
+    }
+
     #[tokio::test]
     async fn shutdown_announces_nothing() {
-        crate::presence::memory_shutdown_announces_nothing(crate::Nodes::memory()).await;
+        departures::memory_shutdown_announces_nothing(Nodes::memory()).await;
     }
 }
 
 mod redis_only {
     use crate::Nodes;
+    use crate::{cross_node, departures};
+    use herald_server::engine::Departure;
+
+    #[tokio::test]
+    async fn disconnect_left_announces_at_once() {
+        departures::departure_announces_left_at_once(Nodes::redis(1).await, Departure::Left).await;
+    }
 
     #[tokio::test]
     async fn dropped_holds_presence_for_the_grace() {
-        crate::presence::redis_dropped_holds_presence_for_the_grace(Nodes::redis(1).await).await;
+        departures::redis_holds_presence_for_the_grace(Nodes::redis(1).await, Departure::Dropped)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_holds_presence_for_the_grace() {
+        departures::redis_holds_presence_for_the_grace(Nodes::redis(1).await, Departure::Shutdown)
+            .await;
     }
 
     #[tokio::test]
     async fn reconnect_within_the_grace_announces_nothing() {
-        crate::presence::redis_reconnect_within_the_grace_announces_nothing(Nodes::redis(1).await)
+        departures::redis_reconnect_within_the_grace_announces_nothing(Nodes::redis(1).await, 0)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn reconnect_to_another_node_within_the_grace_announces_nothing() {
+        departures::redis_reconnect_within_the_grace_announces_nothing(Nodes::redis(2).await, 1)
             .await;
     }
 
     #[tokio::test]
     async fn presence_crosses_nodes() {
-        crate::cross_node::presence_crosses_nodes(Nodes::redis(2).await).await;
+        cross_node::presence_crosses_nodes(Nodes::redis(2).await).await;
     }
 
     #[tokio::test]
     async fn messages_cross_nodes() {
-        crate::cross_node::messages_cross_nodes(Nodes::redis(2).await).await;
+        cross_node::messages_cross_nodes(Nodes::redis(2).await).await;
     }
 
     #[tokio::test]
     async fn directs_and_kicks_cross_nodes() {
-        crate::cross_node::directs_and_kicks_cross_nodes(Nodes::redis(2).await).await;
+        cross_node::directs_and_kicks_cross_nodes(Nodes::redis(2).await).await;
     }
 }

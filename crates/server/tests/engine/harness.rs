@@ -24,7 +24,7 @@ use crate::common::redis::RedisServer;
 const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The reconnect grace of Redis nodes in this suite: short, so the grace scenarios stay fast.
-pub const REDIS_GRACE: Duration = Duration::from_millis(300);
+pub const REDIS_GRACE: Duration = Duration::from_millis(500);
 
 pub const APP: &str = "app_one";
 pub const OTHER_APP: &str = "app_two";

@@ -1,13 +1,11 @@
 //! Subscribe, presence deltas and departures, on one node.
 
-use std::time::Instant;
-
 use herald_server::engine::Departure;
 use serde_json::json;
 
 use crate::harness::{
     ack, connect, entry, joined, left, members, message, message_with_metadata, Barrier,
-    ClientSpec, Nodes, REDIS_GRACE,
+    ClientSpec, Nodes,
 };
 
 const ROOM: &str = "room/1";
@@ -150,89 +148,4 @@ pub async fn unsubscribe_emits_left_and_is_idempotent(nodes: Nodes) {
     Barrier::new(&engine).on_channel(ROOM, &mut [&mut a]).await;
     b.expect_nothing_queued();
     assert_eq!(members(&nodes, ROOM).await, json!([entry("a")]));
-}
-
-/// A deliberate leave is announced at once.
-pub async fn disconnect_left_announces_at_once(nodes: Nodes) {
-    let engine = nodes.engine();
-    let mut a = connect(&engine, "a").await;
-    a.subscribe(ROOM).await;
-    a.expect_subscribed(ROOM, json!([])).await;
-    let mut b = connect(&engine, "b").await;
-    b.subscribe(ROOM).await;
-    b.expect_subscribed(ROOM, json!([entry("a")])).await;
-    a.expect(joined(ROOM, json!([entry("b")]))).await;
-
-    b.disconnect(Departure::Left).await;
-    a.expect(left(ROOM, json!([entry("b")]))).await;
-    assert_eq!(members(&nodes, ROOM).await, json!([entry("a")]));
-}
-
-/// Memory engine: a connection ending with the node announces nothing.
-pub async fn memory_shutdown_announces_nothing(nodes: Nodes) {
-    let engine = nodes.engine();
-    let mut a = connect(&engine, "a").await;
-    a.subscribe(ROOM).await;
-    a.expect_subscribed(ROOM, json!([])).await;
-    let mut b = connect(&engine, "b").await;
-    b.subscribe(ROOM).await;
-    b.expect_subscribed(ROOM, json!([entry("a")])).await;
-    a.expect(joined(ROOM, json!([entry("b")]))).await;
-
-    b.disconnect(Departure::Shutdown).await;
-    Barrier::new(&engine).on_channel(ROOM, &mut [&mut a]).await;
-    assert_eq!(members(&nodes, ROOM).await, json!([entry("a")]));
-}
-
-/// Redis engine: a dropped connection keeps its peer present for the reconnect grace, then
-/// `left` goes out.
-pub async fn redis_dropped_holds_presence_for_the_grace(nodes: Nodes) {
-    let engine = nodes.engine();
-    let mut a = connect(&engine, "a").await;
-    a.subscribe(ROOM).await;
-    a.expect_subscribed(ROOM, json!([])).await;
-    let mut b = connect(&engine, "b").await;
-    b.subscribe(ROOM).await;
-    b.expect_subscribed(ROOM, json!([entry("a")])).await;
-    a.expect(joined(ROOM, json!([entry("b")]))).await;
-
-    let dropped_at = Instant::now();
-    b.disconnect(Departure::Dropped).await;
-    assert_eq!(
-        members(&nodes, ROOM).await,
-        json!([entry("a"), entry("b")]),
-        "held during the grace"
-    );
-    a.expect(left(ROOM, json!([entry("b")]))).await;
-    assert!(
-        dropped_at.elapsed() >= REDIS_GRACE,
-        "left came {:?} after the drop, inside the grace",
-        dropped_at.elapsed()
-    );
-    assert_eq!(members(&nodes, ROOM).await, json!([entry("a")]));
-}
-
-/// Redis engine: a reconnect inside the grace shows no left/joined flap, even once the grace
-/// has run out.
-pub async fn redis_reconnect_within_the_grace_announces_nothing(nodes: Nodes) {
-    let engine = nodes.engine();
-    let mut a = connect(&engine, "a").await;
-    a.subscribe(ROOM).await;
-    a.expect_subscribed(ROOM, json!([])).await;
-    let mut b = connect(&engine, "b").await;
-    b.subscribe(ROOM).await;
-    b.expect_subscribed(ROOM, json!([entry("a")])).await;
-    a.expect(joined(ROOM, json!([entry("b")]))).await;
-
-    b.disconnect(Departure::Dropped).await;
-    let mut back = connect(&engine, "b").await;
-    back.subscribe(ROOM).await;
-    back.expect_subscribed(ROOM, json!([entry("a")])).await;
-    // The grace timer runs on the real clock (the engine talks to a real redis-server): let
-    // it fire, then show it announced nothing.
-    tokio::time::sleep(REDIS_GRACE * 2).await;
-    Barrier::new(&engine)
-        .on_channel(ROOM, &mut [&mut a, &mut back])
-        .await;
-    assert_eq!(members(&nodes, ROOM).await, json!([entry("a"), entry("b")]));
 }
