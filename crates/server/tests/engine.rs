@@ -51,6 +51,7 @@ on_both_engines!(
     presence::presence_is_reference_counted,
     presence::repeat_subscribe_resends_snapshot_and_updates_the_flag,
     presence::unsubscribe_emits_left_and_is_idempotent,
+    departures::disconnect_left_announces_at_once,
     messages::publish_reaches_every_subscriber_but_the_publisher,
     messages::publish_counts_its_receivers,
     messages::directs_reach_every_connection_of_the_peer,
@@ -71,11 +72,6 @@ mod memory_only {
     use crate::Nodes;
     use herald_server::engine::Departure;
 
-    #[tokio::test]
-    async fn disconnect_left_announces_at_once() {
-        departures::departure_announces_left_at_once(Nodes::memory(), Departure::Left).await;
-    }
-
     /// No reconnect grace on one node: reference counting covers an overlapping reconnect.
     #[tokio::test]
     async fn disconnect_dropped_announces_at_once() {
@@ -92,11 +88,6 @@ mod redis_only {
     use crate::Nodes;
     use crate::{cross_node, departures};
     use herald_server::engine::Departure;
-
-    #[tokio::test]
-    async fn disconnect_left_announces_at_once() {
-        departures::departure_announces_left_at_once(Nodes::redis(1).await, Departure::Left).await;
-    }
 
     #[tokio::test]
     async fn dropped_holds_presence_for_the_grace() {

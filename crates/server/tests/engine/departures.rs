@@ -22,7 +22,12 @@ async fn two_present(nodes: &Nodes) -> (Client, Client) {
     (a, b)
 }
 
-/// A deliberate leave is announced at once (memory: any departure but shutdown is).
+/// A deliberate leave is announced at once.
+pub async fn disconnect_left_announces_at_once(nodes: Nodes) {
+    departure_announces_left_at_once(nodes, Departure::Left).await;
+}
+
+/// `left` goes out as soon as the connection ends (memory: any departure but shutdown).
 pub async fn departure_announces_left_at_once(nodes: Nodes, departure: Departure) {
     let (mut a, b) = two_present(&nodes).await;
     b.disconnect(departure).await;

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::harness::{
     ack, connect, direct, entry, joined, left, message, message_with_metadata, presence, Barrier,
-    Client, ClientSpec, Nodes,
+    Client, ClientSpec, Nodes, OTHER_APP,
 };
 
 const ROOM: &str = "room/1";
@@ -177,7 +177,7 @@ pub async fn the_app_pattern_cap_refuses_new_patterns(nodes: Nodes) {
     second.expect(presence("a/*", json!([]), json!([]))).await;
 
     let mut elsewhere = ClientSpec::new("first")
-        .app(crate::harness::OTHER_APP)
+        .app(OTHER_APP)
         .connect(&engine)
         .await;
     assert!(elsewhere.subscribe_pattern("c/*", 1).await.unwrap());
