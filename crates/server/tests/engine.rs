@@ -1,0 +1,130 @@
+//! Engine-level behaviour, the same scenarios against the memory engine and the Redis engine,
+//! driven only through the public `Engine` trait: no websockets, no sessions. Connections are
+//! `Conn` values whose outbound queues the test reads directly.
+//!
+//! Each scenario is written once (`engine/*.rs`, generic over a [`harness::Nodes`]) and
+//! instantiated per engine below. Redis scenarios start their own redis-server on a free port.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+#[path = "engine/cross_node.rs"]
+mod cross_node;
+#[path = "engine/departures.rs"]
+mod departures;
+#[path = "engine/harness.rs"]
+mod harness;
+#[path = "engine/messages.rs"]
+mod messages;
+#[path = "engine/presence.rs"]
+mod presence;
+#[path = "engine/views.rs"]
+mod views;
+
+use harness::Nodes;
+
+/// One test per scenario and engine: `memory::<scenario>` and `redis::<scenario>`.
+macro_rules! on_both_engines {
+    ($($module:ident :: $scenario:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    crate::$module::$scenario(crate::Nodes::memory()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    crate::$module::$scenario(crate::Nodes::redis(1).await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_engines!(
+    presence::subscribe_queues_ack_then_full_snapshot,
+    presence::joined_goes_to_others_never_to_self,
+    presence::presence_is_reference_counted,
+    presence::repeat_subscribe_resends_snapshot_and_updates_the_flag,
+    presence::unsubscribe_emits_left_and_is_idempotent,
+    departures::disconnect_left_announces_at_once,
+    messages::publish_reaches_every_subscriber_but_the_publisher,
+    messages::publish_counts_its_receivers,
+    messages::directs_reach_every_connection_of_the_peer,
+    messages::wildcards_get_messages_but_never_presence,
+    messages::exact_and_wildcard_subscriptions_deliver_once,
+    messages::the_app_pattern_cap_refuses_new_patterns,
+    views::channel_members_lists_each_peer_once,
+    views::close_peer_closes_every_connection_of_the_peer,
+    views::local_views_show_channels_and_connections,
+    views::stats_count_and_return_to_zero,
+    views::apps_are_isolated,
+);
+
+/// Departures, whose presence handling the engines document differently, and what only a
+/// cluster of nodes can show.
+mod memory_only {
+    use crate::departures;
+    use crate::Nodes;
+    use herald_server::engine::Departure;
+
+    /// No reconnect grace on one node: reference counting covers an overlapping reconnect.
+    #[tokio::test]
+    async fn disconnect_dropped_announces_at_once() {
+        departures::departure_announces_left_at_once(Nodes::memory(), Departure::Dropped).await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_announces_nothing() {
+        departures::memory_shutdown_announces_nothing(Nodes::memory()).await;
+    }
+}
+
+mod redis_only {
+    use crate::Nodes;
+    use crate::{cross_node, departures};
+    use herald_server::engine::Departure;
+
+    #[tokio::test]
+    async fn dropped_holds_presence_for_the_grace() {
+        departures::redis_holds_presence_for_the_grace(Nodes::redis(1).await, Departure::Dropped)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_holds_presence_for_the_grace() {
+        departures::redis_holds_presence_for_the_grace(Nodes::redis(1).await, Departure::Shutdown)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn reconnect_within_the_grace_announces_nothing() {
+        departures::redis_reconnect_within_the_grace_announces_nothing(Nodes::redis(1).await, 0)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn reconnect_to_another_node_within_the_grace_announces_nothing() {
+        departures::redis_reconnect_within_the_grace_announces_nothing(Nodes::redis(2).await, 1)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn presence_crosses_nodes() {
+        cross_node::presence_crosses_nodes(Nodes::redis(2).await).await;
+    }
+
+    #[tokio::test]
+    async fn messages_cross_nodes() {
+        cross_node::messages_cross_nodes(Nodes::redis(2).await).await;
+    }
+
+    #[tokio::test]
+    async fn directs_and_kicks_cross_nodes() {
+        cross_node::directs_and_kicks_cross_nodes(Nodes::redis(2).await).await;
+    }
+}
