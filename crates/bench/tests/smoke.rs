@@ -13,6 +13,8 @@ use std::process::{Command, Stdio};
 use herald_bench::proto::{Proto, Target};
 use herald_bench::report;
 use herald_bench::suite::{self, SuiteOpts, SuiteResult};
+use herald_testkit::config::load_toml;
+use herald_testkit::server::TestServer;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -45,22 +47,12 @@ fn check(result: &SuiteResult) {
     assert_eq!(direct.missing, 0, "direct messages lost: {direct:?}");
 }
 
-fn herald_config() -> herald_server::config::Config {
-    let text = std::fs::read_to_string(repo().join("bench/herald.toml")).unwrap();
-    herald_server::config::Config::from_toml(&text).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_herald() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(herald_server::run(listener, herald_config(), async move {
-        let _ = stopped.await;
-    }));
+    let server = TestServer::start_with(load_toml(repo().join("bench/herald.toml"))).await;
     let target = Target {
         proto: Proto::Herald,
-        addrs: vec![addr],
+        addrs: vec![server.addr],
         key: "pk_bench".into(),
         quiet_key: "pk_bench_quiet".into(),
         pids: vec![std::process::id()],
@@ -69,8 +61,7 @@ async fn smoke_herald() {
         .await
         .unwrap();
     check(&result);
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.shutdown().await;
 
     // The report renders from the JSON it writes.
     let dir = std::env::temp_dir().join(format!("herald-bench-smoke-{}", std::process::id()));

@@ -7,20 +7,15 @@
 use std::path::Path;
 
 use herald_bench::soak::{self, SoakOpts, SoakTarget};
+use herald_testkit::config::load_toml;
+use herald_testkit::server::TestServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_soak_finds_every_roster_right() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/herald.toml");
-    let config =
-        herald_server::config::Config::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(herald_server::run(listener, config, async move {
-        let _ = stopped.await;
-    }));
+    let server = TestServer::start_with(load_toml(path)).await;
     let target = SoakTarget {
-        addrs: vec![addr],
+        addrs: vec![server.addr],
         key: "pk_bench".into(),
         quiet_key: "pk_bench_quiet".into(),
         procs: Vec::new(),
@@ -38,6 +33,5 @@ async fn a_short_soak_finds_every_roster_right() {
     );
     assert!(report.passed(), "{summary}");
     assert!(summary.contains("wrong rosters: 0 "), "{summary}");
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.shutdown().await;
 }

@@ -4,9 +4,6 @@
 //! (both started here on free ports).
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../server/tests/common/redis.rs"]
-mod redis_server;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -14,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use herald_protocol::claims::Claims;
-use herald_protocol::jwt;
-use redis_server::{RedisCluster, RedisServer};
+use herald_testkit::redis::{RedisCluster, RedisServer};
+use herald_testkit::tokens::{now, sign};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -122,16 +119,12 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(node: &Node, sub: &str) -> Ws {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     let claims = Claims {
         sub: sub.into(),
-        exp: Some(now + 600),
+        exp: Some(now() + 600),
         ..Claims::default()
     };
-    let token = jwt::sign(KID, SECRET.as_bytes(), &claims);
+    let token = sign(KID, SECRET, &claims);
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/v1?token={token}", node.origin))
         .await
         .unwrap();

@@ -8,9 +8,6 @@
 //! `bash tests/compat/install.sh`; without it these tests fail with a hint.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -20,6 +17,7 @@ use herald_client::{
     DataKind, Peer, PeerOptions, RemotePeer, Signal, SignalHandler, SignallingClient,
     SignallingClientOptions, SubscribeOptions,
 };
+use herald_testkit::prelude::*;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
@@ -44,7 +42,7 @@ async fn run_js(server: &TestServer, script: &str) -> (bool, String) {
     let mut child = Command::new("node")
         .arg(dir.join(script))
         .current_dir(&dir)
-        .env("HERALD_URL", server.url())
+        .env("HERALD_URL", server.origin())
         .env("HERALD_APP", APP)
         .env("HERALD_SK_ID", SK_ID)
         .env("HERALD_SK_SECRET", SK_SECRET)
@@ -186,7 +184,7 @@ async fn rust_and_js_signalling_clients_interoperate() {
     let server = TestServer::start().await;
     let rust = tokio::spawn(tokio::time::timeout(
         SCRIPT_TIMEOUT,
-        rust_client_side(server.url()),
+        rust_client_side(server.origin()),
     ));
     let ((passed, output), rust) = tokio::join!(run_js(&server, "rust_interop_client.mjs"), rust);
     check(passed, output, rust);
@@ -271,7 +269,7 @@ async fn rust_peer_and_js_metered_peer_interoperate() {
     let server = TestServer::start().await;
     let rust = tokio::spawn(tokio::time::timeout(
         SCRIPT_TIMEOUT,
-        rust_peer_side(server.url()),
+        rust_peer_side(server.origin()),
     ));
     let ((passed, output), rust) = tokio::join!(run_js(&server, "rust_interop_peer.mjs"), rust);
     check(passed, output, rust);

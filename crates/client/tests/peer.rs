@@ -2,15 +2,13 @@
 //! routing, leave, and join errors.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
-
 use std::sync::{Arc, Mutex};
 
 use herald_client::{
     DataKind, Error, Peer, PeerOptions, PeerState, RemotePeer, SdpType, Signal, SignalHandler,
     SignallingClient, SubscribeOptions,
 };
+use herald_testkit::prelude::*;
 use serde_json::json;
 
 const WITH_META: SubscribeOptions = SubscribeOptions {
@@ -18,7 +16,7 @@ const WITH_META: SubscribeOptions = SubscribeOptions {
 };
 
 fn new_peer(server: &TestServer, sub: &str) -> Peer {
-    Peer::new(PeerOptions::new(options_for(&server.url(), sub))).unwrap()
+    Peer::new(PeerOptions::new(options_for(&server.origin(), sub))).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +152,7 @@ async fn join_errors() {
         herald_client::SignallingClientOptions::token_provider(move || {
             std::future::ready(Ok::<_, std::io::Error>(narrow.clone()))
         })
-        .with_url(server.url()),
+        .with_url(server.origin()),
     ))
     .unwrap();
     let err = limited.join("lobby").await.unwrap_err();
@@ -169,7 +167,7 @@ async fn join_errors() {
     ));
 
     // Peer needs the automatic resubscribe.
-    let mut options = options_for(&server.url(), "x");
+    let mut options = options_for(&server.origin(), "x");
     options.auto_resubscribe = false;
     assert!(matches!(
         Peer::new(PeerOptions::new(options)),
@@ -198,7 +196,8 @@ async fn webrtc_signals_are_routed_not_surfaced() {
     let server = TestServer::start().await;
     let signals = Arc::new(Signals::default());
     let alice = Peer::new(
-        PeerOptions::new(options_for(&server.url(), "alice")).with_signal_handler(signals.clone()),
+        PeerOptions::new(options_for(&server.origin(), "alice"))
+            .with_signal_handler(signals.clone()),
     )
     .unwrap();
     let mut data = alice.data();
@@ -206,7 +205,7 @@ async fn webrtc_signals_are_routed_not_surfaced() {
     alice.join("call").await.unwrap();
 
     // A raw client plays an official MeteredPeer: it joins and sends the SDK's wire shapes.
-    let js = SignallingClient::new(options_for(&server.url(), "remote")).unwrap();
+    let js = SignallingClient::new(options_for(&server.origin(), "remote")).unwrap();
     js.connect().await.unwrap();
     js.subscribe("call", SubscribeOptions::default())
         .await
@@ -263,7 +262,7 @@ async fn webrtc_signals_are_routed_not_surfaced() {
     );
 
     // Direct data from a peer outside the roster is dropped (signals too).
-    let stranger = SignallingClient::new(options_for(&server.url(), "stranger")).unwrap();
+    let stranger = SignallingClient::new(options_for(&server.origin(), "stranger")).unwrap();
     stranger.connect().await.unwrap();
     stranger
         .send("alice", json!({"type": "chat", "text": "psst"}))

@@ -3,9 +3,7 @@
 //! Herald never does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
-
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +13,14 @@ use herald_client::{
     ConnectionEvent, ConnectionState, DataKind, Error, Peer, PeerError, PeerOptions, PeerState,
     ReconnectOptions, SignallingClient, SignallingClientOptions, SubscribeOptions,
 };
-use serde_json::json;
+use herald_testkit::prelude::*;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 const WITH_META: SubscribeOptions = SubscribeOptions {
     include_sender_metadata: true,
@@ -43,6 +48,34 @@ async fn peer_in(url: &str, sub: &str, channel: &str, reconnect: bool) -> Peer {
     let peer = Peer::new(PeerOptions::new(client)).unwrap();
     peer.join_with(channel, WITH_META).await.unwrap();
     peer
+}
+
+/// Shuts `server` down and starts a fresh Herald (empty state) on the same port, retrying the
+/// bind while the OS still holds the port.
+async fn restart(server: TestServer) -> TestServer {
+    let addr = server.addr;
+    server.shutdown().await;
+    let mut last = None;
+    for _ in 0..100 {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return TestServer::serve(listener, test_config()),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("could not re-bind {addr}: {last:?}");
+}
+
+/// `DELETE /v1/peers/:id` (spec §13.6): closes every connection of the peer with 4020.
+async fn kick(server: &TestServer, peer_id: &str) -> Value {
+    let response = reqwest::Client::new()
+        .delete(format!("{}/v1/peers/{peer_id}", server.http()))
+        .header("authorization", format!("Bearer {SK_ID}:{SK_SECRET}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
 }
 
 /// Reads `peer_joined` until exactly these peers (in any order) have arrived.
@@ -80,7 +113,7 @@ async fn wait_present(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_reconnects_resubscribes_and_reconciles() {
     let server = TestServer::start().await;
-    let url = server.url();
+    let url = server.origin();
 
     // A raw client in the lobby (with sender metadata) and in the room.
     let alice = SignallingClient::new(options_for(&url, "alice")).unwrap();
@@ -129,7 +162,7 @@ async fn server_restart_reconnects_resubscribes_and_reconciles() {
     let carol_at_bob = bob.remote_peer("carol").unwrap();
     assert_eq!(carol_at_bob.metadata().unwrap()["username"], "carol");
 
-    let server = server.restart().await;
+    let server = restart(server).await;
 
     let g = next(&mut alice_going_away, "going_away").await;
     assert!(g.retry_after > Duration::ZERO);
@@ -210,12 +243,12 @@ async fn server_restart_reconnects_resubscribes_and_reconciles() {
     assert_eq!(d.remote.as_ref(), carol.remote_peer("bob").as_ref());
 
     // A newcomer after the restart is a normal peer_joined.
-    let frank = peer_in(&server.url(), "frank", "room", true).await;
+    let frank = peer_in(&server.origin(), "frank", "room", true).await;
     let f = next_matching(&mut bob_joined, "frank", |r| r.peer_id() == "frank").await;
     assert_eq!(f.metadata().unwrap()["username"], "frank");
 
     // Alice's lobby subscription was replayed with its options: fromMetadata still arrives.
-    let eve = SignallingClient::new(options_for(&server.url(), "eve")).unwrap();
+    let eve = SignallingClient::new(options_for(&server.origin(), "eve")).unwrap();
     let mut eve_presence = eve.presence();
     eve.connect().await.unwrap();
     eve.subscribe("lobby", SubscribeOptions::default())
@@ -254,7 +287,7 @@ async fn token_expiry_is_refreshed_through_the_provider() {
     };
     let alice = SignallingClient::new(SignallingClientOptions {
         reconnect: Some(fast_reconnect()),
-        ..SignallingClientOptions::token_provider(provider).with_url(server.url())
+        ..SignallingClientOptions::token_provider(provider).with_url(server.origin())
     })
     .unwrap();
     let mut events = alice.connection_events();
@@ -266,7 +299,7 @@ async fn token_expiry_is_refreshed_through_the_provider() {
         .await
         .unwrap();
 
-    let watcher = SignallingClient::new(options_for(&server.url(), "watcher")).unwrap();
+    let watcher = SignallingClient::new(options_for(&server.origin(), "watcher")).unwrap();
     watcher.connect().await.unwrap();
 
     next_matching(&mut events, "the 4002 close", |e| {
@@ -313,7 +346,7 @@ async fn admin_kick_4020_is_terminal() {
     let (provider, calls) = counting_provider("kicked", 3600);
     let client = SignallingClient::new(SignallingClientOptions {
         reconnect: Some(fast_reconnect()),
-        ..SignallingClientOptions::token_provider(provider).with_url(server.url())
+        ..SignallingClientOptions::token_provider(provider).with_url(server.origin())
     })
     .unwrap();
     let mut events = client.connection_events();
@@ -323,7 +356,11 @@ async fn admin_kick_4020_is_terminal() {
         .await
         .unwrap();
 
-    let peer = Peer::new(PeerOptions::new(options_for(&server.url(), "kicked-peer"))).unwrap();
+    let peer = Peer::new(PeerOptions::new(options_for(
+        &server.origin(),
+        "kicked-peer",
+    )))
+    .unwrap();
     let mut peer_errors = peer.errors();
     let mut peer_joined = peer.peer_joined();
     let mut peer_states = peer.states();
@@ -333,7 +370,7 @@ async fn admin_kick_4020_is_terminal() {
     })
     .await;
 
-    assert_eq!(server.kick("kicked").await["closed"], 1);
+    assert_eq!(kick(&server, "kicked").await["closed"], 1);
     next_matching(&mut events, "4020", |e| {
         matches!(
             e,
@@ -359,7 +396,7 @@ async fn admin_kick_4020_is_terminal() {
     ));
 
     // A kicked Peer reports the code, ends up closed, and its streams end.
-    assert_eq!(server.kick("kicked-peer").await["closed"], 1);
+    assert_eq!(kick(&server, "kicked-peer").await["closed"], 1);
     match next(&mut peer_errors, "the peer's error").await {
         PeerError::Closed { code, .. } => assert_eq!(code, 4020),
         other => panic!("{other:?}"),
@@ -400,7 +437,7 @@ impl herald_client::SignalHandler for Recorder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_reconciles_after_its_connection_drops() {
     let server = TestServer::start().await;
-    let url = server.url();
+    let url = server.origin();
     // Bob's first token expires in 1-2 s (Herald closes with 4002); his reconnect then waits
     // at the gate while the room changes behind his back.
     let (gate, gate_rx) = tokio::sync::watch::channel(false);
@@ -1030,4 +1067,124 @@ async fn welcome_timeout_close_during_backoff_and_the_advertised_cap() {
             .is_err(),
         "no reconnect after close()"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A scripted fake server
+// ---------------------------------------------------------------------------------------------
+
+/// A listener whose accepted WebSocket connections are handed to the test one by one.
+struct FakeServer {
+    addr: SocketAddr,
+    conns: mpsc::Receiver<FakeConn>,
+}
+
+/// One accepted connection of a [`FakeServer`].
+struct FakeConn {
+    ws: WebSocketStream<TcpStream>,
+    /// The request query (`token=…` or `key=…`).
+    query: String,
+}
+
+impl FakeServer {
+    // The handshake callback's error type is tungstenite's, an HTTP response: large by design.
+    #[allow(clippy::result_large_err)]
+    async fn start() -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, conns) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut query = String::new();
+                    let callback =
+                        |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                            query = req.uri().query().unwrap_or_default().to_string();
+                            Ok(resp)
+                        };
+                    if let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await {
+                        let _ = tx.send(FakeConn { ws, query }).await;
+                    }
+                });
+            }
+        });
+        FakeServer { addr, conns }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// The next connection the client opens.
+    async fn accept(&mut self) -> FakeConn {
+        tokio::time::timeout(WAIT, self.conns.recv())
+            .await
+            .expect("timed out waiting for the client to connect")
+            .expect("fake server stopped")
+    }
+}
+
+impl FakeConn {
+    async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_string())).await.unwrap();
+    }
+
+    async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// Sends a welcome for `peer_id`.
+    async fn welcome(&mut self, peer_id: &str) {
+        self.send_json(
+            json!({"type": "welcome", "peerId": peer_id, "expiresAt": null,
+            "serverTime": now(), "maxMessageSize": 65536}),
+        )
+        .await;
+    }
+
+    /// The next text frame from the client, as JSON.
+    async fn recv_json(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a client frame")
+                .expect("client went away")
+                .expect("read error");
+            if let Message::Text(t) = msg {
+                return serde_json::from_str(t.as_str()).unwrap();
+            }
+        }
+    }
+
+    /// Reads until the client's close frame; returns its code.
+    async fn recv_close(&mut self) -> u16 {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for the client's close")
+            {
+                Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                Some(Ok(Message::Close(None))) => return 1005,
+                Some(Ok(_)) => continue,
+                None | Some(Err(_)) => return 1006,
+            }
+        }
+    }
+
+    /// Closes with `code`.
+    async fn close(mut self, code: u16) {
+        let _ = self
+            .ws
+            .close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: "fake server".into(),
+            }))
+            .await;
+        // Let the client's echo arrive before dropping the socket.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
 }

@@ -2,15 +2,13 @@
 //! error paths.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
-
 use std::time::Duration;
 
 use herald_client::{
     ConnectionEvent, ConnectionState, Error, SignallingClient, SignallingClientOptions,
     SubscribeOptions,
 };
+use herald_testkit::prelude::*;
 use serde_json::json;
 
 const WITH_META: SubscribeOptions = SubscribeOptions {
@@ -18,7 +16,7 @@ const WITH_META: SubscribeOptions = SubscribeOptions {
 };
 
 async fn connected(server: &TestServer, sub: &str) -> SignallingClient {
-    let client = SignallingClient::new(options_for(&server.url(), sub)).unwrap();
+    let client = SignallingClient::new(options_for(&server.origin(), sub)).unwrap();
     client.connect().await.unwrap();
     client
 }
@@ -32,7 +30,7 @@ async fn connect_welcome_peer_id_and_ice_servers() {
         SignallingClientOptions::token_provider(move || {
             std::future::ready(Ok::<_, std::io::Error>(token.clone()))
         })
-        .with_url(server.url()),
+        .with_url(server.origin()),
     )
     .unwrap();
     assert_eq!(client.state(), ConnectionState::Idle);
@@ -87,7 +85,8 @@ async fn connect_welcome_peer_id_and_ice_servers() {
 async fn publishable_key_gets_a_uuid_and_no_expiry() {
     let server = TestServer::start().await;
     let client =
-        SignallingClient::new(SignallingClientOptions::api_key(PK).with_url(server.url())).unwrap();
+        SignallingClient::new(SignallingClientOptions::api_key(PK).with_url(server.origin()))
+            .unwrap();
     client.connect().await.unwrap();
     let welcome = client.welcome().unwrap();
     assert_eq!(welcome.peer_id.len(), 36, "{}", welcome.peer_id);
@@ -243,7 +242,7 @@ async fn server_errors_are_typed_and_the_connection_survives() {
         SignallingClientOptions::token_provider(move || {
             std::future::ready(Ok::<_, std::io::Error>(narrow.clone()))
         })
-        .with_url(server.url()),
+        .with_url(server.origin()),
     )
     .unwrap();
     limited.connect().await.unwrap();
@@ -325,7 +324,7 @@ async fn client_side_validation_sends_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_need_a_connection() {
     let server = TestServer::start().await;
-    let client = SignallingClient::new(options_for(&server.url(), "alice")).unwrap();
+    let client = SignallingClient::new(options_for(&server.origin(), "alice")).unwrap();
     let err = client
         .subscribe("lobby", SubscribeOptions::default())
         .await
@@ -370,7 +369,7 @@ async fn connect_failures_are_typed() {
         SignallingClientOptions::token_provider(move || {
             std::future::ready(Ok::<_, std::io::Error>(forged.clone()))
         })
-        .with_url(server.url()),
+        .with_url(server.origin()),
     )
     .unwrap();
     let err = client.connect().await.unwrap_err();
@@ -386,7 +385,7 @@ async fn connect_failures_are_typed() {
         SignallingClientOptions::token_provider(move || {
             std::future::ready(Ok::<_, std::io::Error>(expired.clone()))
         })
-        .with_url(server.url()),
+        .with_url(server.origin()),
     )
     .unwrap();
     assert!(matches!(
@@ -399,7 +398,7 @@ async fn connect_failures_are_typed() {
         SignallingClientOptions::token_provider(|| async {
             Err::<String, _>(std::io::Error::other("backend down"))
         })
-        .with_url(server.url()),
+        .with_url(server.origin()),
     )
     .unwrap();
     let err = client.connect().await.unwrap_err();
@@ -413,7 +412,7 @@ async fn connect_failures_are_typed() {
             tokio::time::sleep(Duration::from_secs(30)).await;
             Ok::<_, std::io::Error>(String::new())
         })
-        .with_url(server.url())
+        .with_url(server.origin())
     })
     .unwrap();
     assert_eq!(

@@ -1,8 +1,7 @@
 //! The read-only admin view: app-scoped JSON endpoints and the page that uses them.
 #![allow(clippy::unwrap_used)]
-#[allow(clippy::field_reassign_with_default)]
-mod common;
-use common::*;
+
+use herald_testkit::prelude::*;
 use serde_json::{json, Value};
 
 const AUTH: &str = "Bearer sk_id_test:sk_secret_test_0123456789abcdef";

@@ -1,8 +1,7 @@
 //! Credentials and the connect handshake (spec §1.2-§1.4, §2, §4.1, §7): every refusal is a
 //! close code after a successful upgrade, with no `welcome` before it.
 #![allow(clippy::unwrap_used)]
-mod common;
-use common::*;
+use herald_testkit::prelude::*;
 
 use herald_protocol::claims::Claims;
 use herald_server::config::{IceServer, SecretKeyConfig};

@@ -1,8 +1,7 @@
 //! Bad client input (spec §3, §5.6, §6, §9.1, §10): every case gets the exact error frame or
 //! close code, per-request errors keep the socket open, and nobody else is disturbed.
 #![allow(clippy::unwrap_used)]
-mod common;
-use common::*;
+use herald_testkit::prelude::*;
 
 use serde_json::json;
 
@@ -333,7 +332,7 @@ async fn processing_order_of_checks() {
         .await;
     assert_error(&reply, "action_not_permitted", Some("o3"));
     // A JWT with only `publish`: subscribe checks the action before the channel.
-    let mut claims = common::claims("bob");
+    let mut claims = herald_testkit::tokens::claims("bob");
     claims.permissions = Some(vec!["publish".into()]);
     let mut p = server
         .client_with_token(&sign(SK_NARROW_ID, SK_NARROW_SECRET, &claims))

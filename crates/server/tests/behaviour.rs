@@ -3,13 +3,11 @@
 //! sharing a real three-master Redis Cluster (sharded pub/sub). Clients are spread over the
 //! nodes, so on Redis every test crosses nodes.
 #![allow(clippy::unwrap_used)]
-#[allow(clippy::field_reassign_with_default)]
-mod common;
 
 use std::time::Duration;
 
-use common::cluster::Cluster;
-use common::*;
+use herald_testkit::cluster::Cluster;
+use herald_testkit::prelude::*;
 use serde_json::{json, Value};
 
 macro_rules! on_both_engines {

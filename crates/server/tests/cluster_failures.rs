@@ -3,14 +3,14 @@
 //! and peers that reconnect to another node within the grace period. (Node crashes with
 //! `kill -9` are in `crates/cli/tests/cluster_crash.rs`, which runs real processes.)
 #![allow(clippy::unwrap_used)]
-#[allow(clippy::field_reassign_with_default)]
-mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::cluster::{readyz_status, wait_ready, Cluster};
-use common::*;
+use herald_testkit::cluster::{readyz_status, redis_config, wait_ready, Cluster};
+use herald_testkit::prelude::*;
+use herald_testkit::proxy::TcpProxy;
+use herald_testkit::redis::RedisServer;
 use serde_json::{json, Value};
 
 const AUTH: &str = "Bearer sk_id_test:sk_secret_test_0123456789abcdef";
@@ -313,12 +313,9 @@ async fn recv_within(client: &mut Client, limit: Duration) -> Value {
 }
 
 /// Test node `i`, reaching Redis through a proxy the test can cut.
-async fn node_behind_proxy(
-    redis: &common::redis::RedisServer,
-    i: usize,
-) -> (TestServer, common::proxy::TcpProxy) {
-    let proxy = common::proxy::TcpProxy::start(redis.port).await;
-    let config = common::cluster::redis_config(&proxy.url(), false, i);
+async fn node_behind_proxy(redis: &RedisServer, i: usize) -> (TestServer, TcpProxy) {
+    let proxy = TcpProxy::start(redis.port).await;
+    let config = redis_config(&proxy.url(), false, i);
     (TestServer::start_with(config).await, proxy)
 }
 
@@ -327,9 +324,9 @@ async fn node_behind_proxy(
 /// peers again; the reaping of its old incarnation never touches the new one's presence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_past_its_lease_is_reaped_then_announces_its_peers_again() {
-    let redis = common::redis::RedisServer::start();
+    let redis = RedisServer::start();
     let (cut_node, proxy) = node_behind_proxy(&redis, 0).await;
-    let other = TestServer::start_with(common::cluster::redis_config(&redis.url(), false, 1)).await;
+    let other = TestServer::start_with(redis_config(&redis.url(), false, 1)).await;
     wait_ready(&cut_node).await;
     wait_ready(&other).await;
 
@@ -383,7 +380,7 @@ async fn a_node_cut_off_past_its_lease_is_reaped_then_announces_its_peers_again(
 /// others time to come back and renew.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_outage_longer_than_the_lease_reaps_nobody() {
-    let redis = common::redis::RedisServer::start();
+    let redis = RedisServer::start();
     let mut proxies = Vec::new();
     let mut nodes = Vec::new();
     for i in 0..2 {

@@ -2,14 +2,12 @@
 //! Cluster) chat, see each other's presence and direct-message each other
 //! (`tests/compat/js/cluster_mixed.mjs`).
 #![allow(clippy::unwrap_used)]
-#[allow(clippy::field_reassign_with_default)]
-mod common;
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::cluster::Cluster;
-use common::*;
+use herald_testkit::cluster::Cluster;
+use herald_testkit::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_js_clients_on_different_nodes() {

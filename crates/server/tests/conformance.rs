@@ -2,8 +2,7 @@
 //! in sdk_compat.rs; items 16-17 are a smoke check here, rest.rs goes deep on REST). Other
 //! files go deeper on each area.
 #![allow(clippy::unwrap_used)]
-mod common;
-use common::*;
+use herald_testkit::prelude::*;
 
 use serde_json::json;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! instantiated per engine below. Redis scenarios start their own redis-server on a free port.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+
 
 #[path = "engine/cross_node.rs"]
 mod cross_node;

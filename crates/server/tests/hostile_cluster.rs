@@ -4,15 +4,14 @@
 //! traffic in time and without loss, keep its queue of pushes from Redis under its bound,
 //! answer `/healthz`, and shut down within its deadline while the flood goes on.
 #![allow(clippy::unwrap_used)]
-mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::Cluster;
-use common::*;
 use futures_util::{SinkExt, StreamExt};
+use herald_testkit::cluster::Cluster;
+use herald_testkit::prelude::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 

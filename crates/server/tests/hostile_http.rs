@@ -3,12 +3,11 @@
 //! connecting meanwhile, and shutdown does not wait for any of them. And `POST /dev/token` does
 //! not hand out a connected peer's identity.
 #![allow(clippy::unwrap_used)]
-mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use herald_testkit::prelude::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};

@@ -2,8 +2,7 @@
 //! larger than the advertised `maxMessageSize`. The attacker gets an error frame and keeps its
 //! socket; nothing reaches anyone else, and everyone else carries on.
 #![allow(clippy::unwrap_used)]
-mod common;
-use common::*;
+use herald_testkit::prelude::*;
 
 use serde_json::{json, Value};
 

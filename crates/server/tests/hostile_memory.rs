@@ -3,16 +3,14 @@
 //! outbound gauge and the process's peak RSS, since the server runs in this process), the
 //! attacker and nobody else is disconnected, and well-behaved clients lose nothing.
 #![allow(clippy::unwrap_used)]
-#[allow(clippy::field_reassign_with_default)]
-mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use futures_util::{SinkExt, StreamExt};
 use herald_server::config::Config;
+use herald_testkit::prelude::*;
 use serde_json::{json, Value};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;

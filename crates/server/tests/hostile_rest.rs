@@ -2,10 +2,9 @@
 //! admin API: every route checks the key's channel patterns and actions, the way the WebSocket
 //! does, and an app-wide key keeps working everywhere.
 #![allow(clippy::unwrap_used)]
-mod common;
-use common::*;
 use herald_protocol::Action;
 use herald_server::config::Config;
+use herald_testkit::prelude::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 

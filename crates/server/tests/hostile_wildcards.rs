@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use herald_testkit::prelude::*;
 use serde_json::{json, Value};
 
 const PK_FLEET: &str = "pk_live_fleet";

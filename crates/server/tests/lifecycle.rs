@@ -1,8 +1,7 @@
 //! Connection lifecycle (spec §5.1-5.2, §8.3, §12, §15): presence deltas and reference counting,
 //! per-connection FIFO, graceful shutdown, WebSocket pings and dead-socket reaping.
 #![allow(clippy::unwrap_used)]
-mod common;
-use common::*;
+use herald_testkit::prelude::*;
 
 use serde_json::json;
 use std::time::{Duration, Instant};

@@ -1,8 +1,7 @@
 //! Limits and quotas (spec §10-11, §1.3): the per-connection rate bucket (4011), concurrent
 //! connection quotas (4010), the subscription limit, and the per-IP connect limit (HTTP 429).
 #![allow(clippy::unwrap_used)]
-mod common;
-use common::*;
+use herald_testkit::prelude::*;
 
 use serde_json::json;
 use std::time::Duration;

@@ -1,13 +1,12 @@
 //! `/metrics` is valid OpenMetrics (checked by the official Prometheus client's strict parser)
 //! and its counters move by exactly the right amounts under a scripted session.
 #![allow(clippy::unwrap_used)]
-#[allow(clippy::field_reassign_with_default)]
-mod common;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::*;
+use herald_testkit::prelude::*;
 use serde_json::json;
 
 fn workspace() -> std::path::PathBuf {

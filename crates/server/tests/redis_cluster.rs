@@ -2,11 +2,13 @@
 //! the masters, and a node's crash-cleanup index forgets channels it no longer holds.
 //! (The behaviour suite in `behaviour.rs` also runs on a Redis Cluster.)
 #![allow(clippy::unwrap_used)]
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::Cluster;
+use herald_testkit::cluster::{wait_ready, Cluster};
+use herald_testkit::config::APP;
+use herald_testkit::frames::peer_ids;
+use herald_testkit::redis::RedisCluster;
 use serde_json::json;
 
 const CHANNELS: usize = 16;
@@ -118,7 +120,7 @@ fn no_one_left(frame: &serde_json::Value) -> bool {
 /// messages and deltas on the failed shard's channels flow again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_taking_over_a_dead_master_keeps_presence_and_traffic() {
-    let redis = common::redis::RedisCluster::start_with_replicas(1);
+    let redis = RedisCluster::start_with_replicas(1);
     let mut c = Cluster::on_redis_cluster(redis, 2, |_| {}).await;
     let mut a = c.node(0).client("alice").await;
     let mut b = c.node(1).client("bob").await;
@@ -129,7 +131,7 @@ async fn a_replica_taking_over_a_dead_master_keeps_presence_and_traffic() {
     redis.wait_replicas_synced();
     tokio::time::sleep(Duration::from_millis(300)).await; // the roster reaches the replicas
     let asked = redis.ports[0];
-    let key = format!("herald:{{c:{}:room}}:members", common::APP);
+    let key = format!("herald:{{c:{}:room}}:members", APP);
     let old = redis.master_of(asked, &key).unwrap();
     redis.kill_node(old);
     let killed_at = Instant::now();
@@ -150,7 +152,7 @@ async fn a_replica_taking_over_a_dead_master_keeps_presence_and_traffic() {
     // Both nodes notice and re-subscribe (ready again); meanwhile messages on the failed
     // shard's channels cannot reach them, as in any outage.
     for node in &c.nodes {
-        common::cluster::wait_ready(node).await;
+        wait_ready(node).await;
     }
     // Traffic on the failed shard's channel flows again, and presence is intact.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -178,7 +180,7 @@ async fn a_replica_taking_over_a_dead_master_keeps_presence_and_traffic() {
     assert_eq!(got["data"], attempt);
     let mut carol = c.node(0).client("carol").await;
     let (_, snap) = carol.subscribe("room").await;
-    assert_eq!(common::peer_ids(&snap["joined"]), vec!["alice", "bob"]);
+    assert_eq!(peer_ids(&snap["joined"]), vec!["alice", "bob"]);
     let mut joined = b.recv().await;
     while joined["type"] != "presence" || joined["joined"] == json!([]) {
         assert!(

@@ -1,9 +1,8 @@
 //! The REST control plane (spec §13) against a real server: every endpoint's success path and
 //! every documented error status.
 #![allow(clippy::unwrap_used)]
-mod common;
-use common::*;
 use herald_protocol::jwt::UnverifiedToken;
+use herald_testkit::prelude::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

@@ -1,8 +1,7 @@
 //! Who receives what (spec §2.2 effective permissions, §4.4-4.5, §5.3-5.4, §9.4, §14): publish
 //! and direct fan-out, server-stamped senders, wildcard subscriptions, app isolation.
 #![allow(clippy::unwrap_used)]
-mod common;
-use common::*;
+use herald_testkit::prelude::*;
 
 use serde_json::json;
 

@@ -11,9 +11,8 @@
 //! The SDKs are installed by `bash tests/compat/install.sh`; without them these tests FAIL.
 // The shared harness is not clippy-clean under -D warnings (field_reassign_with_default in
 // test_config); allowed here so this file passes `cargo clippy --all-targets -- -D warnings`.
-#[allow(clippy::field_reassign_with_default)]
-mod common;
-use common::*;
+
+use herald_testkit::prelude::*;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};

@@ -1,12 +1,10 @@
 //! A client that stops reading is closed as a slow consumer once its bounded queue fills: the
 //! publisher is never slowed down, other subscribers get everything, and memory stays bounded.
 #![allow(clippy::unwrap_used)]
-#[allow(clippy::field_reassign_with_default)]
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use herald_testkit::prelude::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,5 @@
 //! A first end-to-end check that the harness and the server agree.
-mod common;
-use common::*;
+use herald_testkit::prelude::*;
 use serde_json::json;
 
 #[tokio::test]

@@ -2,9 +2,8 @@
 //! tokens signed with the first app's first secret key, carrying `{username, avatarUrl, color}`;
 //! inputs validated; a clear 403 when dev tokens are off.
 #![allow(clippy::unwrap_used)]
-mod common;
 use base64::Engine as _;
-use common::*;
+use herald_testkit::prelude::*;
 use serde_json::{json, Value};
 
 async fn post_token(server: &TestServer, body: &str) -> (u16, Value) {

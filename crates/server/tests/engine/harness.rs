@@ -17,7 +17,7 @@ use herald_server::ids::{AppId, ChannelName, PeerId};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::common::redis::RedisServer;
+use herald_testkit::redis::RedisServer;
 
 /// How long a frame routed through Redis may take to arrive before the test fails. Generous:
 /// a passing test never waits this long, it only bounds a failing one.

@@ -1,11 +1,11 @@
 //! One Herald service for behaviour tests: a single memory node, or several nodes sharing a
 //! real Redis. Tests address "node i"; on one node every index is the same node.
-#![allow(dead_code, clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
-use super::redis::{RedisCluster, RedisServer};
-use super::{test_config, TestServer};
+use crate::config::test_config;
+use crate::redis::{RedisCluster, RedisServer};
+use crate::server::TestServer;
 use herald_server::Config;
 
 pub struct Cluster {

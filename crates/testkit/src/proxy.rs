@@ -1,6 +1,5 @@
 //! A TCP proxy on loopback that a test can cut and restore, to take one node off Redis while
 //! the others keep it.
-#![allow(dead_code, clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,4 @@
 //! A real `redis-server` for tests, started on a free port and killed on drop.
-#![allow(dead_code, clippy::unwrap_used)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
