@@ -6,8 +6,6 @@
 //! instantiated per engine below. Redis scenarios start their own redis-server on a free port.
 #![allow(clippy::unwrap_used)]
 
-
-
 #[path = "engine/cross_node.rs"]
 mod cross_node;
 #[path = "engine/departures.rs"]

@@ -85,9 +85,13 @@ impl Node {
                 let (app, channel, peer) =
                     (conn.app.clone(), channel.clone(), conn.peer_id.clone());
                 tokio::spawn(async move {
-                    tokio::time::sleep(node.grace).await;
-                    let (_in_use, _) = node.index.use_entry(&base);
-                    if node.local.grace_expired(&app, &channel, &peer, generation) {
+                    let grace = node.grace;
+                    if node
+                        .local
+                        .wait_out_grace(grace, &app, &channel, &peer, generation)
+                        .await
+                    {
+                        let (_in_use, _) = node.index.use_entry(&base);
                         node.leave(&app, &channel, &peer).await;
                     }
                 });

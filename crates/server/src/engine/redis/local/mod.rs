@@ -146,7 +146,9 @@ mod tests {
     use crate::conn::Outbound;
     use crate::engine::redis::keys::Keys;
     use crate::engine::redis::wire::{kind, Event};
+    use crate::engine::Departure;
     use crate::ids::{AppId, ChannelName};
+    use std::time::Duration;
 
     fn drain(rx: &mut Outbound) -> Vec<serde_json::Value> {
         std::iter::from_fn(|| rx.try_recv())
@@ -222,5 +224,110 @@ mod tests {
 
         local.on_channel_event("app", "room", &delta(kind::JOINED, 6, "z"), "n1");
         assert_eq!(drain(&mut rx)[0]["joined"][0]["peerId"], "z");
+    }
+
+    /// A second connection of peer `x` subscribed to `room`.
+    fn second_connection(local: &Local, room: &ChannelName) -> (Arc<Conn>, Outbound) {
+        let (conn, rx) = Conn::new(
+            AppId::new("app".to_string()),
+            PeerId::new("x".to_string()),
+            None,
+            true,
+            "publishable",
+            64,
+        );
+        local.begin_subscribe(&conn, room, false);
+        local.finish_subscribe(&conn, room, false, None, 1, &[]);
+        (conn, rx)
+    }
+
+    const GRACE: Duration = Duration::from_millis(500);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_hold_is_released_exactly_when_the_grace_runs_out() {
+        let local = Arc::new(local());
+        let (conn, _rx, room) = subscribed(&local, 1, &[]);
+        let Some(Removal::LeaveAfterGrace(generation)) =
+            local.remove(&conn, &room, Departure::Dropped, GRACE)
+        else {
+            panic!("a drop waits out the grace");
+        };
+        let waiting = {
+            let (local, room, app, peer) = (
+                local.clone(),
+                room.clone(),
+                conn.app.clone(),
+                conn.peer_id.clone(),
+            );
+            tokio::spawn(async move {
+                local
+                    .wait_out_grace(GRACE, &app, &room, &peer, generation)
+                    .await
+            })
+        };
+        tokio::time::advance(GRACE - Duration::from_millis(1)).await;
+        assert!(!waiting.is_finished(), "not a millisecond early");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(waiting.await.unwrap(), "the peer did not come back: leave");
+        // The hold is gone, and with it the channel.
+        assert!(local
+            .hub
+            .channels
+            .with(&(conn.app.clone(), room), |_| ())
+            .is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_back_within_the_grace_keeps_its_hold_and_a_late_timer_changes_nothing() {
+        let local = Arc::new(local());
+        let (conn, _rx, room) = subscribed(&local, 1, &[]);
+        let Some(Removal::LeaveAfterGrace(first)) =
+            local.remove(&conn, &room, Departure::Dropped, GRACE)
+        else {
+            panic!("a drop waits out the grace");
+        };
+        let (app, peer) = (conn.app.clone(), conn.peer_id.clone());
+        tokio::time::advance(GRACE / 2).await;
+        // The peer reconnects (a new connection) inside the grace.
+        let (again, _rx2) = second_connection(&local, &room);
+        tokio::time::advance(GRACE).await;
+        assert!(!local.grace_expired(&app, &room, &peer, first));
+        // It drops again: a new grace, and the first timer's generation no longer counts.
+        let Some(Removal::LeaveAfterGrace(second)) =
+            local.remove(&again, &room, Departure::Dropped, GRACE)
+        else {
+            panic!("a drop waits out the grace");
+        };
+        assert_ne!(first, second);
+        assert!(!local.grace_expired(&app, &room, &peer, first));
+        assert!(
+            local
+                .wait_out_grace(GRACE, &app, &room, &peer, second)
+                .await
+        );
+    }
+
+    #[test]
+    fn a_deliberate_leave_or_a_zero_grace_leaves_at_once_and_other_connections_keep_the_hold() {
+        let local = local();
+        let (conn, _rx, room) = subscribed(&local, 1, &[]);
+        let (other, _rx2) = second_connection(&local, &room);
+        assert!(matches!(
+            local.remove(&conn, &room, Departure::Dropped, GRACE),
+            Some(Removal::Kept)
+        ));
+        assert!(
+            local.remove(&conn, &room, Departure::Left, GRACE).is_none(),
+            "idempotent"
+        );
+        assert!(matches!(
+            local.remove(&other, &room, Departure::Left, GRACE),
+            Some(Removal::LeaveNow)
+        ));
+        let (conn, _rx, room) = subscribed(&local, 2, &[]);
+        assert!(matches!(
+            local.remove(&conn, &room, Departure::Shutdown, Duration::ZERO),
+            Some(Removal::LeaveNow)
+        ));
     }
 }

@@ -225,6 +225,20 @@ impl Local {
         expired == Some(true)
     }
 
+    /// Waits out the reconnect grace of a hold released by a drop; true when the peer did not
+    /// come back in time (the hold is gone, and the caller announces the leave).
+    pub async fn wait_out_grace(
+        &self,
+        grace: Duration,
+        app: &AppId,
+        channel: &ChannelName,
+        peer: &PeerId,
+        generation: u64,
+    ) -> bool {
+        tokio::time::sleep(grace).await;
+        self.grace_expired(app, channel, peer, generation)
+    }
+
     /// Stops listening to the topic when nobody local listens, and forgets a channel that
     /// holds nothing any more.
     fn settle(&self, key: &ChannelKey) {
