@@ -313,15 +313,59 @@ pub mod encode {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str("{\"peerId\":");
-            push_str(out, e.peer_id);
-            if let Some(m) = e.metadata {
-                out.push_str(",\"metadata\":");
-                out.push_str(m.get());
-            }
-            out.push('}');
+            push_entry(out, e);
         }
         out.push(']');
+    }
+
+    fn push_entry(out: &mut String, e: &PresenceEntry<'_>) {
+        out.push_str("{\"peerId\":");
+        push_str(out, e.peer_id);
+        if let Some(m) = e.metadata {
+            out.push_str(",\"metadata\":");
+            out.push_str(m.get());
+        }
+        out.push('}');
+    }
+
+    /// A roster snapshot (`presence` with every entry joined, none left), with the byte range of
+    /// each entry in the frame, so one entry can be cut out later without encoding again (a
+    /// subscriber's snapshot never lists its own peer).
+    pub fn presence_snapshot<'e>(
+        channel: &str,
+        entries: impl ExactSizeIterator<Item = PresenceEntry<'e>>,
+    ) -> (String, Vec<std::ops::Range<usize>>) {
+        let mut out = start("presence", 48 + channel.len() + 32 * entries.len());
+        push_field_str(&mut out, "channel", channel);
+        out.push_str(",\"joined\":[");
+        let mut ranges = Vec::with_capacity(entries.len());
+        for (i, e) in entries.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let start = out.len();
+            push_entry(&mut out, &e);
+            ranges.push(start..out.len());
+        }
+        out.push_str("],\"left\":[]}");
+        (out, ranges)
+    }
+
+    /// A snapshot from [`presence_snapshot`] without the entry at `range`, and its separator.
+    pub fn presence_snapshot_without(frame: &str, range: std::ops::Range<usize>) -> String {
+        // An entry is preceded by `[` (the first) or `,`; drop one comma with it.
+        let (cut_start, cut_end) =
+            if frame.as_bytes().get(range.start.wrapping_sub(1)) == Some(&b',') {
+                (range.start - 1, range.end)
+            } else if frame.as_bytes().get(range.end) == Some(&b',') {
+                (range.start, range.end + 1)
+            } else {
+                (range.start, range.end)
+            };
+        let mut out = String::with_capacity(frame.len() - (cut_end - cut_start));
+        out.push_str(&frame[..cut_start]);
+        out.push_str(&frame[cut_end..]);
+        out
     }
 
     /// `presence`: both arrays are always present, even when empty.
@@ -360,6 +404,32 @@ pub mod encode {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_without_one_entry_is_the_snapshot_of_the_others() {
+        let meta = RawValue::from_string(r#"{"name":"A,\"b\"]"}"#.to_string()).unwrap();
+        for n in 0..4 {
+            let peers: Vec<String> = (0..n).map(|i| format!("p{i},\"")).collect();
+            let entries: Vec<PresenceEntry<'_>> = peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| PresenceEntry {
+                    peer_id: p,
+                    metadata: (i % 2 == 0).then_some(&*meta),
+                })
+                .collect();
+            let (full, ranges) = encode::presence_snapshot("room", entries.iter().cloned());
+            assert_eq!(full, encode::presence("room", &entries, &[]));
+            for (i, range) in ranges.into_iter().enumerate() {
+                let mut others = entries.clone();
+                others.remove(i);
+                assert_eq!(
+                    encode::presence_snapshot_without(&full, range),
+                    encode::presence("room", &others, &[])
+                );
+            }
+        }
+    }
 
     fn parse(text: &str) -> Result<ClientFrame<'_>, FrameError> {
         parse_client_frame(text, crate::json_depth::DEFAULT_MAX_JSON_DEPTH)

@@ -420,22 +420,22 @@ mod tests {
     }
 
     #[test]
-    fn many_sources_cost_constant_time_per_attempt() {
-        // 200k distinct sources (past the old 10k sweep threshold) in one window: the old
-        // limiter swept the whole map per attempt once it held 10k entries.
+    fn a_flood_of_sources_fills_the_table_once_and_is_let_through_uncounted_after() {
+        // 200k distinct sources in one window (past the old 10k sweep threshold, where the old
+        // limiter swept the whole map on every attempt). The table stops at its cap; every
+        // source past it is answered from one length check, without touching the table. (No
+        // wall-clock bound here: speed is measured in benchmarks, not in timed tests.)
         let l = ConnectLimiter::new(60, Duration::from_secs(60), false, 100_000);
         let now = Instant::now();
-        let started = std::time::Instant::now();
+        let mut untracked = 0;
         for i in 0..200_000u64 {
             let ip = from_bits(u128::from(i) << 64 | 1);
-            l.check(ip, now);
+            if l.check(ip, now) == Attempt::Untracked {
+                untracked += 1;
+            }
         }
         assert_eq!(l.tracked_sources(), 100_000);
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{:?}",
-            started.elapsed()
-        );
+        assert_eq!(untracked, 100_000);
     }
 
     #[test]

@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use herald_protocol::encode;
 use herald_protocol::glob::{has_wildcard, Pattern};
-use herald_protocol::{encode, PresenceEntry};
 use serde_json::value::RawValue;
 
 use super::hub::wildcard::Added;
-use super::hub::{self, channel_key, entry, Hub, MessageFrames};
+use super::hub::{self, channel_key, entry, Hub, MessageFrames, SnapshotCache};
 use super::{
     ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Publication,
     SubscribeRequest, Target,
@@ -26,6 +26,8 @@ use crate::ids::{AppId, ChannelName, PeerId};
 #[derive(Default)]
 struct Roster {
     members: HashMap<PeerId, MemberState>,
+    /// The snapshot of `members`, encoded once per change.
+    snapshot: SnapshotCache,
 }
 
 struct MemberState {
@@ -55,14 +57,13 @@ impl MemoryEngine {
             }
             let is_new = ch.subscribe(conn, req.include_sender_metadata, 0);
             if conn.receives_presence {
-                let others: Vec<PresenceEntry<'_>> = ch
-                    .slot
-                    .members
-                    .iter()
-                    .filter(|(peer, _)| **peer != conn.peer_id)
-                    .map(|(peer, m)| entry(peer, &m.metadata))
-                    .collect();
-                conn.deliver(hub::presence(req.channel.as_str(), &others, &[]));
+                let roster = &mut ch.slot;
+                let members = roster.members.iter().map(|(peer, m)| (peer, &m.metadata));
+                let snapshot =
+                    roster
+                        .snapshot
+                        .snapshot(req.channel.as_str(), members, &conn.peer_id);
+                conn.deliver(snapshot);
             }
             if !is_new {
                 return false;
@@ -77,7 +78,9 @@ impl MemoryEngine {
                 });
             member.connections += 1;
             member.metadata = conn.peer_metadata.clone();
-            if member.connections == 1 {
+            let first = member.connections == 1;
+            ch.slot.snapshot.invalidate();
+            if first {
                 let joined = [entry(&conn.peer_id, &conn.peer_metadata)];
                 let delta = hub::presence(req.channel.as_str(), &joined, &[]);
                 for sub in ch.subscribers() {

@@ -5,7 +5,8 @@
 //!   its local subscribers and a slot for the engine's own state;
 //! - the wildcard subscriptions (`wildcard.rs`), indexed per app;
 //! - the peer registry (`peers.rs`) for directs and kicks;
-//! - frames encoded once per publication and shared by every receiver (`frames.rs`);
+//! - frames encoded once per publication and shared by every receiver (`frames.rs`), and
+//!   roster snapshots encoded once per roster version (`snapshot.rs`);
 //! - the operator views (`views.rs`).
 //!
 //! The memory engine is this hub plus an in-process roster per channel; the Redis engine is
@@ -18,6 +19,7 @@
 mod channels;
 mod frames;
 mod peers;
+mod snapshot;
 mod views;
 pub mod wildcard;
 
@@ -27,6 +29,7 @@ use std::sync::Arc;
 pub use channels::{Channel, ChannelKey, ChannelMap, Subscriber};
 pub use frames::{entry, presence, MessageFrames};
 pub use peers::{PeerKey, PeerRegistry};
+pub use snapshot::SnapshotCache;
 
 use crate::conn::{Conn, Delivery};
 use crate::ids::{AppId, ChannelName, ConnId};
