@@ -86,6 +86,11 @@ pub struct Timing {
     /// writing, so frames that arrive meanwhile share one socket write. 0 (the default) writes
     /// at once, for the lowest latency; a few ms buy fan-out throughput under load.
     pub write_delay_ms: u64,
+    /// Presence deltas of a channel that come faster than one per this window are sent
+    /// together, as one `presence` frame with several entries, at most once per window. The
+    /// first delta after a quiet spell goes out at once, so a quiet room sees no delay.
+    /// 0 sends every delta on its own.
+    pub presence_coalesce_ms: u64,
 }
 
 impl Default for Limits {
@@ -130,6 +135,7 @@ impl Default for Timing {
             going_away_retry_ms: 1000,
             shutdown_deadline_secs: 10,
             write_delay_ms: 0,
+            presence_coalesce_ms: 50,
         }
     }
 }

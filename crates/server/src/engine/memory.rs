@@ -6,14 +6,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_protocol::encode;
 use herald_protocol::glob::{has_wildcard, Pattern};
 use serde_json::value::RawValue;
 
+use super::hub::presence_batch::{DeltaBatch, HasDeltas};
 use super::hub::wildcard::Added;
-use super::hub::{self, channel_key, entry, Hub, MessageFrames, SnapshotCache};
+use super::hub::{self, channel_key, Hub, MessageFrames, SnapshotCache};
 use super::{
     ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Publication,
     SubscribeRequest, Target,
@@ -28,6 +30,40 @@ struct Roster {
     members: HashMap<PeerId, MemberState>,
     /// The snapshot of `members`, encoded once per change.
     snapshot: SnapshotCache,
+    /// Deltas of `members`, coalesced under load.
+    deltas: DeltaBatch,
+}
+
+impl Roster {
+    /// Counts a subscribed connection of `peer`, whose metadata becomes the member's. True
+    /// when it is the peer's first here (it joined).
+    fn add_connection(&mut self, peer: &PeerId, metadata: &Option<Arc<RawValue>>) -> bool {
+        let member = self.members.entry(peer.clone()).or_insert(MemberState {
+            connections: 0,
+            metadata: None,
+        });
+        member.connections += 1;
+        member.metadata = metadata.clone();
+        self.snapshot.invalidate();
+        member.connections == 1
+    }
+
+    /// Uncounts a connection of `peer`. `Some(metadata)` when it was the last one (it left).
+    fn remove_connection(&mut self, peer: &PeerId) -> Option<Option<Arc<RawValue>>> {
+        let member = self.members.get_mut(peer)?;
+        member.connections -= 1;
+        if member.connections > 0 {
+            return None;
+        }
+        self.snapshot.invalidate();
+        self.members.remove(peer).map(|m| m.metadata)
+    }
+}
+
+impl HasDeltas for Roster {
+    fn deltas(&mut self) -> &mut DeltaBatch {
+        &mut self.deltas
+    }
 }
 
 struct MemberState {
@@ -40,12 +76,21 @@ struct MemberState {
 /// The default single-node engine.
 #[derive(Default)]
 pub struct MemoryEngine {
-    hub: Hub<Roster>,
+    hub: Arc<Hub<Roster>>,
 }
 
 impl MemoryEngine {
+    /// An engine that sends every presence delta on its own.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An engine whose presence deltas are coalesced over `window` under load
+    /// (`timing.presence_coalesce_ms`).
+    pub fn with_presence_coalescing(window: Duration) -> Self {
+        MemoryEngine {
+            hub: Arc::new(Hub::with_coalescing(window)),
+        }
     }
 
     fn subscribe_channel(&self, req: SubscribeRequest<'_>) -> bool {
@@ -55,7 +100,9 @@ impl MemoryEngine {
             if let Some(ack) = req.ack.clone() {
                 conn.deliver(ack);
             }
-            let is_new = ch.subscribe(conn, req.include_sender_metadata, 0);
+            // The snapshot reflects every delta recorded so far, sent or waiting.
+            let floor = ch.slot.deltas.seq();
+            let is_new = ch.subscribe(conn, req.include_sender_metadata, floor);
             if conn.receives_presence {
                 let roster = &mut ch.slot;
                 let members = roster.members.iter().map(|(peer, m)| (peer, &m.metadata));
@@ -68,26 +115,9 @@ impl MemoryEngine {
             if !is_new {
                 return false;
             }
-            let member = ch
-                .slot
-                .members
-                .entry(conn.peer_id.clone())
-                .or_insert(MemberState {
-                    connections: 0,
-                    metadata: None,
-                });
-            member.connections += 1;
-            member.metadata = conn.peer_metadata.clone();
-            let first = member.connections == 1;
-            ch.slot.snapshot.invalidate();
-            if first {
-                let joined = [entry(&conn.peer_id, &conn.peer_metadata)];
-                let delta = hub::presence(req.channel.as_str(), &joined, &[]);
-                for sub in ch.subscribers() {
-                    if sub.conn.id != conn.id && sub.conn.receives_presence {
-                        sub.conn.deliver(delta.clone());
-                    }
-                }
+            if ch.slot.add_connection(&conn.peer_id, &conn.peer_metadata) {
+                self.hub
+                    .record_delta(&key, ch, true, &conn.peer_id, conn.peer_metadata.clone());
             }
             true
         });
@@ -137,26 +167,16 @@ impl MemoryEngine {
             if ch.unsubscribe(conn.id).is_none() {
                 return false;
             }
-            let Some(member) = ch.slot.members.get_mut(&conn.peer_id) else {
+            let Some(metadata) = ch.slot.remove_connection(&conn.peer_id) else {
                 return true;
             };
-            member.connections -= 1;
-            if member.connections > 0 {
-                return true;
-            }
-            let metadata = ch
-                .slot
-                .members
-                .remove(&conn.peer_id)
-                .and_then(|m| m.metadata);
             if announce {
-                let left = [entry(&conn.peer_id, &metadata)];
-                let delta = hub::presence(channel.as_str(), &[], &left);
-                for sub in ch.subscribers() {
-                    if sub.conn.receives_presence {
-                        sub.conn.deliver(delta.clone());
-                    }
-                }
+                self.hub
+                    .record_delta(&key, ch, false, &conn.peer_id, metadata);
+            }
+            if ch.subscriber_count() == 0 {
+                // Nobody is left to tell; the channel is about to go.
+                self.hub.flush_deltas(&key, ch);
             }
             true
         });
@@ -229,10 +249,17 @@ impl Engine for MemoryEngine {
         let mut frames =
             MessageFrames::new(p.channel.as_str(), p.from.as_str(), p.data, p.from_metadata);
         let key = channel_key(p.app, p.channel);
-        Ok(self.hub.fan_out(&key, &mut frames, p.exclude.map(|c| c.id)))
+        let hub = &self.hub;
+        Ok(
+            hub.fan_out(&key, &mut frames, p.exclude.map(|c| c.id), |ch| {
+                hub.flush_deltas(&key, ch);
+            }),
+        )
     }
 
     async fn send_direct(&self, d: Direct<'_>) -> Result<usize, EngineError> {
+        // The receiver learns that the sender joined before it hears from it.
+        self.hub.flush_deltas_of(d.app, d.from);
         Ok(self
             .hub
             .peers

@@ -17,8 +17,10 @@
 //! Every section is short and synchronous; delivery is a non-blocking `Conn::deliver`.
 
 mod channels;
+mod coalescing;
 mod frames;
 mod peers;
+pub mod presence_batch;
 mod snapshot;
 mod views;
 pub mod wildcard;
@@ -42,6 +44,11 @@ pub struct Hub<S> {
     pub peers: PeerRegistry,
     /// Subscriptions (exact and wildcard) of local connections.
     subscriptions: AtomicUsize,
+    /// Presence deltas of a channel coming faster than one per this window leave together
+    /// (`presence_batch.rs`); zero sends each at once.
+    coalesce: std::time::Duration,
+    /// Peers with deltas waiting, for the flush before a direct from them.
+    waiting: presence_batch::WaitingPeers,
 }
 
 impl<S: Default> Default for Hub<S> {
@@ -51,23 +58,37 @@ impl<S: Default> Default for Hub<S> {
             patterns: WildcardIndex::default(),
             peers: PeerRegistry::default(),
             subscriptions: AtomicUsize::new(0),
+            coalesce: std::time::Duration::ZERO,
+            waiting: presence_batch::WaitingPeers::default(),
         }
     }
 }
 
 impl<S: Default> Hub<S> {
+    /// A hub whose presence deltas are coalesced over `window` (zero: never).
+    pub fn with_coalescing(window: std::time::Duration) -> Self {
+        Hub {
+            coalesce: window,
+            ..Hub::default()
+        }
+    }
+
     /// Queues a message for every local subscriber of the channel, exact or by pattern, once
     /// per connection, except `excluded`. Exact subscribers get it under the channel's lock,
     /// in order with the channel's presence changes. Returns how many queues took it.
+    /// `before` runs under the channel's lock first (the memory engine sends waiting presence
+    /// deltas there, so a message never overtakes the `joined` of its sender).
     pub fn fan_out(
         &self,
         key: &ChannelKey,
         frames: &mut MessageFrames<'_>,
         excluded: Option<ConnId>,
+        before: impl FnOnce(&mut Channel<S>),
     ) -> usize {
         let (app, channel) = (&key.0, key.1.as_str());
         self.channels
             .with(key, |ch| {
+                before(ch);
                 ch.deliver_message(frames, excluded)
                     + self.deliver_to_patterns(app, channel, frames, excluded, |id| {
                         ch.is_subscribed(id)

@@ -59,7 +59,7 @@ fn a_publication_reaches_each_connection_once_and_never_the_publisher() {
     }
     let data = data();
     let mut frames = MessageFrames::new("room/1", "a", &data, None);
-    assert_eq!(hub.fan_out(&room, &mut frames, Some(a.id)), 2);
+    assert_eq!(hub.fan_out(&room, &mut frames, Some(a.id), |_| {}), 2);
     assert!(drain(&mut a_rx).is_empty());
     assert_eq!(drain(&mut b_rx).len(), 1);
     assert_eq!(drain(&mut c_rx).len(), 1);
@@ -67,10 +67,13 @@ fn a_publication_reaches_each_connection_once_and_never_the_publisher() {
     // A channel nobody subscribes to exactly still reaches pattern subscribers.
     let other = key("app", "room/2");
     let mut frames = MessageFrames::new("room/2", "a", &data, None);
-    assert_eq!(hub.fan_out(&other, &mut frames, None), 2);
+    assert_eq!(hub.fan_out(&other, &mut frames, None, |_| {}), 2);
     // Another app's channel of the same name reaches nobody here.
     let mut frames = MessageFrames::new("room/1", "a", &data, None);
-    assert_eq!(hub.fan_out(&key("other", "room/1"), &mut frames, None), 0);
+    assert_eq!(
+        hub.fan_out(&key("other", "room/1"), &mut frames, None, |_| {}),
+        0
+    );
 }
 
 #[test]
@@ -88,7 +91,7 @@ fn sender_metadata_goes_only_to_subscribers_that_asked_and_is_encoded_once_per_v
     let data = data();
     let meta = RawValue::from_string("{\"name\":\"Ann\"}".into()).unwrap();
     let mut frames = MessageFrames::new("room", "x", &data, Some(&meta));
-    hub.fan_out(&room, &mut frames, None);
+    hub.fan_out(&room, &mut frames, None, |_| {});
     let plain_frame = drain(&mut plain_rx).remove(0);
     let rich_frame = drain(&mut rich_rx).remove(0);
     assert!(!plain_frame.contains("fromMetadata"));
