@@ -38,7 +38,9 @@ pub async fn run(
                 reason: e.to_string(),
             }
         })?),
-        _ => Arc::new(MemoryEngine::new()),
+        _ => Arc::new(MemoryEngine::with_grace(Duration::from_millis(
+            config.engine.reconnect_grace_ms,
+        ))),
     };
     run_with_engine(listener, config, engine, shutdown).await
 }

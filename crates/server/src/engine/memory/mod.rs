@@ -3,17 +3,21 @@
 //!
 //! Presence ordering is atomic because a subscribe queues its ack, its snapshot and the
 //! `joined` to others under the channel's lock (see `hub/` for the lock order).
+//!
+//! Presence follows the same departure rules as the Redis engine: a deliberate leave is
+//! announced at once, a dropped connection's peer stays in the roster for
+//! `engine.reconnect_grace_ms` so a quick reconnect shows no `left`/`joined` (`roster.rs`).
 
-use std::collections::HashMap;
+mod roster;
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_protocol::glob::{has_wildcard, Pattern};
-use herald_protocol::{encode, PresenceEntry};
-use serde_json::value::RawValue;
+use herald_protocol::encode;
+use herald_protocol::glob::has_wildcard;
 
-use super::hub::wildcard::Added;
-use super::hub::{self, channel_key, entry, Hub, MessageFrames};
+use super::hub::{channel_key, MessageFrames};
 use super::{
     ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Publication,
     SubscribeRequest, Target,
@@ -21,195 +25,94 @@ use super::{
 use crate::close::CloseReason;
 use crate::conn::{Conn, Frame};
 use crate::ids::{AppId, ChannelName, PeerId};
-
-/// A channel's reference-counted roster: one entry per peer with local connections subscribed.
-#[derive(Default)]
-struct Roster {
-    members: HashMap<PeerId, MemberState>,
-}
-
-struct MemberState {
-    /// Connections of this peer subscribed here; `left` is emitted when it drops to zero.
-    connections: u32,
-    /// Metadata of the most recently subscribed connection (it refreshes after a token rotation).
-    metadata: Option<Arc<RawValue>>,
-}
+pub use roster::{Removal, Rosters};
 
 /// The default single-node engine.
-#[derive(Default)]
 pub struct MemoryEngine {
-    hub: Hub<Roster>,
+    /// Shared with the grace timers, which outlive the call that started them.
+    state: Arc<Rosters>,
+}
+
+impl Default for MemoryEngine {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl MemoryEngine {
+    /// An engine without reconnect grace: every departure but a shutdown announces `left` at
+    /// once (for tests that want exactly that).
     pub fn new() -> Self {
-        Self::default()
+        Self::with_grace(Duration::ZERO)
     }
 
-    fn subscribe_channel(&self, req: SubscribeRequest<'_>) -> bool {
-        let conn = req.conn;
-        let key = channel_key(&conn.app, req.channel);
-        let is_new = self.hub.channels.with_or_create(&key, |ch| {
-            if let Some(ack) = req.ack.clone() {
-                conn.deliver(ack);
-            }
-            let is_new = ch.subscribe(conn, req.include_sender_metadata, 0);
-            if conn.receives_presence {
-                let others: Vec<PresenceEntry<'_>> = ch
-                    .slot
-                    .members
-                    .iter()
-                    .filter(|(peer, _)| **peer != conn.peer_id)
-                    .map(|(peer, m)| entry(peer, &m.metadata))
-                    .collect();
-                conn.deliver(hub::presence(req.channel.as_str(), &others, &[]));
-            }
-            if !is_new {
-                return false;
-            }
-            let member = ch
-                .slot
-                .members
-                .entry(conn.peer_id.clone())
-                .or_insert(MemberState {
-                    connections: 0,
-                    metadata: None,
-                });
-            member.connections += 1;
-            member.metadata = conn.peer_metadata.clone();
-            if member.connections == 1 {
-                let joined = [entry(&conn.peer_id, &conn.peer_metadata)];
-                let delta = hub::presence(req.channel.as_str(), &joined, &[]);
-                for sub in ch.subscribers() {
-                    if sub.conn.id != conn.id && sub.conn.receives_presence {
-                        sub.conn.deliver(delta.clone());
-                    }
-                }
-            }
-            true
-        });
-        if is_new {
-            self.hub.count_subscribed();
-        }
-        is_new
-    }
-
-    fn subscribe_pattern(
-        &self,
-        req: SubscribeRequest<'_>,
-        pattern: Pattern,
-    ) -> Result<bool, EngineError> {
-        let conn = req.conn;
-        let added = self.hub.patterns.add(
-            conn,
-            req.channel,
-            &pattern,
-            req.include_sender_metadata,
-            req.max_app_patterns,
-            |_| {
-                if let Some(ack) = req.ack.clone() {
-                    conn.deliver(ack);
-                }
-                // The mandatory snapshot of a pattern subscription is empty (spec §9.4).
-                if conn.receives_presence {
-                    conn.deliver(hub::presence(req.channel.as_str(), &[], &[]));
-                }
-            },
-        );
-        match added {
-            Added::PatternLimit => Err(EngineError::PatternLimit),
-            Added::Duplicate => Ok(false),
-            Added::New { .. } => {
-                self.hub.count_subscribed();
-                Ok(true)
-            }
+    /// An engine that holds a dropped peer's presence for `grace` (`engine.reconnect_grace_ms`).
+    pub fn with_grace(grace: Duration) -> Self {
+        MemoryEngine {
+            state: Arc::new(Rosters::new(grace)),
         }
     }
 
-    /// `announce` is false only while the node shuts down: everyone is leaving, and a `left` for
-    /// peers that will reconnect in a moment would only make clients tear down and rebuild.
-    fn unsubscribe_channel(&self, conn: &Arc<Conn>, channel: &ChannelName, announce: bool) -> bool {
-        let key = channel_key(&conn.app, channel);
-        let removed = self.hub.channels.with(&key, |ch| {
-            if ch.unsubscribe(conn.id).is_none() {
-                return false;
-            }
-            let Some(member) = ch.slot.members.get_mut(&conn.peer_id) else {
-                return true;
-            };
-            member.connections -= 1;
-            if member.connections > 0 {
-                return true;
-            }
-            let metadata = ch
-                .slot
-                .members
-                .remove(&conn.peer_id)
-                .and_then(|m| m.metadata);
-            if announce {
-                let left = [entry(&conn.peer_id, &metadata)];
-                let delta = hub::presence(channel.as_str(), &[], &left);
-                for sub in ch.subscribers() {
-                    if sub.conn.receives_presence {
-                        sub.conn.deliver(delta.clone());
-                    }
-                }
-            }
-            true
-        });
-        if removed != Some(true) {
-            return false;
-        }
-        self.hub.count_unsubscribed();
-        // The roster empties with the subscribers: nothing else keeps a channel.
-        self.hub.channels.remove_if_idle(&key, |_| true);
-        true
+    /// The presence state, for tests that drive the grace on a paused clock.
+    pub fn rosters(&self) -> &Arc<Rosters> {
+        &self.state
     }
 
-    fn unsubscribe_pattern(&self, conn: &Conn, name: &ChannelName) -> bool {
-        let removed = self.hub.patterns.remove(conn, name, || {}).removed;
-        if removed {
-            self.hub.count_unsubscribed();
-        }
-        removed
-    }
-
-    fn unsubscribe_any(&self, conn: &Arc<Conn>, channel: &ChannelName, announce: bool) -> bool {
+    /// Removes one subscription; a peer held for the grace gets a timer that announces its
+    /// `left` unless it comes back. One task per held (channel, peer), so the timers are
+    /// bounded by the subscriptions of connections that dropped in the last grace period.
+    fn unsubscribe_any(&self, conn: &Conn, channel: &ChannelName, departure: Departure) -> bool {
         if has_wildcard(channel.as_str()) {
-            self.unsubscribe_pattern(conn, channel)
-        } else {
-            self.unsubscribe_channel(conn, channel, announce)
+            let removed = self.state.hub.patterns.remove(conn, channel, || {}).removed;
+            if removed {
+                self.state.hub.count_unsubscribed();
+            }
+            return removed;
         }
+        let Some(removal) = self.state.unsubscribe_channel(conn, channel, departure) else {
+            return false;
+        };
+        if let Removal::Held(generation) = removal {
+            let deadline = tokio::time::Instant::now() + self.state.grace;
+            let state = self.state.clone();
+            let key = channel_key(&conn.app, channel);
+            let peer = conn.peer_id.clone();
+            tokio::spawn(async move {
+                state
+                    .wait_out_grace(deadline, &key, &peer, generation)
+                    .await;
+            });
+        }
+        true
     }
 }
 
 #[async_trait]
 impl Engine for MemoryEngine {
     async fn register(&self, conn: &Arc<Conn>) -> Result<(), EngineError> {
-        self.hub.peers.register(conn);
+        self.state.hub.peers.register(conn);
         Ok(())
     }
 
-    /// The memory engine has no reconnect grace: on a single node a reconnect overlapping the old
-    /// socket is covered by reference counting. During shutdown nothing is announced: the node's
-    /// presence dies with it, and clients rebuild their rosters from the next snapshot.
+    /// A deliberate leave announces `left` at once; a drop holds the peer for the grace; a
+    /// shutdown announces nothing: the node's presence dies with it (a timer would die too),
+    /// and clients rebuild their rosters from the next snapshot wherever they reconnect.
     async fn disconnect(
         &self,
         conn: &Arc<Conn>,
         subscriptions: Vec<ChannelName>,
         departure: Departure,
     ) {
-        let announce = departure != Departure::Shutdown;
         for channel in &subscriptions {
-            self.unsubscribe_any(conn, channel, announce);
+            self.unsubscribe_any(conn, channel, departure);
         }
-        self.hub.peers.unregister(conn);
+        self.state.hub.peers.unregister(conn);
     }
 
     async fn subscribe(&self, req: SubscribeRequest<'_>) -> Result<bool, EngineError> {
         Ok(match req.target.clone() {
-            Target::Channel => self.subscribe_channel(req),
-            Target::Pattern(pattern) => self.subscribe_pattern(req, pattern)?,
+            Target::Channel => self.state.subscribe_channel(req),
+            Target::Pattern(pattern) => self.state.subscribe_pattern(req, pattern)?,
         })
     }
 
@@ -218,7 +121,8 @@ impl Engine for MemoryEngine {
         conn: &Arc<Conn>,
         channel: &ChannelName,
     ) -> Result<bool, EngineError> {
-        Ok(self.unsubscribe_any(conn, channel, true))
+        // An unsubscribe is deliberate: no grace.
+        Ok(self.unsubscribe_any(conn, channel, Departure::Left))
     }
 
     async fn publish(&self, p: Publication<'_>) -> Result<usize, EngineError> {
@@ -226,11 +130,15 @@ impl Engine for MemoryEngine {
         let mut frames =
             MessageFrames::new(p.channel.as_str(), p.from.as_str(), p.data, p.from_metadata);
         let key = channel_key(p.app, p.channel);
-        Ok(self.hub.fan_out(&key, &mut frames, p.exclude.map(|c| c.id)))
+        Ok(self
+            .state
+            .hub
+            .fan_out(&key, &mut frames, p.exclude.map(|c| c.id)))
     }
 
     async fn send_direct(&self, d: Direct<'_>) -> Result<usize, EngineError> {
         Ok(self
+            .state
             .hub
             .peers
             .deliver_direct(d.app, d.to, d.exclude.map(|c| c.id), || {
@@ -243,16 +151,11 @@ impl Engine for MemoryEngine {
         app: &AppId,
         channel: &ChannelName,
     ) -> Result<Vec<Member>, EngineError> {
-        let members = self.hub.channels.with(&channel_key(app, channel), |ch| {
-            ch.slot
-                .members
-                .iter()
-                .map(|(peer, m)| Member {
-                    peer_id: peer.clone(),
-                    metadata: m.metadata.clone(),
-                })
-                .collect()
-        });
+        let members = self
+            .state
+            .hub
+            .channels
+            .with(&channel_key(app, channel), |ch| ch.slot.members());
         Ok(members.unwrap_or_default())
     }
 
@@ -262,7 +165,7 @@ impl Engine for MemoryEngine {
         peer: &PeerId,
         reason: CloseReason,
     ) -> Result<usize, EngineError> {
-        Ok(self.hub.peers.close(app, peer, reason))
+        Ok(self.state.hub.peers.close(app, peer, reason))
     }
 
     async fn is_ready(&self) -> bool {
@@ -271,14 +174,14 @@ impl Engine for MemoryEngine {
 
     fn stats(&self) -> EngineStats {
         EngineStats {
-            channels: self.hub.channel_count(),
-            subscriptions: self.hub.subscription_count(),
+            channels: self.state.hub.channel_count(),
+            subscriptions: self.state.hub.subscription_count(),
             ..EngineStats::default()
         }
     }
 
     fn local_channels(&self, app: &AppId) -> Vec<ChannelSummary> {
-        self.hub.channel_summaries(app, |ch| ch.slot.members.len())
+        self.state.hub.channel_summaries(app, |ch| ch.slot.len())
     }
 
     fn local_connections(
@@ -286,6 +189,9 @@ impl Engine for MemoryEngine {
         app: &AppId,
         peer: Option<&PeerId>,
     ) -> Vec<(Arc<Conn>, Vec<ChannelName>)> {
-        self.hub.connection_summaries(app, peer)
+        self.state.hub.connection_summaries(app, peer)
     }
 }
+
+#[cfg(test)]
+mod tests;
