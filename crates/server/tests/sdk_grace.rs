@@ -189,7 +189,8 @@ async fn js_sdk_drop_and_reconnect_within_the_grace_shows_no_flap_on_the_memory_
     );
     barrier(&mut observer, &mut marker, 2).await;
     println!(
-        "b back after {back_after:?}; c's left {seen_after:?} after the kill (grace {grace:?})"
+        "b back after {back_after:?}; its clean close seen after {close_seen:?}; \
+         c's left {seen_after:?} after the kill (grace {grace:?})"
     );
     server.shutdown().await;
 }
