@@ -38,8 +38,9 @@ pub async fn run(
                 reason: e.to_string(),
             }
         })?),
-        _ => Arc::new(MemoryEngine::with_presence_coalescing(
-            std::time::Duration::from_millis(config.timing.presence_coalesce_ms),
+        _ => Arc::new(MemoryEngine::with_settings(
+            Duration::from_millis(config.engine.reconnect_grace_ms),
+            Duration::from_millis(config.timing.presence_coalesce_ms),
         )),
     };
     run_with_engine(listener, config, engine, shutdown).await

@@ -50,6 +50,9 @@ on_both_engines!(
     presence::repeat_subscribe_resends_snapshot_and_updates_the_flag,
     presence::unsubscribe_emits_left_and_is_idempotent,
     departures::disconnect_left_announces_at_once,
+    departures::dropped_holds_presence_for_the_grace,
+    departures::reconnect_within_the_grace_announces_nothing_on_one_node,
+    departures::reconnect_with_new_metadata_announces_nothing,
     messages::publish_reaches_every_subscriber_but_the_publisher,
     messages::publish_counts_its_receivers,
     messages::directs_reach_every_connection_of_the_peer,
@@ -63,19 +66,13 @@ on_both_engines!(
     views::apps_are_isolated,
 );
 
-/// Departures, whose presence handling the engines document differently, and what only a
-/// cluster of nodes can show.
+/// What the engines document differently (a node's shutdown), and what only a cluster of
+/// nodes can show.
 mod memory_only {
     use crate::departures;
     use crate::Nodes;
-    use herald_server::engine::Departure;
 
-    /// No reconnect grace on one node: reference counting covers an overlapping reconnect.
-    #[tokio::test]
-    async fn disconnect_dropped_announces_at_once() {
-        departures::departure_announces_left_at_once(Nodes::memory(), Departure::Dropped).await;
-    }
-
+    /// The node's presence dies with it: no grace, no announcement.
     #[tokio::test]
     async fn shutdown_announces_nothing() {
         departures::memory_shutdown_announces_nothing(Nodes::memory()).await;
@@ -87,28 +84,15 @@ mod redis_only {
     use crate::{cross_node, departures};
     use herald_server::engine::Departure;
 
-    #[tokio::test]
-    async fn dropped_holds_presence_for_the_grace() {
-        departures::redis_holds_presence_for_the_grace(Nodes::redis(1).await, Departure::Dropped)
-            .await;
-    }
-
+    /// Another node takes the peers over: the grace covers a shutdown too.
     #[tokio::test]
     async fn shutdown_holds_presence_for_the_grace() {
-        departures::redis_holds_presence_for_the_grace(Nodes::redis(1).await, Departure::Shutdown)
-            .await;
-    }
-
-    #[tokio::test]
-    async fn reconnect_within_the_grace_announces_nothing() {
-        departures::redis_reconnect_within_the_grace_announces_nothing(Nodes::redis(1).await, 0)
-            .await;
+        departures::holds_presence_for_the_grace(Nodes::redis(1).await, Departure::Shutdown).await;
     }
 
     #[tokio::test]
     async fn reconnect_to_another_node_within_the_grace_announces_nothing() {
-        departures::redis_reconnect_within_the_grace_announces_nothing(Nodes::redis(2).await, 1)
-            .await;
+        departures::reconnect_within_the_grace_announces_nothing(Nodes::redis(2).await, 1).await;
     }
 
     #[tokio::test]

@@ -39,9 +39,13 @@ async fn closing_a_connection_emits_left_to_others_only() {
     c.expect_silence(50).await;
 }
 
+/// A socket that ends with no close frame is a drop: its peer stays present for the reconnect
+/// grace, then `left` goes out (on the default memory engine as on Redis).
 #[tokio::test]
-async fn abrupt_tcp_drop_emits_left() {
-    let server = TestServer::start().await;
+async fn abrupt_tcp_drop_emits_left_after_the_grace() {
+    let grace = Duration::from_millis(600);
+    let config = config_with(|c| c.engine.reconnect_grace_ms = grace.as_millis() as u64);
+    let server = TestServer::start_with(config).await;
     let mut watcher = server.client("watcher").await;
     watcher.subscribe("room/drop").await;
     let mut raw = RawWs::connect(server.addr, &format!("token={}", token("dropper"))).await;
@@ -51,8 +55,14 @@ async fn abrupt_tcp_drop_emits_left() {
     assert_eq!(raw.recv_json().await, ack("s"));
     raw.recv_json().await;
     assert_eq!(watcher.recv().await, joined("room/drop", "dropper"));
+    let dropped_at = Instant::now();
     drop(raw); // no close frame at all
     assert_eq!(watcher.recv().await, left("room/drop", "dropper"));
+    assert!(
+        dropped_at.elapsed() >= grace,
+        "left {:?} after the drop, inside the grace",
+        dropped_at.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -343,6 +353,8 @@ async fn silent_socket_is_reaped_and_others_see_left() {
     let config = config_with(|c| {
         c.timing.ping_interval_secs = 1;
         c.timing.pong_grace_secs = 1;
+        // A reaped socket is a drop; with no reconnect grace its `left` marks the reap itself.
+        c.engine.reconnect_grace_ms = 0;
     });
     let server = TestServer::start_with(config).await;
     let mut watcher = server.client("watcher").await;

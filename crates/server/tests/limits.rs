@@ -14,7 +14,11 @@ fn publish_frame(i: usize) -> String {
 #[tokio::test]
 async fn burst_of_200_passes_and_the_201st_frame_closes_4011() {
     // Refill made negligible so the count is exact on any machine.
-    let config = config_with(|c| c.limits.rate_per_second = 0.001);
+    let grace = Duration::from_millis(300);
+    let config = config_with(|c| {
+        c.limits.rate_per_second = 0.001;
+        c.engine.reconnect_grace_ms = grace.as_millis() as u64;
+    });
     let server = TestServer::start_with(config).await;
     let mut watcher = server.client("watcher").await;
     watcher.subscribe("room/rate").await;
@@ -30,11 +34,14 @@ async fn burst_of_200_passes_and_the_201st_frame_closes_4011() {
     a.send_text("garbage").await;
     let (code, frames) = a.recv_close().await;
     assert_eq!(code, 4011, "{frames:?}");
-    // The rate-limited peer leaves like any other.
+    let closed_at = std::time::Instant::now();
+    // 4011 is retryable (a new connection gets a fresh bucket): a drop, so `left` comes after
+    // the reconnect grace.
     assert_eq!(
         watcher.recv().await,
         json!({"type":"presence","channel":"room/rate","joined":[],"left":[{"peerId":"alice"}]})
     );
+    assert!(closed_at.elapsed() >= grace, "left inside the grace");
 }
 
 #[tokio::test]

@@ -3,11 +3,14 @@
 //! Several peers hold several connections each across a few channels. A reference model (per
 //! channel: peer → its subscribed connections and the metadata of its latest subscriber)
 //! predicts exactly which frames every connection receives after each step, and the final
-//! rosters; the in-memory engine, driven through the `Engine` trait, must agree.
+//! rosters; the in-memory engine, driven through the `Engine` trait, must agree. The engine has
+//! a reconnect grace, on a paused clock: a peer whose last connection dropped stays in the model
+//! with no connection until an `Expire` step lets every grace run out.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_protocol::encode;
 use herald_server::conn::{Conn, Outbound};
@@ -21,12 +24,27 @@ use serde_json::Value;
 const PEERS: u8 = 3;
 const SLOTS: u8 = 3;
 const CHANNELS: u8 = 3;
+const GRACE: Duration = Duration::from_millis(1000);
 
 #[derive(Debug, Clone, Copy)]
 enum Op {
-    Subscribe { peer: u8, slot: u8, channel: u8 },
-    Unsubscribe { peer: u8, slot: u8, channel: u8 },
-    Disconnect { peer: u8, slot: u8, how: Departure },
+    Subscribe {
+        peer: u8,
+        slot: u8,
+        channel: u8,
+    },
+    Unsubscribe {
+        peer: u8,
+        slot: u8,
+        channel: u8,
+    },
+    Disconnect {
+        peer: u8,
+        slot: u8,
+        how: Departure,
+    },
+    /// The clock moves past every grace running: held peers leave.
+    Expire,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -40,6 +58,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => at.clone().prop_map(|(peer, slot, channel)| Op::Subscribe { peer, slot, channel }),
         2 => at.prop_map(|(peer, slot, channel)| Op::Unsubscribe { peer, slot, channel }),
         1 => (0..PEERS, 0..SLOTS, how).prop_map(|(peer, slot, how)| Op::Disconnect { peer, slot, how }),
+        1 => Just(Op::Expire),
     ]
 }
 
@@ -102,6 +121,7 @@ struct Live {
 }
 
 /// Per channel: peer → (its subscribed connection slots, metadata of its latest subscriber).
+/// A peer with no slot is held through its reconnect grace.
 type Roster = BTreeMap<u8, (BTreeSet<u8>, String)>;
 
 struct World {
@@ -149,23 +169,37 @@ impl World {
         peer: u8,
         slot: u8,
         channel: u8,
-        announce: bool,
+        how: Departure,
         expected: &mut BTreeMap<(u8, u8), Vec<Seen>>,
     ) {
-        let presence = &self.presence;
         let roster = &mut self.rosters[usize::from(channel)];
-        let Some((slots, metadata)) = roster.get_mut(&peer) else {
+        let Some((slots, _)) = roster.get_mut(&peer) else {
             return;
         };
         slots.remove(&slot);
-        if !slots.is_empty() {
+        if !slots.is_empty() || how == Departure::Dropped {
+            // Still subscribed elsewhere, or held for the grace.
             return;
         }
-        let metadata = metadata.clone();
-        roster.remove(&peer);
-        if !announce {
+        let Some((_, metadata)) = roster.remove(&peer) else {
             return;
+        };
+        // The memory engine announces nothing while its node shuts down.
+        if how != Departure::Shutdown {
+            self.announce_left(peer, channel, metadata, expected);
         }
+    }
+
+    /// The `left` of `peer` (already out of the roster) to every connection that receives it.
+    fn announce_left(
+        &self,
+        peer: u8,
+        channel: u8,
+        metadata: String,
+        expected: &mut BTreeMap<(u8, u8), Vec<Seen>>,
+    ) {
+        let presence = &self.presence;
+        let roster = &self.rosters[usize::from(channel)];
         let left = BTreeSet::from([(peer_name(peer), metadata)]);
         for (&other_peer, (slots, _)) in roster.iter() {
             for &other_slot in slots {
@@ -274,7 +308,7 @@ impl World {
                     "unsubscribe reports whether it was subscribed"
                 );
                 if was {
-                    self.expect_leave(peer, slot, channel, true, &mut expected);
+                    self.expect_leave(peer, slot, channel, Departure::Left, &mut expected);
                 }
             }
             Op::Disconnect { peer, slot, how } => {
@@ -287,10 +321,26 @@ impl World {
                     .map(|c| ChannelName::new(channel_name(*c)))
                     .collect();
                 self.engine.disconnect(&live.conn, names, how).await;
-                // The memory engine announces nothing while its node shuts down.
-                let announce = how != Departure::Shutdown;
                 for channel in channels {
-                    self.expect_leave(peer, slot, channel, announce, &mut expected);
+                    self.expect_leave(peer, slot, channel, how, &mut expected);
+                }
+            }
+            Op::Expire => {
+                // On the paused clock this returns after every grace timer due has run.
+                tokio::time::sleep(GRACE * 2).await;
+                for channel in 0..CHANNELS {
+                    let held: Vec<u8> = self.rosters[usize::from(channel)]
+                        .iter()
+                        .filter(|(_, (slots, _))| slots.is_empty())
+                        .map(|(p, _)| *p)
+                        .collect();
+                    for peer in held {
+                        if let Some((_, metadata)) =
+                            self.rosters[usize::from(channel)].remove(&peer)
+                        {
+                            self.announce_left(peer, channel, metadata, &mut expected);
+                        }
+                    }
                 }
             }
         }
@@ -304,7 +354,13 @@ impl World {
             while let Some(frame) = live.rx.try_recv() {
                 got.push(decode(frame.as_str()));
             }
-            let want = expected.remove(at).unwrap_or_default();
+            let mut want = expected.remove(at).unwrap_or_default();
+            if matches!(op, Op::Expire) {
+                // Graces that run out at the same instant leave in no promised order.
+                let key = |s: &Seen| format!("{s:?}");
+                got.sort_by_key(key);
+                want.sort_by_key(key);
+            }
             assert_eq!(got, want, "step {step} ({op:?}): connection {at:?}");
         }
     }
@@ -334,7 +390,7 @@ impl World {
 
 async fn run(ops: Vec<Op>, presence: Vec<bool>) {
     let mut world = World {
-        engine: MemoryEngine::new(),
+        engine: MemoryEngine::with_grace(GRACE),
         app: AppId::new("app"),
         live: BTreeMap::new(),
         rosters: vec![Roster::new(); usize::from(CHANNELS)],
@@ -357,6 +413,9 @@ async fn run(ops: Vec<Op>, presence: Vec<bool>) {
         let expected = world.apply(op).await;
         world.check(usize::MAX - i, op, expected);
     }
+    // Every hold of a drop runs out.
+    let expected = world.apply(Op::Expire).await;
+    world.check(usize::MAX, Op::Expire, expected);
     world.check_rosters().await;
     let stats = world.engine.stats();
     assert_eq!((stats.channels, stats.subscriptions), (0, 0));
@@ -370,7 +429,11 @@ proptest! {
         ops in prop::collection::vec(op(), 1..80),
         presence in prop::collection::vec(prop::bool::weighted(0.8), usize::from(PEERS * SLOTS)),
     ) {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
         runtime.block_on(run(ops, presence));
     }
 }

@@ -351,7 +351,8 @@ async fn py_metered_peer_reconciles_after_token_expiry_close() {
 
 /// The SDK's tokenProvider fetches `POST /v1/tokens` (with peerMetadata, channels, permissions);
 /// the SDK connects, another client sees its presence with that metadata, and a 4002 rotation
-/// fetches a fresh REST token whose new metadata reaches the roster and the REST peers list.
+/// fetches a fresh REST token whose new metadata reaches the REST peers list, while the other
+/// client sees no flap (the reconnect comes within the grace).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_rest_token_provider() {
     scenario(Sdk::Js, "rest_tokens.mjs").await;

@@ -21,7 +21,7 @@ pub struct EngineConfig {
     /// A node that has not renewed its lease for this long is dead: its peers leave.
     pub lease_ttl_ms: u64,
     /// A peer whose connection drops (not a clean close) keeps its presence this long, so a
-    /// quick reconnect, possibly to another node, shows no left/joined flap.
+    /// quick reconnect, possibly to another node, shows no left/joined flap. Both engines.
     pub reconnect_grace_ms: u64,
 
     // Inter-node traffic bounds (Redis engine): how much a node buffers when it cannot keep up

@@ -1,11 +1,14 @@
-//! How a connection's end is announced: at once, never, or after the Redis reconnect grace.
+//! How a connection's end is announced: at once, never, or after the reconnect grace. Both
+//! engines hold a dropped peer for the grace; they differ only on a node's shutdown.
 
 use std::time::Instant;
 
 use herald_server::engine::Departure;
 use serde_json::json;
 
-use crate::harness::{connect, entry, joined, left, members, Barrier, Client, Nodes, REDIS_GRACE};
+use crate::harness::{
+    connect, entry, joined, left, members, Barrier, Client, ClientSpec, Nodes, GRACE,
+};
 
 const ROOM: &str = "room/1";
 
@@ -22,15 +25,10 @@ async fn two_present(nodes: &Nodes) -> (Client, Client) {
     (a, b)
 }
 
-/// A deliberate leave is announced at once.
+/// A deliberate leave is announced at once, grace or not.
 pub async fn disconnect_left_announces_at_once(nodes: Nodes) {
-    departure_announces_left_at_once(nodes, Departure::Left).await;
-}
-
-/// `left` goes out as soon as the connection ends (memory: any departure but shutdown).
-pub async fn departure_announces_left_at_once(nodes: Nodes, departure: Departure) {
     let (mut a, b) = two_present(&nodes).await;
-    b.disconnect(departure).await;
+    b.disconnect(Departure::Left).await;
     a.expect(left(ROOM, json!([entry("b")]))).await;
     assert_eq!(members(&nodes, ROOM).await, json!([entry("a")]));
 }
@@ -45,9 +43,19 @@ pub async fn memory_shutdown_announces_nothing(nodes: Nodes) {
     assert_eq!(members(&nodes, ROOM).await, json!([entry("a")]));
 }
 
-/// Redis engine: a dropped connection (or one ended by a shutdown) keeps its peer present for
-/// the reconnect grace, then `left` goes out.
-pub async fn redis_holds_presence_for_the_grace(nodes: Nodes, departure: Departure) {
+/// A drop holds the peer for the grace.
+pub async fn dropped_holds_presence_for_the_grace(nodes: Nodes) {
+    holds_presence_for_the_grace(nodes, Departure::Dropped).await;
+}
+
+/// A reconnect to the same node within the grace shows no flap.
+pub async fn reconnect_within_the_grace_announces_nothing_on_one_node(nodes: Nodes) {
+    reconnect_within_the_grace_announces_nothing(nodes, 0).await;
+}
+
+/// A dropped connection (on Redis also one ended by a shutdown) keeps its peer present for the
+/// reconnect grace, in the roster and in a newcomer's snapshot, then `left` goes out once.
+pub async fn holds_presence_for_the_grace(nodes: Nodes, departure: Departure) {
     let (mut a, b) = two_present(&nodes).await;
     let dropped_at = Instant::now();
     b.disconnect(departure).await;
@@ -56,18 +64,32 @@ pub async fn redis_holds_presence_for_the_grace(nodes: Nodes, departure: Departu
         json!([entry("a"), entry("b")]),
         "held during the grace"
     );
-    a.expect(left(ROOM, json!([entry("b")]))).await;
+    let mut c = connect(&nodes.engine(), "c").await;
+    c.subscribe(ROOM).await;
     assert!(
-        dropped_at.elapsed() >= REDIS_GRACE,
+        dropped_at.elapsed() < GRACE,
+        "premise: c subscribed within the grace"
+    );
+    c.expect_subscribed(ROOM, json!([entry("a"), entry("b")]))
+        .await;
+    a.expect(joined(ROOM, json!([entry("c")]))).await;
+    a.expect(left(ROOM, json!([entry("b")]))).await;
+    c.expect(left(ROOM, json!([entry("b")]))).await;
+    assert!(
+        dropped_at.elapsed() >= GRACE,
         "left came {:?} after the drop, inside the grace",
         dropped_at.elapsed()
     );
-    assert_eq!(members(&nodes, ROOM).await, json!([entry("a")]));
+    assert_eq!(members(&nodes, ROOM).await, json!([entry("a"), entry("c")]));
+    // Once: nothing follows the left.
+    Barrier::new(&nodes.engine())
+        .on_channel(ROOM, &mut [&mut a, &mut c])
+        .await;
 }
 
-/// Redis engine: a reconnect inside the grace, to node `reconnect_to`, shows no left/joined
+/// A reconnect inside the grace, to node `reconnect_to`, shows no left/joined
 /// flap, even once the grace has run out.
-pub async fn redis_reconnect_within_the_grace_announces_nothing(nodes: Nodes, reconnect_to: usize) {
+pub async fn reconnect_within_the_grace_announces_nothing(nodes: Nodes, reconnect_to: usize) {
     let (mut a, b) = two_present(&nodes).await;
     let dropped_at = Instant::now();
     b.disconnect(Departure::Dropped).await;
@@ -76,15 +98,42 @@ pub async fn redis_reconnect_within_the_grace_announces_nothing(nodes: Nodes, re
     back.expect_subscribed(ROOM, json!([entry("a")])).await;
     // The premise, stated: were the reconnect slower than the grace, `left` would be right.
     assert!(
-        dropped_at.elapsed() < REDIS_GRACE,
+        dropped_at.elapsed() < GRACE,
         "the reconnect took {:?}, longer than the grace",
         dropped_at.elapsed()
     );
-    // The grace timer runs on the real clock (the engine talks to a real redis-server): let
-    // it fire, then show it announced nothing.
-    tokio::time::sleep(REDIS_GRACE * 2).await;
+    // The grace timer runs on the real clock (a Redis engine talks to a real redis-server):
+    // let it fire, then show it announced nothing.
+    tokio::time::sleep(GRACE * 2).await;
     Barrier::new(&nodes.engine())
         .on_channel(ROOM, &mut [&mut a, &mut back])
         .await;
     assert_eq!(members(&nodes, ROOM).await, json!([entry("a"), entry("b")]));
+}
+
+/// A peer back within the grace with other metadata (a new token) is taken back silently, as a
+/// second connection of a present peer would be: no delta, and the roster and later snapshots
+/// show the new metadata.
+pub async fn reconnect_with_new_metadata_announces_nothing(nodes: Nodes) {
+    let (mut a, b) = two_present(&nodes).await;
+    let dropped_at = Instant::now();
+    b.disconnect(Departure::Dropped).await;
+    let engine = nodes.engine();
+    let mut back = ClientSpec::new("b")
+        .metadata(r#"{"v":2}"#)
+        .connect(&engine)
+        .await;
+    back.subscribe(ROOM).await;
+    assert!(
+        dropped_at.elapsed() < GRACE,
+        "premise: back within the grace"
+    );
+    back.expect_subscribed(ROOM, json!([entry("a")])).await;
+    let with_metadata = json!([entry("a"), {"peerId": "b", "metadata": {"v": 2}}]);
+    assert_eq!(members(&nodes, ROOM).await, with_metadata);
+    tokio::time::sleep(GRACE * 2).await;
+    Barrier::new(&engine)
+        .on_channel(ROOM, &mut [&mut a, &mut back])
+        .await;
+    assert_eq!(members(&nodes, ROOM).await, with_metadata);
 }

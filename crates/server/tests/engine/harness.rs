@@ -23,8 +23,8 @@ use herald_testkit::redis::RedisServer;
 /// a passing test never waits this long, it only bounds a failing one.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The reconnect grace of Redis nodes in this suite: short, so the grace scenarios stay fast.
-pub const REDIS_GRACE: Duration = Duration::from_millis(500);
+/// The reconnect grace of every engine in this suite: short, so the grace scenarios stay fast.
+pub const GRACE: Duration = Duration::from_millis(500);
 
 pub const APP: &str = "app_one";
 pub const OTHER_APP: &str = "app_two";
@@ -37,10 +37,10 @@ pub struct Nodes {
 }
 
 impl Nodes {
-    /// A fresh memory engine.
+    /// A fresh memory engine with the suite's reconnect grace.
     pub fn memory() -> Nodes {
         Nodes {
-            engines: vec![Arc::new(MemoryEngine::new())],
+            engines: vec![Arc::new(MemoryEngine::with_grace(GRACE))],
             _redis: None,
         }
     }
@@ -51,7 +51,7 @@ impl Nodes {
         let config = EngineConfig {
             kind: "redis".into(),
             redis_url: redis.url(),
-            reconnect_grace_ms: REDIS_GRACE.as_millis() as u64,
+            reconnect_grace_ms: GRACE.as_millis() as u64,
             ..EngineConfig::default()
         };
         let mut engines: Vec<Arc<dyn Engine>> = Vec::new();

@@ -1,0 +1,215 @@
+//! The in-memory engine: the node-local hub plus an in-process roster per channel. It serves a
+//! single node and needs nothing else.
+//!
+//! Presence ordering is atomic because a subscribe queues its ack, its snapshot and the
+//! `joined` to others under the channel's lock (see `hub/` for the lock order).
+//!
+//! Presence follows the same departure rules as the Redis engine: a deliberate leave is
+//! announced at once, a dropped connection's peer stays in the roster for
+//! `engine.reconnect_grace_ms` so a quick reconnect shows no `left`/`joined` (`roster.rs`).
+
+mod roster;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald_protocol::encode;
+use herald_protocol::glob::has_wildcard;
+
+use super::hub::{channel_key, MessageFrames};
+use super::{
+    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Publication,
+    SubscribeRequest, Target,
+};
+use crate::close::CloseReason;
+use crate::conn::{Conn, Frame};
+use crate::ids::{AppId, ChannelName, PeerId};
+pub use roster::{Removal, Rosters};
+
+/// The default single-node engine.
+pub struct MemoryEngine {
+    /// Shared with the grace timers, which outlive the call that started them.
+    state: Arc<Rosters>,
+}
+
+impl Default for MemoryEngine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryEngine {
+    /// An engine without reconnect grace: every departure but a shutdown announces `left` at
+    /// once (for tests that want exactly that).
+    pub fn new() -> Self {
+        Self::with_grace(Duration::ZERO)
+    }
+
+    /// An engine that holds a dropped peer's presence for `grace` (`engine.reconnect_grace_ms`).
+    pub fn with_grace(grace: Duration) -> Self {
+        Self::with_settings(grace, Duration::ZERO)
+    }
+
+    /// An engine whose presence deltas are coalesced over `window` under load
+    /// (`timing.presence_coalesce_ms`), without reconnect grace.
+    pub fn with_presence_coalescing(window: Duration) -> Self {
+        Self::with_settings(Duration::ZERO, window)
+    }
+
+    /// The engine as a node runs it: `grace` from `engine.reconnect_grace_ms`, `coalesce` from
+    /// `timing.presence_coalesce_ms`.
+    pub fn with_settings(grace: Duration, coalesce: Duration) -> Self {
+        MemoryEngine {
+            state: Arc::new(Rosters::new(grace, coalesce)),
+        }
+    }
+
+    /// The presence state, for tests that drive the grace on a paused clock.
+    pub fn rosters(&self) -> &Arc<Rosters> {
+        &self.state
+    }
+
+    /// Removes one subscription; a peer held for the grace gets a timer that announces its
+    /// `left` unless it comes back. One task per held (channel, peer), so the timers are
+    /// bounded by the subscriptions of connections that dropped in the last grace period.
+    fn unsubscribe_any(&self, conn: &Conn, channel: &ChannelName, departure: Departure) -> bool {
+        if has_wildcard(channel.as_str()) {
+            let removed = self.state.hub.patterns.remove(conn, channel, || {}).removed;
+            if removed {
+                self.state.hub.count_unsubscribed();
+            }
+            return removed;
+        }
+        let Some(removal) = self.state.unsubscribe_channel(conn, channel, departure) else {
+            return false;
+        };
+        if let Removal::Held(generation) = removal {
+            let deadline = tokio::time::Instant::now() + self.state.grace;
+            let state = self.state.clone();
+            let key = channel_key(&conn.app, channel);
+            let peer = conn.peer_id.clone();
+            tokio::spawn(async move {
+                state
+                    .wait_out_grace(deadline, &key, &peer, generation)
+                    .await;
+            });
+        }
+        true
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    async fn register(&self, conn: &Arc<Conn>) -> Result<(), EngineError> {
+        self.state.hub.peers.register(conn);
+        Ok(())
+    }
+
+    /// A deliberate leave announces `left` at once; a drop holds the peer for the grace; a
+    /// shutdown announces nothing: the node's presence dies with it (a timer would die too),
+    /// and clients rebuild their rosters from the next snapshot wherever they reconnect.
+    async fn disconnect(
+        &self,
+        conn: &Arc<Conn>,
+        subscriptions: Vec<ChannelName>,
+        departure: Departure,
+    ) {
+        for channel in &subscriptions {
+            self.unsubscribe_any(conn, channel, departure);
+        }
+        self.state.hub.peers.unregister(conn);
+    }
+
+    async fn subscribe(&self, req: SubscribeRequest<'_>) -> Result<bool, EngineError> {
+        Ok(match req.target.clone() {
+            Target::Channel => self.state.subscribe_channel(req),
+            Target::Pattern(pattern) => self.state.subscribe_pattern(req, pattern)?,
+        })
+    }
+
+    async fn unsubscribe(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &ChannelName,
+    ) -> Result<bool, EngineError> {
+        // An unsubscribe is deliberate: no grace.
+        Ok(self.unsubscribe_any(conn, channel, Departure::Left))
+    }
+
+    async fn publish(&self, p: Publication<'_>) -> Result<usize, EngineError> {
+        // Encoded lazily, at most once per variant, and shared by every receiver.
+        let mut frames =
+            MessageFrames::new(p.channel.as_str(), p.from.as_str(), p.data, p.from_metadata);
+        let key = channel_key(p.app, p.channel);
+        let hub = &self.state.hub;
+        // Deltas waiting on the channel go first: a message never overtakes its sender's
+        // `joined`.
+        Ok(
+            hub.fan_out(&key, &mut frames, p.exclude.map(|c| c.id), |ch| {
+                hub.flush_deltas(&key, ch);
+            }),
+        )
+    }
+
+    async fn send_direct(&self, d: Direct<'_>) -> Result<usize, EngineError> {
+        // The receiver learns that the sender joined before it hears from it.
+        self.state.hub.flush_deltas_of(d.app, d.from);
+        Ok(self
+            .state
+            .hub
+            .peers
+            .deliver_direct(d.app, d.to, d.exclude.map(|c| c.id), || {
+                Frame::from(encode::direct(d.from.as_str(), d.data, d.from_metadata))
+            }))
+    }
+
+    async fn channel_members(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+    ) -> Result<Vec<Member>, EngineError> {
+        let members = self
+            .state
+            .hub
+            .channels
+            .with(&channel_key(app, channel), |ch| ch.slot.members());
+        Ok(members.unwrap_or_default())
+    }
+
+    async fn close_peer(
+        &self,
+        app: &AppId,
+        peer: &PeerId,
+        reason: CloseReason,
+    ) -> Result<usize, EngineError> {
+        Ok(self.state.hub.peers.close(app, peer, reason))
+    }
+
+    async fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> EngineStats {
+        EngineStats {
+            channels: self.state.hub.channel_count(),
+            subscriptions: self.state.hub.subscription_count(),
+            ..EngineStats::default()
+        }
+    }
+
+    fn local_channels(&self, app: &AppId) -> Vec<ChannelSummary> {
+        self.state.hub.channel_summaries(app, |ch| ch.slot.len())
+    }
+
+    fn local_connections(
+        &self,
+        app: &AppId,
+        peer: Option<&PeerId>,
+    ) -> Vec<(Arc<Conn>, Vec<ChannelName>)> {
+        self.state.hub.connection_summaries(app, peer)
+    }
+}
+
+#[cfg(test)]
+mod tests;
