@@ -14,6 +14,8 @@ mod departures;
 mod harness;
 #[path = "engine/messages.rs"]
 mod messages;
+#[path = "engine/occupancy.rs"]
+mod occupancy;
 #[path = "engine/presence.rs"]
 mod presence;
 #[path = "engine/views.rs"]
@@ -61,6 +63,7 @@ on_both_engines!(
     views::local_views_show_channels_and_connections,
     views::stats_count_and_return_to_zero,
     views::apps_are_isolated,
+    occupancy::occupancy_counts_peers_and_connections,
 );
 
 /// Departures, whose presence handling the engines document differently, and what only a
@@ -114,6 +117,11 @@ mod redis_only {
     #[tokio::test]
     async fn presence_crosses_nodes() {
         cross_node::presence_crosses_nodes(Nodes::redis(2).await).await;
+    }
+
+    #[tokio::test]
+    async fn occupancy_sums_every_node() {
+        crate::occupancy::occupancy_sums_every_node(Nodes::redis(2).await).await;
     }
 
     #[tokio::test]

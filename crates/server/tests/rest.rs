@@ -506,3 +506,128 @@ async fn peers_listing_passes_metadata_through_byte_for_byte() {
         format!(r#"{{"channel":"raw","peers":[{{"peerId":"m","metadata":{meta}}}]}}"#)
     );
 }
+
+/// A secret key with `presence` but limited to `room/*`, for scope checks.
+const SCOPED: &str = "Bearer sk_id_scoped:sk_secret_scoped_0123456789abcdef";
+
+fn with_scoped_key(config: &mut herald_server::Config) {
+    config.apps[0]
+        .secret_keys
+        .push(herald_server::config::SecretKeyConfig {
+            id: "sk_id_scoped".into(),
+            secret: "sk_secret_scoped_0123456789abcdef".into(),
+            channel_patterns: vec!["room/*".into()],
+            actions: vec![herald_protocol::Action::Presence],
+            auto_inject_turn: false,
+            revoked: false,
+        });
+}
+
+/// `GET …/occupancy`: distinct peers and subscribed connections, in both path forms, with the
+/// roster read's scope (the `presence` action and the key's patterns).
+async fn occupancy_counts_and_is_scoped(server: &TestServer) {
+    let api = Api::new(server);
+    let mut alice1 = server.client("alice").await;
+    let mut alice2 = server.client("alice").await;
+    let mut carol = server.client("carol").await;
+    for client in [&mut alice1, &mut alice2, &mut carol] {
+        client.subscribe("app/room").await;
+    }
+    let counts = json!({"peers": 2, "connections": 3});
+    for path in [
+        "/v1/channels/app%2Froom/occupancy",
+        "/v1/channels/app/room/occupancy",
+    ] {
+        assert_eq!(
+            api.get(path).await,
+            (StatusCode::OK, counts.clone()),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        api.get("/v1/channels/empty/occupancy").await,
+        (StatusCode::OK, json!({"peers": 0, "connections": 0}))
+    );
+    let mut dave = server.client("dave").await;
+    dave.subscribe("room/a").await;
+    let in_scope = api
+        .call(
+            Method::GET,
+            "/v1/channels/room%2Fa/occupancy",
+            Some(SCOPED),
+            None,
+        )
+        .await;
+    assert_eq!(
+        in_scope,
+        (StatusCode::OK, json!({"peers": 1, "connections": 1}))
+    );
+
+    let outside = api
+        .call(
+            Method::GET,
+            "/v1/channels/app%2Froom/occupancy",
+            Some(SCOPED),
+            None,
+        )
+        .await;
+    assert_error(outside, 403, "channel_not_authorized");
+    let narrow = "Bearer sk_id_narrow:sk_secret_narrow_0123456789abcdef";
+    let no_presence = api
+        .call(
+            Method::GET,
+            "/v1/channels/room%2Fa/occupancy",
+            Some(narrow),
+            None,
+        )
+        .await;
+    assert_error(no_presence, 403, "action_not_permitted");
+    assert_error(
+        api.call(Method::GET, "/v1/channels/room%2Fa/occupancy", None, None)
+            .await,
+        401,
+        "unauthorized",
+    );
+    assert_error(
+        api.get("/v1/channels/_internal%2Fx/occupancy").await,
+        400,
+        "channel_reserved",
+    );
+    assert_error(
+        api.get("/v1/channels/room%2F*/occupancy").await,
+        400,
+        "invalid_request",
+    );
+    let posted = api
+        .call(
+            Method::POST,
+            "/v1/channels/app%2Froom/occupancy",
+            Some(AUTH),
+            None,
+        )
+        .await;
+    assert_eq!(posted.0, StatusCode::METHOD_NOT_ALLOWED);
+    // Another app's key sees nothing of this app.
+    let other = "Bearer sk_id_other:sk_secret_other_0123456789abcdef";
+    let (_, body) = api
+        .call(
+            Method::GET,
+            "/v1/channels/app%2Froom/occupancy",
+            Some(other),
+            None,
+        )
+        .await;
+    assert_eq!(body, json!({"peers": 0, "connections": 0}));
+}
+
+#[tokio::test]
+async fn channel_occupancy_on_memory() {
+    let server = TestServer::start_with(config_with(with_scoped_key)).await;
+    occupancy_counts_and_is_scoped(&server).await;
+}
+
+#[tokio::test]
+async fn channel_occupancy_on_redis() {
+    let cluster = herald_testkit::cluster::Cluster::redis_with(1, with_scoped_key).await;
+    occupancy_counts_and_is_scoped(cluster.node(0)).await;
+}

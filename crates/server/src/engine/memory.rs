@@ -15,8 +15,8 @@ use serde_json::value::RawValue;
 use super::hub::wildcard::Added;
 use super::hub::{self, channel_key, entry, Hub, MessageFrames};
 use super::{
-    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Publication,
-    SubscribeRequest, Target,
+    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Occupancy,
+    Publication, SubscribeRequest, Target,
 };
 use crate::close::CloseReason;
 use crate::conn::{Conn, Frame};
@@ -254,6 +254,21 @@ impl Engine for MemoryEngine {
                 .collect()
         });
         Ok(members.unwrap_or_default())
+    }
+
+    async fn occupancy(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+    ) -> Result<Occupancy, EngineError> {
+        let occupancy = self
+            .hub
+            .channels
+            .with(&channel_key(app, channel), |ch| Occupancy {
+                peers: ch.slot.members.len(),
+                connections: ch.subscriber_count(),
+            });
+        Ok(occupancy.unwrap_or_default())
     }
 
     async fn close_peer(

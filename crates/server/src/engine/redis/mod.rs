@@ -24,7 +24,7 @@
 //! `publish.rs`, `routing.rs` (directs and kicks), `interest.rs` (wildcards), `lease.rs`
 //! (lease, maintenance, reaping), `index.rs` (the instance index), `reassert.rs` (repair after
 //! trouble), `local/` (the node-local hub and per-channel state), `bus.rs` + `inbox.rs` (pub/sub
-//! in), `topics.rs` (what the node asks the bus for), `index_book.rs`, `wire.rs` (events between nodes), `keys.rs` (every key and topic name), `scripts.rs`,
+//! in), `topics.rs` (what the node asks the bus for), `index_book.rs`, `occupancy.rs` (a channel's counts), `wire.rs` (events between nodes), `keys.rs` (every key and topic name), `scripts.rs`,
 //! `store.rs` (the command connection).
 
 mod bus;
@@ -36,6 +36,7 @@ mod keys;
 mod lease;
 mod local;
 mod node;
+mod occupancy;
 mod presence;
 mod publish;
 mod reassert;
@@ -57,8 +58,8 @@ use tokio::sync::oneshot;
 use self::node::{unavailable, Node};
 use self::store::Store;
 use super::{
-    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Publication,
-    SubscribeRequest, Target,
+    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Occupancy,
+    Publication, SubscribeRequest, Target,
 };
 use crate::close::CloseReason;
 use crate::config::EngineConfig;
@@ -184,6 +185,14 @@ impl Engine for RedisEngine {
         channel: &ChannelName,
     ) -> Result<Vec<Member>, EngineError> {
         self.node.channel_members(app, channel).await
+    }
+
+    async fn occupancy(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+    ) -> Result<Occupancy, EngineError> {
+        self.node.occupancy(app, channel).await
     }
 
     async fn close_peer(
