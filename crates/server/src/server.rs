@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::accept;
 use crate::config::{Config, ConfigError};
+use crate::engine::hub::occupancy::OccupancyRules;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
 use crate::engine::Engine;
@@ -38,7 +39,7 @@ pub async fn run(
                 reason: e.to_string(),
             }
         })?),
-        _ => Arc::new(MemoryEngine::new()),
+        _ => Arc::new(MemoryEngine::new().with_occupancy(OccupancyRules::new(&config.presence))),
     };
     run_with_engine(listener, config, engine, shutdown).await
 }

@@ -12,6 +12,8 @@ mod cross_node;
 mod departures;
 #[path = "engine/harness.rs"]
 mod harness;
+#[path = "engine/large_rooms.rs"]
+mod large_rooms;
 #[path = "engine/messages.rs"]
 mod messages;
 #[path = "engine/occupancy.rs"]
@@ -69,14 +71,32 @@ on_both_engines!(
 /// Departures, whose presence handling the engines document differently, and what only a
 /// cluster of nodes can show.
 mod memory_only {
-    use crate::departures;
     use crate::Nodes;
+    use crate::{departures, large_rooms};
     use herald_server::engine::Departure;
 
     /// No reconnect grace on one node: reference counting covers an overlapping reconnect.
     #[tokio::test]
     async fn disconnect_dropped_announces_at_once() {
         departures::departure_announces_left_at_once(Nodes::memory(), Departure::Dropped).await;
+    }
+
+    #[tokio::test]
+    async fn over_the_cap_watchers_get_counts_not_deltas() {
+        let nodes = Nodes::memory_with(&large_rooms::stadium_caps());
+        large_rooms::over_the_cap_watchers_get_counts_not_deltas(nodes).await;
+    }
+
+    #[tokio::test]
+    async fn shrinking_back_repairs_every_roster() {
+        let nodes = Nodes::memory_with(&large_rooms::stadium_caps());
+        large_rooms::shrinking_back_repairs_every_roster(nodes).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn counts_at_most_once_a_second() {
+        let nodes = Nodes::memory_with(&large_rooms::stadium_caps());
+        large_rooms::counts_at_most_once_a_second(nodes).await;
     }
 
     #[tokio::test]

@@ -11,9 +11,11 @@ use async_trait::async_trait;
 use herald_protocol::glob::{has_wildcard, Pattern};
 use herald_protocol::{encode, PresenceEntry};
 use serde_json::value::RawValue;
+use tokio::time::Instant;
 
+use super::hub::occupancy::{self, Change, OccupancyRules, OccupancySlot, RoomState};
 use super::hub::wildcard::Added;
-use super::hub::{self, channel_key, entry, Hub, MessageFrames};
+use super::hub::{self, channel_key, entry, ChannelKey, Hub, MessageFrames};
 use super::{
     ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Occupancy,
     Publication, SubscribeRequest, Target,
@@ -26,6 +28,25 @@ use crate::ids::{AppId, ChannelName, PeerId};
 #[derive(Default)]
 struct Roster {
     members: HashMap<PeerId, MemberState>,
+    /// Occupancy mode, when the channel has a roster cap (`[[presence.channels]]`).
+    room: RoomState,
+}
+
+impl OccupancySlot for Roster {
+    fn room(&mut self) -> &mut RoomState {
+        &mut self.room
+    }
+    fn roster_len(&self) -> usize {
+        self.members.len()
+    }
+    fn has_member(&self, peer: &PeerId) -> bool {
+        self.members.contains_key(peer)
+    }
+    fn for_each_member(&self, f: &mut dyn FnMut(&PeerId, &Option<Arc<RawValue>>)) {
+        self.members
+            .iter()
+            .for_each(|(peer, m)| f(peer, &m.metadata));
+    }
 }
 
 struct MemberState {
@@ -39,6 +60,8 @@ struct MemberState {
 #[derive(Default)]
 pub struct MemoryEngine {
     hub: Hub<Roster>,
+    /// Roster caps of large rooms (none unless configured).
+    rules: Arc<OccupancyRules>,
 }
 
 impl MemoryEngine {
@@ -46,23 +69,45 @@ impl MemoryEngine {
         Self::default()
     }
 
+    /// Applies the roster caps of `[presence]` (occupancy mode of large rooms).
+    pub fn with_occupancy(mut self, rules: OccupancyRules) -> Self {
+        self.rules = Arc::new(rules);
+        self
+    }
+
+    /// Comes back to a large room at `at` to send its count (at most one a second).
+    fn schedule_count(&self, key: &ChannelKey, at: Instant) {
+        let Some(room) = self.hub.channels.get_ref(key) else {
+            return;
+        };
+        let channel = key.1.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            room.with(|ch| occupancy::on_tick(ch, channel.as_str(), Instant::now()));
+        });
+    }
+
     fn subscribe_channel(&self, req: SubscribeRequest<'_>) -> bool {
         let conn = req.conn;
         let key = channel_key(&conn.app, req.channel);
+        let mut tick = None;
         let is_new = self.hub.channels.with_or_create(&key, |ch| {
             if let Some(ack) = req.ack.clone() {
                 conn.deliver(ack);
             }
             let is_new = ch.subscribe(conn, req.include_sender_metadata, 0);
             if conn.receives_presence {
-                let others: Vec<PresenceEntry<'_>> = ch
-                    .slot
-                    .members
-                    .iter()
-                    .filter(|(peer, _)| **peer != conn.peer_id)
-                    .map(|(peer, m)| entry(peer, &m.metadata))
-                    .collect();
-                conn.deliver(hub::presence(req.channel.as_str(), &others, &[]));
+                let capped = occupancy::snapshot(ch, &self.rules, req.channel.as_str(), conn);
+                conn.deliver(capped.unwrap_or_else(|| {
+                    let others: Vec<PresenceEntry<'_>> = ch
+                        .slot
+                        .members
+                        .iter()
+                        .filter(|(peer, _)| **peer != conn.peer_id)
+                        .map(|(peer, m)| entry(peer, &m.metadata))
+                        .collect();
+                    hub::presence(req.channel.as_str(), &others, &[])
+                }));
             }
             if !is_new {
                 return false;
@@ -78,6 +123,13 @@ impl MemoryEngine {
             member.connections += 1;
             member.metadata = conn.peer_metadata.clone();
             if member.connections == 1 {
+                let now = Instant::now();
+                let change =
+                    occupancy::on_join(ch, &self.rules, req.channel.as_str(), &conn.peer_id, now);
+                if let Change::Handled(at) = change {
+                    tick = at;
+                    return true;
+                }
                 let joined = [entry(&conn.peer_id, &conn.peer_metadata)];
                 let delta = hub::presence(req.channel.as_str(), &joined, &[]);
                 for sub in ch.subscribers() {
@@ -88,6 +140,9 @@ impl MemoryEngine {
             }
             true
         });
+        if let Some(at) = tick {
+            self.schedule_count(&key, at);
+        }
         if is_new {
             self.hub.count_subscribed();
         }
@@ -130,10 +185,12 @@ impl MemoryEngine {
     /// peers that will reconnect in a moment would only make clients tear down and rebuild.
     fn unsubscribe_channel(&self, conn: &Arc<Conn>, channel: &ChannelName, announce: bool) -> bool {
         let key = channel_key(&conn.app, channel);
+        let mut tick = None;
         let removed = self.hub.channels.with(&key, |ch| {
             if ch.unsubscribe(conn.id).is_none() {
                 return false;
             }
+            occupancy::forget(ch, conn.id);
             let Some(member) = ch.slot.members.get_mut(&conn.peer_id) else {
                 return true;
             };
@@ -146,7 +203,14 @@ impl MemoryEngine {
                 .members
                 .remove(&conn.peer_id)
                 .and_then(|m| m.metadata);
+            let now = Instant::now();
             if announce {
+                let change =
+                    occupancy::on_leave(ch, &self.rules, channel.as_str(), &conn.peer_id, now);
+                if let Change::Handled(at) = change {
+                    tick = at;
+                    return true;
+                }
                 let left = [entry(&conn.peer_id, &metadata)];
                 let delta = hub::presence(channel.as_str(), &[], &left);
                 for sub in ch.subscribers() {
@@ -159,6 +223,9 @@ impl MemoryEngine {
         });
         if removed != Some(true) {
             return false;
+        }
+        if let Some(at) = tick {
+            self.schedule_count(&key, at);
         }
         self.hub.count_unsubscribed();
         // The roster empties with the subscribers: nothing else keeps a channel.

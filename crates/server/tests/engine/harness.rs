@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use herald_protocol::encode;
 use herald_protocol::glob::Pattern;
-use herald_server::config::EngineConfig;
+use herald_server::config::{EngineConfig, PresenceConfig};
 use herald_server::conn::{Conn, Outbound};
+use herald_server::engine::hub::occupancy::OccupancyRules;
 use herald_server::engine::memory::MemoryEngine;
 use herald_server::engine::redis::RedisEngine;
 use herald_server::engine::{
@@ -41,6 +42,15 @@ impl Nodes {
     pub fn memory() -> Nodes {
         Nodes {
             engines: vec![Arc::new(MemoryEngine::new())],
+            _redis: None,
+        }
+    }
+
+    /// A memory engine with the roster caps of `presence` (occupancy mode).
+    pub fn memory_with(presence: &PresenceConfig) -> Nodes {
+        let engine = MemoryEngine::new().with_occupancy(OccupancyRules::new(presence));
+        Nodes {
+            engines: vec![Arc::new(engine)],
             _redis: None,
         }
     }

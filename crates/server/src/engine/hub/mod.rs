@@ -6,7 +6,9 @@
 //! - the wildcard subscriptions (`wildcard.rs`), indexed per app;
 //! - the peer registry (`peers.rs`) for directs and kicks;
 //! - frames encoded once per publication and shared by every receiver (`frames.rs`);
-//! - the operator views (`views.rs`).
+//! - the operator views (`views.rs`);
+//! - occupancy mode of large rooms (`occupancy.rs`), which both engines drive under the
+//!   channel's lock.
 //!
 //! The memory engine is this hub plus an in-process roster per channel; the Redis engine is
 //! this hub plus what is truly distributed (presence in Redis, routing, leases).
@@ -17,6 +19,7 @@
 
 mod channels;
 mod frames;
+pub mod occupancy;
 mod peers;
 mod views;
 pub mod wildcard;
@@ -24,7 +27,7 @@ pub mod wildcard;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-pub use channels::{Channel, ChannelKey, ChannelMap, Subscriber};
+pub use channels::{Channel, ChannelKey, ChannelMap, ChannelRef, Subscriber};
 pub use frames::{entry, presence, MessageFrames};
 pub use peers::{PeerKey, PeerRegistry};
 
