@@ -33,12 +33,14 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let engine: Arc<dyn Engine> = match config.engine.kind.as_str() {
-        "redis" => Arc::new(RedisEngine::start(&config.engine).await.map_err(|e| {
-            ConfigError::Invalid {
-                field: "engine.redis_url".into(),
-                reason: e.to_string(),
-            }
-        })?),
+        "redis" => Arc::new(
+            RedisEngine::start_with_presence(&config.engine, &config.presence)
+                .await
+                .map_err(|e| ConfigError::Invalid {
+                    field: "engine.redis_url".into(),
+                    reason: e.to_string(),
+                })?,
+        ),
         _ => Arc::new(MemoryEngine::new().with_occupancy(OccupancyRules::new(&config.presence))),
     };
     run_with_engine(listener, config, engine, shutdown).await

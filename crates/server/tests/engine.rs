@@ -107,7 +107,7 @@ mod memory_only {
 
 mod redis_only {
     use crate::Nodes;
-    use crate::{cross_node, departures};
+    use crate::{cross_node, departures, large_rooms};
     use herald_server::engine::Departure;
 
     #[tokio::test]
@@ -137,6 +137,18 @@ mod redis_only {
     #[tokio::test]
     async fn presence_crosses_nodes() {
         cross_node::presence_crosses_nodes(Nodes::redis(2).await).await;
+    }
+
+    #[tokio::test]
+    async fn over_the_cap_watchers_get_counts_not_deltas() {
+        let nodes = Nodes::redis_with(1, &large_rooms::stadium_caps()).await;
+        large_rooms::over_the_cap_watchers_get_counts_not_deltas(nodes).await;
+    }
+
+    #[tokio::test]
+    async fn shrinking_back_repairs_every_roster() {
+        let nodes = Nodes::redis_with(1, &large_rooms::stadium_caps()).await;
+        large_rooms::shrinking_back_repairs_every_roster(nodes).await;
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::hub::occupancy::{self, Change, OccupancyRules, OccupancySlot, RoomState};
 use super::hub::wildcard::Added;
-use super::hub::{self, channel_key, entry, ChannelKey, Hub, MessageFrames};
+use super::hub::{self, channel_key, entry, Hub, MessageFrames};
 use super::{
     ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Occupancy,
     Publication, SubscribeRequest, Target,
@@ -75,18 +75,6 @@ impl MemoryEngine {
         self
     }
 
-    /// Comes back to a large room at `at` to send its count (at most one a second).
-    fn schedule_count(&self, key: &ChannelKey, at: Instant) {
-        let Some(room) = self.hub.channels.get_ref(key) else {
-            return;
-        };
-        let channel = key.1.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep_until(at).await;
-            room.with(|ch| occupancy::on_tick(ch, channel.as_str(), Instant::now()));
-        });
-    }
-
     fn subscribe_channel(&self, req: SubscribeRequest<'_>) -> bool {
         let conn = req.conn;
         let key = channel_key(&conn.app, req.channel);
@@ -141,7 +129,7 @@ impl MemoryEngine {
             true
         });
         if let Some(at) = tick {
-            self.schedule_count(&key, at);
+            occupancy::schedule_count(&self.hub.channels, &key, at);
         }
         if is_new {
             self.hub.count_subscribed();
@@ -225,7 +213,7 @@ impl MemoryEngine {
             return false;
         }
         if let Some(at) = tick {
-            self.schedule_count(&key, at);
+            occupancy::schedule_count(&self.hub.channels, &key, at);
         }
         self.hub.count_unsubscribed();
         // The roster empties with the subscribers: nothing else keeps a channel.

@@ -57,6 +57,11 @@ impl Nodes {
 
     /// `count` Redis nodes on one fresh redis-server, each ready before this returns.
     pub async fn redis(count: usize) -> Nodes {
+        Self::redis_with(count, &PresenceConfig::default()).await
+    }
+
+    /// [`Nodes::redis`] with the roster caps of `presence` (occupancy mode).
+    pub async fn redis_with(count: usize, presence: &PresenceConfig) -> Nodes {
         let redis = RedisServer::start();
         let config = EngineConfig {
             kind: "redis".into(),
@@ -66,7 +71,9 @@ impl Nodes {
         };
         let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
         for _ in 0..count {
-            let engine = RedisEngine::start(&config).await.unwrap();
+            let engine = RedisEngine::start_with_presence(&config, presence)
+                .await
+                .unwrap();
             wait_ready(&engine).await;
             engines.push(Arc::new(engine));
         }

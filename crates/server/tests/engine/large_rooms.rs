@@ -80,6 +80,21 @@ async fn fill_to_the_cap(nodes: &Nodes) -> [Client; 3] {
     [a, b, c]
 }
 
+/// The snapshot of the member that takes the room over the cap: the three before it. The
+/// memory engine takes it before counting the newcomer (no count); the Redis engine may see
+/// the newcomer's own `joined` first, and adds the count.
+async fn expect_crossing_snapshot(d: &mut Client) {
+    d.expect(ack()).await;
+    let mut snapshot = next_skipping_counts(d).await;
+    if let Some(occupancy) = snapshot.as_object_mut().and_then(|s| s.remove("occupancy")) {
+        assert_eq!(occupancy, json!({"peers": 4}));
+    }
+    assert_eq!(
+        snapshot,
+        joined(STADIUM, json!([entry("a"), entry("b"), entry("c")]))
+    );
+}
+
 /// Above the cap watchers get counts, never `joined`; a newcomer's snapshot lists the cap's
 /// worth of members with the count.
 pub async fn over_the_cap_watchers_get_counts_not_deltas(nodes: Nodes) {
@@ -88,8 +103,7 @@ pub async fn over_the_cap_watchers_get_counts_not_deltas(nodes: Nodes) {
     // The fourth member: its own snapshot is still the whole room of three.
     let mut d = connect(&engine, "d").await;
     d.subscribe(STADIUM).await;
-    d.expect_subscribed(STADIUM, json!([entry("a"), entry("b"), entry("c")]))
-        .await;
+    expect_crossing_snapshot(&mut d).await;
     for watcher in [&mut a, &mut b, &mut c] {
         watcher.expect(count(4)).await;
     }
@@ -112,8 +126,7 @@ pub async fn shrinking_back_repairs_every_roster(nodes: Nodes) {
     let [a, mut b, mut c] = fill_to_the_cap(&nodes).await;
     let mut d = connect(&engine, "d").await;
     d.subscribe(STADIUM).await;
-    d.expect_subscribed(STADIUM, json!([entry("a"), entry("b"), entry("c")]))
-        .await;
+    expect_crossing_snapshot(&mut d).await;
     let mut e = connect(&engine, "e").await;
     e.subscribe(STADIUM).await;
     a.disconnect(Departure::Left).await;

@@ -26,7 +26,7 @@ use herald_protocol::{encode, PresenceEntry};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::channels::Channel;
+use super::channels::{Channel, ChannelKey, ChannelMap};
 use super::frames::entry;
 use crate::config::PresenceConfig;
 use crate::conn::{Conn, Frame};
@@ -257,6 +257,47 @@ pub fn on_tick<S: OccupancySlot>(ch: &mut Channel<S>, channel: &str, now: Instan
     if ch.slot.room().episode.is_some() {
         send_count(ch, channel, now);
     }
+}
+
+/// Comes back to the channel at `at` to send its count ([`Change::Handled`] asked for it).
+pub fn schedule_count<S: OccupancySlot + Default + Send + 'static>(
+    channels: &ChannelMap<S>,
+    key: &ChannelKey,
+    at: Instant,
+) {
+    let Some(room) = channels.get_ref(key) else {
+        return;
+    };
+    let channel = key.1.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(at).await;
+        room.with(|ch| on_tick(ch, channel.as_str(), Instant::now()));
+    });
+}
+
+/// After the roster was read whole (a first local subscriber, on an engine whose roster lives
+/// elsewhere): over the cap with no episode, start one that shows the first `cap` members.
+pub fn start_if_over<S: OccupancySlot>(ch: &mut Channel<S>, rules: &OccupancyRules, channel: &str) {
+    let Some(cap) = ch.slot.room().cap(rules, channel) else {
+        return;
+    };
+    let count = ch.slot.roster_len();
+    if count <= cap || ch.slot.room().episode.is_some() {
+        return;
+    }
+    let mut visible = HashMap::with_capacity(cap);
+    ch.slot.for_each_member(&mut |p, metadata| {
+        if visible.len() < cap {
+            visible.insert(p.clone(), (metadata.clone(), None));
+        }
+    });
+    let room = ch.slot.room();
+    room.announced = count;
+    room.episode = Some(Episode {
+        visible,
+        departures: 0,
+        subscribed_at: HashMap::new(),
+    });
 }
 
 /// A subscriber left: forget its snapshot's number.

@@ -57,12 +57,13 @@ use tokio::sync::oneshot;
 
 use self::node::{unavailable, Node};
 use self::store::Store;
+use super::hub::occupancy::OccupancyRules;
 use super::{
     ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Occupancy,
     Publication, SubscribeRequest, Target,
 };
 use crate::close::CloseReason;
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, PresenceConfig};
 use crate::conn::Conn;
 use crate::ids::{AppId, ChannelName, PeerId};
 
@@ -90,6 +91,14 @@ impl RedisEngine {
     /// the bus (pub/sub in) and maintenance (lease, reaping, repair). Fails only on a
     /// malformed URL.
     pub async fn start(config: &EngineConfig) -> Result<RedisEngine, EngineError> {
+        Self::start_with_presence(config, &PresenceConfig::default()).await
+    }
+
+    /// [`RedisEngine::start`] with the roster caps of `[presence]` (occupancy mode).
+    pub async fn start_with_presence(
+        config: &EngineConfig,
+        presence: &PresenceConfig,
+    ) -> Result<RedisEngine, EngineError> {
         let store = Store::connect(&config.redis_url, config.redis_cluster)
             .await
             .map_err(unavailable)?;
@@ -98,7 +107,8 @@ impl RedisEngine {
         } else {
             config.node_id.clone()
         };
-        let (node, commands) = Node::new(id, config, store);
+        let (mut node, commands) = Node::new(id, config, store);
+        node.local.set_occupancy(OccupancyRules::new(presence));
         let node = Arc::new(node);
         let bus_task = tokio::spawn(bus::run(
             node.clone(),

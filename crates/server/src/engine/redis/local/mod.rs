@@ -28,6 +28,7 @@ use super::stored_metadata;
 use super::topics::BusSender;
 use crate::close::CloseReason;
 use crate::conn::{Conn, Frame};
+use crate::engine::hub::occupancy::{OccupancyRules, OccupancySlot, RoomState};
 use crate::engine::hub::Hub;
 use crate::engine::Member;
 use crate::ids::{ConnId, PeerId};
@@ -38,6 +39,8 @@ pub struct Local {
     bus: BusSender,
     /// Tags each reconnect grace, so a late timer cannot end a newer hold.
     generation: AtomicU64,
+    /// Roster caps of large rooms (`[presence]`), none unless configured.
+    rules: Arc<OccupancyRules>,
 }
 
 /// What the Redis engine keeps per channel beside the hub's subscribers.
@@ -60,6 +63,26 @@ pub struct NodeChannel {
     resync_floor: u64,
     /// Deltas seen while a subscribe is in flight, to bring `known` from its snapshot to now.
     recent: Vec<(u64, bool, PeerId, Option<Arc<RawValue>>)>,
+    /// Occupancy mode, when the channel has a roster cap: over it, `known` is the true roster
+    /// and this holds what watchers were shown.
+    room: RoomState,
+}
+
+impl OccupancySlot for NodeChannel {
+    fn room(&mut self) -> &mut RoomState {
+        &mut self.room
+    }
+    fn roster_len(&self) -> usize {
+        self.known.len()
+    }
+    fn has_member(&self, peer: &PeerId) -> bool {
+        self.known.contains_key(peer)
+    }
+    fn for_each_member(&self, f: &mut dyn FnMut(&PeerId, &Option<Arc<RawValue>>)) {
+        self.known
+            .iter()
+            .for_each(|(peer, metadata)| f(peer, metadata));
+    }
 }
 
 impl NodeChannel {
@@ -135,7 +158,13 @@ impl Local {
             hub: Hub::default(),
             bus,
             generation: AtomicU64::new(0),
+            rules: Arc::default(),
         }
+    }
+
+    /// Applies the roster caps of `[presence]` (occupancy mode of large rooms).
+    pub fn set_occupancy(&mut self, rules: OccupancyRules) {
+        self.rules = Arc::new(rules);
     }
 }
 
