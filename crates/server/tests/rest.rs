@@ -509,115 +509,97 @@ async fn peers_listing_passes_metadata_through_byte_for_byte() {
 
 /// A secret key with `presence` but limited to `room/*`, for scope checks.
 const SCOPED: &str = "Bearer sk_id_scoped:sk_secret_scoped_0123456789abcdef";
+const NARROW: &str = "Bearer sk_id_narrow:sk_secret_narrow_0123456789abcdef";
+const OTHER: &str = "Bearer sk_id_other:sk_secret_other_0123456789abcdef";
 
 fn with_scoped_key(config: &mut herald_server::Config) {
-    config.apps[0]
-        .secret_keys
-        .push(herald_server::config::SecretKeyConfig {
-            id: "sk_id_scoped".into(),
-            secret: "sk_secret_scoped_0123456789abcdef".into(),
-            channel_patterns: vec!["room/*".into()],
-            actions: vec![herald_protocol::Action::Presence],
-            auto_inject_turn: false,
-            revoked: false,
-        });
+    let mut key = config.apps[0].secret_keys[0].clone();
+    (key.id, key.secret) = (
+        "sk_id_scoped".into(),
+        "sk_secret_scoped_0123456789abcdef".into(),
+    );
+    key.channel_patterns = vec!["room/*".into()];
+    key.actions = vec![herald_protocol::Action::Presence];
+    config.apps[0].secret_keys.push(key);
 }
 
 /// `GET …/occupancy`: distinct peers and subscribed connections, in both path forms, with the
 /// roster read's scope (the `presence` action and the key's patterns).
 async fn occupancy_counts_and_is_scoped(server: &TestServer) {
     let api = Api::new(server);
-    let mut alice1 = server.client("alice").await;
-    let mut alice2 = server.client("alice").await;
-    let mut carol = server.client("carol").await;
-    for client in [&mut alice1, &mut alice2, &mut carol] {
-        client.subscribe("app/room").await;
-    }
-    let counts = json!({"peers": 2, "connections": 3});
-    for path in [
-        "/v1/channels/app%2Froom/occupancy",
-        "/v1/channels/app/room/occupancy",
+    let get =
+        |path: &'static str, auth: Option<&'static str>| api.call(Method::GET, path, auth, None);
+    let mut clients = Vec::new();
+    for (peer, channel) in [
+        ("alice", "app/room"),
+        ("alice", "app/room"),
+        ("carol", "app/room"),
+        ("dave", "room/a"),
     ] {
-        assert_eq!(
-            api.get(path).await,
-            (StatusCode::OK, counts.clone()),
-            "{path}"
-        );
+        let mut client = server.client(peer).await;
+        client.subscribe(channel).await;
+        clients.push(client);
     }
-    assert_eq!(
-        api.get("/v1/channels/empty/occupancy").await,
-        (StatusCode::OK, json!({"peers": 0, "connections": 0}))
-    );
-    let mut dave = server.client("dave").await;
-    dave.subscribe("room/a").await;
-    let in_scope = api
-        .call(
-            Method::GET,
-            "/v1/channels/room%2Fa/occupancy",
-            Some(SCOPED),
-            None,
+    let counts = |peers, connections| {
+        (
+            StatusCode::OK,
+            json!({"peers": peers, "connections": connections}),
         )
-        .await;
+    };
     assert_eq!(
-        in_scope,
-        (StatusCode::OK, json!({"peers": 1, "connections": 1}))
+        get("/v1/channels/app%2Froom/occupancy", Some(AUTH)).await,
+        counts(2, 3)
     );
-
-    let outside = api
-        .call(
-            Method::GET,
+    assert_eq!(
+        get("/v1/channels/app/room/occupancy", Some(AUTH)).await,
+        counts(2, 3)
+    );
+    assert_eq!(
+        get("/v1/channels/empty/occupancy", Some(AUTH)).await,
+        counts(0, 0)
+    );
+    assert_eq!(
+        get("/v1/channels/room%2Fa/occupancy", Some(SCOPED)).await,
+        counts(1, 1)
+    );
+    // Another app's key sees nothing of this app.
+    assert_eq!(
+        get("/v1/channels/app%2Froom/occupancy", Some(OTHER)).await,
+        counts(0, 0)
+    );
+    for (path, auth, status, code) in [
+        (
             "/v1/channels/app%2Froom/occupancy",
             Some(SCOPED),
-            None,
-        )
-        .await;
-    assert_error(outside, 403, "channel_not_authorized");
-    let narrow = "Bearer sk_id_narrow:sk_secret_narrow_0123456789abcdef";
-    let no_presence = api
-        .call(
-            Method::GET,
+            403,
+            "channel_not_authorized",
+        ),
+        (
             "/v1/channels/room%2Fa/occupancy",
-            Some(narrow),
-            None,
-        )
-        .await;
-    assert_error(no_presence, 403, "action_not_permitted");
-    assert_error(
-        api.call(Method::GET, "/v1/channels/room%2Fa/occupancy", None, None)
-            .await,
-        401,
-        "unauthorized",
-    );
-    assert_error(
-        api.get("/v1/channels/_internal%2Fx/occupancy").await,
-        400,
-        "channel_reserved",
-    );
-    assert_error(
-        api.get("/v1/channels/room%2F*/occupancy").await,
-        400,
-        "invalid_request",
-    );
-    let posted = api
-        .call(
-            Method::POST,
-            "/v1/channels/app%2Froom/occupancy",
+            Some(NARROW),
+            403,
+            "action_not_permitted",
+        ),
+        ("/v1/channels/room%2Fa/occupancy", None, 401, "unauthorized"),
+        (
+            "/v1/channels/_internal%2Fx/occupancy",
             Some(AUTH),
-            None,
-        )
+            400,
+            "channel_reserved",
+        ),
+        (
+            "/v1/channels/room%2F*/occupancy",
+            Some(AUTH),
+            400,
+            "invalid_request",
+        ),
+    ] {
+        assert_error(get(path, auth).await, status, code);
+    }
+    let posted = api
+        .call(Method::POST, "/v1/channels/x/occupancy", Some(AUTH), None)
         .await;
     assert_eq!(posted.0, StatusCode::METHOD_NOT_ALLOWED);
-    // Another app's key sees nothing of this app.
-    let other = "Bearer sk_id_other:sk_secret_other_0123456789abcdef";
-    let (_, body) = api
-        .call(
-            Method::GET,
-            "/v1/channels/app%2Froom/occupancy",
-            Some(other),
-            None,
-        )
-        .await;
-    assert_eq!(body, json!({"peers": 0, "connections": 0}));
 }
 
 #[tokio::test]

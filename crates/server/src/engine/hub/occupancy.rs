@@ -231,18 +231,25 @@ pub fn on_leave<S: OccupancySlot>(
     let Some(cap) = ch.slot.room().cap(rules, channel) else {
         return Change::Announce;
     };
-    let count = ch.slot.roster_len();
-    let room = ch.slot.room();
-    let Some(episode) = room.episode.as_mut() else {
+    if ch.slot.room().episode.is_none() {
         return Change::Announce;
-    };
-    if let Some((_, departed @ None)) = episode.visible.get_mut(peer) {
-        episode.departures += 1;
-        *departed = Some(episode.departures);
     }
+    on_leave_marked(ch, peer);
+    settle(ch, channel, cap, now)
+}
+
+/// In an episode after a change: the count while over the cap, the repair back at it.
+fn settle<S: OccupancySlot>(
+    ch: &mut Channel<S>,
+    channel: &str,
+    cap: usize,
+    now: Instant,
+) -> Change {
+    let count = ch.slot.roster_len();
     if count > cap {
         return count_changed(ch, channel, now);
     }
+    let room = ch.slot.room();
     let episode = room.episode.take();
     room.announced = count;
     if let Some(episode) = episode {
@@ -298,6 +305,69 @@ pub fn start_if_over<S: OccupancySlot>(ch: &mut Channel<S>, rules: &OccupancyRul
         departures: 0,
         subscribed_at: HashMap::new(),
     });
+}
+
+/// The roster was replaced by one read from elsewhere (a re-sync after lost deltas); `before`
+/// is what watchers were told. Over the cap, or in an episode, no per-member frames: the peers
+/// watchers were shown that are gone count as departed, then the count goes out, or, back at
+/// the cap, the repair. `Announce`: send the per-member differences as usual.
+pub fn roster_replaced<S: OccupancySlot>(
+    ch: &mut Channel<S>,
+    rules: &OccupancyRules,
+    channel: &str,
+    before: &HashMap<PeerId, Option<Arc<RawValue>>>,
+    now: Instant,
+) -> Change {
+    let Some(cap) = ch.slot.room().cap(rules, channel) else {
+        return Change::Announce;
+    };
+    let count = ch.slot.roster_len();
+    if ch.slot.room().episode.is_none() {
+        if count <= cap {
+            return Change::Announce;
+        }
+        let visible = before
+            .iter()
+            .map(|(peer, metadata)| (peer.clone(), (metadata.clone(), None)))
+            .collect();
+        let room = ch.slot.room();
+        room.announced = before.len();
+        room.episode = Some(Episode {
+            visible,
+            departures: 0,
+            subscribed_at: HashMap::new(),
+        });
+    }
+    // Shown peers still believed here: those gone now departed, unannounced.
+    let shown: Vec<PeerId> = ch
+        .slot
+        .room()
+        .episode
+        .as_ref()
+        .map(|e| {
+            e.visible
+                .iter()
+                .filter(|(_, (_, departed))| departed.is_none())
+                .map(|(peer, _)| peer.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    for peer in shown {
+        if !ch.slot.has_member(&peer) {
+            on_leave_marked(ch, &peer);
+        }
+    }
+    settle(ch, channel, cap, now)
+}
+
+/// Numbers the departure of a visible peer (its first only).
+fn on_leave_marked<S: OccupancySlot>(ch: &mut Channel<S>, peer: &PeerId) {
+    if let Some(episode) = ch.slot.room().episode.as_mut() {
+        if let Some((_, departed @ None)) = episode.visible.get_mut(peer) {
+            episode.departures += 1;
+            *departed = Some(episode.departures);
+        }
+    }
 }
 
 /// A subscriber left: forget its snapshot's number.

@@ -255,6 +255,45 @@ mod tests {
         assert_eq!(drain(&mut rx)[0]["joined"][0]["peerId"], "z");
     }
 
+    /// A re-sync of a large room sends the count, not the members it found; back at the cap,
+    /// the repair (left for the shown peers that are gone, joined for the unseen).
+    #[tokio::test]
+    async fn a_resync_over_the_roster_cap_sends_counts_and_repairs_back_at_the_cap() {
+        let mut local = local();
+        local.set_occupancy(OccupancyRules::new(&crate::config::PresenceConfig {
+            channels: vec![crate::config::PresenceChannels {
+                patterns: vec!["room".into()],
+                max_roster: 2,
+            }],
+        }));
+        let roster = ["x", "", "y", ""].map(String::from);
+        let (conn, mut rx, room) = subscribed(&local, 1, &roster);
+        assert_eq!(drain(&mut rx)[0]["joined"][0]["peerId"], "y");
+        let key = (conn.app.clone(), room);
+
+        // y left, a, b and c joined while deltas were lost: four members, over the cap of 2.
+        let roster = ["x", "", "a", "", "b", "", "c", ""].map(String::from);
+        local.resync(&key, &roster, 5);
+        let sent = drain(&mut rx);
+        assert_eq!(
+            sent,
+            [
+                serde_json::json!({"type": "presence", "channel": "room", "joined": [], "left": [],
+                "occupancy": {"peers": 4}})
+            ]
+        );
+
+        // Back to two (x and a): x was shown y, never a.
+        let roster = ["x", "", "a", ""].map(String::from);
+        local.resync(&key, &roster, 9);
+        assert_eq!(
+            drain(&mut rx),
+            [serde_json::json!({"type": "presence", "channel": "room",
+                "joined": [{"peerId": "a"}], "left": [{"peerId": "y"}],
+                "occupancy": {"peers": 2}})]
+        );
+    }
+
     /// A second connection of peer `x` subscribed to `room`.
     fn second_connection(local: &Local, room: &ChannelName) -> (Arc<Conn>, Outbound) {
         let (conn, rx) = Conn::new(
