@@ -159,14 +159,17 @@ fn count_changed<S: OccupancySlot>(ch: &mut Channel<S>, channel: &str, now: Inst
 }
 
 /// The snapshot for `conn` while the channel is over its cap (`None`: not in occupancy mode,
-/// send the usual full snapshot). Lists the visible peers still here, at most the cap.
+/// send the usual full snapshot). Lists the visible peers that have not left: at most the cap,
+/// since the visible set is what watchers held at the cap. (On the Redis engine, joins racing
+/// the crossing can make that a few more; they are listed all the same, so the repair, which
+/// assumes a watcher was shown exactly them, stays exact.)
 pub fn snapshot<S: OccupancySlot>(
     ch: &mut Channel<S>,
     rules: &OccupancyRules,
     channel: &str,
     conn: &Conn,
 ) -> Option<Frame> {
-    let cap = ch.slot.room().cap(rules, channel)?;
+    ch.slot.room().cap(rules, channel)?;
     // The count the subscriber will be part of.
     let count = ch.slot.roster_len() + usize::from(!ch.slot.has_member(&conn.peer_id));
     let episode = ch.slot.room().episode.as_mut()?;
@@ -176,7 +179,6 @@ pub fn snapshot<S: OccupancySlot>(
         .iter()
         .filter(|(peer, (_, departed))| departed.is_none() && **peer != conn.peer_id)
         .map(|(peer, (metadata, _))| entry(peer, metadata))
-        .take(cap)
         .collect();
     Some(Frame::from(encode::presence_with_occupancy(
         channel,
