@@ -152,6 +152,12 @@ mod redis_only {
     }
 
     #[tokio::test]
+    async fn occupancy_mode_crosses_nodes() {
+        let nodes = Nodes::redis_with(2, &large_rooms::stadium_caps()).await;
+        large_rooms::occupancy_mode_crosses_nodes(nodes).await;
+    }
+
+    #[tokio::test]
     async fn occupancy_sums_every_node() {
         crate::occupancy::occupancy_sums_every_node(Nodes::redis(2).await).await;
     }

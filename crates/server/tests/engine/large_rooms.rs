@@ -200,3 +200,37 @@ pub async fn counts_at_most_once_a_second(nodes: Nodes) {
         .await;
     drop((d, e, g));
 }
+
+/// Redis, two nodes: members on one node take the room over the cap; watchers on both get
+/// counts, and the other node's first subscriber gets the capped snapshot.
+pub async fn occupancy_mode_crosses_nodes(nodes: Nodes) {
+    let (n0, n1) = (nodes.node(0), nodes.node(1));
+    let [mut a, mut b, mut c] = fill_to_the_cap(&nodes).await;
+    let mut d = connect(&n1, "d").await;
+    d.subscribe(STADIUM).await;
+    d.expect(ack()).await;
+    let mut snapshot = joined(STADIUM, json!([entry("a"), entry("b"), entry("c")]));
+    snapshot["occupancy"] = json!({"peers": 4});
+    assert_eq!(
+        next_skipping_counts(&mut d).await,
+        snapshot,
+        "capped, from n1"
+    );
+    for watcher in [&mut a, &mut b, &mut c] {
+        watcher.expect(count(4)).await;
+    }
+    let mut e = connect(&n0, "e").await;
+    e.subscribe(STADIUM).await;
+    e.expect(ack()).await;
+    snapshot["occupancy"] = json!({"peers": 5});
+    assert_eq!(next_skipping_counts(&mut e).await, snapshot);
+    // d, on the other node, hears no `joined` for e: only the count, within a second.
+    loop {
+        let frame = d.next().await;
+        assert!(is_count_over_cap(&frame), "d got {frame}");
+        if frame["occupancy"]["peers"] == 5 {
+            break;
+        }
+    }
+    only_counts_since(&nodes, &mut [&mut a, &mut d, &mut e]).await;
+}

@@ -284,9 +284,15 @@ pub fn schedule_count<S: OccupancySlot + Default + Send + 'static>(
     });
 }
 
-/// After the roster was read whole (a first local subscriber, on an engine whose roster lives
-/// elsewhere): over the cap with no episode, start one that shows the first `cap` members.
-pub fn start_if_over<S: OccupancySlot>(ch: &mut Channel<S>, rules: &OccupancyRules, channel: &str) {
+/// After the roster was read whole for `me`, the first local subscriber (on an engine whose
+/// roster lives elsewhere): over the cap with no episode, start one that shows the first `cap`
+/// members other than `me`.
+pub fn start_if_over<S: OccupancySlot>(
+    ch: &mut Channel<S>,
+    rules: &OccupancyRules,
+    channel: &str,
+    me: &PeerId,
+) {
     let Some(cap) = ch.slot.room().cap(rules, channel) else {
         return;
     };
@@ -296,7 +302,7 @@ pub fn start_if_over<S: OccupancySlot>(ch: &mut Channel<S>, rules: &OccupancyRul
     }
     let mut visible = HashMap::with_capacity(cap);
     ch.slot.for_each_member(&mut |p, metadata| {
-        if visible.len() < cap {
+        if visible.len() < cap && p != me {
             visible.insert(p.clone(), (metadata.clone(), None));
         }
     });

@@ -165,7 +165,7 @@ impl Local {
                 // The node's first subscriber: nobody here was shown anything yet. Otherwise
                 // the episode starts when the delta that crosses the cap arrives.
                 if ch.subscriber_count() == 0 {
-                    occupancy::start_if_over(ch, &self.rules, channel.as_str());
+                    occupancy::start_if_over(ch, &self.rules, channel.as_str(), &conn.peer_id);
                 }
                 let capped = conn
                     .receives_presence
