@@ -385,6 +385,21 @@ pub mod encode {
         out
     }
 
+    /// `presence` with an extra `"occupancy":{"peers":n}`, which Herald sends in rooms above
+    /// their roster cap (occupancy mode). The official SDKs read only `channel`, `joined` and
+    /// `left`, so they ignore the field.
+    pub fn presence_with_occupancy(
+        channel: &str,
+        joined: &[PresenceEntry<'_>],
+        left: &[PresenceEntry<'_>],
+        peers: usize,
+    ) -> String {
+        let mut out = presence(channel, joined, left);
+        out.pop();
+        out.push_str(&format!(",\"occupancy\":{{\"peers\":{peers}}}}}"));
+        out
+    }
+
     pub fn going_away(retry_after_ms: u64) -> String {
         format!("{{\"type\":\"going_away\",\"retryAfterMs\":{retry_after_ms}}}")
     }
@@ -615,6 +630,10 @@ mod tests {
         assert_eq!(
             encode::presence("c", &[], &[]),
             r#"{"type":"presence","channel":"c","joined":[],"left":[]}"#
+        );
+        assert_eq!(
+            encode::presence_with_occupancy("c", &entries[1..], &[], 1200),
+            r#"{"type":"presence","channel":"c","joined":[{"peerId":"carol"}],"left":[],"occupancy":{"peers":1200}}"#
         );
         assert_eq!(
             encode::going_away(750),

@@ -1,5 +1,6 @@
-//! The REST control plane (spec §13): token minting, channel peers, server-side publish, kick,
-//! and usage. Every response body is JSON; every failure uses the spec's status and error code.
+//! The REST control plane (spec §13): token minting, channel peers and occupancy, server-side
+//! publish, kick, and usage. Every response body is JSON; every failure uses the spec's status
+//! and error code.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -304,7 +305,7 @@ async fn mint_token(AppKey(key): AppKey, body: Body) -> ApiResult {
     Ok(Json(json!({"token": token, "expiresAt": expires_at})).into_response())
 }
 
-/// `/v1/channels/<id>/peers` and `/v1/channels/<id>/publish`. The id is everything between the
+/// `/v1/channels/<id>/peers`, `…/occupancy` and `…/publish`. The id is everything between the
 /// prefix and the last segment, percent-decoded exactly once, so `dm%2Fx` and `dm/x` both work.
 async fn channel_endpoint(
     State(state): State<Arc<ServerState>>,
@@ -320,7 +321,8 @@ async fn channel_endpoint(
     let handler = match (action, &method) {
         ("peers", &Method::GET) => Endpoint::Peers,
         ("publish", &Method::POST) => Endpoint::Publish,
-        ("peers" | "publish", _) => {
+        ("occupancy", &Method::GET) => Endpoint::Occupancy,
+        ("peers" | "publish" | "occupancy", _) => {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 RestCode::InvalidRequest,
@@ -338,12 +340,14 @@ async fn channel_endpoint(
     match handler {
         Endpoint::Peers => channel_peers(&state, &key, channel).await,
         Endpoint::Publish => channel_publish(&state, &key, channel, body).await,
+        Endpoint::Occupancy => channel_occupancy(&state, &key, channel).await,
     }
 }
 
 enum Endpoint {
     Peers,
     Publish,
+    Occupancy,
 }
 
 /// `GET /v1/channels/:id/peers` (spec §13.4).
@@ -364,6 +368,18 @@ async fn channel_peers(state: &ServerState, key: &SecretKey, channel: String) ->
         peers: &members,
     })
     .into_response())
+}
+
+/// `GET /v1/channels/:id/occupancy`: the roster's size and the subscribed connections, for
+/// rooms too big to list. It tells no more than the roster would, so it has the roster's scope.
+async fn channel_occupancy(state: &ServerState, key: &SecretKey, channel: String) -> ApiResult {
+    require_action(key, Action::Presence)?;
+    check_channel_scope(key, &channel)?;
+    let occupancy = state
+        .engine
+        .occupancy(&key.app.id, &ChannelName::new(channel.as_str()))
+        .await?;
+    Ok(Json(occupancy).into_response())
 }
 
 #[derive(Deserialize)]

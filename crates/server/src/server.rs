@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::accept;
 use crate::config::{Config, ConfigError};
+use crate::engine::hub::occupancy::OccupancyRules;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
 use crate::engine::Engine;
@@ -32,16 +33,21 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let engine: Arc<dyn Engine> = match config.engine.kind.as_str() {
-        "redis" => Arc::new(RedisEngine::start(&config.engine).await.map_err(|e| {
-            ConfigError::Invalid {
-                field: "engine.redis_url".into(),
-                reason: e.to_string(),
-            }
-        })?),
-        _ => Arc::new(MemoryEngine::with_settings(
-            Duration::from_millis(config.engine.reconnect_grace_ms),
-            Duration::from_millis(config.timing.presence_coalesce_ms),
-        )),
+        "redis" => Arc::new(
+            RedisEngine::start_with_presence(&config.engine, &config.presence)
+                .await
+                .map_err(|e| ConfigError::Invalid {
+                    field: "engine.redis_url".into(),
+                    reason: e.to_string(),
+                })?,
+        ),
+        _ => Arc::new(
+            MemoryEngine::with_settings(
+                Duration::from_millis(config.engine.reconnect_grace_ms),
+                Duration::from_millis(config.timing.presence_coalesce_ms),
+            )
+            .with_occupancy(OccupancyRules::new(&config.presence)),
+        ),
     };
     run_with_engine(listener, config, engine, shutdown).await
 }

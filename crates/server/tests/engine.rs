@@ -12,8 +12,12 @@ mod cross_node;
 mod departures;
 #[path = "engine/harness.rs"]
 mod harness;
+#[path = "engine/large_rooms.rs"]
+mod large_rooms;
 #[path = "engine/messages.rs"]
 mod messages;
+#[path = "engine/occupancy.rs"]
+mod occupancy;
 #[path = "engine/presence.rs"]
 mod presence;
 #[path = "engine/views.rs"]
@@ -64,13 +68,32 @@ on_both_engines!(
     views::local_views_show_channels_and_connections,
     views::stats_count_and_return_to_zero,
     views::apps_are_isolated,
+    occupancy::occupancy_counts_peers_and_connections,
 );
 
 /// What the engines document differently (a node's shutdown), and what only a cluster of
 /// nodes can show.
 mod memory_only {
-    use crate::departures;
     use crate::Nodes;
+    use crate::{departures, large_rooms};
+
+    #[tokio::test]
+    async fn over_the_cap_watchers_get_counts_not_deltas() {
+        let nodes = Nodes::memory_with(&large_rooms::stadium_caps());
+        large_rooms::over_the_cap_watchers_get_counts_not_deltas(nodes).await;
+    }
+
+    #[tokio::test]
+    async fn shrinking_back_repairs_every_roster() {
+        let nodes = Nodes::memory_with(&large_rooms::stadium_caps());
+        large_rooms::shrinking_back_repairs_every_roster(nodes).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn counts_at_most_once_a_second() {
+        let nodes = Nodes::memory_with(&large_rooms::stadium_caps());
+        large_rooms::counts_at_most_once_a_second(nodes).await;
+    }
 
     /// The node's presence dies with it: no grace, no announcement.
     #[tokio::test]
@@ -81,7 +104,7 @@ mod memory_only {
 
 mod redis_only {
     use crate::Nodes;
-    use crate::{cross_node, departures};
+    use crate::{cross_node, departures, large_rooms};
     use herald_server::engine::Departure;
 
     /// Another node takes the peers over: the grace covers a shutdown too.
@@ -98,6 +121,29 @@ mod redis_only {
     #[tokio::test]
     async fn presence_crosses_nodes() {
         cross_node::presence_crosses_nodes(Nodes::redis(2).await).await;
+    }
+
+    #[tokio::test]
+    async fn over_the_cap_watchers_get_counts_not_deltas() {
+        let nodes = Nodes::redis_with(1, &large_rooms::stadium_caps()).await;
+        large_rooms::over_the_cap_watchers_get_counts_not_deltas(nodes).await;
+    }
+
+    #[tokio::test]
+    async fn shrinking_back_repairs_every_roster() {
+        let nodes = Nodes::redis_with(1, &large_rooms::stadium_caps()).await;
+        large_rooms::shrinking_back_repairs_every_roster(nodes).await;
+    }
+
+    #[tokio::test]
+    async fn occupancy_mode_crosses_nodes() {
+        let nodes = Nodes::redis_with(2, &large_rooms::stadium_caps()).await;
+        large_rooms::occupancy_mode_crosses_nodes(nodes).await;
+    }
+
+    #[tokio::test]
+    async fn occupancy_sums_every_node() {
+        crate::occupancy::occupancy_sums_every_node(Nodes::redis(2).await).await;
     }
 
     #[tokio::test]

@@ -506,3 +506,110 @@ async fn peers_listing_passes_metadata_through_byte_for_byte() {
         format!(r#"{{"channel":"raw","peers":[{{"peerId":"m","metadata":{meta}}}]}}"#)
     );
 }
+
+/// A secret key with `presence` but limited to `room/*`, for scope checks.
+const SCOPED: &str = "Bearer sk_id_scoped:sk_secret_scoped_0123456789abcdef";
+const NARROW: &str = "Bearer sk_id_narrow:sk_secret_narrow_0123456789abcdef";
+const OTHER: &str = "Bearer sk_id_other:sk_secret_other_0123456789abcdef";
+
+fn with_scoped_key(config: &mut herald_server::Config) {
+    let mut key = config.apps[0].secret_keys[0].clone();
+    (key.id, key.secret) = (
+        "sk_id_scoped".into(),
+        "sk_secret_scoped_0123456789abcdef".into(),
+    );
+    key.channel_patterns = vec!["room/*".into()];
+    key.actions = vec![herald_protocol::Action::Presence];
+    config.apps[0].secret_keys.push(key);
+}
+
+/// `GET …/occupancy`: distinct peers and subscribed connections, in both path forms, with the
+/// roster read's scope (the `presence` action and the key's patterns).
+async fn occupancy_counts_and_is_scoped(server: &TestServer) {
+    let api = Api::new(server);
+    let get =
+        |path: &'static str, auth: Option<&'static str>| api.call(Method::GET, path, auth, None);
+    let mut clients = Vec::new();
+    for (peer, channel) in [
+        ("alice", "app/room"),
+        ("alice", "app/room"),
+        ("carol", "app/room"),
+        ("dave", "room/a"),
+    ] {
+        let mut client = server.client(peer).await;
+        client.subscribe(channel).await;
+        clients.push(client);
+    }
+    let counts = |peers, connections| {
+        (
+            StatusCode::OK,
+            json!({"peers": peers, "connections": connections}),
+        )
+    };
+    assert_eq!(
+        get("/v1/channels/app%2Froom/occupancy", Some(AUTH)).await,
+        counts(2, 3)
+    );
+    assert_eq!(
+        get("/v1/channels/app/room/occupancy", Some(AUTH)).await,
+        counts(2, 3)
+    );
+    assert_eq!(
+        get("/v1/channels/empty/occupancy", Some(AUTH)).await,
+        counts(0, 0)
+    );
+    assert_eq!(
+        get("/v1/channels/room%2Fa/occupancy", Some(SCOPED)).await,
+        counts(1, 1)
+    );
+    // Another app's key sees nothing of this app.
+    assert_eq!(
+        get("/v1/channels/app%2Froom/occupancy", Some(OTHER)).await,
+        counts(0, 0)
+    );
+    for (path, auth, status, code) in [
+        (
+            "/v1/channels/app%2Froom/occupancy",
+            Some(SCOPED),
+            403,
+            "channel_not_authorized",
+        ),
+        (
+            "/v1/channels/room%2Fa/occupancy",
+            Some(NARROW),
+            403,
+            "action_not_permitted",
+        ),
+        ("/v1/channels/room%2Fa/occupancy", None, 401, "unauthorized"),
+        (
+            "/v1/channels/_internal%2Fx/occupancy",
+            Some(AUTH),
+            400,
+            "channel_reserved",
+        ),
+        (
+            "/v1/channels/room%2F*/occupancy",
+            Some(AUTH),
+            400,
+            "invalid_request",
+        ),
+    ] {
+        assert_error(get(path, auth).await, status, code);
+    }
+    let posted = api
+        .call(Method::POST, "/v1/channels/x/occupancy", Some(AUTH), None)
+        .await;
+    assert_eq!(posted.0, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn channel_occupancy_on_memory() {
+    let server = TestServer::start_with(config_with(with_scoped_key)).await;
+    occupancy_counts_and_is_scoped(&server).await;
+}
+
+#[tokio::test]
+async fn channel_occupancy_on_redis() {
+    let cluster = herald_testkit::cluster::Cluster::redis_with(1, with_scoped_key).await;
+    occupancy_counts_and_is_scoped(cluster.node(0)).await;
+}

@@ -429,3 +429,33 @@ async fn js_quota_4010_slow_backoff() {
     check(&out);
     server.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Occupancy mode of large rooms: capped snapshots and count frames
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `script` against a Herald that caps `stadium-*` at 2 members.
+async fn occupancy_scenario(sdk: Sdk, script: &str) {
+    let server = TestServer::start_with(config_with(|c| {
+        c.presence.channels = vec![herald_server::config::PresenceChannels {
+            patterns: vec!["stadium-*".into()],
+            max_roster: 2,
+        }];
+    }))
+    .await;
+    check(&run_one(&server, sdk, script).await);
+    server.shutdown().await;
+}
+
+/// Above the cap: the JS SignallingClient's roster and the MeteredPeer's peers are the capped
+/// snapshot; count frames (empty deltas plus `occupancy`) cause no error, leave or reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_survives_occupancy_frames() {
+    occupancy_scenario(Sdk::Js, "occupancy.mjs").await;
+}
+
+/// The same through the Python SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_survives_occupancy_frames() {
+    occupancy_scenario(Sdk::Py, "occupancy.py").await;
+}

@@ -4,8 +4,8 @@
 //! A config error names the offending field.
 //!
 //! This file holds the top-level struct, loading and env overrides; each section's struct lives
-//! with its defaults in `limits` (`[limits]`, `[timing]`), `engine`, `web` (`[web]`, `[turn]`)
-//! and `apps`, and the cross-field rules in `validate`.
+//! with its defaults in `limits` (`[limits]`, `[timing]`), `engine`, `presence`, `web` (`[web]`,
+//! `[turn]`) and `apps`, and the cross-field rules in `validate`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,12 +15,14 @@ use serde::{Deserialize, Serialize};
 mod apps;
 mod engine;
 mod limits;
+mod presence;
 mod validate;
 mod web;
 
 pub use self::apps::{AppConfig, PublishableKeyConfig, SecretKeyConfig};
 pub use self::engine::EngineConfig;
 pub use self::limits::{Limits, Timing};
+pub use self::presence::{PresenceChannels, PresenceConfig, MAX_ROSTER_CAP};
 pub use self::web::{IceServer, TurnConfig, WebConfig};
 
 /// The commented default configuration file, embedded in the binary.
@@ -37,6 +39,8 @@ pub struct Config {
     pub turn: TurnConfig,
     pub web: WebConfig,
     pub engine: EngineConfig,
+    /// Presence policy per channel pattern: the roster caps of large rooms.
+    pub presence: PresenceConfig,
     /// Serve wildcard subscriptions such as `devices/*/events` (spec §9.4, Q6).
     pub wildcard_subscriptions: bool,
     /// Tenants and their keys. Empty means "dev mode": the binary generates a dev app.
@@ -62,6 +66,7 @@ impl Default for Config {
             turn: TurnConfig::default(),
             web: WebConfig::default(),
             engine: EngineConfig::default(),
+            presence: PresenceConfig::default(),
             wildcard_subscriptions: true,
             apps: Vec::new(),
         }

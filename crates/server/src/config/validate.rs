@@ -162,6 +162,7 @@ impl Config {
                 "use at most 64 of [A-Za-z0-9._-]",
             ));
         }
+        self.presence.validate()?;
         let mut key_ids = std::collections::HashSet::new();
         let mut app_ids = std::collections::HashSet::new();
         for (a, app) in self.apps.iter().enumerate() {
@@ -213,7 +214,7 @@ impl Config {
     }
 }
 
-fn check_patterns(patterns: &[String], field: &str) -> Result<(), ConfigError> {
+pub(super) fn check_patterns(patterns: &[String], field: &str) -> Result<(), ConfigError> {
     if patterns.is_empty() {
         return Err(invalid(field, "needs at least one pattern"));
     }

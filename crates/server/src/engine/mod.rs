@@ -119,6 +119,17 @@ pub struct ChannelSummary {
     pub subscribers: usize,
 }
 
+/// How full a channel is across the service, read without listing its roster: what
+/// `GET /v1/channels/{channel}/occupancy` answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Occupancy {
+    /// Distinct peers in the roster.
+    pub peers: usize,
+    /// Connections subscribed to the channel itself on every node (wildcard subscribers are
+    /// not counted: which patterns match is known only on their own nodes).
+    pub connections: usize,
+}
+
 /// Live counters an engine can report (for usage and operations).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStats {
@@ -185,6 +196,11 @@ pub trait Engine: Send + Sync + 'static {
         app: &AppId,
         channel: &ChannelName,
     ) -> Result<Vec<Member>, EngineError>;
+
+    /// The channel's roster size and subscribed connections, at O(1) cost in its size (one
+    /// Redis call on the Redis engine), so a huge room can be watched cheaply.
+    async fn occupancy(&self, app: &AppId, channel: &ChannelName)
+        -> Result<Occupancy, EngineError>;
 
     /// Closes every connection of a peer with `reason`. Returns how many were closed.
     async fn close_peer(

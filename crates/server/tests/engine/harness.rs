@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use herald_protocol::encode;
 use herald_protocol::glob::Pattern;
-use herald_server::config::EngineConfig;
+use herald_server::config::{EngineConfig, PresenceConfig};
 use herald_server::conn::{Conn, Outbound};
+use herald_server::engine::hub::occupancy::OccupancyRules;
 use herald_server::engine::memory::MemoryEngine;
 use herald_server::engine::redis::RedisEngine;
 use herald_server::engine::{
@@ -45,8 +46,22 @@ impl Nodes {
         }
     }
 
+    /// A memory engine with the roster caps of `presence` (occupancy mode).
+    pub fn memory_with(presence: &PresenceConfig) -> Nodes {
+        let engine = MemoryEngine::new().with_occupancy(OccupancyRules::new(presence));
+        Nodes {
+            engines: vec![Arc::new(engine)],
+            _redis: None,
+        }
+    }
+
     /// `count` Redis nodes on one fresh redis-server, each ready before this returns.
     pub async fn redis(count: usize) -> Nodes {
+        Self::redis_with(count, &PresenceConfig::default()).await
+    }
+
+    /// [`Nodes::redis`] with the roster caps of `presence` (occupancy mode).
+    pub async fn redis_with(count: usize, presence: &PresenceConfig) -> Nodes {
         let redis = RedisServer::start();
         let config = EngineConfig {
             kind: "redis".into(),
@@ -56,7 +71,9 @@ impl Nodes {
         };
         let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
         for _ in 0..count {
-            let engine = RedisEngine::start(&config).await.unwrap();
+            let engine = RedisEngine::start_with_presence(&config, presence)
+                .await
+                .unwrap();
             wait_ready(&engine).await;
             engines.push(Arc::new(engine));
         }

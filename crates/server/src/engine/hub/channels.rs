@@ -116,6 +116,17 @@ impl<S> Channel<S> {
 
 type Cell<S> = Arc<Mutex<Channel<S>>>;
 
+/// A channel held for a timer that comes back to it later.
+pub struct ChannelRef<S>(Cell<S>);
+
+impl<S> ChannelRef<S> {
+    /// Runs `f` under the channel's lock, unless the channel left the map meanwhile.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Channel<S>) -> R) -> Option<R> {
+        let mut channel = lock(&self.0);
+        (!channel.removed).then(|| f(&mut channel))
+    }
+}
+
 /// The sharded map of channels.
 pub struct ChannelMap<S> {
     shards: Vec<Mutex<HashMap<ChannelKey, Cell<S>>>>,
@@ -138,6 +149,11 @@ pub(super) fn shard_of<K: Hash>(key: &K) -> usize {
 impl<S: Default> ChannelMap<S> {
     fn cell(&self, key: &ChannelKey) -> Option<Cell<S>> {
         lock(&self.shards[shard_of(key)]).get(key).cloned()
+    }
+
+    /// The channel, for a timer to come back to (see [`ChannelRef`]).
+    pub fn get_ref(&self, key: &ChannelKey) -> Option<ChannelRef<S>> {
+        self.cell(key).map(ChannelRef)
     }
 
     /// Runs `f` on the channel under its lock, if the channel exists.

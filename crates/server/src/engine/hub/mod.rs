@@ -7,7 +7,9 @@
 //! - the peer registry (`peers.rs`) for directs and kicks;
 //! - frames encoded once per publication and shared by every receiver (`frames.rs`), and
 //!   roster snapshots encoded once per roster version (`snapshot.rs`);
-//! - the operator views (`views.rs`).
+//! - the operator views (`views.rs`);
+//! - occupancy mode of large rooms (`occupancy.rs`), which both engines drive under the
+//!   channel's lock.
 //!
 //! The memory engine is this hub plus an in-process roster per channel; the Redis engine is
 //! this hub plus what is truly distributed (presence in Redis, routing, leases).
@@ -19,6 +21,7 @@
 mod channels;
 mod coalescing;
 mod frames;
+pub mod occupancy;
 mod peers;
 pub mod presence_batch;
 mod snapshot;
@@ -28,7 +31,7 @@ pub mod wildcard;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-pub use channels::{Channel, ChannelKey, ChannelMap, Subscriber};
+pub use channels::{Channel, ChannelKey, ChannelMap, ChannelRef, Subscriber};
 pub use frames::{entry, presence, MessageFrames};
 pub use peers::{PeerKey, PeerRegistry};
 pub use snapshot::SnapshotCache;

@@ -17,10 +17,11 @@ use async_trait::async_trait;
 use herald_protocol::encode;
 use herald_protocol::glob::has_wildcard;
 
+use super::hub::occupancy::OccupancyRules;
 use super::hub::{channel_key, MessageFrames};
 use super::{
-    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Publication,
-    SubscribeRequest, Target,
+    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Occupancy,
+    Publication, SubscribeRequest, Target,
 };
 use crate::close::CloseReason;
 use crate::conn::{Conn, Frame};
@@ -62,6 +63,20 @@ impl MemoryEngine {
     pub fn with_settings(grace: Duration, coalesce: Duration) -> Self {
         MemoryEngine {
             state: Arc::new(Rosters::new(grace, coalesce)),
+        }
+    }
+
+    /// Applies the roster caps of `[presence]` (occupancy mode of large rooms). A builder step
+    /// for a new engine (it changes nothing once the engine is shared).
+    pub fn with_occupancy(self, rules: OccupancyRules) -> Self {
+        match Arc::try_unwrap(self.state) {
+            Ok(mut rosters) => {
+                rosters.rules = rules;
+                MemoryEngine {
+                    state: Arc::new(rosters),
+                }
+            }
+            Err(state) => MemoryEngine { state },
         }
     }
 
@@ -175,6 +190,22 @@ impl Engine for MemoryEngine {
             .channels
             .with(&channel_key(app, channel), |ch| ch.slot.members());
         Ok(members.unwrap_or_default())
+    }
+
+    async fn occupancy(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+    ) -> Result<Occupancy, EngineError> {
+        let occupancy = self
+            .state
+            .hub
+            .channels
+            .with(&channel_key(app, channel), |ch| Occupancy {
+                peers: ch.slot.len(),
+                connections: ch.subscriber_count(),
+            });
+        Ok(occupancy.unwrap_or_default())
     }
 
     async fn close_peer(

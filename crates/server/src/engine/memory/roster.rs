@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::conn::Conn;
+use crate::engine::hub::occupancy::{self, Change, OccupancyRules, OccupancySlot, RoomState};
 use crate::engine::hub::presence_batch::{DeltaBatch, HasDeltas};
 use crate::engine::hub::wildcard::Added;
 use crate::engine::hub::{self, channel_key, Channel, ChannelKey, Hub, SnapshotCache};
@@ -33,6 +34,25 @@ pub struct Roster {
     snapshot: SnapshotCache,
     /// Deltas of `members`, coalesced under load.
     deltas: DeltaBatch,
+    /// Occupancy mode, when the channel has a roster cap (`[[presence.channels]]`).
+    room: RoomState,
+}
+
+impl OccupancySlot for Roster {
+    fn room(&mut self) -> &mut RoomState {
+        &mut self.room
+    }
+    fn roster_len(&self) -> usize {
+        self.members.len()
+    }
+    fn has_member(&self, peer: &PeerId) -> bool {
+        self.members.contains_key(peer)
+    }
+    fn for_each_member(&self, f: &mut dyn FnMut(&PeerId, &Option<Arc<RawValue>>)) {
+        self.members
+            .iter()
+            .for_each(|(peer, m)| f(peer, &m.metadata));
+    }
 }
 
 impl HasDeltas for Roster {
@@ -114,6 +134,8 @@ pub struct Rosters {
     pub grace: Duration,
     /// Tags each grace, so a late timer cannot end a newer hold.
     generation: AtomicU64,
+    /// Roster caps of large rooms (none unless configured).
+    pub rules: OccupancyRules,
 }
 
 impl Rosters {
@@ -122,6 +144,7 @@ impl Rosters {
             hub: Arc::new(Hub::with_coalescing(coalesce)),
             grace,
             generation: AtomicU64::new(0),
+            rules: OccupancyRules::default(),
         }
     }
 
@@ -131,6 +154,7 @@ impl Rosters {
     pub fn subscribe_channel(&self, req: SubscribeRequest<'_>) -> bool {
         let conn = req.conn;
         let key = channel_key(&conn.app, req.channel);
+        let mut tick = None;
         let is_new = self.hub.channels.with_or_create(&key, |ch| {
             if let Some(ack) = req.ack.clone() {
                 conn.deliver(ack);
@@ -139,23 +163,41 @@ impl Rosters {
             let floor = ch.slot.deltas.seq();
             let is_new = ch.subscribe(conn, req.include_sender_metadata, floor);
             if conn.receives_presence {
-                let roster = &mut ch.slot;
-                let members = roster.members.iter().map(|(peer, m)| (peer, &m.metadata));
-                let snapshot =
+                let capped = occupancy::snapshot(ch, &self.rules, req.channel.as_str(), conn);
+                let snapshot = capped.unwrap_or_else(|| {
+                    let roster = &mut ch.slot;
+                    let members = roster.members.iter().map(|(peer, m)| (peer, &m.metadata));
                     roster
                         .snapshot
-                        .snapshot(req.channel.as_str(), members, &conn.peer_id);
+                        .snapshot(req.channel.as_str(), members, &conn.peer_id)
+                });
                 conn.deliver(snapshot);
             }
             if !is_new {
                 return false;
             }
             if ch.slot.add_connection(&conn.peer_id, &conn.peer_metadata) {
-                self.hub
-                    .record_delta(&key, ch, true, &conn.peer_id, conn.peer_metadata.clone());
+                let channel = req.channel.as_str();
+                if occupancy::over_cap(ch, &self.rules, channel) {
+                    // Occupancy mode assumes watchers hold the roster as it stands.
+                    self.hub.flush_deltas(&key, ch);
+                }
+                match occupancy::on_join(ch, &self.rules, channel, &conn.peer_id, Instant::now()) {
+                    Change::Handled(at) => tick = at,
+                    Change::Announce => self.hub.record_delta(
+                        &key,
+                        ch,
+                        true,
+                        &conn.peer_id,
+                        conn.peer_metadata.clone(),
+                    ),
+                }
             }
             true
         });
+        if let Some(at) = tick {
+            occupancy::schedule_count(&self.hub.channels, &key, at);
+        }
         if is_new {
             self.hub.count_subscribed();
         }
@@ -207,8 +249,10 @@ impl Rosters {
         departure: Departure,
     ) -> Option<Removal> {
         let key = channel_key(&conn.app, channel);
+        let mut tick = None;
         let removal = self.hub.channels.with(&key, |ch| {
             ch.unsubscribe(conn.id)?;
+            occupancy::forget(ch, conn.id);
             let Some(member) = ch.slot.members.get_mut(&conn.peer_id) else {
                 return Some(Removal::Kept);
             };
@@ -227,11 +271,14 @@ impl Rosters {
                     Removal::Forgotten
                 }
                 Departure::Left | Departure::Dropped => {
-                    self.announce_left(&key, ch, &conn.peer_id);
+                    tick = self.announce_left(&key, ch, &conn.peer_id);
                     Removal::Left
                 }
             })
         })??;
+        if let Some(at) = tick {
+            occupancy::schedule_count(&self.hub.channels, &key, at);
+        }
         self.hub.count_unsubscribed();
         self.forget_if_idle(&key);
         Some(removal)
@@ -240,6 +287,7 @@ impl Rosters {
     /// Ends the hold of this generation if the peer is still gone: drops it from the roster
     /// and announces `left`. True when it did.
     pub fn grace_expired(&self, key: &ChannelKey, peer: &PeerId, generation: u64) -> bool {
+        let mut tick = None;
         let expired = self.hub.channels.with(key, |ch| {
             let expired = ch
                 .slot
@@ -247,10 +295,13 @@ impl Rosters {
                 .get(peer)
                 .is_some_and(|m| m.connections == 0 && m.held == Some(generation));
             if expired {
-                self.announce_left(key, ch, peer);
+                tick = self.announce_left(key, ch, peer);
             }
             expired
         }) == Some(true);
+        if let Some(at) = tick {
+            occupancy::schedule_count(&self.hub.channels, key, at);
+        }
         if expired {
             self.forget_if_idle(key);
         }
@@ -272,13 +323,25 @@ impl Rosters {
 
     /// Drops `peer` from the roster and has its `left` go to every subscriber that receives
     /// presence (at once or with the channel's coalesced deltas). Runs under the channel's lock.
-    fn announce_left(&self, key: &ChannelKey, ch: &mut Channel<Roster>, peer: &PeerId) {
+    /// Over a roster cap, watchers get the count instead (or the repair, back at the cap);
+    /// returns when the count's timer is due, if one is.
+    fn announce_left(
+        &self,
+        key: &ChannelKey,
+        ch: &mut Channel<Roster>,
+        peer: &PeerId,
+    ) -> Option<Instant> {
         let metadata = ch.slot.remove(peer);
-        self.hub.record_delta(key, ch, false, peer, metadata);
+        let mut tick = None;
+        match occupancy::on_leave(ch, &self.rules, key.1.as_str(), peer, Instant::now()) {
+            Change::Handled(at) => tick = at,
+            Change::Announce => self.hub.record_delta(key, ch, false, peer, metadata),
+        }
         if ch.subscriber_count() == 0 {
             // Nobody is left to tell, and the channel may go: nothing may keep waiting.
             self.hub.flush_deltas(key, ch);
         }
+        tick
     }
 
     /// Drops a channel with no subscriber and no member, held ones included.

@@ -24,7 +24,7 @@
 //! `publish.rs`, `routing.rs` (directs and kicks), `interest.rs` (wildcards), `lease.rs`
 //! (lease, maintenance, reaping), `index.rs` (the instance index), `reassert.rs` (repair after
 //! trouble), `local/` (the node-local hub and per-channel state), `bus.rs` + `inbox.rs` (pub/sub
-//! in), `topics.rs` (what the node asks the bus for), `index_book.rs`, `wire.rs` (events between nodes), `keys.rs` (every key and topic name), `scripts.rs`,
+//! in), `topics.rs` (what the node asks the bus for), `index_book.rs`, `occupancy.rs` (a channel's counts), `wire.rs` (events between nodes), `keys.rs` (every key and topic name), `scripts.rs`,
 //! `store.rs` (the command connection).
 
 mod bus;
@@ -36,6 +36,7 @@ mod keys;
 mod lease;
 mod local;
 mod node;
+mod occupancy;
 mod presence;
 mod publish;
 mod reassert;
@@ -56,12 +57,13 @@ use tokio::sync::oneshot;
 
 use self::node::{unavailable, Node};
 use self::store::Store;
+use super::hub::occupancy::OccupancyRules;
 use super::{
-    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Publication,
-    SubscribeRequest, Target,
+    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Occupancy,
+    Publication, SubscribeRequest, Target,
 };
 use crate::close::CloseReason;
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, PresenceConfig};
 use crate::conn::Conn;
 use crate::ids::{AppId, ChannelName, PeerId};
 
@@ -89,6 +91,14 @@ impl RedisEngine {
     /// the bus (pub/sub in) and maintenance (lease, reaping, repair). Fails only on a
     /// malformed URL.
     pub async fn start(config: &EngineConfig) -> Result<RedisEngine, EngineError> {
+        Self::start_with_presence(config, &PresenceConfig::default()).await
+    }
+
+    /// [`RedisEngine::start`] with the roster caps of `[presence]` (occupancy mode).
+    pub async fn start_with_presence(
+        config: &EngineConfig,
+        presence: &PresenceConfig,
+    ) -> Result<RedisEngine, EngineError> {
         let store = Store::connect(&config.redis_url, config.redis_cluster)
             .await
             .map_err(unavailable)?;
@@ -97,7 +107,8 @@ impl RedisEngine {
         } else {
             config.node_id.clone()
         };
-        let (node, commands) = Node::new(id, config, store);
+        let (mut node, commands) = Node::new(id, config, store);
+        node.local.set_occupancy(OccupancyRules::new(presence));
         let node = Arc::new(node);
         let bus_task = tokio::spawn(bus::run(
             node.clone(),
@@ -184,6 +195,14 @@ impl Engine for RedisEngine {
         channel: &ChannelName,
     ) -> Result<Vec<Member>, EngineError> {
         self.node.channel_members(app, channel).await
+    }
+
+    async fn occupancy(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+    ) -> Result<Occupancy, EngineError> {
+        self.node.occupancy(app, channel).await
     }
 
     async fn close_peer(

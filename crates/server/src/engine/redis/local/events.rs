@@ -11,6 +11,7 @@ use super::super::wire::{kind, Event};
 use super::{Buffered, Local};
 use crate::close::CloseReason;
 use crate::conn::Frame;
+use crate::engine::hub::occupancy::{self, Change};
 use crate::engine::hub::{channel_key, presence, MessageFrames};
 use crate::ids::{AppId, ChannelName, ConnId, PeerId};
 
@@ -58,9 +59,14 @@ impl Local {
                 };
                 let peer_id = PeerId::new(peer);
                 let metadata = event.metadata().map(|m| Arc::from(m.to_owned()));
-                self.hub.channels.with(&key, |ch| {
-                    self.apply_delta(ch, seq, joined, peer_id, metadata, &delta)
+                let tick = self.hub.channels.with(&key, |ch| {
+                    self.apply_delta(ch, seq, joined, peer_id.clone(), metadata, &delta)
+                        .then(|| self.announce_delta(ch, channel, seq, joined, &peer_id, &delta))
+                        .flatten()
                 });
+                if let Some(Some(at)) = tick {
+                    occupancy::schedule_count(&self.hub.channels, &key, at);
+                }
             }
             _ => {}
         }
@@ -74,10 +80,10 @@ impl Local {
         peer_id: PeerId,
         metadata: Option<Arc<RawValue>>,
         delta: &Frame,
-    ) {
+    ) -> bool {
         let state = &mut ch.slot;
         if seq <= state.resync_floor && state.known.contains_key(&peer_id) == joined {
-            return;
+            return false;
         }
         if !state.joining.is_empty() {
             state
@@ -93,12 +99,38 @@ impl Local {
                 });
             }
         }
-        state.apply_known(joined, peer_id.clone(), metadata);
+        state.apply_known(joined, peer_id, metadata);
+        true
+    }
+
+    /// Sends an applied delta to the subscribers, or, over a roster cap, the count instead
+    /// (returns when to come back to send it).
+    fn announce_delta(
+        &self,
+        ch: &mut crate::engine::hub::Channel<super::NodeChannel>,
+        channel: &str,
+        seq: u64,
+        joined: bool,
+        peer_id: &PeerId,
+        delta: &Frame,
+    ) -> Option<tokio::time::Instant> {
+        // Over a roster cap, watchers get counts instead (subscribes in flight still buffer
+        // the delta: `finish_subscribe` drops it if their snapshot is a capped one).
+        let now = tokio::time::Instant::now();
+        let change = if joined {
+            occupancy::on_join(ch, &self.rules, channel, peer_id, now)
+        } else {
+            occupancy::on_leave(ch, &self.rules, channel, peer_id, now)
+        };
+        if let Change::Handled(tick) = change {
+            return tick;
+        }
         for sub in ch.subscribers() {
-            if sub.conn.receives_presence && sub.conn.peer_id != peer_id && seq > sub.floor {
+            if sub.conn.receives_presence && sub.conn.peer_id != *peer_id && seq > sub.floor {
                 sub.conn.deliver(delta.clone());
             }
         }
+        None
     }
 
     /// A message seen through the node's wildcard subscription: for pattern subscribers only

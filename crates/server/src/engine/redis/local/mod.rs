@@ -28,6 +28,7 @@ use super::stored_metadata;
 use super::topics::BusSender;
 use crate::close::CloseReason;
 use crate::conn::{Conn, Frame};
+use crate::engine::hub::occupancy::{OccupancyRules, OccupancySlot, RoomState};
 use crate::engine::hub::Hub;
 use crate::engine::Member;
 use crate::ids::{ConnId, PeerId};
@@ -38,6 +39,8 @@ pub struct Local {
     bus: BusSender,
     /// Tags each reconnect grace, so a late timer cannot end a newer hold.
     generation: AtomicU64,
+    /// Roster caps of large rooms (`[presence]`), none unless configured.
+    rules: Arc<OccupancyRules>,
 }
 
 /// What the Redis engine keeps per channel beside the hub's subscribers.
@@ -60,6 +63,26 @@ pub struct NodeChannel {
     resync_floor: u64,
     /// Deltas seen while a subscribe is in flight, to bring `known` from its snapshot to now.
     recent: Vec<(u64, bool, PeerId, Option<Arc<RawValue>>)>,
+    /// Occupancy mode, when the channel has a roster cap: over it, `known` is the true roster
+    /// and this holds what watchers were shown.
+    room: RoomState,
+}
+
+impl OccupancySlot for NodeChannel {
+    fn room(&mut self) -> &mut RoomState {
+        &mut self.room
+    }
+    fn roster_len(&self) -> usize {
+        self.known.len()
+    }
+    fn has_member(&self, peer: &PeerId) -> bool {
+        self.known.contains_key(peer)
+    }
+    fn for_each_member(&self, f: &mut dyn FnMut(&PeerId, &Option<Arc<RawValue>>)) {
+        self.known
+            .iter()
+            .for_each(|(peer, metadata)| f(peer, metadata));
+    }
 }
 
 impl NodeChannel {
@@ -135,7 +158,13 @@ impl Local {
             hub: Hub::default(),
             bus,
             generation: AtomicU64::new(0),
+            rules: Arc::default(),
         }
+    }
+
+    /// Applies the roster caps of `[presence]` (occupancy mode of large rooms).
+    pub fn set_occupancy(&mut self, rules: OccupancyRules) {
+        self.rules = Arc::new(rules);
     }
 }
 
@@ -224,6 +253,45 @@ mod tests {
 
         local.on_channel_event("app", "room", &delta(kind::JOINED, 6, "z"), "n1");
         assert_eq!(drain(&mut rx)[0]["joined"][0]["peerId"], "z");
+    }
+
+    /// A re-sync of a large room sends the count, not the members it found; back at the cap,
+    /// the repair (left for the shown peers that are gone, joined for the unseen).
+    #[tokio::test]
+    async fn a_resync_over_the_roster_cap_sends_counts_and_repairs_back_at_the_cap() {
+        let mut local = local();
+        local.set_occupancy(OccupancyRules::new(&crate::config::PresenceConfig {
+            channels: vec![crate::config::PresenceChannels {
+                patterns: vec!["room".into()],
+                max_roster: 2,
+            }],
+        }));
+        let roster = ["x", "", "y", ""].map(String::from);
+        let (conn, mut rx, room) = subscribed(&local, 1, &roster);
+        assert_eq!(drain(&mut rx)[0]["joined"][0]["peerId"], "y");
+        let key = (conn.app.clone(), room);
+
+        // y left, a, b and c joined while deltas were lost: four members, over the cap of 2.
+        let roster = ["x", "", "a", "", "b", "", "c", ""].map(String::from);
+        local.resync(&key, &roster, 5);
+        let sent = drain(&mut rx);
+        assert_eq!(
+            sent,
+            [
+                serde_json::json!({"type": "presence", "channel": "room", "joined": [], "left": [],
+                "occupancy": {"peers": 4}})
+            ]
+        );
+
+        // Back to two (x and a): x was shown y, never a.
+        let roster = ["x", "", "a", ""].map(String::from);
+        local.resync(&key, &roster, 9);
+        assert_eq!(
+            drain(&mut rx),
+            [serde_json::json!({"type": "presence", "channel": "room",
+                "joined": [{"peerId": "a"}], "left": [{"peerId": "y"}],
+                "occupancy": {"peers": 2}})]
+        );
     }
 
     /// A second connection of peer `x` subscribed to `room`.

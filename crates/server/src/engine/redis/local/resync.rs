@@ -8,6 +8,7 @@ use herald_protocol::PresenceEntry;
 use serde_json::value::RawValue;
 
 use super::{roster_from_flat, Local};
+use crate::engine::hub::occupancy::{self, Change};
 use crate::engine::hub::{presence, ChannelKey};
 use crate::ids::PeerId;
 
@@ -52,15 +53,30 @@ impl Local {
     /// joined or left while deltas could not flow gets one presence frame. Skipped when a newer
     /// delta already arrived or a subscribe is in flight (the next re-sync tick covers it).
     pub fn resync(&self, key: &ChannelKey, roster: &[String], seq: u64) {
-        let fresh: HashMap<PeerId, Option<Arc<RawValue>>> = roster_from_flat(roster, None)
+        let mut fresh: HashMap<PeerId, Option<Arc<RawValue>>> = roster_from_flat(roster, None)
             .into_iter()
             .map(|m| (m.peer_id, m.metadata))
             .collect();
-        self.hub.channels.with(key, |ch| {
+        let tick = self.hub.channels.with(key, |ch| {
             let state = &ch.slot;
             if !state.joining.is_empty() || state.known_seq > seq {
-                return;
+                return None;
             }
+            // A large room over its cap gets the count (or, back at the cap, the repair),
+            // never the per-member differences.
+            if self.rules.cap_for(key.1.as_str()).is_some() {
+                let before = std::mem::replace(&mut ch.slot.known, fresh);
+                let now = tokio::time::Instant::now();
+                let change =
+                    occupancy::roster_replaced(ch, &self.rules, key.1.as_str(), &before, now);
+                if let Change::Handled(tick) = change {
+                    ch.slot.known_seq = seq;
+                    ch.slot.resync_floor = seq;
+                    return tick;
+                }
+                fresh = std::mem::replace(&mut ch.slot.known, before);
+            }
+            let state = &ch.slot;
             let joined: Vec<(&PeerId, &Option<Arc<RawValue>>)> = fresh
                 .iter()
                 .filter(|(peer, _)| !state.known.contains_key(*peer))
@@ -83,6 +99,10 @@ impl Local {
             state.known = fresh;
             state.known_seq = seq;
             state.resync_floor = seq;
+            None
         });
+        if let Some(Some(at)) = tick {
+            occupancy::schedule_count(&self.hub.channels, key, at);
+        }
     }
 }

@@ -15,10 +15,29 @@ use tokio::sync::oneshot;
 
 use super::{roster_from_flat, Buffered, Hold, Joining, Local};
 use crate::conn::{Conn, Frame};
+use crate::engine::hub::occupancy;
 use crate::engine::hub::wildcard::Added;
 use crate::engine::hub::{channel_key, presence, ChannelKey};
 use crate::engine::{Departure, EngineError};
 use crate::ids::{AppId, ChannelName, PeerId};
+
+/// A full snapshot of `known` for `me` (a room that came back under its cap while its
+/// subscribe was in flight: at most the cap's worth of entries).
+fn known_snapshot(
+    known: &HashMap<PeerId, Option<Arc<RawValue>>>,
+    channel: &str,
+    me: &PeerId,
+) -> Frame {
+    let entries: Vec<PresenceEntry<'_>> = known
+        .iter()
+        .filter(|(peer, _)| *peer != me)
+        .map(|(peer, metadata)| PresenceEntry {
+            peer_id: peer.as_str(),
+            metadata: metadata.as_deref(),
+        })
+        .collect();
+    presence(channel, &entries, &[])
+}
 
 /// What a subscribe must wait for before it may read the roster.
 pub struct SubscribeStart {
@@ -98,8 +117,13 @@ impl Local {
         seq: u64,
         roster: &[String],
     ) {
-        // Encoded before the lock is taken; queued under it, right after the ack.
-        let snapshot = conn.receives_presence.then(|| {
+        // Encoded before the lock is taken; queued under it, right after the ack. Not for a
+        // room over its roster cap: its snapshot is the capped one, made under the lock.
+        let over_cap = self
+            .rules
+            .cap_for(channel.as_str())
+            .is_some_and(|cap| roster.len() / 2 > cap);
+        let snapshot = (conn.receives_presence && !over_cap).then(|| {
             let members = roster_from_flat(roster, Some(&conn.peer_id));
             let entries: Vec<PresenceEntry<'_>> = members
                 .iter()
@@ -120,24 +144,6 @@ impl Local {
                 let Some(joining) = ch.slot.joining.remove(&conn.id) else {
                     return;
                 };
-                if let Some(ack) = ack {
-                    conn.deliver(ack);
-                }
-                if let Some(snapshot) = snapshot {
-                    conn.deliver(snapshot);
-                }
-                for buffered in joining.buffer {
-                    match buffered {
-                        Buffered::Presence { seq: s, frame } if s > seq => {
-                            conn.deliver(frame);
-                        }
-                        Buffered::Presence { .. } | Buffered::Dropped => {}
-                        Buffered::Message(frame) => {
-                            conn.deliver(frame);
-                        }
-                    }
-                }
-                ch.subscribe(conn, joining.include_sender_metadata, seq);
                 let state = &mut ch.slot;
                 // The roster at `seq` plus every change after it is what subscribers now know.
                 state.known = known;
@@ -154,6 +160,48 @@ impl Local {
                         state.apply_known(joined, peer, metadata);
                     }
                 }
+                // Over a roster cap, the snapshot is the capped one as of now (at most the
+                // cap's worth of entries, encoded here), and no buffered delta follows it.
+                // The node's first subscriber: nobody here was shown anything yet. Otherwise
+                // the episode starts when the delta that crosses the cap arrives.
+                if ch.subscriber_count() == 0 {
+                    occupancy::start_if_over(ch, &self.rules, channel.as_str(), &conn.peer_id);
+                }
+                let capped = conn
+                    .receives_presence
+                    .then(|| occupancy::snapshot(ch, &self.rules, channel.as_str(), conn))
+                    .flatten();
+                if let Some(ack) = ack {
+                    conn.deliver(ack);
+                }
+                // A snapshot made here is of the roster as of now: the buffered deltas are in it.
+                let replay_presence = capped.is_none() && snapshot.is_some();
+                let snapshot = match (capped, snapshot) {
+                    (Some(capped), _) => Some(capped),
+                    (None, Some(at_seq)) => Some(at_seq),
+                    (None, None) if conn.receives_presence => Some(known_snapshot(
+                        &ch.slot.known,
+                        channel.as_str(),
+                        &conn.peer_id,
+                    )),
+                    (None, None) => None,
+                };
+                if let Some(snapshot) = snapshot {
+                    conn.deliver(snapshot);
+                }
+                for buffered in joining.buffer {
+                    match buffered {
+                        Buffered::Presence { seq: s, frame } if s > seq && replay_presence => {
+                            conn.deliver(frame);
+                        }
+                        Buffered::Presence { .. } | Buffered::Dropped => {}
+                        Buffered::Message(frame) => {
+                            conn.deliver(frame);
+                        }
+                    }
+                }
+                ch.subscribe(conn, joining.include_sender_metadata, seq);
+                let state = &mut ch.slot;
                 let hold = state.holds.entry(conn.peer_id.clone()).or_insert(Hold {
                     connections: 0,
                     metadata: None,
@@ -178,6 +226,7 @@ impl Local {
         let key = channel_key(&conn.app, channel);
         let outcome = self.hub.channels.with(&key, |ch| {
             ch.unsubscribe(conn.id)?;
+            occupancy::forget(ch, conn.id);
             let Some(hold) = ch.slot.holds.get_mut(&conn.peer_id) else {
                 return Some(Removal::Kept);
             };
