@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use herald_bench::proto::{Proto, Target};
 use herald_bench::soak::{self, Proc, SoakOpts, SoakTarget};
-use herald_bench::suite::{self, SuiteOpts, SuiteResult};
 use herald_bench::storm::{self, StormOpts, StormTarget};
+use herald_bench::suite::{self, SuiteOpts, SuiteResult};
 use herald_bench::token::SigningKey;
 use herald_bench::{procstat, report, scenarios};
 
@@ -163,6 +163,9 @@ enum Command {
         /// Members (watchers) in the room.
         #[arg(long, default_value_t = 10_000)]
         members: usize,
+        /// Members that receive presence (default: all); the others are in the roster only.
+        #[arg(long)]
+        watchers: Option<usize>,
         /// Churners that join and then leave during the storm.
         #[arg(long, default_value_t = 1_000)]
         joins: usize,
@@ -178,6 +181,9 @@ enum Command {
         /// Churners receive no presence (no snapshot, no deltas).
         #[arg(long)]
         quiet_churners: bool,
+        /// Member handshakes and subscribes in flight during setup.
+        #[arg(long)]
+        connect_concurrency: Option<usize>,
         #[arg(long, default_value = "bench/storm")]
         channel: String,
         /// Name in the result.
@@ -377,11 +383,13 @@ fn main() -> anyhow::Result<()> {
             pid,
             secret,
             members,
+            watchers,
             joins,
             rate,
             samples,
             metadata_bytes,
             quiet_churners,
+            connect_concurrency,
             channel,
             label,
             out,
@@ -392,11 +400,13 @@ fn main() -> anyhow::Result<()> {
             );
             let mut opts = StormOpts::standard();
             opts.members = members;
+            opts.watchers = watchers.unwrap_or(members);
             opts.joins = joins;
             opts.rate = rate;
             opts.snapshot_samples = samples.unwrap_or(opts.snapshot_samples);
             opts.metadata_bytes = metadata_bytes.unwrap_or(opts.metadata_bytes);
             opts.churner_presence = !quiet_churners;
+            opts.connect_concurrency = connect_concurrency.unwrap_or(opts.connect_concurrency);
             let target = StormTarget {
                 addr,
                 pids: pid,

@@ -75,7 +75,9 @@ async fn storm_runs_and_every_roster_is_exact() {
     assert_eq!(r.storm.watcher_churn_events.max, every);
     // The JSON round-trips, and the summary renders.
     let back: StormResult = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
-    assert!(back.summary().contains("completeness: 40 of 40 rosters exact"));
+    assert!(back
+        .summary()
+        .contains("completeness: 40 of 40 rosters exact"));
     server.shutdown().await;
 }
 
@@ -113,5 +115,28 @@ async fn completeness_flags_a_roster_that_differs_from_the_membership() {
     let seen = 2.0 * (opts.joins - 1) as f64;
     assert_eq!(r.storm.watcher_churn_events.max, seen, "{:?}", r.storm);
     reader.abort();
+    server.shutdown().await;
+}
+
+/// Members without presence are in every roster but are no watchers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_without_presence_are_counted_but_not_checked() {
+    let server = server().await;
+    let opts = StormOpts {
+        watchers: 10,
+        ..StormOpts::smoke()
+    };
+    let r = storm::run("silent", &target(&server, "bench/storm-silent"), &opts)
+        .await
+        .unwrap();
+    assert_eq!(r.members_connected, opts.members);
+    assert_eq!(r.setup_converged, 10, "{r:#?}");
+    let c = &r.completeness;
+    assert_eq!((c.watchers_checked, c.watchers_exact), (10, 10), "{c:?}");
+    assert_eq!(c.members_at_end, opts.members);
+    for s in &r.snapshots {
+        assert!(s.entries >= opts.members, "{s:?}");
+    }
+    assert_eq!(r.storm.watcher_churn_events.median, 2.0 * opts.joins as f64);
     server.shutdown().await;
 }

@@ -31,6 +31,10 @@ use roster::{Ids, Roster};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StormOpts {
     pub members: usize,
+    /// Members that receive presence (the first `watchers`); the others have no `presence`
+    /// permission: they are in the roster but are sent no snapshot and no deltas. Building a
+    /// room where all M watch costs M²/2 presence deliveries before the storm starts.
+    pub watchers: usize,
     pub joins: usize,
     /// Joins per second, and leaves per second after them.
     pub rate: f64,
@@ -53,6 +57,7 @@ impl StormOpts {
     pub fn standard() -> StormOpts {
         StormOpts {
             members: 10_000,
+            watchers: 10_000,
             joins: 1_000,
             rate: 1_000.0,
             snapshot_samples: 5,
@@ -68,6 +73,7 @@ impl StormOpts {
     pub fn smoke() -> StormOpts {
         StormOpts {
             members: 40,
+            watchers: 40,
             joins: 20,
             rate: 200.0,
             snapshot_samples: 2,
@@ -140,6 +146,10 @@ pub struct StormPhase {
     /// Server CPU per churner (its join and its leave), µs.
     pub server_cpu_us_per_join: f64,
     pub rss_peak_kb: u64,
+    /// Time the server's and the generator's threads were runnable but not running during the
+    /// storm: high values mean other load on the machine, not Herald, set the pace.
+    pub server_runqueue_wait_secs: f64,
+    pub generator_runqueue_wait_secs: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -171,7 +181,7 @@ pub struct StormResult {
     pub members_connected: usize,
     pub member_failures: usize,
     pub setup_secs: f64,
-    /// Watchers whose roster count was M − 1 when the storm began.
+    /// Watchers whose roster count was (members subscribed − 1) when the storm began.
     pub setup_converged: usize,
     pub setup_cpu: CpuUse,
     pub snapshots: Vec<SnapshotSample>,
@@ -198,11 +208,21 @@ async fn settle(last_rx: &LastRx, quiet: Duration, max: Duration, done: impl Fn(
 }
 
 fn load(shared: &[WatcherShared], f: impl Fn(&WatcherShared) -> &AtomicU64) -> Vec<u64> {
-    shared.iter().map(|w| f(w).load(Ordering::Relaxed)).collect()
+    shared
+        .iter()
+        .map(|w| f(w).load(Ordering::Relaxed))
+        .collect()
 }
 
-pub async fn run(label: &str, target: &StormTarget, opts: &StormOpts) -> anyhow::Result<StormResult> {
-    anyhow::ensure!(opts.members >= 2 && opts.rate > 0.0, "need 2+ members and a rate");
+pub async fn run(
+    label: &str,
+    target: &StormTarget,
+    opts: &StormOpts,
+) -> anyhow::Result<StormResult> {
+    anyhow::ensure!(
+        opts.members >= 2 && opts.rate > 0.0,
+        "need 2+ members and a rate"
+    );
     let ids = Ids {
         members: opts.members,
         churners: opts.joins,
@@ -216,9 +236,11 @@ pub async fn run(label: &str, target: &StormTarget, opts: &StormOpts) -> anyhow:
         metadata_bytes: opts.metadata_bytes,
     };
     let m = opts.members;
+    let w = opts.watchers.min(m);
     let rss_before_kb = procstat::rss_kb(&target.pids);
     progress(format!("presence-storm: connecting {m} members"));
-    let shared: Arc<Vec<WatcherShared>> = Arc::new((0..m).map(|_| WatcherShared::default()).collect());
+    let shared: Arc<Vec<WatcherShared>> =
+        Arc::new((0..m).map(|_| WatcherShared::default()).collect());
     let last_rx = Arc::new(LastRx {
         epoch: Instant::now(),
         ns: AtomicU64::new(0),
@@ -229,38 +251,55 @@ pub async fn run(label: &str, target: &StormTarget, opts: &StormOpts) -> anyhow:
     let setup_started = Instant::now();
     let setup_max = Duration::from_secs_f64(opts.setup_timeout_secs);
     let mut members = JoinSet::new();
-    for i in 0..m {
-        members.spawn(peers::member(
-            dial.clone(),
-            i,
-            gate.clone(),
-            shared.clone(),
-            last_rx.clone(),
-            stop_rx.clone(),
-        ));
-    }
+    // Members without presence first, so the watchers get them in one snapshot each rather
+    // than as a delta per member; then the watchers.
     let states = || load_states(&shared);
-    while states().0 < m && setup_started.elapsed() < setup_max {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for (range, settled) in [(w..m, m - w), (0..w, m)] {
+        for i in range {
+            members.spawn(peers::member(
+                dial.clone(),
+                i,
+                i < w,
+                gate.clone(),
+                shared.clone(),
+                last_rx.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        while states().0 < settled && setup_started.elapsed() < setup_max {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let (_, watching, failed) = states();
     progress(format!(
         "presence-storm: {watching} members subscribed, {failed} failed, in {:.1} s; waiting for rosters",
         setup_started.elapsed().as_secs_f64()
     ));
-    let full = |n: usize| {
-        let w = &shared;
-        move || w.iter().filter(|s| s.roster.load(Ordering::Relaxed) as usize == n).count()
+    let want = watching.saturating_sub(1) as u64;
+    let watchers = &shared[..w];
+    let live = || {
+        watchers
+            .iter()
+            .filter(|s| s.state.load(Ordering::Relaxed) == peers::WATCHING)
+            .count()
     };
-    let converged = full(watching.saturating_sub(1));
+    let converged = || {
+        watchers
+            .iter()
+            .filter(|s| s.roster.load(Ordering::Relaxed) == want)
+            .count()
+    };
     let left = setup_max.saturating_sub(setup_started.elapsed());
-    settle(&last_rx, Duration::from_secs(2), left, || converged() == watching).await;
+    settle(&last_rx, Duration::from_secs(2), left, || {
+        converged() == live()
+    })
+    .await;
     let setup_converged = converged();
     let setup_cpu = setup_cpu.finish();
     let setup_secs = setup_started.elapsed().as_secs_f64();
     let rss_members_kb = procstat::rss_kb(&target.pids);
     progress(format!(
-        "presence-storm: setup {setup_secs:.1} s, {setup_converged} of {watching} rosters complete, server {:.1} CPU s, RSS {} MB",
+        "presence-storm: setup {setup_secs:.1} s, {setup_converged} of {w} watchers' rosters complete, server {:.1} CPU s, RSS {} MB",
         setup_cpu.server_cpu_secs,
         rss_members_kb / 1024
     ));
@@ -272,7 +311,13 @@ pub async fn run(label: &str, target: &StormTarget, opts: &StormOpts) -> anyhow:
             Err(err) => progress(format!("snapshot sample {s}: {err}")),
         }
         // Let the watchers absorb the sampler's join and leave before the next one.
-        settle(&last_rx, Duration::from_millis(200), Duration::from_secs(10), || false).await;
+        settle(
+            &last_rx,
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+            || false,
+        )
+        .await;
     }
     for s in &snapshots {
         progress(format!(
@@ -283,7 +328,7 @@ pub async fn run(label: &str, target: &StormTarget, opts: &StormOpts) -> anyhow:
         ));
     }
 
-    let storm = storm(&dial, target, opts, &shared, &last_rx).await;
+    let storm = storm(&dial, target, opts, &shared[..w], &last_rx).await;
 
     // The truth: every member still connected, no churner, no sampler.
     let mut truth = Roster::new(ids.total());
@@ -407,6 +452,14 @@ async fn storm(
             }
         }
     });
+    let server_wait = || -> f64 {
+        target
+            .pids
+            .iter()
+            .map(|p| procstat::runqueue_wait_secs(&p.to_string()))
+            .sum()
+    };
+    let waits0 = (server_wait(), procstat::runqueue_wait_secs("self"));
     let cpu = CpuSampler::start(&target.pids);
     let start = Instant::now();
     let step = Duration::from_secs_f64(1.0 / opts.rate);
@@ -445,6 +498,10 @@ async fn storm(
     )
     .await;
     let cpu = cpu.finish();
+    let waits = (
+        server_wait() - waits0.0,
+        procstat::runqueue_wait_secs("self") - waits0.1,
+    );
     let _ = rss_stop.send(true);
     let rss_peak_kb = rss.await.unwrap_or(0);
     let end = last_rx.at().max(start);
@@ -495,6 +552,8 @@ async fn storm(
         server_cpu_us_per_join: cpu.server_cpu_secs * 1e6 / (acked_at.len().max(1) as f64),
         cpu,
         rss_peak_kb,
+        server_runqueue_wait_secs: waits.0,
+        generator_runqueue_wait_secs: waits.1,
     };
     progress(format!(
         "presence-storm: storm {:.2} s (nominal {:.2} s); per watcher {:.0} B/s, {:.0} frames/s (median); server {:.2} CPU s, {:.0} µs per join",

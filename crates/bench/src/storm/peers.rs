@@ -27,7 +27,12 @@ pub struct Dial {
 
 impl Dial {
     /// Connects as `sub` (with a `peerMetadata` of about `metadata_bytes`, none if 0).
-    pub async fn connect(&self, sub: &str, index: usize, presence: bool) -> std::io::Result<Client> {
+    pub async fn connect(
+        &self,
+        sub: &str,
+        index: usize,
+        presence: bool,
+    ) -> std::io::Result<Client> {
         let meta = (self.metadata_bytes > 0).then(|| metadata(sub, self.metadata_bytes));
         let token = self.key.token(sub, meta.as_deref(), presence);
         Client::connect_herald(self.addr, &format!("/v1?token={token}"), index).await
@@ -105,6 +110,7 @@ impl LastRx {
 pub async fn member(
     dial: Dial,
     i: usize,
+    presence: bool,
     gate: Arc<Semaphore>,
     shared: Arc<Vec<WatcherShared>>,
     last_rx: Arc<LastRx>,
@@ -113,8 +119,8 @@ pub async fn member(
     let me = &shared[i];
     let permit = gate.acquire().await;
     let subscribed = async {
-        let mut c = dial.connect(&Ids::member(i), i, true).await?;
-        let id = c.tx.queue_subscribe(&dial.channel, true);
+        let mut c = dial.connect(&Ids::member(i), i, presence).await?;
+        let id = c.tx.queue_subscribe(&dial.channel, presence);
         c.await_ack(id).await?;
         std::io::Result::Ok(c)
     };
@@ -129,7 +135,7 @@ pub async fn member(
     me.state.store(WATCHING, Ordering::Relaxed);
     let mut roster = Roster::new(dial.ids.total());
     let mut end = WatcherEnd {
-        watched: true,
+        watched: presence,
         ..WatcherEnd::default()
     };
     let (mut frames, mut presence, mut entries, mut churn, mut occ) = (0u64, 0u64, 0, 0, 0);

@@ -189,7 +189,9 @@ impl Roster {
     }
 
     pub fn contains(&self, i: usize) -> bool {
-        self.bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+        self.bits
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
     /// Applies one entry; `None` is a foreign id.
@@ -274,7 +276,10 @@ mod tests {
         r.apply(true, Some(0));
         r.apply(false, Some(4));
         r.apply(true, None);
-        assert_eq!((r.count, r.duplicate_joins, r.absent_lefts, r.foreign), (1, 1, 1, 1));
+        assert_eq!(
+            (r.count, r.duplicate_joins, r.absent_lefts, r.foreign),
+            (1, 1, 1, 1)
+        );
         let mut truth = Roster::new(ids.total());
         truth.apply(true, Some(1));
         assert_eq!(r.diff(&truth), (1, 1));

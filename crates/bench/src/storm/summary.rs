@@ -23,15 +23,21 @@ impl StormResult {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "presence-storm [{}]: M={} members ({} failed), J={} churners at {:.0}/s, metadata ~{} B",
-            self.label, self.members_connected, self.member_failures, o.joins, o.rate, o.metadata_bytes
+            "presence-storm [{}]: M={} members ({} failed; {} watch presence), J={} churners at {:.0}/s, metadata ~{} B",
+            self.label,
+            self.members_connected,
+            self.member_failures,
+            o.watchers.min(o.members),
+            o.joins,
+            o.rate,
+            o.metadata_bytes
         );
         let _ = writeln!(
             out,
-            "  setup: {:.1} s, {} of {} rosters complete, server {:.1} CPU s, RSS {} → {} MB",
+            "  setup: {:.1} s, {} of {} watchers' rosters complete, server {:.1} CPU s, RSS {} → {} MB",
             self.setup_secs,
             self.setup_converged,
-            self.members_connected,
+            o.watchers.min(o.members),
             self.setup_cpu.server_cpu_secs,
             self.rss_before_kb / 1024,
             self.rss_members_kb / 1024
@@ -79,13 +85,15 @@ impl StormResult {
         );
         let _ = writeln!(
             out,
-            "  server: {:.2} CPU s in the storm ({:.0} % of a core), {:.0} µs per join (join + leave); RSS peak {} MB, after {} MB; generator CPU {:.0} %",
+            "  server: {:.2} CPU s in the storm ({:.0} % of a core), {:.0} µs per join (join + leave); RSS peak {} MB, after {} MB; generator CPU {:.0} %; waiting for a CPU: server {:.2} s, generator {:.2} s",
             s.cpu.server_cpu_secs,
             s.cpu.server_util * 100.0,
             s.server_cpu_us_per_join,
             s.rss_peak_kb / 1024,
             self.rss_after_kb / 1024,
-            s.cpu.bench_util * 100.0
+            s.cpu.bench_util * 100.0,
+            s.server_runqueue_wait_secs,
+            s.generator_runqueue_wait_secs
         );
         let _ = write!(
             out,
