@@ -63,7 +63,7 @@ impl StormOpts {
             snapshot_samples: 5,
             churner_presence: true,
             metadata_bytes: 40,
-            connect_concurrency: 64,
+            connect_concurrency: 512,
             setup_timeout_secs: 90.0,
             quiet_ms: 1_000,
             drain_max_secs: 30.0,
