@@ -1,5 +1,6 @@
 //! herald-bench: drives a running Herald or Socket.IO server over real WebSockets on loopback
-//! and measures fan-out, idle connections, presence churn and direct messages.
+//! and measures fan-out, idle connections, presence churn, presence in big rooms and direct
+//! messages.
 //!
 //! `bench/run.sh` runs the whole comparison; `BENCHMARKS.md` has the results.
 
@@ -8,5 +9,7 @@ pub mod proto;
 pub mod report;
 pub mod scenarios;
 pub mod soak;
+pub mod storm;
 pub mod suite;
+pub mod token;
 pub mod ws;

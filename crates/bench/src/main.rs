@@ -8,7 +8,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use herald_bench::proto::{Proto, Target};
 use herald_bench::soak::{self, Proc, SoakOpts, SoakTarget};
+use herald_bench::storm::{self, StormOpts, StormTarget};
 use herald_bench::suite::{self, SuiteOpts, SuiteResult};
+use herald_bench::token::SigningKey;
 use herald_bench::{procstat, report, scenarios};
 
 #[derive(Parser)]
@@ -144,6 +146,53 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Presence in a big room on one node: M members watch while J churners join at a fixed
+    /// rate and leave again; per-watcher traffic, server CPU and RSS, snapshot latency and
+    /// size, and whether every roster ends right. The server needs the secret key of
+    /// `--secret` (bench/presence-storm.sh adds it to bench/herald.toml).
+    PresenceStorm {
+        /// The node's address (host:port, loopback).
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Server process ids, comma-separated, for CPU and RSS.
+        #[arg(long, value_delimiter = ',', required = true)]
+        pid: Vec<u32>,
+        /// Secret key that signs the peers' tokens, as kid:secret.
+        #[arg(long, default_value = STORM_KEY, value_parser = SigningKey::parse)]
+        secret: SigningKey,
+        /// Members (watchers) in the room.
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        /// Members that receive presence (default: all); the others are in the roster only.
+        #[arg(long)]
+        watchers: Option<usize>,
+        /// Churners that join and then leave during the storm.
+        #[arg(long, default_value_t = 1_000)]
+        joins: usize,
+        /// Joins per second, then leaves per second.
+        #[arg(long, default_value_t = 1_000.0)]
+        rate: f64,
+        /// New subscribers whose snapshot is timed.
+        #[arg(long)]
+        samples: Option<usize>,
+        /// Approximate bytes of each peer's peerMetadata (0 = none).
+        #[arg(long)]
+        metadata_bytes: Option<usize>,
+        /// Churners receive no presence (no snapshot, no deltas).
+        #[arg(long)]
+        quiet_churners: bool,
+        /// Member handshakes and subscribes in flight during setup.
+        #[arg(long)]
+        connect_concurrency: Option<usize>,
+        #[arg(long, default_value = "bench/storm")]
+        channel: String,
+        /// Name in the result.
+        #[arg(long, default_value = "herald")]
+        label: String,
+        /// JSON output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Merge suite results into a markdown table and PNG plots.
     Report {
         /// Directory for results.md and fanout-latency.png.
@@ -153,6 +202,9 @@ enum Command {
         files: Vec<PathBuf>,
     },
 }
+
+/// The secret key bench/presence-storm.sh configures (a benchmark credential, loopback only).
+const STORM_KEY: &str = "sk_id_bench_storm:sk_secret_bench_storm_loopback_only";
 
 fn parse_proto(s: &str) -> Result<Proto, String> {
     match s {
@@ -325,6 +377,49 @@ fn main() -> anyhow::Result<()> {
             if !result.passed() {
                 std::process::exit(1);
             }
+        }
+        Command::PresenceStorm {
+            addr,
+            pid,
+            secret,
+            members,
+            watchers,
+            joins,
+            rate,
+            samples,
+            metadata_bytes,
+            quiet_churners,
+            connect_concurrency,
+            channel,
+            label,
+            out,
+        } => {
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "{addr}: the benchmark only targets loopback"
+            );
+            let mut opts = StormOpts::standard();
+            opts.members = members;
+            opts.watchers = watchers.unwrap_or(members);
+            opts.joins = joins;
+            opts.rate = rate;
+            opts.snapshot_samples = samples.unwrap_or(opts.snapshot_samples);
+            opts.metadata_bytes = metadata_bytes.unwrap_or(opts.metadata_bytes);
+            opts.churner_presence = !quiet_churners;
+            opts.connect_concurrency = connect_concurrency.unwrap_or(opts.connect_concurrency);
+            let target = StormTarget {
+                addr,
+                pids: pid,
+                key: secret,
+                channel,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let result = runtime.block_on(storm::run(&label, &target, &opts))?;
+            std::fs::write(&out, serde_json::to_vec_pretty(&result)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", result.summary());
         }
         Command::Report { out_dir, files } => {
             let mut results = Vec::new();

@@ -93,3 +93,18 @@ impl CpuSampler {
         }
     }
 }
+
+/// Seconds the threads of `pid` (`self` for the caller) have spent runnable but waiting for a
+/// CPU (`/proc/<pid>/task/*/schedstat`, second field): a measure of how much other load on the
+/// machine slowed a run down. 0 if unreadable.
+pub fn runqueue_wait_secs(pid: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
+}

@@ -203,22 +203,7 @@ impl Client {
                 } else {
                     &target.quiet_key
                 };
-                let (mut rd, wr) = ws::connect(addr, &format!("/v1?key={key}"), node).await?;
-                let first = next_data(&mut rd).await?;
-                let peer_id = between(&first, b"\"peerId\":\"")
-                    .ok_or_else(|| {
-                        io::Error::other(format!(
-                            "expected welcome, got {}",
-                            String::from_utf8_lossy(&first)
-                        ))
-                    })?
-                    .to_vec();
-                Ok(Client {
-                    proto: Proto::Herald,
-                    rd,
-                    tx: Sender::new(Proto::Herald, wr),
-                    peer_id: String::from_utf8_lossy(&peer_id).into_owned(),
-                })
+                Client::connect_herald(addr, &format!("/v1?key={key}"), node).await
             }
             Proto::Socketio => {
                 let (mut rd, mut wr) =
@@ -247,6 +232,27 @@ impl Client {
                 })
             }
         }
+    }
+
+    /// Connects to a Herald node with the upgrade `path` (`/v1?key=…` or `/v1?token=…`) and
+    /// waits for `welcome`. `index` picks the loopback source address.
+    pub async fn connect_herald(addr: SocketAddr, path: &str, index: usize) -> io::Result<Client> {
+        let (mut rd, wr) = ws::connect(addr, path, index).await?;
+        let first = next_data(&mut rd).await?;
+        let peer_id = between(&first, b"\"peerId\":\"")
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "expected welcome, got {}",
+                    String::from_utf8_lossy(&first)
+                ))
+            })?
+            .to_vec();
+        Ok(Client {
+            proto: Proto::Herald,
+            rd,
+            tx: Sender::new(Proto::Herald, wr),
+            peer_id: String::from_utf8_lossy(&peer_id).into_owned(),
+        })
     }
 
     /// Flushes queued frames and waits for the ack of `id`, answering pings on the way.

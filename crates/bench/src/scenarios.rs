@@ -25,7 +25,7 @@ fn now_ns() -> u64 {
     EPOCH.elapsed().as_nanos() as u64
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // 1 µs .. 100 s in nanoseconds, 3 significant digits.
     Histogram::new_with_bounds(1_000, 100_000_000_000, 3)
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
@@ -48,7 +48,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn from(hist: &Histogram<u64>) -> Latency {
+    pub(crate) fn from(hist: &Histogram<u64>) -> Latency {
         if hist.is_empty() {
             return Latency::default();
         }

@@ -39,6 +39,12 @@ pub struct WsReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Every byte read from the socket, headers included (for per-connection traffic).
+    read_bytes: u64,
+    /// The code of the close frame the server sent, if any.
+    close_code: Option<u16>,
+    /// The payload of a ping not yet answered (see [`WsReader::take_ping`]).
+    ping: Option<Vec<u8>>,
 }
 
 /// The write side: frames are queued with [`WsWriter::queue_text`] and written by `flush`.
@@ -110,6 +116,9 @@ pub async fn connect_with(
         buf: vec![0; READ_BUFFER],
         start: 0,
         end: 0,
+        read_bytes: 0,
+        close_code: None,
+        ping: None,
     };
     // Read the response head; anything after it is already WebSocket data.
     loop {
@@ -121,6 +130,7 @@ pub async fn connect_with(
                 return Err(io::Error::other(format!("upgrade refused: {line}")));
             }
             reader.start = pos + 4;
+            reader.read_bytes = (reader.end - reader.start) as u64;
             break;
         }
         if reader.end == reader.buf.len() {
@@ -162,7 +172,24 @@ impl WsReader {
                 return Ok(Frame::Closed);
             }
             self.end += n;
+            self.read_bytes += n as u64;
         }
+    }
+
+    /// Bytes read from the socket since the upgrade response (WebSocket headers included).
+    pub fn bytes_read(&self) -> u64 {
+        self.read_bytes
+    }
+
+    /// The status code of the server's close frame, once one was read.
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
+    }
+
+    /// The payload of the last ping, once: a long-lived client that sends nothing else must
+    /// answer it ([`WsWriter::queue_pong`]) or the server reaps it as dead.
+    pub fn take_ping(&mut self) -> Option<Vec<u8>> {
+        self.ping.take()
     }
 
     /// Whether a complete frame is already buffered (so `next` will not touch the socket).
@@ -203,8 +230,18 @@ impl WsReader {
         }
         Ok(Some(match b0 & 0x0f {
             OP_TEXT | OP_BINARY => Frame::Data(payload),
-            OP_CLOSE => Frame::Closed,
-            OP_PING | OP_PONG => Frame::Control,
+            OP_CLOSE => {
+                if len >= 2 {
+                    let at = payload.start;
+                    self.close_code = Some(u16::from_be_bytes([self.buf[at], self.buf[at + 1]]));
+                }
+                Frame::Closed
+            }
+            OP_PING => {
+                self.ping = Some(self.buf[payload].to_vec());
+                Frame::Control
+            }
+            OP_PONG => Frame::Control,
             _ => Frame::Control,
         }))
     }
@@ -235,6 +272,11 @@ impl WsWriter {
         for (i, b) in out[base..].iter_mut().enumerate() {
             *b ^= self.mask[i & 3];
         }
+    }
+
+    /// Appends a pong echoing a ping's payload.
+    pub fn queue_pong(&mut self, payload: &[u8]) {
+        self.queue(OP_PONG, payload);
     }
 
     /// Whether frames are waiting for `flush`.
