@@ -282,8 +282,16 @@ impl Client {
         }
     }
 
-    pub async fn close(self) {
+    /// Closes with a close frame and finishes the closing handshake, as a browser does:
+    /// dropping the socket while frames still arrive makes the kernel answer with a reset,
+    /// which can discard the close frame unread, and the server then sees a dropped connection
+    /// (presence held for the reconnect grace) instead of a leave.
+    pub async fn close(mut self) {
         self.tx.wr.close().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while let Ok(Frame::Data(_) | Frame::Control) = self.rd.next().await {}
+        })
+        .await;
     }
 }
 
