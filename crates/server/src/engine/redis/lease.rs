@@ -79,7 +79,6 @@ impl Node {
         self.index.forget_writes();
         // Sequence numbers may restart as the channels are rebuilt.
         self.local.reset_sequences();
-        self.announce.store(true, Ordering::Release);
         self.mark_trouble();
     }
 

@@ -41,8 +41,6 @@ pub(crate) struct Node {
     /// Redis and local state may disagree (an op failed, the bus reconnected, the lease
     /// lapsed): the maintenance task re-asserts.
     pub(super) needs_reassert: AtomicBool,
-    /// The next re-assert announces this node's peers (others saw them leave).
-    pub(super) announce: AtomicBool,
     pub(super) wake_maintenance: Notify,
     /// When the maintenance task re-syncs local rosters with Redis (from, until). Set on every
     /// bus reconnect: deltas published while this node was not listening are lost. It starts
@@ -92,7 +90,6 @@ impl Node {
             bus_up: AtomicBool::new(false),
             redis_ok: AtomicBool::new(false),
             needs_reassert: AtomicBool::new(true),
-            announce: AtomicBool::new(false),
             wake_maintenance: Notify::new(),
             departed: Mutex::new(Vec::new()),
             resync_window: Mutex::new(None),

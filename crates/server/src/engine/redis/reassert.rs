@@ -4,7 +4,6 @@
 //! not flow.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -20,20 +19,12 @@ impl Node {
     /// holds or may have held, then routes and wildcard interest.
     pub(super) async fn reassert(&self) -> redis::RedisResult<()> {
         let instance = self.instance();
-        let announce = self.announce.load(Ordering::Acquire);
         let index_key = self.keys.index_key(&instance);
         self.index.forget_writes();
         let departed: Vec<(String, String)> = std::mem::take(&mut *lock(&self.departed));
-        let result = self
-            .reassert_state(&instance, &index_key, announce, &departed)
-            .await;
-        match result {
-            Ok(()) => {
-                if announce {
-                    self.announce.store(false, Ordering::Release);
-                }
-            }
-            Err(_) => lock(&self.departed).extend(departed),
+        let result = self.reassert_state(&instance, &index_key, &departed).await;
+        if result.is_err() {
+            lock(&self.departed).extend(departed);
         }
         result
     }
@@ -42,7 +33,6 @@ impl Node {
         &self,
         instance: &str,
         index_key: &str,
-        announce: bool,
         departed: &[(String, String)],
     ) -> redis::RedisResult<()> {
         let snapshot = self.local.snapshot_for_reassert();
@@ -95,7 +85,6 @@ impl Node {
                 inv.arg(self.publish_command())
                     .arg(self.keys.topic_of_base(base))
                     .arg(instance)
-                    .arg(if announce { "1" } else { "0" })
                     .arg(state.subscribers)
                     .arg(state.holds.len());
                 for (peer, meta) in &state.holds {

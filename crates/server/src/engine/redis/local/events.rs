@@ -94,8 +94,22 @@ impl Local {
             }
         }
         state.apply_known(joined, peer_id.clone(), metadata);
+        // Subscribers from before a sequence reset hear of the delta when it changes their
+        // roster; the others when it is newer than their snapshot.
+        let changes_pre_reset = match state.pre_reset.as_mut() {
+            Some(roster) if joined => Some(roster.insert(peer_id.clone())),
+            Some(roster) => Some(roster.remove(&peer_id)),
+            None => None,
+        };
         for sub in ch.subscribers() {
-            if sub.conn.receives_presence && sub.conn.peer_id != peer_id && seq > sub.floor {
+            if !sub.conn.receives_presence || sub.conn.peer_id == peer_id {
+                continue;
+            }
+            let news = match changes_pre_reset {
+                Some(changes) if sub.floor == 0 => changes,
+                _ => seq > sub.floor,
+            };
+            if news {
                 sub.conn.deliver(delta.clone());
             }
         }
