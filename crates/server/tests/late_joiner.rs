@@ -21,8 +21,10 @@ use herald_testkit::prelude::*;
 const MOMENTS_MS: [u64; 6] = [0, 150, 300, 450, 650, 900];
 /// The bound the issue sets: rosters are right this long after Redis is back.
 const CONVERGED_WITHIN: Duration = Duration::from_secs(2);
-/// How long rosters are watched after that, for a late `left` or a change back.
-const WATCH_AFTER: Duration = Duration::from_secs(1);
+/// How long rosters are watched after that, for a late `left` or a change back: past the
+/// first roster re-sync, which waits a whole lease (5 s here) after the node found its lease
+/// gone, plus a maintenance round or two.
+const WATCH_AFTER: Duration = Duration::from_secs(6);
 
 /// What one subscriber saw: its snapshot and every presence frame after it, each with when it
 /// arrived.

@@ -102,7 +102,10 @@ impl Node {
         };
         match renewed {
             Ok(1) => {}
-            Ok(_) => self.mark_trouble(),
+            Ok(_) => {
+                self.lease_lapsed();
+                self.mark_trouble();
+            }
             Err(err) => {
                 tracing::debug!(error = %err, "lease renewal failed");
                 streak.broken();

@@ -4,6 +4,7 @@
 //! not flow.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -35,6 +36,7 @@ impl Node {
         index_key: &str,
         departed: &[(String, String)],
     ) -> redis::RedisResult<()> {
+        let generation = self.reassert_generation.fetch_add(1, Ordering::AcqRel) + 1;
         let snapshot = self.local.snapshot_for_reassert();
         let indexed: Vec<String> = redis::cmd("HKEYS")
             .arg(index_key)
@@ -86,6 +88,7 @@ impl Node {
                     .arg(self.keys.topic_of_base(base))
                     .arg(instance)
                     .arg(state.subscribers)
+                    .arg(generation)
                     .arg(state.holds.len());
                 for (peer, meta) in &state.holds {
                     inv.arg(peer).arg(meta);
@@ -148,18 +151,48 @@ impl Node {
     pub(crate) fn bus_connected(&self) {
         self.local.reset_sequences();
         let settle = 2 * maintenance_period(self.lease_ms);
-        let from = Instant::now() + settle;
-        let until = from + Duration::from_millis(self.lease_ms.max(5_000) * 3);
+        let from = self.resync_not_before(Instant::now() + settle);
+        let until = from + self.resync_span();
         *lock(&self.resync_window) = Some((from, until));
         self.mark_trouble();
         self.wake_maintenance.notify_one();
     }
 
-    /// The bus shed pushes and has caught up since: deltas may be lost, so local rosters are
-    /// re-synced with Redis for a couple of maintenance rounds, starting now. (No re-assert:
-    /// Redis lost nothing; only this node's view did.)
-    pub(crate) fn bus_gap(&self) {
+    /// The lease was gone without a reap: Redis lost its data (or was away a whole lease).
+    /// Every node re-asserts its peers, each announcing those Redis lacked, so subscribers
+    /// learn who is there without a re-sync. A re-sync is still needed for peers that left
+    /// while nobody could record it (their node died meanwhile), but it waits a whole lease:
+    /// by then every live node has renewed, and so re-asserted; earlier, a roster missing a
+    /// peer may only mean its node has not got to it yet, and a `left` for a peer that stayed
+    /// is worse than a late one for a peer that went.
+    pub(super) fn lease_lapsed(&self) {
         let now = Instant::now();
+        *lock(&self.lease_lapsed) = Some(now);
+        let mut window = lock(&self.resync_window);
+        if let Some((from, until)) = *window {
+            if until > now {
+                let from = self.resync_not_before(from);
+                *window = Some((from, until.max(from + self.resync_span())));
+            }
+        }
+    }
+
+    /// The earliest a re-sync may run, given that it wanted to at `earliest`.
+    fn resync_not_before(&self, earliest: Instant) -> Instant {
+        let lease = Duration::from_millis(self.lease_ms);
+        lock(&self.lease_lapsed).map_or(earliest, |lapsed| earliest.max(lapsed + lease))
+    }
+
+    /// How long re-syncs go on after a reconnect.
+    fn resync_span(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.max(5_000) * 3)
+    }
+
+    /// The bus shed pushes and has caught up since: deltas may be lost, so local rosters are
+    /// re-synced with Redis for a couple of maintenance rounds, starting now (or once a lapsed
+    /// lease's wait is over). (No re-assert: Redis lost nothing; only this node's view did.)
+    pub(crate) fn bus_gap(&self) {
+        let now = self.resync_not_before(Instant::now());
         let until = now + 2 * maintenance_period(self.lease_ms);
         {
             let mut window = lock(&self.resync_window);
