@@ -122,3 +122,115 @@ fn changes<'a>(
         .collect();
     (joined, left)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::conn::{Conn, Outbound};
+    use crate::engine::redis::keys::Keys;
+    use crate::engine::redis::local::Local;
+    use crate::engine::redis::topics::BusSender;
+    use crate::engine::redis::wire::{kind, Event};
+    use crate::ids::{AppId, ChannelName, PeerId};
+
+    fn local() -> Local {
+        let (bus, _commands) = BusSender::new(Arc::new(Keys::new("h:", "n1")));
+        Local::new(bus)
+    }
+
+    fn delta<'a>(kind: &'a str, seq: u64, peer: &'a str) -> Event<'a> {
+        let mut event = Event::new(kind);
+        event.seq = Some(seq);
+        event.peer = Some(peer.into());
+        event
+    }
+
+    /// Peer ids of every `joined` / `left` entry queued for a connection, in order.
+    fn told(rx: &mut Outbound) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv())
+            .map(|f| serde_json::from_str::<serde_json::Value>(f.as_str()).unwrap())
+            .flat_map(|f| {
+                let mut out = Vec::new();
+                for (list, sign) in [("joined", "+"), ("left", "-")] {
+                    for e in f[list].as_array().into_iter().flatten() {
+                        out.push(format!("{sign}{}", e["peerId"].as_str().unwrap()));
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// Subscribes peer `name` to `room`, with a snapshot read at `seq`.
+    fn subscribe(local: &Local, name: &str, seq: u64, roster: &[&str]) -> Outbound {
+        let (conn, rx) = Conn::new(
+            AppId::new("app".to_string()),
+            PeerId::new(name.to_string()),
+            None,
+            true,
+            "publishable",
+            64,
+        );
+        let room = ChannelName::new("room".to_string());
+        let flat: Vec<String> = roster
+            .iter()
+            .flat_map(|p| [p.to_string(), String::new()])
+            .collect();
+        local.begin_subscribe(&conn, &room, false);
+        local.finish_subscribe(&conn, &room, false, None, seq, &flat);
+        rx
+    }
+
+    #[test]
+    fn after_data_loss_a_reasserted_peer_reaches_only_those_who_never_heard_of_it() {
+        let local = local();
+        // a and c on the channel before Redis goes; a is local, c on another node.
+        let mut a = subscribe(&local, "a", 7, &["a", "c"]);
+        assert_eq!(told(&mut a), ["+c"]);
+        // The bus reconnects to a Redis that lost everything; this node re-asserts a (seq 1).
+        local.reset_sequences();
+        local.on_channel_event("app", "room", &delta(kind::JOINED, 1, "a"), "n1");
+        // e subscribes before c's node re-asserted c: its snapshot (seq 2) lacks c.
+        let mut e = subscribe(&local, "e", 2, &["a", "e"]);
+        assert_eq!(told(&mut e), ["+a"]);
+        local.on_channel_event("app", "room", &delta(kind::JOINED, 2, "e"), "n1");
+        // c's node re-asserts c, announcing it.
+        local.on_channel_event("app", "room", &delta(kind::JOINED, 3, "c"), "n1");
+        assert_eq!(told(&mut a), ["+e"], "a knew c all along");
+        assert_eq!(told(&mut e), ["+c"], "e never heard of c");
+        // Later changes reach both, once.
+        local.on_channel_event("app", "room", &delta(kind::LEFT, 4, "c"), "n1");
+        assert_eq!(told(&mut a), ["-c"]);
+        assert_eq!(told(&mut e), ["-c"]);
+    }
+
+    #[test]
+    fn a_resync_after_a_reset_compares_each_subscriber_with_what_it_was_told() {
+        let local = local();
+        let mut a = subscribe(&local, "a", 7, &["a", "c", "ghost"]);
+        assert_eq!(told(&mut a), ["+c", "+ghost"]);
+        local.reset_sequences();
+        // e's snapshot was read before c was re-asserted, and its delta was lost.
+        let mut e = subscribe(&local, "e", 2, &["a", "e"]);
+        assert_eq!(told(&mut e), ["+a"]);
+        // The re-sync reads the whole roster: ghost left during the outage, e joined.
+        let key = (
+            AppId::new("app".to_string()),
+            ChannelName::new("room".to_string()),
+        );
+        let roster: Vec<String> = ["a", "c", "e"]
+            .iter()
+            .flat_map(|p| [p.to_string(), String::new()])
+            .collect();
+        local.resync(&key, &roster, 5);
+        assert_eq!(told(&mut a), ["+e", "-ghost"]);
+        assert_eq!(told(&mut e), ["+c"], "no left for a peer e never knew");
+        // Deltas the re-sync covered are not told again; newer ones are, to everyone.
+        local.on_channel_event("app", "room", &delta(kind::JOINED, 4, "c"), "n1");
+        local.on_channel_event("app", "room", &delta(kind::JOINED, 6, "f"), "n1");
+        assert_eq!(told(&mut a), ["+f"]);
+        assert_eq!(told(&mut e), ["+f"]);
+    }
+}
