@@ -46,7 +46,7 @@ impl Local {
     /// the re-sync's view of what changed against it.)
     pub fn reset_sequences(&self) {
         self.hub.channels.for_each(None, |_, ch| {
-            if ch.slot.pre_reset.is_none() {
+            if ch.slot.pre_reset.is_none() && ch.subscriber_count() > 0 {
                 ch.slot.pre_reset = Some(ch.slot.known.keys().cloned().collect());
             }
             ch.slot.known_seq = 0;
