@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use herald_testkit::cluster::Cluster;
+use herald_testkit::cluster::{redis_config, Cluster};
+use herald_testkit::proxy::TcpProxy;
+use herald_testkit::redis::RedisServer;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -70,16 +72,17 @@ impl Seen {
         repeated
     }
 
-    /// When the roster last became `want` (it must be `want` at the end).
-    fn settled_at(&self, want: &BTreeSet<String>) -> Instant {
-        let mut at = self.frames[0].0;
+    /// When the roster became `want` for good (`None` if it is not `want` at the end).
+    fn settled_at(&self, want: &BTreeSet<String>) -> Option<Instant> {
+        let mut settled = None;
         for (when, _) in &self.frames {
-            if self.roster_at(*when) != *want {
-                at = *when;
+            if self.roster_at(*when) == *want {
+                settled.get_or_insert(*when);
+            } else {
+                settled = None;
             }
         }
-        let next = self.frames.iter().map(|(w, _)| *w).find(|w| *w > at);
-        next.unwrap_or(at)
+        settled
     }
 
     fn lefts(&self) -> Vec<&Value> {
@@ -131,7 +134,14 @@ async fn watch(mut client: Client, mut seen: Seen, until: Instant) -> Seen {
     }
 }
 
-async fn late_joiners_converge(mut cluster: Cluster) {
+/// On a single Redis every node reconnects on the same backoff schedule, so all re-assert
+/// within a few milliseconds and a fresh snapshot rarely falls between two re-assertions.
+/// Node 2 (c's) reaches Redis through a proxy that stays cut this long after Redis is back,
+/// so the snapshots of the first moments surely lack `c`, as in the issue. (On a Redis
+/// Cluster the restart itself staggers the nodes, and a proxy cannot stand in front of it.)
+const LATE_NODE_DELAY: Duration = Duration::from_millis(600);
+
+async fn late_joiners_converge(mut cluster: Cluster, late_node: Option<TcpProxy>) {
     let mut old = Vec::new();
     for (node, name) in [(0, "a"), (2, "c")] {
         let mut client = cluster.node(node).client(name).await;
@@ -145,9 +155,20 @@ async fn late_joiners_converge(mut cluster: Cluster) {
     frames.push(joined);
 
     cluster.kill_redis();
+    if let Some(proxy) = &late_node {
+        proxy.cut();
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.restart_redis();
     let back = Instant::now();
+    if let Some(proxy) = late_node {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(back + LATE_NODE_DELAY).await;
+            proxy.restore();
+            // Kept until the test ends: dropping it would cut the node again.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+    }
     let check = back + CONVERGED_WITHIN;
     let end = check + WATCH_AFTER;
 
@@ -187,7 +208,9 @@ async fn late_joiners_converge(mut cluster: Cluster) {
     for seen in &all {
         let mut want = truth.clone();
         want.remove(&seen.name);
-        slowest = slowest.max(seen.settled_at(&want).saturating_duration_since(back));
+        if let Some(at) = seen.settled_at(&want) {
+            slowest = slowest.max(at.saturating_duration_since(back));
+        }
         assert_eq!(
             seen.roster_at(check),
             want,
@@ -215,10 +238,23 @@ async fn late_joiners_converge(mut cluster: Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiners_after_a_redis_restart_converge_on_a_single_redis() {
-    late_joiners_converge(Cluster::redis(3).await).await;
+    let redis = RedisServer::start();
+    let proxy = TcpProxy::start(redis.port).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let url = if i == 2 { proxy.url() } else { redis.url() };
+        nodes.push(TestServer::start_with(redis_config(&url, false, i)).await);
+    }
+    let cluster = Cluster {
+        nodes,
+        redis: Some(redis),
+        redis_cluster: None,
+    };
+    cluster.wait_ready().await;
+    late_joiners_converge(cluster, Some(proxy)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiners_after_a_redis_restart_converge_on_a_redis_cluster() {
-    late_joiners_converge(Cluster::redis_cluster(3).await).await;
+    late_joiners_converge(Cluster::redis_cluster(3).await, None).await;
 }

@@ -147,7 +147,9 @@ impl Node {
         run_bounded(calls).await.into_iter().collect()
     }
 
-    /// Starts the re-sync window after the bus (re)connected.
+    /// Starts the re-sync window after the bus (re)connected. Re-syncs that only tell who
+    /// joined run at once (a node that reconnects later than others missed their joins); those
+    /// that also tell who left wait until the other nodes have re-asserted.
     pub(crate) fn bus_connected(&self) {
         self.local.reset_sequences();
         let settle = 2 * maintenance_period(self.lease_ms);
@@ -205,17 +207,34 @@ impl Node {
     }
 
     /// Reads every locally subscribed channel's roster (with its sequence number, atomically)
-    /// and lets local subscribers catch up on what they missed.
-    pub(super) async fn resync(&self) -> redis::RedisResult<()> {
+    /// and lets local subscribers catch up on what they missed (who left too, with
+    /// `with_leaves`).
+    pub(super) async fn resync(&self, with_leaves: bool) -> redis::RedisResult<()> {
         let channels = self.local.subscribed_channels();
         let calls: Vec<_> = channels
             .into_iter()
             .map(|key| async move {
-                let (seq, roster) = self.roster(key.0.as_str(), key.1.as_str()).await?;
-                self.local.resync(&key, &roster, seq);
+                // A channel busy with a subscribe or a newer delta is read again shortly, not a
+                // maintenance round later: subscribers are waiting for what they missed.
+                for _ in 0..RESYNC_TRIES {
+                    let (seq, roster) = self.roster(key.0.as_str(), key.1.as_str()).await?;
+                    let applied = if with_leaves {
+                        self.local.resync(&key, &roster, seq)
+                    } else {
+                        self.local.resync_joined(&key, &roster, seq)
+                    };
+                    if applied {
+                        break;
+                    }
+                    tokio::time::sleep(RESYNC_RETRY).await;
+                }
                 Ok::<(), redis::RedisError>(())
             })
             .collect();
         run_bounded(calls).await.into_iter().collect()
     }
 }
+
+/// How often a channel's re-sync is tried within one maintenance round, and how long apart.
+const RESYNC_TRIES: usize = 8;
+const RESYNC_RETRY: Duration = Duration::from_millis(50);

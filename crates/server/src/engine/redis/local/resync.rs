@@ -61,23 +61,49 @@ impl Local {
     /// joined or left while deltas could not flow gets one presence frame. Subscribers from
     /// before a sequence reset are compared with the roster they were told, the others with
     /// `known`; afterwards everyone knows the roster at `seq`, so a delta at or below it is
-    /// old news. Skipped when a newer delta already arrived or a subscribe is in flight (the
-    /// next re-sync tick covers it).
-    pub fn resync(&self, key: &ChannelKey, roster: &[String], seq: u64) {
+    /// old news. Skipped when a newer delta already arrived or a subscribe is in flight:
+    /// returns false then, and the caller reads the roster again.
+    ///
+    pub fn resync(&self, key: &ChannelKey, roster: &[String], seq: u64) -> bool {
+        self.apply_resync(key, roster, seq, true)
+    }
+
+    /// Like [`Local::resync`], but only who joined is told, and peers missing from the roster
+    /// stay (both rosters keep them, and a `left` at or below `seq` still goes out): right
+    /// after Redis lost its data a missing peer may just not be re-asserted yet, but a listed
+    /// one is there, and a node that was away when others joined must not wait to tell its
+    /// subscribers.
+    pub fn resync_joined(&self, key: &ChannelKey, roster: &[String], seq: u64) -> bool {
+        self.apply_resync(key, roster, seq, false)
+    }
+
+    fn apply_resync(
+        &self,
+        key: &ChannelKey,
+        roster: &[String],
+        seq: u64,
+        with_leaves: bool,
+    ) -> bool {
         let fresh: HashMap<PeerId, Option<Arc<RawValue>>> = roster_from_flat(roster, None)
             .into_iter()
             .map(|m| (m.peer_id, m.metadata))
             .collect();
-        self.hub.channels.with(key, |ch| {
+        let applied = self.hub.channels.with(key, |ch| {
             let state = &ch.slot;
             if !state.joining.is_empty() || state.known_seq > seq {
-                return;
+                return false;
             }
-            let (joined, left) = changes(&fresh, state.known.keys(), &state.known);
-            let pre_reset = state
+            let (joined, mut left) = changes(&fresh, state.known.keys(), &state.known);
+            let mut pre_reset = state
                 .pre_reset
                 .as_ref()
                 .map(|told| changes(&fresh, told.iter(), &state.known));
+            if !with_leaves {
+                left.clear();
+                if let Some((_, left)) = pre_reset.as_mut() {
+                    left.clear();
+                }
+            }
             for sub in ch.subscribers().filter(|s| s.conn.receives_presence) {
                 let (joined, left) = match &pre_reset {
                     Some(changes) if sub.floor == 0 => (&changes.0, &changes.1),
@@ -89,15 +115,26 @@ impl Local {
                     sub.conn.deliver(presence(key.1.as_str(), &j, &l));
                 }
             }
+            let state = &mut ch.slot;
+            state.known_seq = seq;
+            state.resync_floor = seq;
+            if !with_leaves {
+                if let Some(told) = state.pre_reset.as_mut() {
+                    told.extend(fresh.keys().cloned());
+                }
+                for (peer, meta) in fresh {
+                    state.known.entry(peer).or_insert(meta);
+                }
+                return true;
+            }
+            state.known = fresh;
+            state.pre_reset = None;
             for sub in ch.subscribers_mut() {
                 sub.floor = sub.floor.max(seq);
             }
-            let state = &mut ch.slot;
-            state.known = fresh;
-            state.known_seq = seq;
-            state.resync_floor = seq;
-            state.pre_reset = None;
+            true
         });
+        applied.unwrap_or(true)
     }
 }
 
@@ -232,5 +269,32 @@ mod tests {
         local.on_channel_event("app", "room", &delta(kind::JOINED, 6, "f"), "n1");
         assert_eq!(told(&mut a), ["+f"]);
         assert_eq!(told(&mut e), ["+f"]);
+    }
+
+    #[test]
+    fn a_joins_only_resync_tells_who_joined_and_keeps_who_is_missing() {
+        let local = local();
+        let mut c = subscribe(&local, "c", 7, &["a", "c", "x"]);
+        assert_eq!(told(&mut c), ["+a", "+x"]);
+        // This node reconnects late: e joined meanwhile (its delta is lost), a's node has not
+        // re-asserted a yet, and x left (its `left`, seq 4, is still on its way).
+        local.reset_sequences();
+        let key = (
+            AppId::new("app".to_string()),
+            ChannelName::new("room".to_string()),
+        );
+        let roster: Vec<String> = ["c", "e"]
+            .iter()
+            .flat_map(|p| [p.to_string(), String::new()])
+            .collect();
+        assert!(local.resync_joined(&key, &roster, 5));
+        assert_eq!(told(&mut c), ["+e"], "a may just not be re-asserted yet");
+        local.on_channel_event("app", "room", &delta(kind::LEFT, 4, "x"), "n1");
+        local.on_channel_event("app", "room", &delta(kind::JOINED, 6, "a"), "n1");
+        assert_eq!(
+            told(&mut c),
+            ["-x"],
+            "x's left still goes out; a was never gone"
+        );
     }
 }
