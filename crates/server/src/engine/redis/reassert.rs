@@ -218,12 +218,11 @@ impl Node {
                 // maintenance round later: subscribers are waiting for what they missed.
                 for _ in 0..RESYNC_TRIES {
                     let (seq, roster) = self.roster(key.0.as_str(), key.1.as_str()).await?;
-                    let applied = if with_leaves {
-                        self.local.resync(&key, &roster, seq)
-                    } else {
-                        self.local.resync_joined(&key, &roster, seq)
-                    };
-                    if applied {
+                    if !with_leaves {
+                        self.local.resync_joined(&key, &roster);
+                        break;
+                    }
+                    if self.local.resync(&key, &roster, seq) {
                         break;
                     }
                     tokio::time::sleep(RESYNC_RETRY).await;

@@ -8,7 +8,7 @@ use herald_protocol::PresenceEntry;
 use serde_json::value::RawValue;
 
 use super::{roster_from_flat, Local};
-use crate::engine::hub::{presence, ChannelKey};
+use crate::engine::hub::{presence, ChannelKey, Subscriber};
 use crate::ids::PeerId;
 
 /// Presence entries for a receiver, which never hears about its own peer.
@@ -63,82 +63,86 @@ impl Local {
     /// `known`; afterwards everyone knows the roster at `seq`, so a delta at or below it is
     /// old news. Skipped when a newer delta already arrived or a subscribe is in flight:
     /// returns false then, and the caller reads the roster again.
-    ///
     pub fn resync(&self, key: &ChannelKey, roster: &[String], seq: u64) -> bool {
-        self.apply_resync(key, roster, seq, true)
-    }
-
-    /// Like [`Local::resync`], but only who joined is told, and peers missing from the roster
-    /// stay (both rosters keep them, and a `left` at or below `seq` still goes out): right
-    /// after Redis lost its data a missing peer may just not be re-asserted yet, but a listed
-    /// one is there, and a node that was away when others joined must not wait to tell its
-    /// subscribers.
-    pub fn resync_joined(&self, key: &ChannelKey, roster: &[String], seq: u64) -> bool {
-        self.apply_resync(key, roster, seq, false)
-    }
-
-    fn apply_resync(
-        &self,
-        key: &ChannelKey,
-        roster: &[String],
-        seq: u64,
-        with_leaves: bool,
-    ) -> bool {
-        let fresh: HashMap<PeerId, Option<Arc<RawValue>>> = roster_from_flat(roster, None)
-            .into_iter()
-            .map(|m| (m.peer_id, m.metadata))
-            .collect();
+        let fresh = fresh_roster(roster);
         let applied = self.hub.channels.with(key, |ch| {
             let state = &ch.slot;
             if !state.joining.is_empty() || state.known_seq > seq {
                 return false;
             }
-            let (joined, mut left) = changes(&fresh, state.known.keys(), &state.known);
-            let mut pre_reset = state
+            let (joined, left) = changes(&fresh, state.known.keys(), &state.known);
+            let pre_reset = state
                 .pre_reset
                 .as_ref()
                 .map(|told| changes(&fresh, told.iter(), &state.known));
-            if !with_leaves {
-                left.clear();
-                if let Some((_, left)) = pre_reset.as_mut() {
-                    left.clear();
-                }
-            }
             for sub in ch.subscribers().filter(|s| s.conn.receives_presence) {
                 let (joined, left) = match &pre_reset {
                     Some(changes) if sub.floor == 0 => (&changes.0, &changes.1),
                     _ => (&joined, &left),
                 };
-                let me = &sub.conn.peer_id;
-                let (j, l) = (entries_except(joined, me), entries_except(left, me));
-                if !j.is_empty() || !l.is_empty() {
-                    sub.conn.deliver(presence(key.1.as_str(), &j, &l));
-                }
+                tell(key, sub, joined, left);
             }
-            let state = &mut ch.slot;
-            state.known_seq = seq;
-            state.resync_floor = seq;
-            if !with_leaves {
-                if let Some(told) = state.pre_reset.as_mut() {
-                    told.extend(fresh.keys().cloned());
-                }
-                for (peer, meta) in fresh {
-                    state.known.entry(peer).or_insert(meta);
-                }
-                return true;
-            }
-            state.known = fresh;
-            state.pre_reset = None;
             for sub in ch.subscribers_mut() {
                 sub.floor = sub.floor.max(seq);
             }
+            let state = &mut ch.slot;
+            state.known = fresh;
+            state.known_seq = seq;
+            state.resync_floor = seq;
+            state.pre_reset = None;
             true
         });
         applied.unwrap_or(true)
     }
+
+    /// Tells subscribers from before the last sequence reset who joined while this node's bus
+    /// was down, and nothing else: peers missing from the roster stay in their roster (right
+    /// after Redis lost its data, a missing peer may just not be re-asserted yet, while a
+    /// listed one is surely there). Safe at any time, so a node that reconnects later than the
+    /// others tells its old subscribers at once, not a lease later. Their roster is a set
+    /// (`pre_reset`), so a late delta for a peer told here is not told again, and a `left`
+    /// still goes out. Subscribers since the reset read their snapshot with the topic
+    /// subscribed: they missed nothing.
+    pub fn resync_joined(&self, key: &ChannelKey, roster: &[String]) {
+        let fresh = fresh_roster(roster);
+        self.hub.channels.with(key, |ch| {
+            let Some(told) = ch.slot.pre_reset.as_ref() else {
+                return;
+            };
+            let (joined, _) = changes(&fresh, told.iter(), &ch.slot.known);
+            if joined.is_empty() {
+                return;
+            }
+            for sub in ch.subscribers() {
+                if sub.floor == 0 && sub.conn.receives_presence {
+                    tell(key, sub, &joined, &[]);
+                }
+            }
+            if let Some(told) = ch.slot.pre_reset.as_mut() {
+                told.extend(fresh.into_keys());
+            }
+        });
+    }
 }
 
-type Entries<'a> = Vec<(&'a PeerId, &'a Option<Arc<RawValue>>)>;
+fn fresh_roster(roster: &[String]) -> HashMap<PeerId, Option<Arc<RawValue>>> {
+    roster_from_flat(roster, None)
+        .into_iter()
+        .map(|m| (m.peer_id, m.metadata))
+        .collect()
+}
+
+/// One presence frame to a subscriber with who joined and who left, itself excepted.
+fn tell(key: &ChannelKey, sub: &Subscriber, joined: &[Entry<'_>], left: &[Entry<'_>]) {
+    let me = &sub.conn.peer_id;
+    let (j, l) = (entries_except(joined, me), entries_except(left, me));
+    if !j.is_empty() || !l.is_empty() {
+        sub.conn.deliver(presence(key.1.as_str(), &j, &l));
+    }
+}
+
+type Entry<'a> = (&'a PeerId, &'a Option<Arc<RawValue>>);
+type Entries<'a> = Vec<Entry<'a>>;
 
 /// Who joined and who left between a roster subscribers were told (`told`) and `fresh`; the
 /// metadata of a peer that left comes from `known` when it is there.
@@ -287,7 +291,7 @@ mod tests {
             .iter()
             .flat_map(|p| [p.to_string(), String::new()])
             .collect();
-        assert!(local.resync_joined(&key, &roster, 5));
+        local.resync_joined(&key, &roster);
         assert_eq!(told(&mut c), ["+e"], "a may just not be re-asserted yet");
         local.on_channel_event("app", "room", &delta(kind::LEFT, 4, "x"), "n1");
         local.on_channel_event("app", "room", &delta(kind::JOINED, 6, "a"), "n1");
