@@ -47,8 +47,9 @@ pub(crate) struct Node {
     /// by a subscribe that began after it read local state (`REASSERT_CHANNEL`).
     pub(super) reassert_generation: AtomicU64,
     /// When the maintenance task re-syncs local rosters with Redis (from, until). Set on every
-    /// bus reconnect: deltas published while this node was not listening are lost. It starts
-    /// after a settling delay, so the other nodes have re-asserted their presence too and a
+    /// bus reconnect: deltas published while this node was not listening are lost. Until
+    /// `from` only who joined is told; full re-syncs start after a settling delay (a lease
+    /// after data loss), so the other nodes have re-asserted their presence too and a
     /// half-rebuilt roster never shows up as peers leaving.
     pub(super) resync_window: Mutex<Option<(tokio::time::Instant, tokio::time::Instant)>>,
     /// When the node last found its lease gone without a reap (Redis lost its data, or was
