@@ -16,6 +16,7 @@
 //! | `P{c:ck}:seq` | string | presence sequence number, bumped on every change |
 //! | `P{c:ck}:subs` | hash | I → local subscribed connections (REST `delivered`) |
 //! | `P{c:ck}:holds` | set | `I\npeer`: which instance holds which peer (crash cleanup) |
+//! | `P{c:ck}:holdgen` | hash | `I\npeer` → the instance's re-assertion generation when it wrote the hold (a re-assertion drops only holds older than itself) |
 //! | `P{p:pk}:route` | hash | I → connections of the peer on that instance (direct routing) |
 //! | `P{n:I}:index` | hash | channel or route base key (`P{c:ck}`, `P{p:pk}`) → generation: everything the instance may hold, so a reaper finds it |
 //! | `P{cluster}:nodes` | set | live node instances |

@@ -79,7 +79,6 @@ impl Node {
         self.index.forget_writes();
         // Sequence numbers may restart as the channels are rebuilt.
         self.local.reset_sequences();
-        self.announce.store(true, Ordering::Release);
         self.mark_trouble();
     }
 
@@ -103,7 +102,10 @@ impl Node {
         };
         match renewed {
             Ok(1) => {}
-            Ok(_) => self.mark_trouble(),
+            Ok(_) => {
+                self.lease_lapsed();
+                self.mark_trouble();
+            }
             Err(err) => {
                 tracing::debug!(error = %err, "lease renewal failed");
                 streak.broken();
@@ -121,16 +123,18 @@ impl Node {
             }
             tracing::info!(node = %self.id, "local presence and routes re-asserted");
         }
+        // In the re-sync window: before its start only who joined is told (see `bus_connected`).
         let now = Instant::now();
-        let resyncing =
-            lock(&self.resync_window).is_some_and(|(from, until)| from <= now && now < until);
-        if resyncing
-            && self.bus_up.load(Ordering::Acquire)
-            && !self.needs_reassert.load(Ordering::Acquire)
-        {
-            if let Err(err) = self.resync().await {
-                tracing::debug!(error = %err, "roster re-sync failed");
-                return false;
+        let window = *lock(&self.resync_window);
+        let resync = window
+            .filter(|(_, until)| now < *until)
+            .map(|(from, _)| from <= now);
+        if let Some(with_leaves) = resync {
+            if self.bus_up.load(Ordering::Acquire) && !self.needs_reassert.load(Ordering::Acquire) {
+                if let Err(err) = self.resync(with_leaves).await {
+                    tracing::debug!(error = %err, "roster re-sync failed");
+                    return false;
+                }
             }
         }
         if self.store.is_cluster() {

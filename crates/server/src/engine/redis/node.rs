@@ -4,7 +4,7 @@
 //! `publish.rs`); this file holds the fields and the small helpers they all use.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,14 +41,21 @@ pub(crate) struct Node {
     /// Redis and local state may disagree (an op failed, the bus reconnected, the lease
     /// lapsed): the maintenance task re-asserts.
     pub(super) needs_reassert: AtomicBool,
-    /// The next re-assert announces this node's peers (others saw them leave).
-    pub(super) announce: AtomicBool,
     pub(super) wake_maintenance: Notify,
+    /// Counts re-assertions. Each takes a new number before it reads local state; a join
+    /// records the number current when it runs, so a re-assertion never drops a hold written
+    /// by a subscribe that began after it read local state (`REASSERT_CHANNEL`).
+    pub(super) reassert_generation: AtomicU64,
     /// When the maintenance task re-syncs local rosters with Redis (from, until). Set on every
-    /// bus reconnect: deltas published while this node was not listening are lost. It starts
-    /// after a settling delay, so the other nodes have re-asserted their presence too and a
+    /// bus reconnect: deltas published while this node was not listening are lost. Until
+    /// `from` only who joined is told; full re-syncs start after a settling delay (a lease
+    /// after data loss), so the other nodes have re-asserted their presence too and a
     /// half-rebuilt roster never shows up as peers leaving.
     pub(super) resync_window: Mutex<Option<(tokio::time::Instant, tokio::time::Instant)>>,
+    /// When the node last found its lease gone without a reap (Redis lost its data, or was
+    /// away a whole lease). For a lease after that, other nodes may not have re-asserted their
+    /// peers yet, so roster re-syncs wait: a half-rebuilt roster must not read as peers leaving.
+    pub(super) lease_lapsed: Mutex<Option<tokio::time::Instant>>,
     /// Presence holds (channel base, peer) whose `left` could not be recorded while Redis was
     /// down.
     pub(super) departed: Mutex<Vec<(String, String)>>,
@@ -92,10 +99,11 @@ impl Node {
             bus_up: AtomicBool::new(false),
             redis_ok: AtomicBool::new(false),
             needs_reassert: AtomicBool::new(true),
-            announce: AtomicBool::new(false),
             wake_maintenance: Notify::new(),
+            reassert_generation: AtomicU64::new(0),
             departed: Mutex::new(Vec::new()),
             resync_window: Mutex::new(None),
+            lease_lapsed: Mutex::new(None),
             index: IndexBook::default(),
             pattern_apps: Mutex::new(HashSet::new()),
         };

@@ -7,6 +7,7 @@
 //! wait for the bus → index the channel → `join` (script) → `finish_subscribe` (local: ack,
 //! snapshot, buffered events).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::await_confirm;
@@ -143,6 +144,7 @@ impl Node {
             .arg(conn.peer_id.as_str())
             .arg(meta)
             .arg(subscriber_delta)
+            .arg(self.reassert_generation.load(Ordering::Acquire))
             .invoke_async(&mut self.conn())
             .await
     }

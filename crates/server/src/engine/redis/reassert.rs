@@ -20,20 +20,12 @@ impl Node {
     /// holds or may have held, then routes and wildcard interest.
     pub(super) async fn reassert(&self) -> redis::RedisResult<()> {
         let instance = self.instance();
-        let announce = self.announce.load(Ordering::Acquire);
         let index_key = self.keys.index_key(&instance);
         self.index.forget_writes();
         let departed: Vec<(String, String)> = std::mem::take(&mut *lock(&self.departed));
-        let result = self
-            .reassert_state(&instance, &index_key, announce, &departed)
-            .await;
-        match result {
-            Ok(()) => {
-                if announce {
-                    self.announce.store(false, Ordering::Release);
-                }
-            }
-            Err(_) => lock(&self.departed).extend(departed),
+        let result = self.reassert_state(&instance, &index_key, &departed).await;
+        if result.is_err() {
+            lock(&self.departed).extend(departed);
         }
         result
     }
@@ -42,9 +34,9 @@ impl Node {
         &self,
         instance: &str,
         index_key: &str,
-        announce: bool,
         departed: &[(String, String)],
     ) -> redis::RedisResult<()> {
+        let generation = self.reassert_generation.fetch_add(1, Ordering::AcqRel) + 1;
         let snapshot = self.local.snapshot_for_reassert();
         let indexed: Vec<String> = redis::cmd("HKEYS")
             .arg(index_key)
@@ -95,8 +87,8 @@ impl Node {
                 inv.arg(self.publish_command())
                     .arg(self.keys.topic_of_base(base))
                     .arg(instance)
-                    .arg(if announce { "1" } else { "0" })
                     .arg(state.subscribers)
+                    .arg(generation)
                     .arg(state.holds.len());
                 for (peer, meta) in &state.holds {
                     inv.arg(peer).arg(meta);
@@ -155,22 +147,54 @@ impl Node {
         run_bounded(calls).await.into_iter().collect()
     }
 
-    /// Starts the re-sync window after the bus (re)connected.
+    /// Starts the re-sync window after the bus (re)connected. Re-syncs that only tell who
+    /// joined run at once (a node that reconnects later than others missed their joins); those
+    /// that also tell who left wait until the other nodes have re-asserted.
     pub(crate) fn bus_connected(&self) {
         self.local.reset_sequences();
         let settle = 2 * maintenance_period(self.lease_ms);
-        let from = Instant::now() + settle;
-        let until = from + Duration::from_millis(self.lease_ms.max(5_000) * 3);
+        let from = self.resync_not_before(Instant::now() + settle);
+        let until = from + self.resync_span();
         *lock(&self.resync_window) = Some((from, until));
         self.mark_trouble();
         self.wake_maintenance.notify_one();
     }
 
-    /// The bus shed pushes and has caught up since: deltas may be lost, so local rosters are
-    /// re-synced with Redis for a couple of maintenance rounds, starting now. (No re-assert:
-    /// Redis lost nothing; only this node's view did.)
-    pub(crate) fn bus_gap(&self) {
+    /// The lease was gone without a reap: Redis lost its data (or was away a whole lease).
+    /// Every node re-asserts its peers, each announcing those Redis lacked, so subscribers
+    /// learn who is there without a re-sync. A re-sync is still needed for peers that left
+    /// while nobody could record it (their node died meanwhile), but it waits a whole lease:
+    /// by then every live node has renewed, and so re-asserted; earlier, a roster missing a
+    /// peer may only mean its node has not got to it yet, and a `left` for a peer that stayed
+    /// is worse than a late one for a peer that went.
+    pub(super) fn lease_lapsed(&self) {
         let now = Instant::now();
+        *lock(&self.lease_lapsed) = Some(now);
+        let mut window = lock(&self.resync_window);
+        if let Some((from, until)) = *window {
+            if until > now {
+                let from = self.resync_not_before(from);
+                *window = Some((from, until.max(from + self.resync_span())));
+            }
+        }
+    }
+
+    /// The earliest a re-sync may run, given that it wanted to at `earliest`.
+    fn resync_not_before(&self, earliest: Instant) -> Instant {
+        let lease = Duration::from_millis(self.lease_ms);
+        lock(&self.lease_lapsed).map_or(earliest, |lapsed| earliest.max(lapsed + lease))
+    }
+
+    /// How long re-syncs go on after a reconnect.
+    fn resync_span(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.max(5_000) * 3)
+    }
+
+    /// The bus shed pushes and has caught up since: deltas may be lost, so local rosters are
+    /// re-synced with Redis for a couple of maintenance rounds, starting now (or once a lapsed
+    /// lease's wait is over). (No re-assert: Redis lost nothing; only this node's view did.)
+    pub(crate) fn bus_gap(&self) {
+        let now = self.resync_not_before(Instant::now());
         let until = now + 2 * maintenance_period(self.lease_ms);
         {
             let mut window = lock(&self.resync_window);
@@ -183,17 +207,33 @@ impl Node {
     }
 
     /// Reads every locally subscribed channel's roster (with its sequence number, atomically)
-    /// and lets local subscribers catch up on what they missed.
-    pub(super) async fn resync(&self) -> redis::RedisResult<()> {
+    /// and lets local subscribers catch up on what they missed (who left too, with
+    /// `with_leaves`).
+    pub(super) async fn resync(&self, with_leaves: bool) -> redis::RedisResult<()> {
         let channels = self.local.subscribed_channels();
         let calls: Vec<_> = channels
             .into_iter()
             .map(|key| async move {
-                let (seq, roster) = self.roster(key.0.as_str(), key.1.as_str()).await?;
-                self.local.resync(&key, &roster, seq);
+                // A channel busy with a subscribe or a newer delta is read again shortly, not a
+                // maintenance round later: subscribers are waiting for what they missed.
+                for _ in 0..RESYNC_TRIES {
+                    let (seq, roster) = self.roster(key.0.as_str(), key.1.as_str()).await?;
+                    if !with_leaves {
+                        self.local.resync_joined(&key, &roster);
+                        break;
+                    }
+                    if self.local.resync(&key, &roster, seq) {
+                        break;
+                    }
+                    tokio::time::sleep(RESYNC_RETRY).await;
+                }
                 Ok::<(), redis::RedisError>(())
             })
             .collect();
         run_bounded(calls).await.into_iter().collect()
     }
 }
+
+/// How often a channel's re-sync is tried within one maintenance round, and how long apart.
+const RESYNC_TRIES: usize = 8;
+const RESYNC_RETRY: Duration = Duration::from_millis(50);

@@ -17,7 +17,13 @@ local function publish_presence(pub, topic, kind, seq, peer, meta)
     '{"kind":"' .. kind .. '","seq":' .. seq .. ',"peer":' .. cjson.encode(peer) .. ',"meta":' .. meta .. '}')
 end
 
--- Drops one instance's hold of a peer, already removed from the holds set. Publishes `left`
+-- Removes a hold entry (`inst\npeer`) and its generation. Returns 1 when it was there.
+local function drop_hold(b, e)
+  redis.call('HDEL', b .. ':holdgen', e)
+  return redis.call('SREM', b .. ':holds', e)
+end
+
+-- Drops one instance's hold of a peer, already removed with `drop_hold`. Publishes `left`
 -- when it was the last hold anywhere. Returns 1 when it published.
 local function release(b, pub, topic, peer)
   local n = redis.call('HINCRBY', b .. ':members', peer, -1)
@@ -31,16 +37,25 @@ local function release(b, pub, topic, peer)
   return 1
 end
 
--- Records an instance's hold of a peer; publishes `joined` when it is the first anywhere
--- (unless `quiet`: re-asserting holds everyone already knows about).
-local function hold(b, pub, topic, inst, peer, meta, quiet)
+-- Records an instance's hold of a peer; publishes `joined` when it is the first anywhere.
+-- Re-assertion goes through here too: a peer Redis did not have (its data was lost, a join
+-- failed, the holder was reaped) is missing from every snapshot read since, so it is always
+-- announced, with its sequence number. Nodes keep subscribers who already know the peer from
+-- seeing it twice (their snapshot's number, or their pre-reset roster: `local/events.rs`).
+--
+-- `gen` is the instance's re-assertion generation when it wrote the hold: a re-assertion
+-- started later (a higher generation) may drop the hold as stale, an earlier one may not (it
+-- read the node's local state before this subscribe began).
+local function hold(b, pub, topic, inst, peer, meta, gen)
   local first = 0
-  if redis.call('SADD', b .. ':holds', inst .. '\n' .. peer) == 1 then
+  local e = inst .. '\n' .. peer
+  if redis.call('SADD', b .. ':holds', e) == 1 then
     if redis.call('HINCRBY', b .. ':members', peer, 1) == 1 then first = 1 end
   end
+  redis.call('HSET', b .. ':holdgen', e, gen)
   redis.call('HSET', b .. ':meta', peer, meta)
   local seq = redis.call('INCR', b .. ':seq')
-  if first == 1 and not quiet then publish_presence(pub, topic, 'joined', seq, peer, meta) end
+  if first == 1 then publish_presence(pub, topic, 'joined', seq, peer, meta) end
   return {first, seq}
 end
 
@@ -54,20 +69,21 @@ local function held_by(b, inst)
 end
 "#;
 
-/// KEYS: channel base. ARGV: pub, topic, instance, peer, meta, subscriber delta.
-/// Returns {first, seq, meta hash as a flat list}: the snapshot at `seq`.
+/// KEYS: channel base. ARGV: pub, topic, instance, peer, meta, subscriber delta, the
+/// instance's re-assertion generation. Returns {first, seq, meta hash as a flat list}: the
+/// snapshot at `seq`.
 const JOIN: &str = r#"
 local b = KEYS[1]
 local pub, topic, inst, peer, meta, sd = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 if sd ~= 0 then redis.call('HINCRBY', b .. ':subs', inst, sd) end
-local r = hold(b, pub, topic, inst, peer, meta, false)
+local r = hold(b, pub, topic, inst, peer, meta, ARGV[7])
 return {r[1], r[2], redis.call('HGETALL', b .. ':meta')}
 "#;
 
 /// KEYS: channel base. ARGV: pub, topic, instance, peer. Returns 1 when `left` was published.
 const LEAVE: &str = r#"
 local b = KEYS[1]
-if redis.call('SREM', b .. ':holds', ARGV[3] .. '\n' .. ARGV[4]) == 0 then return 0 end
+if drop_hold(b, ARGV[3] .. '\n' .. ARGV[4]) == 0 then return 0 end
 return release(b, ARGV[1], ARGV[2], ARGV[4])
 "#;
 
@@ -126,8 +142,8 @@ return 0
 "#;
 
 /// KEYS: cluster base. ARGV: instance, lease ms. Returns 1 when the lease was renewed, 0 when
-/// it had lapsed without a reap (first start, or Redis lost its data: re-assert quietly), and
-/// -1 when the instance was reaped (others saw its peers leave: re-incarnate and announce).
+/// it had lapsed without a reap (first start, or Redis lost its data: re-assert), and -1 when
+/// the instance was reaped (others saw its peers leave: re-incarnate, then re-assert).
 const RENEW: &str = r#"
 local c, inst, ttl = KEYS[1], ARGV[1], ARGV[2]
 if redis.call('PEXPIRE', c .. ':lease:' .. inst, ttl) == 1 then
@@ -170,22 +186,24 @@ const REAP_CHANNEL: &str = r#"
 local b, pub, topic, inst = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local n = 0
 for peer, e in pairs(held_by(b, inst)) do
-  redis.call('SREM', b .. ':holds', e)
+  drop_hold(b, e)
   n = n + release(b, pub, topic, peer)
 end
 redis.call('HDEL', b .. ':subs', inst)
 return n
 "#;
 
-/// KEYS: channel base. ARGV: pub, topic, instance, 1 to announce re-added holds, local
-/// subscriber count, then two length-prefixed lists: holds (peer, meta)…, departed peers….
-/// Makes the channel agree with the node's local state after an outage or a lost lease: stale
-/// holds leave (publishing `left`), missing ones are added (publishing `joined` when first, if
-/// the node's peers were announced gone), and peers that left during the outage get their
-/// `left` if nobody else holds them.
+/// KEYS: channel base. ARGV: pub, topic, instance, local subscriber count, re-assertion
+/// generation, then two length-prefixed lists: holds (peer, meta)…, departed peers….
+/// Makes the channel agree with the node's local state after an outage, a data loss or a lost
+/// lease: stale holds leave (publishing `left`), missing ones are added (publishing `joined`
+/// when the peer was no member at all: whoever read the roster since never heard of it), and
+/// peers that left during the outage get their `left` if nobody else holds them. A hold is
+/// stale only if it is older than this re-assertion: one written by a subscribe that began
+/// after the node's state was read is not in the list, and is no less held for that.
 const REASSERT_CHANNEL: &str = r#"
 local b, pub, topic, inst = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-local announce, subs = ARGV[4] == '1', tonumber(ARGV[5])
+local subs, gen = tonumber(ARGV[4]), tonumber(ARGV[5])
 local i = 6
 local desired, order = {}, {}
 for _ = 1, tonumber(ARGV[i]) do
@@ -196,12 +214,12 @@ end
 i = i + 1
 local announced = {}
 for peer, e in pairs(held_by(b, inst)) do
-  if desired[peer] == nil then
-    redis.call('SREM', b .. ':holds', e)
+  if desired[peer] == nil and tonumber(redis.call('HGET', b .. ':holdgen', e) or '0') < gen then
+    drop_hold(b, e)
     if release(b, pub, topic, peer) == 1 then announced[peer] = true end
   end
 end
-for _, peer in ipairs(order) do hold(b, pub, topic, inst, peer, desired[peer], not announce) end
+for _, peer in ipairs(order) do hold(b, pub, topic, inst, peer, desired[peer], gen) end
 if subs > 0 then redis.call('HSET', b .. ':subs', inst, subs) else redis.call('HDEL', b .. ':subs', inst) end
 for _ = 1, tonumber(ARGV[i]) do
   local peer = ARGV[i + 1]

@@ -25,6 +25,16 @@ fn message_frames<'e>(channel: &'e str, event: &'e Event<'_>) -> MessageFrames<'
     )
 }
 
+/// A delta as applied to a channel's rosters, for [`Local::announce_delta`].
+#[derive(Clone, Copy)]
+struct Applied {
+    seq: u64,
+    joined: bool,
+    /// Whether it changed the roster of subscribers from before a sequence reset (`None`:
+    /// there are none).
+    pre_reset_changed: Option<bool>,
+}
+
 impl Local {
     /// An event from a channel topic: a message, or a presence delta.
     pub fn on_channel_event(&self, app: &str, channel: &str, event: &Event<'_>, node: &str) {
@@ -60,9 +70,14 @@ impl Local {
                 let peer_id = PeerId::new(peer);
                 let metadata = event.metadata().map(|m| Arc::from(m.to_owned()));
                 let tick = self.hub.channels.with(&key, |ch| {
-                    self.apply_delta(ch, seq, joined, peer_id.clone(), metadata, &delta)
-                        .then(|| self.announce_delta(ch, channel, seq, joined, &peer_id, &delta))
-                        .flatten()
+                    let news =
+                        self.apply_delta(ch, seq, joined, peer_id.clone(), metadata, &delta)?;
+                    let change = Applied {
+                        seq,
+                        joined,
+                        pre_reset_changed: news,
+                    };
+                    self.announce_delta(ch, channel, change, &peer_id, &delta)
                 });
                 if let Some(Some(at)) = tick {
                     occupancy::schedule_count(&self.hub.channels, &key, at);
@@ -72,6 +87,9 @@ impl Local {
         }
     }
 
+    /// Applies a delta to the channel's rosters and buffers it for subscribes in flight.
+    /// `None` when it is stale; otherwise whether it changed the roster of subscribers from
+    /// before a sequence reset (`None` inside: there are none).
     fn apply_delta(
         &self,
         ch: &mut crate::engine::hub::Channel<super::NodeChannel>,
@@ -80,10 +98,10 @@ impl Local {
         peer_id: PeerId,
         metadata: Option<Arc<RawValue>>,
         delta: &Frame,
-    ) -> bool {
+    ) -> Option<Option<bool>> {
         let state = &mut ch.slot;
         if seq <= state.resync_floor && state.known.contains_key(&peer_id) == joined {
-            return false;
+            return None;
         }
         if !state.joining.is_empty() {
             state
@@ -99,8 +117,12 @@ impl Local {
                 });
             }
         }
-        state.apply_known(joined, peer_id, metadata);
-        true
+        state.apply_known(joined, peer_id.clone(), metadata);
+        Some(match state.pre_reset.as_mut() {
+            Some(roster) if joined => Some(roster.insert(peer_id)),
+            Some(roster) => Some(roster.remove(&peer_id)),
+            None => None,
+        })
     }
 
     /// Sends an applied delta to the subscribers, or, over a roster cap, the count instead
@@ -109,11 +131,15 @@ impl Local {
         &self,
         ch: &mut crate::engine::hub::Channel<super::NodeChannel>,
         channel: &str,
-        seq: u64,
-        joined: bool,
+        applied: Applied,
         peer_id: &PeerId,
         delta: &Frame,
     ) -> Option<tokio::time::Instant> {
+        let Applied {
+            seq,
+            joined,
+            pre_reset_changed,
+        } = applied;
         // Over a roster cap, watchers get counts instead (subscribes in flight still buffer
         // the delta: `finish_subscribe` drops it if their snapshot is a capped one).
         let now = tokio::time::Instant::now();
@@ -125,8 +151,17 @@ impl Local {
         if let Change::Handled(tick) = change {
             return tick;
         }
+        // Subscribers from before a sequence reset hear of the delta when it changes their
+        // roster; the others when it is newer than their snapshot.
         for sub in ch.subscribers() {
-            if sub.conn.receives_presence && sub.conn.peer_id != *peer_id && seq > sub.floor {
+            if !sub.conn.receives_presence || sub.conn.peer_id == *peer_id {
+                continue;
+            }
+            let news = match pre_reset_changed {
+                Some(changed) if sub.floor == 0 => changed,
+                _ => seq > sub.floor,
+            };
+            if news {
                 sub.conn.deliver(delta.clone());
             }
         }

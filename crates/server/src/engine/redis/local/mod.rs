@@ -16,7 +16,7 @@ mod resync;
 mod state;
 mod subscribe;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -66,6 +66,12 @@ pub struct NodeChannel {
     /// Occupancy mode, when the channel has a roster cap: over it, `known` is the true roster
     /// and this holds what watchers were shown.
     room: RoomState,
+    /// The roster as told to subscribers whose snapshot predates the last sequence reset (a
+    /// bus reconnect; their floor is 0), until a re-sync brings everyone to one roster. Their
+    /// snapshot's numbers mean nothing after Redis may have restarted, so a delta reaches them
+    /// only when it changes this roster: a peer re-asserted after data loss, which they already
+    /// know, is not announced to them twice (`resync.rs`).
+    pre_reset: Option<HashSet<PeerId>>,
 }
 
 impl OccupancySlot for NodeChannel {

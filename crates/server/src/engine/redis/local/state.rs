@@ -2,6 +2,9 @@
 //! must listen to, the index entries that must stay, and what re-assertion writes back.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
 
 use super::Local;
 
@@ -62,18 +65,26 @@ impl Local {
         let keys = self.bus.keys();
         let mut channels = HashMap::new();
         self.hub.channels.for_each(None, |(app, channel), ch| {
-            let holds = ch
+            let meta_of = |m: &Option<Arc<RawValue>>| {
+                m.as_ref().map_or(String::new(), |m| m.get().to_string())
+            };
+            let mut holds: Vec<(String, String)> = ch
                 .slot
                 .holds
                 .iter()
-                .map(|(peer, hold)| {
-                    let meta = hold
-                        .metadata
-                        .as_ref()
-                        .map_or(String::new(), |m| m.get().to_string());
-                    (peer.as_str().to_string(), meta)
-                })
+                .map(|(peer, hold)| (peer.as_str().to_string(), meta_of(&hold.metadata)))
                 .collect();
+            // A subscribe in flight may have joined in Redis already: its hold is not stale.
+            let mut added = HashSet::new();
+            for joining in ch.slot.joining.values() {
+                let peer = &joining.conn.peer_id;
+                if !ch.slot.holds.contains_key(peer) && added.insert(peer) {
+                    holds.push((
+                        peer.as_str().to_string(),
+                        meta_of(&joining.conn.peer_metadata),
+                    ));
+                }
+            }
             channels.insert(
                 keys.channel_base(app.as_str(), channel.as_str()),
                 ChannelHolds {
