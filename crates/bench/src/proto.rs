@@ -125,6 +125,32 @@ fn first_joined(payload: &[u8]) -> Option<&[u8]> {
     Some(&rest[..end])
 }
 
+/// Every peer id in a presence frame's `joined` (Herald coalesces deltas under load, so a frame
+/// may hold several; the Socket.IO reference server sends one per frame).
+pub fn joined_peers(proto: Proto, payload: &[u8]) -> Vec<Vec<u8>> {
+    match proto {
+        Proto::Herald => {
+            let Ok(frame) = serde_json::from_slice::<serde_json::Value>(payload) else {
+                return Vec::new();
+            };
+            frame["joined"]
+                .as_array()
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .filter_map(|e| e["peerId"].as_str())
+                        .map(|p| p.as_bytes().to_vec())
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+        Proto::Socketio => first_joined(payload)
+            .map(<[u8]>::to_vec)
+            .into_iter()
+            .collect(),
+    }
+}
+
 /// Classifies one inbound text payload.
 pub fn classify(proto: Proto, p: &[u8]) -> Inbound<'_> {
     match proto {

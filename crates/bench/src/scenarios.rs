@@ -590,19 +590,22 @@ async fn watch_presence(
         };
         match frame {
             Ok(Frame::Data(range)) => match classify(client.proto, client.rd.payload(&range)) {
-                Inbound::Presence { joined: Some(peer) } => {
-                    let sent_at = {
-                        let log = log.lock().unwrap_or_else(|p| p.into_inner());
-                        log.get(peer).map(|times| {
-                            let i = next.entry(peer.to_vec()).or_insert(0);
-                            let at = times.get(*i).copied();
-                            *i += 1;
-                            at
-                        })
-                    };
-                    if let Some(Some(at)) = sent_at {
-                        record(&mut hist, at);
-                        seen.fetch_add(1, Ordering::Relaxed);
+                Inbound::Presence { joined: Some(_) } => {
+                    let payload = client.rd.payload(&range);
+                    for peer in crate::proto::joined_peers(client.proto, payload) {
+                        let sent_at = {
+                            let log = log.lock().unwrap_or_else(|p| p.into_inner());
+                            log.get(&peer).map(|times| {
+                                let i = next.entry(peer.clone()).or_insert(0);
+                                let at = times.get(*i).copied();
+                                *i += 1;
+                                at
+                            })
+                        };
+                        if let Some(Some(at)) = sent_at {
+                            record(&mut hist, at);
+                            seen.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 Inbound::Ping => {
