@@ -61,14 +61,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "presence-storm.sh: nothing listening on $1" >&2; return 1
-}
+# free_port, wait_port, stop
+. bench/lib.sh
 
 # The secret key right after the base file's [[apps]], so it belongs to app_bench; the extra
 # configuration last. The key must match herald-bench's default --secret.

@@ -45,15 +45,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "run.sh: nothing listening on $1" >&2; return 1
-}
-stop() { kill "$@" 2>/dev/null || true; for p in "$@"; do wait "$p" 2>/dev/null || true; done; }
+# free_port, wait_port, stop
+. bench/lib.sh
 suite() { timeout "$run_timeout" taskset -c "$bench_cpu" "$bench" suite "$@" "${args[@]}"; }
 
 # ---- Herald, one node ----

@@ -104,30 +104,24 @@ pub struct RedisCluster {
     dir: std::path::PathBuf,
 }
 
-/// A port that is free together with its cluster-bus port (port + 10000).
+/// A port that is free together with its cluster-bus port (port + 10000), both below the
+/// kernel's ephemeral range (32768 and up on Linux by default). A port in that range can be
+/// taken, between this check and the node's bind, by any outgoing connection of a test running
+/// beside this one, and the node then fails to start.
 fn free_cluster_port(taken: &[u16]) -> u16 {
     use std::net::TcpListener;
-    let mut seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let mut seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
     loop {
-        let port = loop {
-            let candidate = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            if candidate < 55_000 && !taken.contains(&candidate) {
-                break candidate;
-            }
-            // The OS hands out high ports; walk a pseudo-random low range instead.
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let low = 20_000 + (seed >> 33) as u16 % 30_000;
-            if !taken.contains(&low) {
-                break low;
-            }
-        };
-        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        // 10000..22000, so the bus port stays below 32000.
+        let port = 10_000 + (seed >> 33) as u16 % 12_000;
+        if !taken.contains(&port)
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
             && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
         {
             return port;

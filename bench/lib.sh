@@ -1,0 +1,16 @@
+# Shell helpers the benchmark scripts share (sourced, not run). Loopback only.
+
+# A free TCP port on 127.0.0.1.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits (up to 10 s) until something listens on 127.0.0.1:$1.
+wait_port() {
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "$(basename "$0"): nothing listening on $1" >&2; return 1
+}
+
+# Stops the given processes and waits for them.
+stop() { kill "$@" 2>/dev/null || true; for p in "$@"; do wait "$p" 2>/dev/null || true; done; }
