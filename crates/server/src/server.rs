@@ -9,8 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::accept;
 use crate::config::{Config, ConfigError};
-use crate::engine::hub::occupancy::OccupancyRules;
-use crate::engine::memory::MemoryEngine;
+use crate::engine::memory::{MemoryEngine, MemorySettings};
 use crate::engine::redis::RedisEngine;
 use crate::engine::Engine;
 use crate::http;
@@ -41,13 +40,9 @@ pub async fn run(
                     reason: e.to_string(),
                 })?,
         ),
-        _ => Arc::new(
-            MemoryEngine::with_settings(
-                Duration::from_millis(config.engine.reconnect_grace_ms),
-                Duration::from_millis(config.timing.presence_coalesce_ms),
-            )
-            .with_occupancy(OccupancyRules::new(&config.presence)),
-        ),
+        _ => Arc::new(MemoryEngine::with_settings(MemorySettings::from_config(
+            &config,
+        ))),
     };
     run_with_engine(listener, config, engine, shutdown).await
 }

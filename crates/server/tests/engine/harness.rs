@@ -9,7 +9,7 @@ use herald_protocol::glob::Pattern;
 use herald_server::config::{EngineConfig, PresenceConfig};
 use herald_server::conn::{Conn, Outbound};
 use herald_server::engine::hub::occupancy::OccupancyRules;
-use herald_server::engine::memory::MemoryEngine;
+use herald_server::engine::memory::{MemoryEngine, MemorySettings};
 use herald_server::engine::redis::RedisEngine;
 use herald_server::engine::{
     Departure, Direct, Engine, EngineError, Publication, SubscribeRequest, Target,
@@ -48,7 +48,10 @@ impl Nodes {
 
     /// A memory engine with the roster caps of `presence` (occupancy mode).
     pub fn memory_with(presence: &PresenceConfig) -> Nodes {
-        let engine = MemoryEngine::new().with_occupancy(OccupancyRules::new(presence));
+        let engine = MemoryEngine::with_settings(MemorySettings {
+            rules: OccupancyRules::new(presence),
+            ..MemorySettings::default()
+        });
         Nodes {
             engines: vec![Arc::new(engine)],
             _redis: None,

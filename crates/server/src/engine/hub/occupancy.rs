@@ -210,28 +210,13 @@ pub fn on_join<S: OccupancySlot>(
     peer: &PeerId,
     now: Instant,
 ) -> Change {
-    let Some(cap) = ch.slot.room().cap(rules, channel) else {
-        return Change::Announce;
-    };
-    let count = ch.slot.roster_len();
-    if count <= cap {
+    if !over_cap(ch, rules, channel) {
         return Change::Announce;
     }
     if ch.slot.room().episode.is_none() {
         // Over the cap: every watcher holds the roster as it was before this join.
-        let mut visible = HashMap::with_capacity(count);
-        ch.slot.for_each_member(&mut |p, metadata| {
-            if p != peer {
-                visible.insert(p.clone(), (metadata.clone(), None));
-            }
-        });
-        let room = ch.slot.room();
-        room.announced = count - 1;
-        room.episode = Some(Episode {
-            visible,
-            departures: 0,
-            subscribed_at: HashMap::new(),
-        });
+        let count = ch.slot.roster_len();
+        start_episode(ch, peer, count, count - 1);
     }
     count_changed(ch, channel, now)
 }
@@ -314,14 +299,25 @@ pub fn start_if_over<S: OccupancySlot>(
     if count <= cap || ch.slot.room().episode.is_some() {
         return;
     }
-    let mut visible = HashMap::with_capacity(cap);
+    start_episode(ch, me, cap, count);
+}
+
+/// Starts an episode whose visible set is up to `limit` members other than `except`, with
+/// `announced` the count watchers are taken to know.
+fn start_episode<S: OccupancySlot>(
+    ch: &mut Channel<S>,
+    except: &PeerId,
+    limit: usize,
+    announced: usize,
+) {
+    let mut visible = HashMap::with_capacity(limit);
     ch.slot.for_each_member(&mut |p, metadata| {
-        if visible.len() < cap && p != me {
+        if visible.len() < limit && p != except {
             visible.insert(p.clone(), (metadata.clone(), None));
         }
     });
     let room = ch.slot.room();
-    room.announced = count;
+    room.announced = announced;
     room.episode = Some(Episode {
         visible,
         departures: 0,

@@ -24,9 +24,31 @@ use super::{
     Publication, SubscribeRequest, Target,
 };
 use crate::close::CloseReason;
+use crate::config::Config;
 use crate::conn::{Conn, Frame};
 use crate::ids::{AppId, ChannelName, PeerId};
 pub use roster::{Removal, Rosters};
+
+/// How a memory engine treats presence; [`MemorySettings::from_config`] is what a node runs.
+#[derive(Default)]
+pub struct MemorySettings {
+    /// How long a dropped peer stays in the roster (`engine.reconnect_grace_ms`).
+    pub grace: Duration,
+    /// The window presence deltas are coalesced over under load (`timing.presence_coalesce_ms`).
+    pub coalesce: Duration,
+    /// Roster caps of large rooms (`[presence]`).
+    pub rules: OccupancyRules,
+}
+
+impl MemorySettings {
+    pub fn from_config(config: &Config) -> Self {
+        MemorySettings {
+            grace: Duration::from_millis(config.engine.reconnect_grace_ms),
+            coalesce: Duration::from_millis(config.timing.presence_coalesce_ms),
+            rules: OccupancyRules::new(&config.presence),
+        }
+    }
+}
 
 /// The default single-node engine.
 pub struct MemoryEngine {
@@ -41,42 +63,32 @@ impl Default for MemoryEngine {
 }
 
 impl MemoryEngine {
-    /// An engine without reconnect grace: every departure but a shutdown announces `left` at
-    /// once (for tests that want exactly that).
+    /// An engine without reconnect grace, coalescing or roster caps: every departure but a
+    /// shutdown announces `left` at once (for tests that want exactly that).
     pub fn new() -> Self {
-        Self::with_grace(Duration::ZERO)
+        Self::with_settings(MemorySettings::default())
     }
 
     /// An engine that holds a dropped peer's presence for `grace` (`engine.reconnect_grace_ms`).
     pub fn with_grace(grace: Duration) -> Self {
-        Self::with_settings(grace, Duration::ZERO)
+        Self::with_settings(MemorySettings {
+            grace,
+            ..MemorySettings::default()
+        })
     }
 
     /// An engine whose presence deltas are coalesced over `window` under load
     /// (`timing.presence_coalesce_ms`), without reconnect grace.
     pub fn with_presence_coalescing(window: Duration) -> Self {
-        Self::with_settings(Duration::ZERO, window)
+        Self::with_settings(MemorySettings {
+            coalesce: window,
+            ..MemorySettings::default()
+        })
     }
 
-    /// The engine as a node runs it: `grace` from `engine.reconnect_grace_ms`, `coalesce` from
-    /// `timing.presence_coalesce_ms`.
-    pub fn with_settings(grace: Duration, coalesce: Duration) -> Self {
+    pub fn with_settings(settings: MemorySettings) -> Self {
         MemoryEngine {
-            state: Arc::new(Rosters::new(grace, coalesce)),
-        }
-    }
-
-    /// Applies the roster caps of `[presence]` (occupancy mode of large rooms). A builder step
-    /// for a new engine (it changes nothing once the engine is shared).
-    pub fn with_occupancy(self, rules: OccupancyRules) -> Self {
-        match Arc::try_unwrap(self.state) {
-            Ok(mut rosters) => {
-                rosters.rules = rules;
-                MemoryEngine {
-                    state: Arc::new(rosters),
-                }
-            }
-            Err(state) => MemoryEngine { state },
+            state: Arc::new(Rosters::new(settings)),
         }
     }
 

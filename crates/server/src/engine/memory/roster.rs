@@ -16,6 +16,7 @@ use herald_protocol::glob::Pattern;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
+use super::MemorySettings;
 use crate::conn::Conn;
 use crate::engine::hub::occupancy::{self, Change, OccupancyRules, OccupancySlot, RoomState};
 use crate::engine::hub::presence_batch::{DeltaBatch, HasDeltas};
@@ -135,16 +136,16 @@ pub struct Rosters {
     /// Tags each grace, so a late timer cannot end a newer hold.
     generation: AtomicU64,
     /// Roster caps of large rooms (none unless configured).
-    pub rules: OccupancyRules,
+    rules: OccupancyRules,
 }
 
 impl Rosters {
-    pub fn new(grace: Duration, coalesce: Duration) -> Self {
+    pub fn new(settings: MemorySettings) -> Self {
         Rosters {
-            hub: Arc::new(Hub::with_coalescing(coalesce)),
-            grace,
+            hub: Arc::new(Hub::with_coalescing(settings.coalesce)),
+            grace: settings.grace,
             generation: AtomicU64::new(0),
-            rules: OccupancyRules::default(),
+            rules: settings.rules,
         }
     }
 

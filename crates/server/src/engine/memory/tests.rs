@@ -246,3 +246,54 @@ async fn a_channel_held_by_a_dropped_peer_alone_is_forgotten_after_the_grace() {
     let key = (AppId::new("app"), ChannelName::new(ROOM));
     assert!(engine.rosters().hub.channels.with(&key, |_| ()).is_none());
 }
+
+/// Coalescing and occupancy mode together: deltas still waiting when the room goes over its
+/// cap are sent first, so the count frame finds every watcher holding the roster it assumes.
+#[tokio::test(start_paused = true)]
+async fn waiting_deltas_leave_before_the_room_turns_to_counts() {
+    let presence: crate::config::PresenceConfig = toml::from_str(
+        r#"
+        [[channels]]
+        patterns = ["room"]
+        max_roster = 12
+        "#,
+    )
+    .unwrap();
+    let engine = MemoryEngine::with_settings(super::MemorySettings {
+        coalesce: Duration::from_millis(50),
+        rules: crate::engine::hub::occupancy::OccupancyRules::new(&presence),
+        ..super::MemorySettings::default()
+    });
+    let mut watcher = Client::join(&engine, "w", None).await;
+    // The window's immediate allowance goes at once, the next joins wait.
+    let mut joiners = Vec::new();
+    // The watcher and 11 joiners: 12 members, at the cap.
+    for i in 0..11 {
+        joiners.push(Client::join(&engine, &format!("p{i}"), None).await);
+    }
+    let mut told = 0;
+    while let Some(frame) = watcher.rx.try_recv() {
+        let v: Value = serde_json::from_str(frame.as_str()).unwrap();
+        told += v["joined"].as_array().unwrap().len();
+    }
+    assert!(told < 11, "some joins wait for the window");
+    // This join takes the room to 13 > 12: the waiting joins leave first, then the count.
+    let _over = Client::join(&engine, "over", None).await;
+    let mut frames = Vec::new();
+    while let Some(frame) = watcher.rx.try_recv() {
+        frames.push(serde_json::from_str::<Value>(frame.as_str()).unwrap());
+    }
+    let (count, deltas) = frames.split_last().unwrap();
+    let flushed: usize = deltas
+        .iter()
+        .map(|v| v["joined"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        told + flushed,
+        11,
+        "every join before the cap was told: {frames:?}"
+    );
+    assert_eq!(count["occupancy"], json!({"peers": 13}));
+    assert_eq!(count["joined"], json!([]));
+    drop(joiners);
+}
