@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::accept;
 use crate::config::{Config, ConfigError};
 use crate::engine::memory::{MemoryEngine, MemorySettings};
-use crate::engine::redis::RedisEngine;
+use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::engine::Engine;
 use crate::http;
 use crate::state::ServerState;
@@ -33,7 +33,7 @@ pub async fn run(
     config.validate()?;
     let engine: Arc<dyn Engine> = match config.engine.kind.as_str() {
         "redis" => Arc::new(
-            RedisEngine::start_with_presence(&config.engine, &config.presence)
+            RedisEngine::start_with(&config.engine, &RedisSettings::from_config(&config))
                 .await
                 .map_err(|e| ConfigError::Invalid {
                     field: "engine.redis_url".into(),

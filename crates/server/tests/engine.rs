@@ -6,6 +6,8 @@
 //! instantiated per engine below. Redis scenarios start their own redis-server on a free port.
 #![allow(clippy::unwrap_used)]
 
+#[path = "engine/coalescing.rs"]
+mod coalescing;
 #[path = "engine/cross_node.rs"]
 mod cross_node;
 #[path = "engine/departures.rs"]
@@ -147,6 +149,11 @@ mod redis_only {
     }
 
     #[tokio::test]
+    async fn a_followed_room_is_not_read_again() {
+        cross_node::a_followed_room_is_not_read_again(Nodes::redis(2).await).await;
+    }
+
+    #[tokio::test]
     async fn messages_cross_nodes() {
         cross_node::messages_cross_nodes(Nodes::redis(2).await).await;
     }
@@ -154,5 +161,21 @@ mod redis_only {
     #[tokio::test]
     async fn directs_and_kicks_cross_nodes() {
         cross_node::directs_and_kicks_cross_nodes(Nodes::redis(2).await).await;
+    }
+}
+
+/// Presence coalescing, on one memory node and across two Redis nodes.
+mod coalesced {
+    use crate::coalescing::{a_join_storm_is_coalesced_and_exact, WINDOW};
+    use crate::Nodes;
+
+    #[tokio::test]
+    async fn memory_join_storm_is_coalesced_and_exact() {
+        a_join_storm_is_coalesced_and_exact(Nodes::memory_coalescing(WINDOW)).await;
+    }
+
+    #[tokio::test]
+    async fn redis_join_storm_is_coalesced_and_exact() {
+        a_join_storm_is_coalesced_and_exact(Nodes::redis_coalescing(2, WINDOW).await).await;
     }
 }

@@ -14,8 +14,8 @@ use herald_server::conn::{Conn, Outbound};
 use herald_server::engine::memory::MemoryEngine;
 use herald_server::engine::{Departure, Engine, SubscribeRequest, Target};
 use herald_server::ids::{AppId, ChannelName, PeerId};
+use herald_testkit::prelude::PresenceView;
 use proptest::prelude::*;
-use serde_json::Value;
 
 const PEERS: u8 = 24;
 const WINDOW: Duration = Duration::from_millis(50);
@@ -42,47 +42,14 @@ struct Watcher {
     conn: Arc<Conn>,
     rx: Outbound,
     /// What this connection has been told: its snapshot plus deltas since.
-    view: Option<BTreeSet<String>>,
+    view: PresenceView,
 }
 
 impl Watcher {
     /// Applies every frame queued so far to the view, checking each one makes sense.
     fn absorb(&mut self) {
         while let Some(frame) = self.rx.try_recv() {
-            let v: Value = serde_json::from_str(frame.as_str()).unwrap();
-            if v["type"] != "presence" {
-                continue;
-            }
-            let names = |key: &str| -> Vec<String> {
-                v[key]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|e| e["peerId"].as_str().unwrap().to_string())
-                    .collect()
-            };
-            let (joined, left) = (names("joined"), names("left"));
-            let me = self.conn.peer_id.as_str();
-            let mut named: Vec<&String> = joined.iter().chain(&left).collect();
-            named.sort();
-            let before = named.len();
-            named.dedup();
-            assert_eq!(before, named.len(), "a frame names a peer twice: {v}");
-            assert!(!named.iter().any(|p| *p == me), "told about itself: {v}");
-            match self.view.as_mut() {
-                None => {
-                    assert!(left.is_empty(), "the snapshot comes first");
-                    self.view = Some(joined.into_iter().collect());
-                }
-                Some(view) => {
-                    for p in joined {
-                        assert!(view.insert(p.clone()), "joined {p} it already knew: {v}");
-                    }
-                    for p in left {
-                        assert!(view.remove(&p), "left {p} it never knew: {v}");
-                    }
-                }
-            }
+            self.view.absorb(frame.as_str(), self.conn.peer_id.as_str());
         }
     }
 }
@@ -123,7 +90,7 @@ async fn run(ops: Vec<Op>) {
                     Watcher {
                         conn,
                         rx,
-                        view: None,
+                        view: PresenceView::default(),
                     },
                 );
             }
@@ -145,14 +112,7 @@ async fn run(ops: Vec<Op>) {
     let truth: BTreeSet<String> = live.keys().map(|(p, _)| format!("p{p}")).collect();
     for w in live.values_mut() {
         w.absorb();
-        let mut want = truth.clone();
-        want.remove(w.conn.peer_id.as_str());
-        assert_eq!(
-            w.view.as_ref().unwrap(),
-            &want,
-            "view of {}",
-            w.conn.peer_id.as_str()
-        );
+        w.view.assert_equals(&truth, w.conn.peer_id.as_str());
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod config;
 pub mod frames;
+pub mod presence_view;
 pub mod proxy;
 pub mod raw_ws;
 pub mod redis;
@@ -23,6 +24,7 @@ pub mod ws;
 pub mod prelude {
     pub use crate::config::*;
     pub use crate::frames::*;
+    pub use crate::presence_view::PresenceView;
     pub use crate::raw_ws::*;
     #[cfg(feature = "client")]
     pub use crate::sdk::*;

@@ -99,3 +99,66 @@ pub async fn directs_and_kicks_cross_nodes(nodes: Nodes) {
     let closed = tokio::time::timeout(Duration::from_secs(5), q.conn.closed()).await;
     assert_eq!(closed.ok(), Some(reason));
 }
+
+/// Once a node follows a room (it has read the roster and applied every delta since), its
+/// subscribers' snapshots come from its mirror of the roster: the roster is not read from
+/// Redis again, and the snapshots are still exact, metadata changes included.
+pub async fn a_followed_room_is_not_read_again(nodes: Nodes) {
+    let (n0, n1) = (nodes.node(0), nodes.node(1));
+    let mut members = Vec::new();
+    for i in 0..10 {
+        let mut m = connect(&n1, &format!("m{i}")).await;
+        m.subscribe(ROOM).await;
+        members.push(m);
+    }
+    let mut watcher = connect(&n0, "watcher").await;
+    watcher.subscribe(ROOM).await;
+    watcher.expect(ack()).await;
+    watcher.next().await; // the snapshot of the ten
+    let reads = nodes.redis_calls("hgetall").await;
+    let mut expected = json!((0..10).map(|i| entry(&format!("m{i}"))).collect::<Vec<_>>());
+    expected.as_array_mut().unwrap().push(entry("watcher"));
+    for i in 0..5 {
+        let name = format!("late{i}");
+        let mut late = connect(&n0, &name).await;
+        late.subscribe(ROOM).await;
+        late.expect_subscribed(ROOM, expected.clone()).await;
+        // Once the watcher hears of it, node 0 has applied its `joined` too.
+        watcher.expect(joined(ROOM, json!([entry(&name)]))).await;
+        expected.as_array_mut().unwrap().push(entry(&name));
+    }
+    assert_eq!(
+        nodes.redis_calls("hgetall").await,
+        reads,
+        "no roster read for a followed room"
+    );
+    // m0 reconnects on node 1 within the grace with new metadata: nobody is told, and the
+    // next snapshot on node 0 has it.
+    let m0 = members.remove(0);
+    m0.disconnect(Departure::Dropped).await;
+    let mut again = ClientSpec::new("m0")
+        .metadata(r#"{"v":2}"#)
+        .connect(&n1)
+        .await;
+    again.subscribe(ROOM).await;
+    again.expect(ack()).await;
+    again.next().await;
+    Barrier::new(&n1)
+        .on_channel(ROOM, &mut [&mut watcher])
+        .await;
+    let mut last = connect(&n0, "last").await;
+    last.subscribe(ROOM).await;
+    last.expect(ack()).await;
+    let snapshot = last.next().await;
+    let m0_entry = snapshot["joined"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["peerId"] == "m0")
+        .cloned();
+    assert_eq!(
+        m0_entry,
+        Some(json!({"peerId": "m0", "metadata": {"v": 2}}))
+    );
+    tokio::time::sleep(Duration::ZERO).await;
+}

@@ -10,7 +10,7 @@ use herald_server::config::{EngineConfig, PresenceConfig};
 use herald_server::conn::{Conn, Outbound};
 use herald_server::engine::hub::occupancy::OccupancyRules;
 use herald_server::engine::memory::{MemoryEngine, MemorySettings};
-use herald_server::engine::redis::RedisEngine;
+use herald_server::engine::redis::{RedisEngine, RedisSettings};
 use herald_server::engine::{
     Departure, Direct, Engine, EngineError, Publication, SubscribeRequest, Target,
 };
@@ -58,6 +58,14 @@ impl Nodes {
         }
     }
 
+    /// A memory engine whose presence deltas are coalesced over `window` under load.
+    pub fn memory_coalescing(window: Duration) -> Nodes {
+        Nodes {
+            engines: vec![Arc::new(MemoryEngine::with_presence_coalescing(window))],
+            _redis: None,
+        }
+    }
+
     /// `count` Redis nodes on one fresh redis-server, each ready before this returns.
     pub async fn redis(count: usize) -> Nodes {
         Self::redis_with(count, &PresenceConfig::default()).await
@@ -65,6 +73,23 @@ impl Nodes {
 
     /// [`Nodes::redis`] with the roster caps of `presence` (occupancy mode).
     pub async fn redis_with(count: usize, presence: &PresenceConfig) -> Nodes {
+        let settings = RedisSettings {
+            presence: presence.clone(),
+            ..RedisSettings::default()
+        };
+        Self::redis_with_settings(count, &settings).await
+    }
+
+    /// [`Nodes::redis`] whose presence deltas are coalesced over `window` under load.
+    pub async fn redis_coalescing(count: usize, window: Duration) -> Nodes {
+        let settings = RedisSettings {
+            coalesce: window,
+            ..RedisSettings::default()
+        };
+        Self::redis_with_settings(count, &settings).await
+    }
+
+    async fn redis_with_settings(count: usize, settings: &RedisSettings) -> Nodes {
         let redis = RedisServer::start();
         let config = EngineConfig {
             kind: "redis".into(),
@@ -74,9 +99,7 @@ impl Nodes {
         };
         let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
         for _ in 0..count {
-            let engine = RedisEngine::start_with_presence(&config, presence)
-                .await
-                .unwrap();
+            let engine = RedisEngine::start_with(&config, settings).await.unwrap();
             wait_ready(&engine).await;
             engines.push(Arc::new(engine));
         }
@@ -84,6 +107,29 @@ impl Nodes {
             engines,
             _redis: Some(redis),
         }
+    }
+
+    /// How many times Redis ran a command so far (scripts' calls included), for scenarios that
+    /// show a read did not happen. Redis nodes only.
+    pub async fn redis_calls(&self, command: &str) -> u64 {
+        let url = self._redis.as_ref().expect("a redis scenario").url();
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
+    /// How many nodes there are.
+    pub fn len(&self) -> usize {
+        self.engines.len()
     }
 
     /// Node `i`'s engine.

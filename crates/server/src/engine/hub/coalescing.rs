@@ -21,10 +21,25 @@ impl<S: Default + HasDeltas + Send + 'static> Hub<S> {
         peer: &PeerId,
         metadata: Option<Arc<RawValue>>,
     ) {
+        let seq = ch.slot.deltas().seq() + 1;
+        self.record_numbered_delta(key, ch, seq, joined, peer, metadata);
+    }
+
+    /// [`Hub::record_delta`] for a delta numbered by the engine (`seq` above every number the
+    /// channel recorded before; subscribers' floors are in the same numbers).
+    pub fn record_numbered_delta(
+        self: &Arc<Self>,
+        key: &ChannelKey,
+        ch: &mut Channel<S>,
+        seq: u64,
+        joined: bool,
+        peer: &PeerId,
+        metadata: Option<Arc<RawValue>>,
+    ) {
         match ch
             .slot
             .deltas()
-            .record(self.coalesce, joined, peer.clone(), metadata)
+            .record_numbered(self.coalesce, seq, joined, peer.clone(), metadata)
         {
             Recorded::SendNow => self.flush_deltas(key, ch),
             Recorded::Waiting => self.waiting.add(key, peer),

@@ -24,7 +24,7 @@ mod frames;
 pub mod occupancy;
 mod peers;
 pub mod presence_batch;
-mod snapshot;
+pub mod snapshot;
 mod views;
 pub mod wildcard;
 

@@ -80,7 +80,20 @@ impl DeltaBatch {
         peer: PeerId,
         metadata: Option<Arc<RawValue>>,
     ) -> Recorded {
-        self.seq += 1;
+        self.record_numbered(window, self.seq + 1, joined, peer, metadata)
+    }
+
+    /// [`DeltaBatch::record`] for an engine whose deltas come numbered (the Redis engine's
+    /// cluster-wide sequence numbers): `seq` must be above every number recorded before.
+    pub fn record_numbered(
+        &mut self,
+        window: Duration,
+        seq: u64,
+        joined: bool,
+        peer: PeerId,
+        metadata: Option<Arc<RawValue>>,
+    ) -> Recorded {
+        self.seq = seq;
         let now = Instant::now();
         let conflict = self.waiting.iter().any(|d| d.peer == peer);
         self.waiting.push(Delta {

@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::Notify;
@@ -110,7 +110,8 @@ pub struct Inbox {
     disconnected: AtomicBool,
     /// Something was shed since the bus task last asked: rosters need a re-sync.
     gap: AtomicBool,
-    shed: AtomicU64,
+    /// Pushes shed so far; shared with the node's roster mirrors, which a loss invalidates.
+    shed: Arc<AtomicU64>,
     peak: AtomicUsize,
 }
 
@@ -124,7 +125,7 @@ impl Inbox {
             epoch: AtomicU64::new(0),
             disconnected: AtomicBool::new(false),
             gap: AtomicBool::new(false),
-            shed: AtomicU64::new(0),
+            shed: Arc::new(AtomicU64::new(0)),
             peak: AtomicUsize::new(0),
         }
     }
@@ -201,6 +202,11 @@ impl Inbox {
             if admit {
                 queue.push_back(push);
             }
+            // Counted before any later push can be taken: a mirror that applied a later delta
+            // must see that an earlier one was lost.
+            if shed > 0 {
+                self.shed.fetch_add(shed, Ordering::AcqRel);
+            }
             (admit.then_some(queue.items.len()), shed)
         };
         if let Some(len) = queued {
@@ -209,15 +215,12 @@ impl Inbox {
                 self.ready.notify_one();
             }
         }
-        if shed > 0 {
-            self.shed.fetch_add(shed, Ordering::Relaxed);
-            if !self.gap.swap(true, Ordering::AcqRel) {
-                tracing::warn!(
-                    max_messages = self.max_messages,
-                    max_bytes = self.max_bytes,
-                    "bus queue full: shedding pushes from redis; rosters will be re-synced"
-                );
-            }
+        if shed > 0 && !self.gap.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                max_messages = self.max_messages,
+                max_bytes = self.max_bytes,
+                "bus queue full: shedding pushes from redis; rosters will be re-synced"
+            );
         }
     }
 
@@ -257,6 +260,11 @@ impl Inbox {
     /// True once when the current connection has reported its end.
     pub fn take_disconnected(&self) -> bool {
         self.disconnected.swap(false, Ordering::AcqRel)
+    }
+
+    /// The count of pushes shed so far, as a shared counter.
+    pub fn shed_counter(&self) -> Arc<AtomicU64> {
+        self.shed.clone()
     }
 
     /// True once after pushes were shed.

@@ -13,7 +13,9 @@
 //! |---|---|---|
 //! | `P{c:ck}:members` | hash | peer → number of node instances holding the peer on the channel |
 //! | `P{c:ck}:meta` | hash | peer → peerMetadata JSON (`""` for none), latest subscriber wins |
-//! | `P{c:ck}:seq` | string | presence sequence number, bumped on every change |
+//! | `P{c:ck}:seq` | string | presence sequence number, bumped on every change; expires an hour after the channel empties (with `:epoch` and `:vseq`) |
+//! | `P{c:ck}:epoch` | string | the life of the channel's numbering: set when `:seq` starts at 1 |
+//! | `P{c:ck}:vseq` | string | sequence number of the last change a node's roster mirror follows (`joined`, `left`, `meta`) |
 //! | `P{c:ck}:subs` | hash | I → local subscribed connections (REST `delivered`) |
 //! | `P{c:ck}:holds` | set | `I\npeer`: which instance holds which peer (crash cleanup) |
 //! | `P{c:ck}:holdgen` | hash | `I\npeer` → the instance's re-assertion generation when it wrote the hold (a re-assertion drops only holds older than itself) |

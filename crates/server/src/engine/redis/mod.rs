@@ -63,7 +63,7 @@ use super::{
     Publication, SubscribeRequest, Target,
 };
 use crate::close::CloseReason;
-use crate::config::{EngineConfig, PresenceConfig};
+use crate::config::{Config, EngineConfig, PresenceConfig};
 use crate::conn::Conn;
 use crate::ids::{AppId, ChannelName, PeerId};
 
@@ -71,6 +71,25 @@ use crate::ids::{AppId, ChannelName, PeerId};
 const TOPIC_CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Scripts run concurrently during re-assertion, re-sync and reaping.
 const BULK_CONCURRENCY: usize = 32;
+
+/// How a Redis node treats presence beyond `[engine]`; [`RedisSettings::from_config`] is what a
+/// node runs.
+#[derive(Default)]
+pub struct RedisSettings {
+    /// The window presence deltas are coalesced over under load (`timing.presence_coalesce_ms`).
+    pub coalesce: Duration,
+    /// Roster caps of large rooms (`[presence]`).
+    pub presence: PresenceConfig,
+}
+
+impl RedisSettings {
+    pub fn from_config(config: &Config) -> Self {
+        RedisSettings {
+            coalesce: Duration::from_millis(config.timing.presence_coalesce_ms),
+            presence: config.presence.clone(),
+        }
+    }
+}
 
 /// The distributed engine.
 pub struct RedisEngine {
@@ -91,13 +110,14 @@ impl RedisEngine {
     /// the bus (pub/sub in) and maintenance (lease, reaping, repair). Fails only on a
     /// malformed URL.
     pub async fn start(config: &EngineConfig) -> Result<RedisEngine, EngineError> {
-        Self::start_with_presence(config, &PresenceConfig::default()).await
+        Self::start_with(config, &RedisSettings::default()).await
     }
 
-    /// [`RedisEngine::start`] with the roster caps of `[presence]` (occupancy mode).
-    pub async fn start_with_presence(
+    /// [`RedisEngine::start`] with the presence settings from beyond `[engine]` (roster caps,
+    /// delta coalescing).
+    pub async fn start_with(
         config: &EngineConfig,
-        presence: &PresenceConfig,
+        settings: &RedisSettings,
     ) -> Result<RedisEngine, EngineError> {
         let store = Store::connect(&config.redis_url, config.redis_cluster)
             .await
@@ -107,8 +127,9 @@ impl RedisEngine {
         } else {
             config.node_id.clone()
         };
-        let (mut node, commands) = Node::new(id, config, store);
-        node.local.set_occupancy(OccupancyRules::new(presence));
+        let (mut node, commands) = Node::new(id, config, settings.coalesce, store);
+        node.local
+            .set_occupancy(OccupancyRules::new(&settings.presence));
         let node = Arc::new(node);
         let bus_task = tokio::spawn(bus::run(
             node.clone(),

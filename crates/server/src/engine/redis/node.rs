@@ -79,10 +79,15 @@ impl Node {
     pub(super) fn new(
         id: String,
         config: &EngineConfig,
+        coalesce: Duration,
         store: Store,
     ) -> (Node, tokio::sync::mpsc::UnboundedReceiver<BusCommand>) {
         let keys = Arc::new(Keys::new(&config.key_prefix, &id));
         let (bus, commands) = BusSender::new(keys.clone());
+        let inbox = Arc::new(Inbox::new(
+            config.bus_queue_messages,
+            config.bus_queue_bytes,
+        ));
         let node = Node {
             instance: Mutex::new(new_instance(&id)),
             id,
@@ -91,11 +96,8 @@ impl Node {
             grace: Duration::from_millis(config.reconnect_grace_ms),
             store,
             scripts: Scripts::new(),
-            local: Local::new(bus),
-            inbox: Arc::new(Inbox::new(
-                config.bus_queue_messages,
-                config.bus_queue_bytes,
-            )),
+            local: Local::new(bus, coalesce).watching_losses(inbox.shed_counter()),
+            inbox,
             bus_up: AtomicBool::new(false),
             redis_ok: AtomicBool::new(false),
             needs_reassert: AtomicBool::new(true),

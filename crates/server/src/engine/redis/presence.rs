@@ -11,12 +11,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::await_confirm;
-use super::local::{roster_from_flat, Removal, SubscribeStart};
+use super::local::{roster_from_flat, Removal, RosterRead, SubscribeStart};
 use super::node::{unavailable, Node};
 use crate::conn::Conn;
 use crate::engine::{Departure, EngineError, Member, SubscribeRequest};
 use crate::ids::{AppId, ChannelName, PeerId};
 use crate::sync::lock;
+
+/// What `JOIN` returned: the join's sequence number, the roster at it (none when the node's
+/// mirror was current), and the epoch of the channel's numbering.
+struct JoinRead {
+    seq: u64,
+    roster: Option<Vec<String>>,
+    epoch: String,
+}
 
 impl Node {
     /// Subscribes a connection to a concrete channel. Returns true when the subscription is new.
@@ -29,27 +37,64 @@ impl Node {
             .keys
             .channel_base(conn.app.as_str(), req.channel.as_str());
         let (_in_use, written) = self.index.use_entry(&base);
-        let SubscribeStart { duplicate, confirm } =
-            self.local
-                .begin_subscribe(conn, req.channel, req.include_sender_metadata);
+        let SubscribeStart {
+            duplicate,
+            confirm,
+            mirror,
+            losses,
+        } = self
+            .local
+            .begin_subscribe(conn, req.channel, req.include_sender_metadata);
         if let Err(err) = await_confirm(confirm).await {
             self.local.abort_subscribe(conn, req.channel, duplicate);
             return Err(err);
         }
+        let subscriber_delta = if duplicate { 0 } else { 1 };
         let joined = match self.ensure_indexed(&base, written).await {
-            Ok(()) => self.join(&base, conn, if duplicate { 0 } else { 1 }).await,
+            Ok(()) => self.join(&base, conn, subscriber_delta, mirror).await,
             Err(err) => Err(err),
         };
-        let (_, seq, roster) = match joined {
-            Ok(result) => result,
+        let read = match joined {
+            Ok(read) => read,
             Err(err) => {
                 self.local.abort_subscribe(conn, req.channel, duplicate);
                 self.mark_trouble();
                 return Err(unavailable(err));
             }
         };
-        self.local
-            .finish_subscribe(conn, req.channel, duplicate, req.ack, seq, &roster);
+        let (seq, roster, epoch) = (read.seq, read.roster, read.epoch);
+        let finished = match &roster {
+            Some(roster) => {
+                let read = RosterRead::Full {
+                    seq,
+                    roster,
+                    epoch: &epoch,
+                    losses,
+                };
+                self.local
+                    .finish_read(conn, req.channel, duplicate, req.ack.clone(), read)
+            }
+            None => self.local.finish_read(
+                conn,
+                req.channel,
+                duplicate,
+                req.ack.clone(),
+                RosterRead::Mirror { seq },
+            ),
+        };
+        if !finished {
+            // The mirror stopped being trustworthy while the join ran: read the roster.
+            let (seq, roster) = match self.roster(conn.app.as_str(), req.channel.as_str()).await {
+                Ok(read) => read,
+                Err(err) => {
+                    self.local.abort_subscribe(conn, req.channel, duplicate);
+                    self.mark_trouble();
+                    return Err(unavailable(err));
+                }
+            };
+            self.local
+                .finish_subscribe(conn, req.channel, duplicate, req.ack, seq, &roster);
+        }
         if !duplicate {
             self.local.hub.count_subscribed();
         }
@@ -133,9 +178,12 @@ impl Node {
         base: &str,
         conn: &Conn,
         subscriber_delta: i64,
-    ) -> redis::RedisResult<(i64, u64, Vec<String>)> {
+        mirror: Option<(String, u64)>,
+    ) -> redis::RedisResult<JoinRead> {
         let meta = conn.peer_metadata.as_ref().map_or("", |m| m.get());
-        self.scripts
+        let (epoch, seq) = mirror.unwrap_or_default();
+        let (_first, seq, roster, epoch): (i64, u64, Option<Vec<String>>, String) = self
+            .scripts
             .join
             .key(base)
             .arg(self.publish_command())
@@ -145,8 +193,11 @@ impl Node {
             .arg(meta)
             .arg(subscriber_delta)
             .arg(self.reassert_generation.load(Ordering::Acquire))
+            .arg(epoch)
+            .arg(seq)
             .invoke_async(&mut self.conn())
-            .await
+            .await?;
+        Ok(JoinRead { seq, roster, epoch })
     }
 
     /// Drops this node's hold of (channel, peer), then re-checks: if the peer subscribed again
@@ -171,7 +222,7 @@ impl Node {
         }
         if let Some(conn) = self.local.any_holder(app, channel, peer) {
             let rejoined = match self.ensure_indexed(&base, written).await {
-                Ok(()) => self.join(&base, &conn, 0).await.map(|_| ()),
+                Ok(()) => self.join(&base, &conn, 0, None).await.map(|_| ()),
                 Err(err) => Err(err),
             };
             if rejoined.is_err() {

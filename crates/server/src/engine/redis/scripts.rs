@@ -17,6 +17,38 @@ local function publish_presence(pub, topic, kind, seq, peer, meta)
     '{"kind":"' .. kind .. '","seq":' .. seq .. ',"peer":' .. cjson.encode(peer) .. ',"meta":' .. meta .. '}')
 end
 
+-- Bumps the channel's sequence number. A sequence that starts anew (the channel was empty, or
+-- Redis lost it) starts a new epoch, so that a node's mirror of an earlier life of the channel
+-- is never taken for current (`JOIN`).
+local function next_seq(b)
+  local seq = redis.call('INCR', b .. ':seq')
+  if seq == 1 then
+    local t = redis.call('TIME')
+    redis.call('SET', b .. ':epoch', t[1] .. '.' .. t[2])
+  elseif redis.call('PERSIST', b .. ':seq') == 1 then
+    -- The channel is in use again before its numbering expired: it goes on.
+    redis.call('PERSIST', b .. ':epoch')
+    redis.call('PERSIST', b .. ':vseq')
+  end
+  return seq
+end
+
+-- Publishes a change that a node's mirror of the roster must see, and records it as the
+-- channel's latest visible change.
+local function announce(b, pub, topic, kind, seq, peer, meta)
+  redis.call('SET', b .. ':vseq', seq)
+  publish_presence(pub, topic, kind, seq, peer, meta)
+end
+
+-- Forgets the numbering of a channel with no member left, an hour later: deltas of its last
+-- members may still be on their way to nodes, and a numbering that restarted under them would
+-- make a late `left` look newer than a new subscriber's snapshot.
+local function forget_if_empty(b)
+  if redis.call('EXISTS', b .. ':members') == 0 then
+    for _, k in ipairs({':seq', ':epoch', ':vseq'}) do redis.call('EXPIRE', b .. k, 3600) end
+  end
+end
+
 -- Removes a hold entry (`inst\npeer`) and its generation. Returns 1 when it was there.
 local function drop_hold(b, e)
   redis.call('HDEL', b .. ':holdgen', e)
@@ -31,9 +63,8 @@ local function release(b, pub, topic, peer)
   redis.call('HDEL', b .. ':members', peer)
   local meta = redis.call('HGET', b .. ':meta', peer)
   redis.call('HDEL', b .. ':meta', peer)
-  local seq = redis.call('INCR', b .. ':seq')
-  publish_presence(pub, topic, 'left', seq, peer, meta)
-  if redis.call('EXISTS', b .. ':members') == 0 then redis.call('DEL', b .. ':seq') end
+  announce(b, pub, topic, 'left', next_seq(b), peer, meta)
+  forget_if_empty(b)
   return 1
 end
 
@@ -53,9 +84,16 @@ local function hold(b, pub, topic, inst, peer, meta, gen)
     if redis.call('HINCRBY', b .. ':members', peer, 1) == 1 then first = 1 end
   end
   redis.call('HSET', b .. ':holdgen', e, gen)
+  local old = redis.call('HGET', b .. ':meta', peer)
   redis.call('HSET', b .. ':meta', peer, meta)
-  local seq = redis.call('INCR', b .. ':seq')
-  if first == 1 then publish_presence(pub, topic, 'joined', seq, peer, meta) end
+  local seq = next_seq(b)
+  if first == 1 then
+    announce(b, pub, topic, 'joined', seq, peer, meta)
+  elseif old ~= meta then
+    -- Subscribers are not told (a reconnect within the grace is silent), but nodes' mirrors
+    -- of the roster must follow.
+    announce(b, pub, topic, 'meta', seq, peer, meta)
+  end
   return {first, seq}
 end
 
@@ -70,14 +108,22 @@ end
 "#;
 
 /// KEYS: channel base. ARGV: pub, topic, instance, peer, meta, subscriber delta, the
-/// instance's re-assertion generation. Returns {first, seq, meta hash as a flat list}: the
-/// snapshot at `seq`.
+/// instance's re-assertion generation, and the node's mirror of the roster as (epoch, seq), or
+/// ("", 0) for none. Returns {first, seq, meta hash as a flat list: the snapshot at `seq`, or
+/// nil when the mirror is current, epoch}. The mirror is current when the channel is in the
+/// same life and no change a mirror follows happened after the one it saw last: then the
+/// roster at `seq` is the mirror plus this join, and need not travel.
 const JOIN: &str = r#"
 local b = KEYS[1]
 local pub, topic, inst, peer, meta, sd = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local have_epoch, have_seq = ARGV[8], tonumber(ARGV[9])
+local current = have_epoch ~= '' and redis.call('GET', b .. ':epoch') == have_epoch
+  and tonumber(redis.call('GET', b .. ':vseq') or '0') <= have_seq
 if sd ~= 0 then redis.call('HINCRBY', b .. ':subs', inst, sd) end
 local r = hold(b, pub, topic, inst, peer, meta, ARGV[7])
-return {r[1], r[2], redis.call('HGETALL', b .. ':meta')}
+local roster = false
+if not current then roster = redis.call('HGETALL', b .. ':meta') end
+return {r[1], r[2], roster, redis.call('GET', b .. ':epoch') or ''}
 "#;
 
 /// KEYS: channel base. ARGV: pub, topic, instance, peer. Returns 1 when `left` was published.
@@ -225,9 +271,10 @@ for _ = 1, tonumber(ARGV[i]) do
   local peer = ARGV[i + 1]
   i = i + 1
   if not announced[peer] and desired[peer] == nil and redis.call('HEXISTS', b .. ':members', peer) == 0 then
-    publish_presence(pub, topic, 'left', redis.call('INCR', b .. ':seq'), peer, nil)
+    announce(b, pub, topic, 'left', next_seq(b), peer, nil)
   end
 end
+forget_if_empty(b)
 return 1
 "#;
 

@@ -6,7 +6,7 @@
 //! | kind | topic | fields |
 //! |---|---|---|
 //! | `message` | a channel's (and, in cluster mode, its app's wildcard topic) | `from`, `meta`, `data`, `exclude`, `channel` |
-//! | `joined`, `left` | a channel's | `seq`, `peer`, `meta` |
+//! | `joined`, `left`, `meta` | a channel's | `seq`, `peer`, `meta` |
 //! | `direct` | a node's | `app`, `to`, `from`, `meta`, `data`, `exclude` |
 //! | `kick` | a node's | `app`, `peer`, `code` |
 
@@ -20,6 +20,9 @@ pub mod kind {
     pub const MESSAGE: &str = "message";
     pub const JOINED: &str = "joined";
     pub const LEFT: &str = "left";
+    /// A member's metadata changed without a join (a reconnect within the grace): nodes update
+    /// their mirror of the roster; subscribers are not told.
+    pub const META: &str = "meta";
     pub const DIRECT: &str = "direct";
     pub const KICK: &str = "kick";
 }

@@ -12,7 +12,7 @@ use super::{Buffered, Local};
 use crate::close::CloseReason;
 use crate::conn::Frame;
 use crate::engine::hub::occupancy::{self, Change};
-use crate::engine::hub::{channel_key, presence, MessageFrames};
+use crate::engine::hub::{channel_key, presence, ChannelKey, MessageFrames};
 use crate::ids::{AppId, ChannelName, ConnId, PeerId};
 
 /// The shared encoder for a message event from the bus.
@@ -26,10 +26,10 @@ fn message_frames<'e>(channel: &'e str, event: &'e Event<'_>) -> MessageFrames<'
 }
 
 /// A delta as applied to a channel's rosters, for [`Local::announce_delta`].
-#[derive(Clone, Copy)]
 struct Applied {
     seq: u64,
     joined: bool,
+    metadata: Option<Arc<RawValue>>,
     /// Whether it changed the roster of subscribers from before a sequence reset (`None`:
     /// there are none).
     pre_reset_changed: Option<bool>,
@@ -44,6 +44,8 @@ impl Local {
                 let excluded = event.excluded_on(node);
                 let mut frames = message_frames(channel, event).prepared();
                 self.hub.channels.with(&key, |ch| {
+                    // A message never overtakes its sender's (coalesced) `joined`.
+                    self.hub.flush_deltas(&key, ch);
                     ch.deliver_message(&mut frames, excluded);
                     for joining in ch.slot.joining.values_mut() {
                         if Some(joining.conn.id) != excluded {
@@ -70,18 +72,47 @@ impl Local {
                 let peer_id = PeerId::new(peer);
                 let metadata = event.metadata().map(|m| Arc::from(m.to_owned()));
                 let tick = self.hub.channels.with(&key, |ch| {
-                    let news =
-                        self.apply_delta(ch, seq, joined, peer_id.clone(), metadata, &delta)?;
+                    let news = self.apply_delta(
+                        ch,
+                        seq,
+                        joined,
+                        peer_id.clone(),
+                        metadata.clone(),
+                        &delta,
+                    )?;
                     let change = Applied {
                         seq,
                         joined,
+                        metadata,
                         pre_reset_changed: news,
                     };
-                    self.announce_delta(ch, channel, change, &peer_id, &delta)
+                    self.announce_delta(&key, ch, change, &peer_id, &delta)
                 });
                 if let Some(Some(at)) = tick {
                     occupancy::schedule_count(&self.hub.channels, &key, at);
                 }
+            }
+            kind::META => {
+                let (Some(peer), Some(seq)) = (event.peer.as_deref(), event.seq) else {
+                    return;
+                };
+                let metadata = event.metadata().map(|m| Arc::from(m.to_owned()));
+                let peer = PeerId::new(peer);
+                self.hub.channels.with(&key, |ch| {
+                    let state = &mut ch.slot;
+                    if !state.joining.is_empty() {
+                        // At `seq` the peer is a member with this metadata (a subscribe in
+                        // flight may bring `known` back to an older roster read).
+                        state
+                            .recent
+                            .push((seq, true, peer.clone(), metadata.clone()));
+                    }
+                    if seq <= state.known_seq {
+                        return; // a roster read since has it
+                    }
+                    state.known_seq = seq;
+                    state.apply_metadata(&peer, metadata);
+                });
             }
             _ => {}
         }
@@ -108,7 +139,7 @@ impl Local {
                 .recent
                 .push((seq, joined, peer_id.clone(), metadata.clone()));
         }
-        state.known_seq = seq;
+        state.last_seq = state.last_seq.max(seq);
         for joining in state.joining.values_mut() {
             if joining.conn.receives_presence && joining.conn.peer_id != peer_id {
                 joining.buffer_event(Buffered::Presence {
@@ -117,7 +148,13 @@ impl Local {
                 });
             }
         }
-        state.apply_known(joined, peer_id.clone(), metadata);
+        // A delta at or below `known_seq` is in the roster read that `known` was last set
+        // from (it was published before the read, delivered after): `known` stays the roster
+        // as of `known_seq`. Subscribers with older snapshots still hear of it.
+        if seq > state.known_seq {
+            state.known_seq = seq;
+            state.apply_known(joined, peer_id.clone(), metadata);
+        }
         Some(match state.pre_reset.as_mut() {
             Some(roster) if joined => Some(roster.insert(peer_id)),
             Some(roster) => Some(roster.remove(&peer_id)),
@@ -125,12 +162,13 @@ impl Local {
         })
     }
 
-    /// Sends an applied delta to the subscribers, or, over a roster cap, the count instead
-    /// (returns when to come back to send it).
+    /// Sends an applied delta to the subscribers (at once, or with the channel's coalesced
+    /// deltas under load), or, over a roster cap, the count instead (returns when to come back
+    /// to send it).
     fn announce_delta(
         &self,
+        key: &ChannelKey,
         ch: &mut crate::engine::hub::Channel<super::NodeChannel>,
-        channel: &str,
         applied: Applied,
         peer_id: &PeerId,
         delta: &Frame,
@@ -138,11 +176,17 @@ impl Local {
         let Applied {
             seq,
             joined,
+            metadata,
             pre_reset_changed,
         } = applied;
+        let channel = key.1.as_str();
         // Over a roster cap, watchers get counts instead (subscribes in flight still buffer
-        // the delta: `finish_subscribe` drops it if their snapshot is a capped one).
+        // the delta: `finish_subscribe` drops it if their snapshot is a capped one). Occupancy
+        // mode assumes every watcher holds the roster as it stands: waiting deltas go first.
         let now = tokio::time::Instant::now();
+        if occupancy::over_cap(ch, &self.rules, channel) {
+            self.hub.flush_deltas(key, ch);
+        }
         let change = if joined {
             occupancy::on_join(ch, &self.rules, channel, peer_id, now)
         } else {
@@ -151,15 +195,24 @@ impl Local {
         if let Change::Handled(tick) = change {
             return tick;
         }
+        let Some(pre_reset_changed) = pre_reset_changed else {
+            // Every subscriber's floor is in Redis's numbers: the hub sends each the deltas
+            // newer than its snapshot, never its own peer.
+            self.hub
+                .record_numbered_delta(key, ch, seq, joined, peer_id, metadata);
+            return None;
+        };
         // Subscribers from before a sequence reset hear of the delta when it changes their
-        // roster; the others when it is newer than their snapshot.
+        // roster; the others when it is newer than their snapshot. (Nothing waits in the
+        // batch: the reset sent it.)
         for sub in ch.subscribers() {
             if !sub.conn.receives_presence || sub.conn.peer_id == *peer_id {
                 continue;
             }
-            let news = match pre_reset_changed {
-                Some(changed) if sub.floor == 0 => changed,
-                _ => seq > sub.floor,
+            let news = if sub.floor == 0 {
+                pre_reset_changed
+            } else {
+                seq > sub.floor
             };
             if news {
                 sub.conn.deliver(delta.clone());
@@ -205,7 +258,9 @@ impl Local {
         exclude: Option<ConnId>,
     ) {
         let mut frames = message_frames(channel.as_str(), event).prepared();
-        self.hub.channels.with(&channel_key(app, channel), |ch| {
+        let key = channel_key(app, channel);
+        self.hub.channels.with(&key, |ch| {
+            self.hub.flush_deltas(&key, ch);
             ch.deliver_message(&mut frames, exclude)
         });
     }
@@ -220,10 +275,13 @@ impl Local {
         ) else {
             return 0;
         };
+        let (app, from) = (AppId::new(app), PeerId::new(from));
+        // The receiver learns that the sender joined before it hears from it.
+        self.hub.flush_deltas_of(&app, &from);
         self.hub
             .peers
-            .deliver_direct(&AppId::new(app), &PeerId::new(to), exclude, || {
-                Frame::from(encode::direct(from, data, event.metadata()))
+            .deliver_direct(&app, &PeerId::new(to), exclude, || {
+                Frame::from(encode::direct(from.as_str(), data, event.metadata()))
             })
     }
 

@@ -13,6 +13,8 @@
 
 mod events;
 mod resync;
+#[cfg(test)]
+mod sim_tests;
 mod state;
 mod subscribe;
 
@@ -23,24 +25,29 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 pub use self::state::ChannelHolds;
-pub use self::subscribe::{Removal, SubscribeStart};
+pub use self::subscribe::{Removal, RosterRead, SubscribeStart};
 use super::stored_metadata;
 use super::topics::BusSender;
 use crate::close::CloseReason;
 use crate::conn::{Conn, Frame};
 use crate::engine::hub::occupancy::{OccupancyRules, OccupancySlot, RoomState};
+use crate::engine::hub::presence_batch::{DeltaBatch, HasDeltas};
+use crate::engine::hub::snapshot::SnapshotCache;
 use crate::engine::hub::Hub;
 use crate::engine::Member;
 use crate::ids::{ConnId, PeerId};
 
 pub struct Local {
-    pub hub: Hub<NodeChannel>,
+    /// Shared with the timers that send a channel's coalesced presence deltas.
+    pub hub: Arc<Hub<NodeChannel>>,
     /// Topic subscriptions and barriers go to the bus task through this.
     bus: BusSender,
     /// Tags each reconnect grace, so a late timer cannot end a newer hold.
     generation: AtomicU64,
     /// Roster caps of large rooms (`[presence]`), none unless configured.
     rules: Arc<OccupancyRules>,
+    /// Pushes the bus has shed so far: a mirror read before a loss may lack a delta.
+    losses: Arc<AtomicU64>,
 }
 
 /// What the Redis engine keeps per channel beside the hub's subscribers.
@@ -55,8 +62,12 @@ pub struct NodeChannel {
     /// The roster as this node's subscribers have been told it (snapshot plus deltas), so a
     /// re-sync after an outage can send exactly the deltas they missed.
     known: HashMap<PeerId, Option<Arc<RawValue>>>,
-    /// Sequence number of the last change reflected in `known`.
+    /// Sequence number of the last change reflected in `known`: `known` is the roster as of
+    /// this number (it only grows, until a reset of the numbering).
     known_seq: u64,
+    /// Sequence number of the latest delta received (subscribes in flight buffered every one
+    /// above their snapshot's number).
+    last_seq: u64,
     /// Sequence number of the last re-sync: a delta at or below it that `known` already
     /// reflects was sent by the re-sync (it was published before the roster was read but
     /// arrived after), so it is not sent again.
@@ -72,6 +83,22 @@ pub struct NodeChannel {
     /// only when it changes this roster: a peer re-asserted after data loss, which they already
     /// know, is not announced to them twice (`resync.rs`).
     pre_reset: Option<HashSet<PeerId>>,
+    /// `known` follows Redis exactly (every delta since a roster read in this epoch of the
+    /// channel's numbering was applied): a subscribe may then take its snapshot from `known`
+    /// instead of reading the roster (`JOIN` says whether nothing changed since).
+    mirror: Option<Mirror>,
+    /// `known` encoded once per version, for snapshots taken from the mirror.
+    snapshot: SnapshotCache,
+    /// Presence deltas coalesced under load, numbered as Redis numbers them (while
+    /// `pre_reset` is set, deltas go out one by one instead: those subscribers' floors mean
+    /// nothing).
+    deltas: DeltaBatch,
+}
+
+impl HasDeltas for NodeChannel {
+    fn deltas(&mut self) -> &mut DeltaBatch {
+        &mut self.deltas
+    }
 }
 
 impl OccupancySlot for NodeChannel {
@@ -91,12 +118,48 @@ impl OccupancySlot for NodeChannel {
     }
 }
 
+/// Where a channel's mirror of the roster stands.
+struct Mirror {
+    /// The epoch of the channel's numbering the roster was read in.
+    epoch: String,
+    /// The node's shed count then: any loss since ends the mirror.
+    losses: u64,
+}
+
 impl NodeChannel {
     fn apply_known(&mut self, joined: bool, peer: PeerId, metadata: Option<Arc<RawValue>>) {
+        self.snapshot.invalidate();
         if joined {
             self.known.insert(peer, metadata);
         } else {
             self.known.remove(&peer);
+        }
+    }
+
+    /// A member's metadata changed without a join: the mirror follows.
+    fn apply_metadata(&mut self, peer: &PeerId, metadata: Option<Arc<RawValue>>) {
+        if let Some(entry) = self.known.get_mut(peer) {
+            *entry = metadata;
+            self.snapshot.invalidate();
+        }
+    }
+
+    /// Replaces `known` wholesale; returns the old one.
+    fn replace_known(
+        &mut self,
+        fresh: HashMap<PeerId, Option<Arc<RawValue>>>,
+    ) -> HashMap<PeerId, Option<Arc<RawValue>>> {
+        self.snapshot.invalidate();
+        std::mem::replace(&mut self.known, fresh)
+    }
+
+    /// The mirror as a `JOIN` argument (epoch, sequence number), when it can be trusted.
+    fn mirror_position(&self, losses: u64) -> Option<(String, u64)> {
+        match &self.mirror {
+            Some(m) if m.losses == losses && self.pre_reset.is_none() => {
+                Some((m.epoch.clone(), self.known_seq))
+            }
+            _ => None,
         }
     }
 
@@ -159,13 +222,26 @@ pub fn roster_from_flat(flat: &[String], exclude: Option<&PeerId>) -> Vec<Member
 }
 
 impl Local {
-    pub fn new(bus: BusSender) -> Local {
+    /// A node's local half; presence deltas are coalesced over `coalesce` under load (zero:
+    /// never).
+    pub fn new(bus: BusSender, coalesce: std::time::Duration) -> Local {
         Local {
-            hub: Hub::default(),
+            hub: Arc::new(Hub::with_coalescing(coalesce)),
             bus,
             generation: AtomicU64::new(0),
             rules: Arc::default(),
+            losses: Arc::default(),
         }
+    }
+
+    /// Shares the bus's count of shed pushes, which ends every roster mirror read before.
+    pub fn watching_losses(mut self, losses: Arc<AtomicU64>) -> Local {
+        self.losses = losses;
+        self
+    }
+
+    fn losses(&self) -> u64 {
+        self.losses.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Applies the roster caps of `[presence]` (occupancy mode of large rooms).
@@ -200,7 +276,7 @@ mod tests {
 
     fn local() -> Local {
         let (bus, _commands) = BusSender::new(Arc::new(Keys::new("h:", "n1")));
-        Local::new(bus)
+        Local::new(bus, Duration::ZERO)
     }
 
     /// Peer `x` subscribed to `room` on a fresh node, with a snapshot read at `seq`.

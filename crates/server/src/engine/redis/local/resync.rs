@@ -46,12 +46,16 @@ impl Local {
     /// (A second reset before the re-sync keeps the first roster: subscribers since then get
     /// the re-sync's view of what changed against it.)
     pub fn reset_sequences(&self) {
-        self.hub.channels.for_each(None, |_, ch| {
+        self.hub.channels.for_each(None, |key, ch| {
+            // Waiting deltas carry the old numbers: they go out before the numbers are dropped.
+            self.hub.flush_deltas(key, ch);
             if ch.slot.pre_reset.is_none() && ch.subscriber_count() > 0 {
                 ch.slot.pre_reset = Some(ch.slot.known.keys().cloned().collect());
             }
             ch.slot.known_seq = 0;
+            ch.slot.last_seq = 0;
             ch.slot.resync_floor = 0;
+            ch.slot.mirror = None;
             for sub in ch.subscribers_mut() {
                 sub.floor = 0;
             }
@@ -72,10 +76,12 @@ impl Local {
             if !state.joining.is_empty() || state.known_seq > seq {
                 return false;
             }
+            // The differences below are against `known`, which the waiting deltas are in.
+            self.hub.flush_deltas(key, ch);
             // A large room over its cap gets the count (or, back at the cap, the repair),
             // never the per-member differences.
             if self.rules.cap_for(key.1.as_str()).is_some() {
-                let before = std::mem::replace(&mut ch.slot.known, fresh);
+                let before = ch.slot.replace_known(fresh);
                 let now = tokio::time::Instant::now();
                 let change =
                     occupancy::roster_replaced(ch, &self.rules, key.1.as_str(), &before, now);
@@ -88,9 +94,12 @@ impl Local {
                     state.known_seq = seq;
                     state.resync_floor = seq;
                     state.pre_reset = None;
+                    // Exact again, but of an epoch this read did not say: the next subscribe
+                    // reads the roster.
+                    state.mirror = None;
                     return true;
                 }
-                fresh = std::mem::replace(&mut ch.slot.known, before);
+                fresh = ch.slot.replace_known(before);
             }
             let state = &ch.slot;
             let (joined, left) = changes(&fresh, state.known.keys(), &state.known);
@@ -109,10 +118,11 @@ impl Local {
                 sub.floor = sub.floor.max(seq);
             }
             let state = &mut ch.slot;
-            state.known = fresh;
+            state.replace_known(fresh);
             state.known_seq = seq;
             state.resync_floor = seq;
             state.pre_reset = None;
+            state.mirror = None;
             true
         });
         if let Some(at) = tick {
@@ -204,7 +214,7 @@ mod tests {
 
     fn local() -> Local {
         let (bus, _commands) = BusSender::new(Arc::new(Keys::new("h:", "n1")));
-        Local::new(bus)
+        Local::new(bus, std::time::Duration::ZERO)
     }
 
     fn delta<'a>(kind: &'a str, seq: u64, peer: &'a str) -> Event<'a> {

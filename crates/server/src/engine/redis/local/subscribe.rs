@@ -13,7 +13,7 @@ use herald_protocol::PresenceEntry;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::{roster_from_flat, Buffered, Hold, Joining, Local};
+use super::{roster_from_flat, Buffered, Hold, Joining, Local, Mirror};
 use crate::conn::{Conn, Frame};
 use crate::engine::hub::occupancy;
 use crate::engine::hub::wildcard::Added;
@@ -21,28 +21,28 @@ use crate::engine::hub::{channel_key, presence, ChannelKey};
 use crate::engine::{Departure, EngineError};
 use crate::ids::{AppId, ChannelName, PeerId};
 
-/// A full snapshot of `known` for `me` (a room that came back under its cap while its
-/// subscribe was in flight: at most the cap's worth of entries).
-fn known_snapshot(
-    known: &HashMap<PeerId, Option<Arc<RawValue>>>,
-    channel: &str,
-    me: &PeerId,
-) -> Frame {
-    let entries: Vec<PresenceEntry<'_>> = known
-        .iter()
-        .filter(|(peer, _)| *peer != me)
-        .map(|(peer, metadata)| PresenceEntry {
-            peer_id: peer.as_str(),
-            metadata: metadata.as_deref(),
-        })
-        .collect();
-    presence(channel, &entries, &[])
-}
-
-/// What a subscribe must wait for before it may read the roster.
+/// What a subscribe must wait for before it may read the roster, and what it tells `JOIN`.
 pub struct SubscribeStart {
     pub duplicate: bool,
     pub confirm: oneshot::Receiver<bool>,
+    /// The channel's roster mirror as (epoch, sequence number), when it can be trusted.
+    pub mirror: Option<(String, u64)>,
+    /// The bus's shed count when the subscribe began.
+    pub losses: u64,
+}
+
+/// What the roster read of a subscribe returned.
+pub enum RosterRead<'a> {
+    /// The roster at `seq`, in the channel's numbering epoch `epoch` (empty: not known), read
+    /// by a subscribe that began at shed count `losses`.
+    Full {
+        seq: u64,
+        roster: &'a [String],
+        epoch: &'a str,
+        losses: u64,
+    },
+    /// Nothing a mirror follows changed since the mirror's position: the join is `seq`.
+    Mirror { seq: u64 },
 }
 
 /// What removing a subscription means for the node's presence hold.
@@ -65,7 +65,8 @@ impl Local {
         include_sender_metadata: bool,
     ) -> SubscribeStart {
         let key = channel_key(&conn.app, channel);
-        let duplicate = self.hub.channels.with_or_create(&key, |ch| {
+        let losses = self.losses();
+        let (duplicate, mirror) = self.hub.channels.with_or_create(&key, |ch| {
             let duplicate = ch.unsubscribe(conn.id).is_some();
             ch.slot.joining.insert(
                 conn.id,
@@ -79,11 +80,13 @@ impl Local {
                 ch.slot.topic = true;
                 self.bus.listen_channel(&key, true);
             }
-            duplicate
+            (duplicate, ch.slot.mirror_position(losses))
         });
         SubscribeStart {
             duplicate,
             confirm: self.bus.barrier(),
+            mirror,
+            losses,
         }
     }
 
@@ -106,8 +109,7 @@ impl Local {
         self.settle(&key);
     }
 
-    /// Queues ack, snapshot, then the buffered events newer than the snapshot, and makes the
-    /// connection a subscriber — all under the channel lock, so nothing overtakes them.
+    /// [`Local::finish_read`] of a full roster read at `seq` (with no mirror kept after).
     pub fn finish_subscribe(
         &self,
         conn: &Arc<Conn>,
@@ -117,48 +119,99 @@ impl Local {
         seq: u64,
         roster: &[String],
     ) {
+        let read = RosterRead::Full {
+            seq,
+            roster,
+            epoch: "",
+            losses: self.losses(),
+        };
+        self.finish_read(conn, channel, duplicate, ack, read);
+    }
+
+    /// Queues ack, snapshot, then the buffered events newer than the snapshot, and makes the
+    /// connection a subscriber — all under the channel lock, so nothing overtakes them.
+    /// Returns false, changing nothing, when told the mirror is current but it can no longer
+    /// be trusted (the caller reads the roster and finishes with that).
+    pub fn finish_read(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &ChannelName,
+        duplicate: bool,
+        ack: Option<Frame>,
+        read: RosterRead<'_>,
+    ) -> bool {
+        let (seq, full) = match read {
+            RosterRead::Full {
+                seq,
+                roster,
+                epoch,
+                losses,
+            } => (seq, Some((roster, epoch, losses))),
+            RosterRead::Mirror { seq } => (seq, None),
+        };
         // Encoded before the lock is taken; queued under it, right after the ack. Not for a
         // room over its roster cap: its snapshot is the capped one, made under the lock.
-        let over_cap = self
-            .rules
-            .cap_for(channel.as_str())
-            .is_some_and(|cap| roster.len() / 2 > cap);
-        let snapshot = (conn.receives_presence && !over_cap).then(|| {
-            let members = roster_from_flat(roster, Some(&conn.peer_id));
-            let entries: Vec<PresenceEntry<'_>> = members
-                .iter()
-                .map(|m| PresenceEntry {
-                    peer_id: m.peer_id.as_str(),
-                    metadata: m.metadata.as_deref(),
-                })
-                .collect();
-            presence(channel.as_str(), &entries, &[])
-        });
-        let known: HashMap<PeerId, Option<Arc<RawValue>>> = roster_from_flat(roster, None)
-            .into_iter()
-            .map(|m| (m.peer_id, m.metadata))
-            .collect();
-        self.hub
+        let mut snapshot = None;
+        let mut fresh = None;
+        if let Some((roster, _, _)) = full {
+            let over_cap = self
+                .rules
+                .cap_for(channel.as_str())
+                .is_some_and(|cap| roster.len() / 2 > cap);
+            snapshot = (conn.receives_presence && !over_cap).then(|| {
+                let members = roster_from_flat(roster, Some(&conn.peer_id));
+                let entries: Vec<PresenceEntry<'_>> = members
+                    .iter()
+                    .map(|m| PresenceEntry {
+                        peer_id: m.peer_id.as_str(),
+                        metadata: m.metadata.as_deref(),
+                    })
+                    .collect();
+                presence(channel.as_str(), &entries, &[])
+            });
+            fresh = Some(
+                roster_from_flat(roster, None)
+                    .into_iter()
+                    .map(|m| (m.peer_id, m.metadata))
+                    .collect::<HashMap<PeerId, Option<Arc<RawValue>>>>(),
+            );
+        }
+        let losses_now = self.losses();
+        let finished = self
+            .hub
             .channels
             .with(&channel_key(&conn.app, channel), |ch| {
+                if full.is_none() && ch.slot.mirror_position(losses_now).is_none() {
+                    return false;
+                }
                 let Some(joining) = ch.slot.joining.remove(&conn.id) else {
-                    return;
+                    return true;
                 };
                 let state = &mut ch.slot;
-                // The roster at `seq` plus every change after it is what subscribers now know.
-                state.known = known;
-                state.known_seq = seq;
                 let recent = if state.joining.is_empty() {
                     std::mem::take(&mut state.recent)
                 } else {
                     // Another subscribe is still in flight and needs the log too.
                     state.recent.clone()
                 };
-                for (s, joined, peer, metadata) in recent {
-                    if s > seq {
-                        state.known_seq = s;
-                        state.apply_known(joined, peer, metadata);
+                // A read older than what `known` reflects (another subscribe's, later, finished
+                // first) leaves `known` as it is: it only moves forward.
+                let newer = fresh.filter(|_| seq >= state.known_seq);
+                if let (Some(fresh), Some((_, epoch, losses))) = (newer, full) {
+                    // The roster at `seq` plus every change after it is what subscribers now
+                    // know, and, read in a known epoch, a mirror of Redis from now on.
+                    state.replace_known(fresh);
+                    state.known_seq = seq;
+                    for (s, joined, peer, metadata) in recent {
+                        if s > seq {
+                            state.known_seq = s;
+                            state.apply_known(joined, peer, metadata);
+                        }
                     }
+                    state.mirror = (!epoch.is_empty()).then(|| Mirror {
+                        epoch: epoch.to_string(),
+                        losses,
+                    });
                 }
                 // Over a roster cap, the snapshot is the capped one as of now (at most the
                 // cap's worth of entries, encoded here), and no buffered delta follows it.
@@ -174,16 +227,20 @@ impl Local {
                 if let Some(ack) = ack {
                     conn.deliver(ack);
                 }
-                // A snapshot made here is of the roster as of now: the buffered deltas are in it.
+                // A snapshot made here is of the roster as of now (the mirror, shared by
+                // every subscriber until it changes): the buffered deltas are in it.
                 let replay_presence = capped.is_none() && snapshot.is_some();
                 let snapshot = match (capped, snapshot) {
                     (Some(capped), _) => Some(capped),
                     (None, Some(at_seq)) => Some(at_seq),
-                    (None, None) if conn.receives_presence => Some(known_snapshot(
-                        &ch.slot.known,
-                        channel.as_str(),
-                        &conn.peer_id,
-                    )),
+                    (None, None) if conn.receives_presence => {
+                        let state = &mut ch.slot;
+                        Some(state.snapshot.snapshot(
+                            channel.as_str(),
+                            state.known.iter(),
+                            &conn.peer_id,
+                        ))
+                    }
                     (None, None) => None,
                 };
                 if let Some(snapshot) = snapshot {
@@ -200,7 +257,17 @@ impl Local {
                         }
                     }
                 }
-                ch.subscribe(conn, joining.include_sender_metadata, seq);
+                // The connection now holds every delta received here: those up to `seq` in
+                // its snapshot and the later ones replayed from its buffer (deltas received
+                // before the subscribe began are at most `seq`), or, for a snapshot made now,
+                // the roster as of `known_seq`. Coalesced deltas still waiting must not reach
+                // it again.
+                let floor = if replay_presence {
+                    seq.max(ch.slot.last_seq)
+                } else {
+                    seq.max(ch.slot.known_seq)
+                };
+                ch.subscribe(conn, joining.include_sender_metadata, floor);
                 let state = &mut ch.slot;
                 let hold = state.holds.entry(conn.peer_id.clone()).or_insert(Hold {
                     connections: 0,
@@ -212,7 +279,9 @@ impl Local {
                     hold.connections += 1;
                     hold.pending_leave = None;
                 }
+                true
             });
+        finished.unwrap_or(true)
     }
 
     /// Removes a subscription; says what happens to the presence hold.
@@ -293,7 +362,11 @@ impl Local {
     fn settle(&self, key: &ChannelKey) {
         self.hub.channels.with(key, |ch| {
             if ch.slot.topic && ch.subscriber_count() == 0 && ch.slot.joining.is_empty() {
+                // Nobody is left to tell, and the channel may go: nothing may keep waiting.
+                self.hub.flush_deltas(key, ch);
                 ch.slot.topic = false;
+                // Deltas stop arriving: `known` no longer follows Redis.
+                ch.slot.mirror = None;
                 self.bus.listen_channel(key, false);
             }
         });
