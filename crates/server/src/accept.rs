@@ -9,6 +9,10 @@
 //!   after `limits.http_header_read_timeout_ms`.
 //! - A connection that has not upgraded and moves no byte for `limits.http_idle_timeout_secs`
 //!   is closed (a stalled body, a stuck handler).
+//! - With `[tls]`, the first byte and the TLS handshake are read in the connection's own task,
+//!   within `limits.http_header_read_timeout_ms` (then the request head gets its own); a socket
+//!   that does not finish in time is closed (`tls_handshake_timeout`). Plain HTTP on the TLS
+//!   port gets `[tls] plain_http`'s answer (see [`crate::tls`]).
 //! - On shutdown the listener closes, idle HTTP connections close at once, and in-flight
 //!   requests get [`IN_FLIGHT_GRACE`]. Upgraded sessions are not tracked here: they follow the
 //!   `going_away` drain (`ServerState::drain_sessions`).
@@ -40,6 +44,7 @@ use tower_service::Service;
 
 use crate::limits::{ConnectionSlot, ConnectionSlots};
 use crate::state::ServerState;
+use crate::tls::{Started, Tls};
 
 /// After shutdown begins, how long a request already being served may take to finish.
 pub const IN_FLIGHT_GRACE: Duration = Duration::from_secs(1);
@@ -57,6 +62,7 @@ pub async fn accept_until(
     listener: TcpListener,
     router: Router,
     state: Arc<ServerState>,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) -> JoinSet<()> {
     let limits = &state.config.limits;
@@ -69,6 +75,9 @@ pub async fn accept_until(
         idle_timeout: Duration::from_secs(limits.http_idle_timeout_secs),
         header_timeouts: state.metrics.http.header_timeouts.clone(),
         idle_timeouts: state.metrics.http.idle_timeouts.clone(),
+        tls_handshake_timeouts: state.metrics.http.tls_handshake_timeouts.clone(),
+        tls_handshake_errors: state.metrics.http.tls_handshake_errors.clone(),
+        plain_http_on_tls: state.metrics.http.plain_http_on_tls.clone(),
     });
     let mut tasks = JoinSet::new();
     let mut shutdown = pin!(shutdown);
@@ -87,10 +96,11 @@ pub async fn accept_until(
                     // Small frames go out at once: Nagle plus delayed ACKs would add ~40 ms.
                     let _ = tcp.set_nodelay(true);
                     let stream = CountedStream::new(tcp, slot, &state.metrics.http.open_connections);
-                    tasks.spawn(serve_connection(
+                    tasks.spawn(serve_socket(
                         stream,
                         peer,
                         router.clone(),
+                        tls.clone(),
                         state.shutdown_signal(),
                         options.clone(),
                     ));
@@ -120,13 +130,56 @@ struct ConnectionOptions {
     idle_timeout: Duration,
     header_timeouts: Counter,
     idle_timeouts: Counter,
+    tls_handshake_timeouts: Counter,
+    tls_handshake_errors: Counter,
+    plain_http_on_tls: Counter,
+}
+
+/// Serves one accepted socket: straight to HTTP, or through the TLS handshake first. The
+/// handshake is bounded by the header-read timeout and abandoned on shutdown.
+async fn serve_socket<S>(
+    stream: CountedStream<S>,
+    peer: SocketAddr,
+    router: Router,
+    tls: Option<Arc<Tls>>,
+    mut shutdown: watch::Receiver<bool>,
+    options: Arc<ConnectionOptions>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let progress = stream.progress.clone();
+    let Some(tls) = tls else {
+        return serve_connection(stream, progress, peer, router, shutdown, options).await;
+    };
+    let started = tokio::select! {
+        started = tokio::time::timeout(options.header_read_timeout, tls.start(stream)) => started,
+        _ = shutdown.wait_for(|down| *down) => return,
+    };
+    match started {
+        Ok(Ok(Started::Tls(stream))) => {
+            serve_connection(*stream, progress, peer, router, shutdown, options).await
+        }
+        Ok(Ok(Started::Plain(stream))) => {
+            options.plain_http_on_tls.inc();
+            let plain = tls.plain_router();
+            serve_connection(stream, progress, peer, plain, shutdown, options).await
+        }
+        Ok(Err(e)) => {
+            options.tls_handshake_errors.inc();
+            tracing::debug!(%peer, error = %e, "tls handshake failed");
+        }
+        Err(_) => {
+            options.tls_handshake_timeouts.inc();
+        }
+    }
 }
 
 /// Serves one connection's HTTP/1 requests until it closes, upgrades to WebSocket, stalls, or
-/// `shutdown` turns true. Generic over the stream so tests can serve an in-memory pipe on a
-/// paused clock.
+/// `shutdown` turns true. `progress` counts the socket's bytes (its [`CountedStream`], under
+/// TLS if any). Generic over the stream so tests can serve an in-memory pipe on a paused clock.
 async fn serve_connection<S>(
-    stream: CountedStream<S>,
+    stream: S,
+    progress: Arc<AtomicU64>,
     peer: SocketAddr,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
@@ -134,7 +187,7 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut idle = IdleWatch::new(stream.progress.clone(), options.idle_timeout);
+    let mut idle = IdleWatch::new(progress, options.idle_timeout);
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let mut request = request.map(Body::new);
         // Handlers read the client's address with `ConnectInfo<SocketAddr>`.
@@ -380,12 +433,16 @@ mod tests {
             idle_timeout,
             header_timeouts: Counter::default(),
             idle_timeouts: Counter::default(),
+            tls_handshake_timeouts: Counter::default(),
+            tls_handshake_errors: Counter::default(),
+            plain_http_on_tls: Counter::default(),
         });
         let peer = SocketAddr::from(([192, 0, 2, 1], 40_000));
-        let task = tokio::spawn(serve_connection(
+        let task = tokio::spawn(serve_socket(
             stream,
             peer,
             router,
+            None,
             shutdown,
             options.clone(),
         ));

@@ -16,6 +16,7 @@ pub mod redis;
 pub mod sdk;
 pub mod server;
 pub mod streams;
+pub mod tls;
 pub mod tokens;
 pub mod ws;
 
@@ -28,6 +29,7 @@ pub mod prelude {
     pub use crate::sdk::*;
     pub use crate::server::TestServer;
     pub use crate::streams::*;
+    pub use crate::tls::*;
     pub use crate::tokens::*;
     pub use crate::ws::*;
 }

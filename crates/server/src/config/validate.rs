@@ -8,6 +8,7 @@ use super::{invalid, Config, ConfigError};
 impl Config {
     /// Checks every cross-field rule; the error names the first bad field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.tls.validate()?;
         let l = &self.limits;
         if l.max_frame_bytes < 1024 {
             return Err(invalid("limits.max_frame_bytes", "must be at least 1024"));
