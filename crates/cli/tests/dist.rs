@@ -75,7 +75,10 @@ fn the_unit_runs_the_packaged_binary_and_config_as_the_packaged_user() {
     assert!(manifest.contains(r#"conf-files = ["/etc/herald/herald.toml"]"#));
     let postinst = std::fs::read_to_string(root().join("dist/debian/postinst")).unwrap();
     let user = one(&d, "User");
-    assert!(postinst.contains(&format!("--group --home /var/lib/{user}")), "{postinst}");
+    assert!(
+        postinst.contains(&format!("--group --home /var/lib/{user}")),
+        "{postinst}"
+    );
     assert!(postinst.contains("#DEBHELPER#"));
     assert_eq!(one(&d, "Group"), user);
 
@@ -193,7 +196,11 @@ fn mint(config: &Path, sub: &str) -> String {
         .arg(config)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -208,7 +215,12 @@ async fn the_packaged_config_serves_tls_and_reloads_its_certificate_on_sighup() 
     let health = https_get(addr, ca.client_config(), "/healthz").await;
     assert_eq!(health.status, 200, "{}", health.head);
     assert_eq!(health.leaf, first.leaf_der);
-    let mut alice = wss_client(addr, ca.client_config(), &format!("token={}", mint(&config, "alice"))).await;
+    let mut alice = wss_client(
+        addr,
+        ca.client_config(),
+        &format!("token={}", mint(&config, "alice")),
+    )
+    .await;
     assert_eq!(alice.recv().await["type"], "welcome");
     alice.subscribe("room").await;
 
@@ -223,15 +235,24 @@ async fn the_packaged_config_serves_tls_and_reloads_its_certificate_on_sighup() 
     signal(&child, "HUP");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while https_get(addr, ca.client_config(), "/healthz").await.leaf != second.leaf_der {
-        assert!(tokio::time::Instant::now() < deadline, "SIGHUP did not reload");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let mut bob = wss_client(addr, ca.client_config(), &format!("token={}", mint(&config, "bob"))).await;
+    let mut bob = wss_client(
+        addr,
+        ca.client_config(),
+        &format!("token={}", mint(&config, "bob")),
+    )
+    .await;
     assert_eq!(bob.recv().await["type"], "welcome");
     bob.subscribe("room").await;
     assert_eq!(alice.recv().await["type"], "presence");
-    bob.publish("room", json!({"text": "after the reload"}), "p1").await;
+    bob.publish("room", json!({"text": "after the reload"}), "p1")
+        .await;
     let m = alice.recv().await;
     assert_eq!(m["data"]["text"], "after the reload", "{m}");
 

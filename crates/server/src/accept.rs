@@ -421,6 +421,19 @@ mod tests {
         Arc<ConnectionOptions>,
         tokio::task::JoinHandle<()>,
     ) {
+        serve_with_tls(header_read_timeout, idle_timeout, None)
+    }
+
+    fn serve_with_tls(
+        header_read_timeout: Duration,
+        idle_timeout: Duration,
+        tls: Option<Arc<Tls>>,
+    ) -> (
+        DuplexStream,
+        watch::Sender<bool>,
+        Arc<ConnectionOptions>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let slots = ConnectionSlots::new(0, false);
         let slot = slots.try_acquire([192, 0, 2, 1].into()).unwrap();
@@ -442,7 +455,7 @@ mod tests {
             stream,
             peer,
             router,
-            None,
+            tls,
             shutdown,
             options.clone(),
         ));
@@ -520,5 +533,62 @@ mod tests {
         down.send(true).unwrap();
         task.await.unwrap();
         assert_eq!(start.elapsed(), secs(3));
+    }
+
+    /// TLS from a self-signed pair written to a fresh directory (removed before returning:
+    /// the pair is read at load).
+    fn test_tls() -> Arc<Tls> {
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "herald-accept-tls-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = crate::config::TlsConfig::default();
+        config.cert = Some(dir.join("cert.pem"));
+        config.key = Some(dir.join("key.pem"));
+        std::fs::write(dir.join("cert.pem"), pair.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), pair.signing_key.serialize_pem()).unwrap();
+        let tls = Tls::from_config(&config, Default::default()).unwrap().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        Arc::new(tls)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tls_handshake_that_never_comes_is_closed_exactly_at_the_header_read_timeout() {
+        let start = Instant::now();
+        let (mut client, _down, options, task) =
+            serve_with_tls(secs(10), secs(600), Some(test_tls()));
+        // A handshake record header, then silence.
+        client.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+        task.await.unwrap();
+        assert_eq!(start.elapsed(), secs(10));
+        assert_eq!(options.tls_handshake_timeouts.get(), 1);
+        assert_eq!(options.header_timeouts.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_abandons_a_tls_handshake_in_progress() {
+        let start = Instant::now();
+        let (_client, down, options, task) =
+            serve_with_tls(secs(10), secs(600), Some(test_tls()));
+        tokio::time::advance(secs(3)).await;
+        down.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(start.elapsed(), secs(3));
+        assert_eq!(options.tls_handshake_timeouts.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_hello_that_is_not_tls_fails_the_handshake_at_once() {
+        let start = Instant::now();
+        let (mut client, _down, options, task) =
+            serve_with_tls(secs(10), secs(600), Some(test_tls()));
+        // A handshake record of the wrong version, with garbage inside.
+        client.write_all(&[0x16, 0x7f, 0x7f, 0x00, 0x04, 1, 2, 3, 4]).await.unwrap();
+        task.await.unwrap();
+        assert_eq!(start.elapsed(), secs(0));
+        assert_eq!(options.tls_handshake_errors.get(), 1);
     }
 }

@@ -27,7 +27,11 @@ async fn metric(server: &TestServer, ca: &TestCa, line_prefix: &str) -> Option<f
 /// test then builds on), or fails after [`RELOAD_DEADLINE`].
 async fn until_served(server: &TestServer, ca: &TestCa, leaf: &[u8]) {
     let deadline = tokio::time::Instant::now() + RELOAD_DEADLINE;
-    while https_get(server.addr, ca.client_config(), "/healthz").await.leaf != leaf {
+    while https_get(server.addr, ca.client_config(), "/healthz")
+        .await
+        .leaf
+        != leaf
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the new certificate was not served within {RELOAD_DEADLINE:?}"
@@ -46,7 +50,12 @@ async fn publish_reaches(a: &mut Client, b: &mut Client, text: &str) {
 }
 
 async fn subscribed(server: &TestServer, ca: &TestCa, sub: &str) -> Client {
-    let mut c = wss_client(server.addr, ca.client_config(), &format!("token={}", token(sub))).await;
+    let mut c = wss_client(
+        server.addr,
+        ca.client_config(),
+        &format!("token={}", token(sub)),
+    )
+    .await;
     assert_eq!(c.recv().await["type"], "welcome");
     c.subscribe("room").await;
     c
@@ -70,7 +79,10 @@ async fn https_and_wss_share_the_listener_with_a_test_ca() {
         .await
         .unwrap();
     let (_, conn) = tls.get_ref();
-    assert_eq!(conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
     assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
 
     let mut alice = subscribed(&server, &ca, "alice").await;
@@ -159,19 +171,28 @@ async fn a_bad_certificate_on_reload_keeps_the_old_one_and_a_good_one_later_is_t
     replace(&dir.cert(), b"-----BEGIN CERTIFICATE-----\nnot base64!\n");
     let deadline = tokio::time::Instant::now() + RELOAD_DEADLINE;
     while metric(&server, &ca, "herald_tls_reloads_total{result=\"error\"}").await < Some(1.0) {
-        assert!(tokio::time::Instant::now() < deadline, "no failed reload counted");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed reload counted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A valid certificate whose key is not the one in key.pem.
     let other = ca.issue(10);
     replace(&dir.cert(), other.chain_pem.as_bytes());
     while metric(&server, &ca, "herald_tls_reloads_total{result=\"error\"}").await < Some(2.0) {
-        assert!(tokio::time::Instant::now() < deadline, "the mismatched key was not refused");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mismatched key was not refused"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let still = https_get(server.addr, ca.client_config(), "/healthz").await;
     assert_eq!(still.status, 200);
-    assert_eq!(still.leaf, first.leaf_der, "the old certificate stays in service");
+    assert_eq!(
+        still.leaf, first.leaf_der,
+        "the old certificate stays in service"
+    );
     let mut bob = subscribed(&server, &ca, "bob").await;
     assert_eq!(alice.recv().await["type"], "presence");
     publish_reaches(&mut bob, &mut alice, "still up").await;
@@ -211,7 +232,10 @@ async fn a_handshake_that_never_finishes_is_closed_and_others_are_served_meanwhi
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
     let mut partial = TcpStream::connect(server.addr).await.unwrap();
     // A handshake record header announcing 512 bytes, then nothing.
-    partial.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
 
     // Meanwhile the listener serves others: this request completes while both stalled
     // sockets are still open (a stalled accept loop would serve it only after closing them).
@@ -281,7 +305,10 @@ async fn plain_http_on_the_tls_port_is_refused_or_redirected() {
         "location: https://127.0.0.1:{}/v1/usage?x=1",
         server.addr.port()
     );
-    assert!(redirected.to_lowercase().contains(&location), "{redirected}");
+    assert!(
+        redirected.to_lowercase().contains(&location),
+        "{redirected}"
+    );
     server.shutdown().await;
 }
 

@@ -57,7 +57,11 @@ impl TestServer {
 
     /// The base of the REST and HTTP endpoints.
     pub fn http(&self) -> String {
-        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.addr
+        )
     }
 
     pub fn url(&self, query: &str) -> String {

@@ -57,13 +57,13 @@ impl TestCa {
     /// A certificate for `localhost` and `127.0.0.1`, valid for `days` from now.
     pub fn issue(&self, days: i64) -> Issued {
         let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap();
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, "herald");
         let unix_now = u64::try_from(herald_server::clock::unix_now()).unwrap();
         let now = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(unix_now);
         params.not_before = now - std::time::Duration::from_secs(3600);
-        params.not_after = now + std::time::Duration::from_secs(u64::try_from(days).unwrap() * 86_400);
+        params.not_after =
+            now + std::time::Duration::from_secs(u64::try_from(days).unwrap() * 86_400);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Issued {

@@ -56,8 +56,12 @@ impl TlsConfig {
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         match (&self.cert, &self.key) {
-            (Some(_), None) => return Err(invalid("tls.key", "tls.cert is set but tls.key is not")),
-            (None, Some(_)) => return Err(invalid("tls.cert", "tls.key is set but tls.cert is not")),
+            (Some(_), None) => {
+                return Err(invalid("tls.key", "tls.cert is set but tls.key is not"))
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls.cert", "tls.key is set but tls.cert is not"))
+            }
             _ => {}
         }
         if self.watch_interval_ms != 0 && self.watch_interval_ms < MIN_WATCH_INTERVAL_MS {
