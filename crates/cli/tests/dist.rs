@@ -155,8 +155,18 @@ fn packaged_config_with_tls(dir: &TlsDir) -> PathBuf {
     path
 }
 
+/// A `herald serve` child, killed if the test ends without stopping it.
+struct Herald(Child);
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `herald serve` and reads its bound address from the JSON log.
-fn serve(config: &Path) -> (Child, SocketAddr) {
+fn serve(config: &Path) -> (Herald, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["serve", "--config"])
         .arg(config)
@@ -166,7 +176,9 @@ fn serve(config: &Path) -> (Child, SocketAddr) {
         .env_remove("HERALD_LISTEN")
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let stderr = child.stderr.take().unwrap();
+    let child = Herald(child);
+    let mut lines = BufReader::new(stderr).lines();
     for line in lines.by_ref() {
         let line = line.unwrap();
         let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
@@ -182,9 +194,9 @@ fn serve(config: &Path) -> (Child, SocketAddr) {
     panic!("herald exited before listening");
 }
 
-fn signal(child: &Child, name: &str) {
+fn signal(child: &Herald, name: &str) {
     let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
+        .args([&format!("-{name}"), &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -259,7 +271,7 @@ async fn the_packaged_config_serves_tls_and_reloads_its_certificate_on_sighup() 
     signal(&child, "TERM");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             assert!(status.success(), "exit status {status}");
             break;
         }

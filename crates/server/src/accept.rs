@@ -545,12 +545,16 @@ mod tests {
             std::thread::current().id()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut config = crate::config::TlsConfig::default();
-        config.cert = Some(dir.join("cert.pem"));
-        config.key = Some(dir.join("key.pem"));
+        let config = crate::config::TlsConfig {
+            cert: Some(dir.join("cert.pem")),
+            key: Some(dir.join("key.pem")),
+            ..Default::default()
+        };
         std::fs::write(dir.join("cert.pem"), pair.cert.pem()).unwrap();
         std::fs::write(dir.join("key.pem"), pair.signing_key.serialize_pem()).unwrap();
-        let tls = Tls::from_config(&config, Default::default()).unwrap().unwrap();
+        let tls = Tls::from_config(&config, Default::default())
+            .unwrap()
+            .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         Arc::new(tls)
     }
@@ -561,7 +565,10 @@ mod tests {
         let (mut client, _down, options, task) =
             serve_with_tls(secs(10), secs(600), Some(test_tls()));
         // A handshake record header, then silence.
-        client.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+        client
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+            .await
+            .unwrap();
         task.await.unwrap();
         assert_eq!(start.elapsed(), secs(10));
         assert_eq!(options.tls_handshake_timeouts.get(), 1);
@@ -571,8 +578,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shutdown_abandons_a_tls_handshake_in_progress() {
         let start = Instant::now();
-        let (_client, down, options, task) =
-            serve_with_tls(secs(10), secs(600), Some(test_tls()));
+        let (_client, down, options, task) = serve_with_tls(secs(10), secs(600), Some(test_tls()));
         tokio::time::advance(secs(3)).await;
         down.send(true).unwrap();
         task.await.unwrap();
@@ -586,7 +592,10 @@ mod tests {
         let (mut client, _down, options, task) =
             serve_with_tls(secs(10), secs(600), Some(test_tls()));
         // A handshake record of the wrong version, with garbage inside.
-        client.write_all(&[0x16, 0x7f, 0x7f, 0x00, 0x04, 1, 2, 3, 4]).await.unwrap();
+        client
+            .write_all(&[0x16, 0x7f, 0x7f, 0x00, 0x04, 1, 2, 3, 4])
+            .await
+            .unwrap();
         task.await.unwrap();
         assert_eq!(start.elapsed(), secs(0));
         assert_eq!(options.tls_handshake_errors.get(), 1);

@@ -332,3 +332,58 @@ async fn a_pair_that_does_not_load_stops_the_node_from_starting() {
         .unwrap_err();
     assert!(e.to_string().contains("missing.pem"), "{e}");
 }
+
+/// `openssl s_client` against the node with extra `args`; its output.
+async fn s_client(server: &TestServer, ca: &std::path::Path, args: &[&str]) -> String {
+    let out = tokio::process::Command::new("openssl")
+        .args(["s_client", "-connect", &server.addr.to_string(), "-CAfile"])
+        .arg(ca)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("openssl (Debian's openssl package) runs the cipher-policy test");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// An independent TLS stack checks the policy: TLS 1.1 and CBC suites are refused by the server
+/// (a handshake-failure alert; the client is told to allow them at security level 0), TLS 1.2
+/// with ECDHE-AES-GCM and TLS 1.3 are served.
+#[tokio::test]
+async fn the_policy_refuses_tls11_and_cbc_and_serves_tls12_gcm_and_tls13() {
+    let ca = TestCa::new();
+    let dir = TlsDir::new(&ca, &ca.issue(30));
+    let server = TestServer::start_with(dir.config(0)).await;
+    for refused in [
+        &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"][..],
+        &[
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384@SECLEVEL=0",
+        ],
+    ] {
+        let out = s_client(&server, &dir.ca(), refused).await;
+        assert!(
+            out.contains("alert handshake failure") && out.contains("Cipher is (NONE)"),
+            "{refused:?} was not refused by the server:\n{out}"
+        );
+    }
+    for (served, cipher) in [
+        (
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"][..],
+            "Cipher is ECDHE-ECDSA-AES128-GCM-SHA256",
+        ),
+        (&["-tls1_3"], "Cipher is TLS_AES_256_GCM_SHA384"),
+    ] {
+        let out = s_client(&server, &dir.ca(), served).await;
+        assert!(
+            out.contains(cipher) && out.contains("Verify return code: 0 (ok)"),
+            "{served:?} was not served:\n{out}"
+        );
+    }
+    server.shutdown().await;
+}
