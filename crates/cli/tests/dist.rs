@@ -102,6 +102,19 @@ fn the_unit_runs_the_packaged_binary_and_config_as_the_packaged_user() {
 }
 
 #[test]
+fn the_packaged_config_as_is_is_refused_until_its_secret_is_set() {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["config", "check", "--config"])
+        .arg(root().join("dist/herald.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("apps[0].secret_keys[0].secret"), "{err}");
+    assert!(err.contains("placeholder"), "{err}");
+}
+
+#[test]
 fn systemd_accepts_the_unit() {
     if Command::new("systemd-analyze")
         .arg("--version")
