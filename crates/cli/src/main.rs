@@ -33,7 +33,8 @@ struct ConfigArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server until SIGINT/SIGTERM, then shut down gracefully.
+    /// Run the server until SIGINT/SIGTERM, then shut down gracefully. With `[tls]`, SIGHUP
+    /// reloads the certificate and key.
     Serve {
         #[command(flatten)]
         config: ConfigArgs,
@@ -126,10 +127,15 @@ fn init_logging(config: &Config) {
 }
 
 fn print_dev_banner(config: &Config, keys: &DevKeys, created: bool, listen: std::net::SocketAddr) {
-    let origin = format!("ws://{listen}");
+    let (ws, http) = if config.tls.enabled() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
+    let origin = format!("{ws}://{listen}");
     let state = if created { "created" } else { "loaded" };
     let demo = if config.web.demo {
-        format!("Open http://{listen}/ in two browser tabs for the demo.\n")
+        format!("Open {http}://{listen}/ in two browser tabs for the demo.\n")
     } else {
         String::new()
     };
@@ -242,7 +248,12 @@ async fn serve(
     if let Some((keys, created)) = &dev {
         print_dev_banner(&config, keys, *created, bound);
     }
-    tracing::info!(listen = %bound, apps = config.apps.len(), "herald listening");
+    tracing::info!(
+        listen = %bound,
+        tls = config.tls.enabled(),
+        apps = config.apps.len(),
+        "herald listening"
+    );
     herald_server::run(listener, config, shutdown_signal()).await?;
     tracing::info!("bye");
     Ok(())

@@ -9,6 +9,10 @@
 //!   after `limits.http_header_read_timeout_ms`.
 //! - A connection that has not upgraded and moves no byte for `limits.http_idle_timeout_secs`
 //!   is closed (a stalled body, a stuck handler).
+//! - With `[tls]`, the first byte and the TLS handshake are read in the connection's own task,
+//!   within `limits.http_header_read_timeout_ms` (then the request head gets its own); a socket
+//!   that does not finish in time is closed (`tls_handshake_timeout`). Plain HTTP on the TLS
+//!   port gets `[tls] plain_http`'s answer (see [`crate::tls`]).
 //! - On shutdown the listener closes, idle HTTP connections close at once, and in-flight
 //!   requests get [`IN_FLIGHT_GRACE`]. Upgraded sessions are not tracked here: they follow the
 //!   `going_away` drain (`ServerState::drain_sessions`).
@@ -40,6 +44,7 @@ use tower_service::Service;
 
 use crate::limits::{ConnectionSlot, ConnectionSlots};
 use crate::state::ServerState;
+use crate::tls::{Started, Tls};
 
 /// After shutdown begins, how long a request already being served may take to finish.
 pub const IN_FLIGHT_GRACE: Duration = Duration::from_secs(1);
@@ -57,6 +62,7 @@ pub async fn accept_until(
     listener: TcpListener,
     router: Router,
     state: Arc<ServerState>,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) -> JoinSet<()> {
     let limits = &state.config.limits;
@@ -69,6 +75,9 @@ pub async fn accept_until(
         idle_timeout: Duration::from_secs(limits.http_idle_timeout_secs),
         header_timeouts: state.metrics.http.header_timeouts.clone(),
         idle_timeouts: state.metrics.http.idle_timeouts.clone(),
+        tls_handshake_timeouts: state.metrics.http.tls_handshake_timeouts.clone(),
+        tls_handshake_errors: state.metrics.http.tls_handshake_errors.clone(),
+        plain_http_on_tls: state.metrics.http.plain_http_on_tls.clone(),
     });
     let mut tasks = JoinSet::new();
     let mut shutdown = pin!(shutdown);
@@ -87,10 +96,11 @@ pub async fn accept_until(
                     // Small frames go out at once: Nagle plus delayed ACKs would add ~40 ms.
                     let _ = tcp.set_nodelay(true);
                     let stream = CountedStream::new(tcp, slot, &state.metrics.http.open_connections);
-                    tasks.spawn(serve_connection(
+                    tasks.spawn(serve_socket(
                         stream,
                         peer,
                         router.clone(),
+                        tls.clone(),
                         state.shutdown_signal(),
                         options.clone(),
                     ));
@@ -120,13 +130,56 @@ struct ConnectionOptions {
     idle_timeout: Duration,
     header_timeouts: Counter,
     idle_timeouts: Counter,
+    tls_handshake_timeouts: Counter,
+    tls_handshake_errors: Counter,
+    plain_http_on_tls: Counter,
+}
+
+/// Serves one accepted socket: straight to HTTP, or through the TLS handshake first. The
+/// handshake is bounded by the header-read timeout and abandoned on shutdown.
+async fn serve_socket<S>(
+    stream: CountedStream<S>,
+    peer: SocketAddr,
+    router: Router,
+    tls: Option<Arc<Tls>>,
+    mut shutdown: watch::Receiver<bool>,
+    options: Arc<ConnectionOptions>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let progress = stream.progress.clone();
+    let Some(tls) = tls else {
+        return serve_connection(stream, progress, peer, router, shutdown, options).await;
+    };
+    let started = tokio::select! {
+        started = tokio::time::timeout(options.header_read_timeout, tls.start(stream)) => started,
+        _ = shutdown.wait_for(|down| *down) => return,
+    };
+    match started {
+        Ok(Ok(Started::Tls(stream))) => {
+            serve_connection(*stream, progress, peer, router, shutdown, options).await
+        }
+        Ok(Ok(Started::Plain(stream))) => {
+            options.plain_http_on_tls.inc();
+            let plain = tls.plain_router();
+            serve_connection(stream, progress, peer, plain, shutdown, options).await
+        }
+        Ok(Err(e)) => {
+            options.tls_handshake_errors.inc();
+            tracing::debug!(%peer, error = %e, "tls handshake failed");
+        }
+        Err(_) => {
+            options.tls_handshake_timeouts.inc();
+        }
+    }
 }
 
 /// Serves one connection's HTTP/1 requests until it closes, upgrades to WebSocket, stalls, or
-/// `shutdown` turns true. Generic over the stream so tests can serve an in-memory pipe on a
-/// paused clock.
+/// `shutdown` turns true. `progress` counts the socket's bytes (its [`CountedStream`], under
+/// TLS if any). Generic over the stream so tests can serve an in-memory pipe on a paused clock.
 async fn serve_connection<S>(
-    stream: CountedStream<S>,
+    stream: S,
+    progress: Arc<AtomicU64>,
     peer: SocketAddr,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
@@ -134,7 +187,7 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut idle = IdleWatch::new(stream.progress.clone(), options.idle_timeout);
+    let mut idle = IdleWatch::new(progress, options.idle_timeout);
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let mut request = request.map(Body::new);
         // Handlers read the client's address with `ConnectInfo<SocketAddr>`.
@@ -368,6 +421,19 @@ mod tests {
         Arc<ConnectionOptions>,
         tokio::task::JoinHandle<()>,
     ) {
+        serve_with_tls(header_read_timeout, idle_timeout, None)
+    }
+
+    fn serve_with_tls(
+        header_read_timeout: Duration,
+        idle_timeout: Duration,
+        tls: Option<Arc<Tls>>,
+    ) -> (
+        DuplexStream,
+        watch::Sender<bool>,
+        Arc<ConnectionOptions>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let slots = ConnectionSlots::new(0, false);
         let slot = slots.try_acquire([192, 0, 2, 1].into()).unwrap();
@@ -380,12 +446,16 @@ mod tests {
             idle_timeout,
             header_timeouts: Counter::default(),
             idle_timeouts: Counter::default(),
+            tls_handshake_timeouts: Counter::default(),
+            tls_handshake_errors: Counter::default(),
+            plain_http_on_tls: Counter::default(),
         });
         let peer = SocketAddr::from(([192, 0, 2, 1], 40_000));
-        let task = tokio::spawn(serve_connection(
+        let task = tokio::spawn(serve_socket(
             stream,
             peer,
             router,
+            tls,
             shutdown,
             options.clone(),
         ));
@@ -463,5 +533,71 @@ mod tests {
         down.send(true).unwrap();
         task.await.unwrap();
         assert_eq!(start.elapsed(), secs(3));
+    }
+
+    /// TLS from a self-signed pair written to a fresh directory (removed before returning:
+    /// the pair is read at load).
+    fn test_tls() -> Arc<Tls> {
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "herald-accept-tls-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = crate::config::TlsConfig {
+            cert: Some(dir.join("cert.pem")),
+            key: Some(dir.join("key.pem")),
+            ..Default::default()
+        };
+        std::fs::write(dir.join("cert.pem"), pair.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), pair.signing_key.serialize_pem()).unwrap();
+        let tls = Tls::from_config(&config, Default::default())
+            .unwrap()
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        Arc::new(tls)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tls_handshake_that_never_comes_is_closed_exactly_at_the_header_read_timeout() {
+        let start = Instant::now();
+        let (mut client, _down, options, task) =
+            serve_with_tls(secs(10), secs(600), Some(test_tls()));
+        // A handshake record header, then silence.
+        client
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+            .await
+            .unwrap();
+        task.await.unwrap();
+        assert_eq!(start.elapsed(), secs(10));
+        assert_eq!(options.tls_handshake_timeouts.get(), 1);
+        assert_eq!(options.header_timeouts.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_abandons_a_tls_handshake_in_progress() {
+        let start = Instant::now();
+        let (_client, down, options, task) = serve_with_tls(secs(10), secs(600), Some(test_tls()));
+        tokio::time::advance(secs(3)).await;
+        down.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(start.elapsed(), secs(3));
+        assert_eq!(options.tls_handshake_timeouts.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_hello_that_is_not_tls_fails_the_handshake_at_once() {
+        let start = Instant::now();
+        let (mut client, _down, options, task) =
+            serve_with_tls(secs(10), secs(600), Some(test_tls()));
+        // A handshake record of the wrong version, with garbage inside.
+        client
+            .write_all(&[0x16, 0x7f, 0x7f, 0x00, 0x04, 1, 2, 3, 4])
+            .await
+            .unwrap();
+        task.await.unwrap();
+        assert_eq!(start.elapsed(), secs(0));
+        assert_eq!(options.tls_handshake_errors.get(), 1);
     }
 }

@@ -24,6 +24,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 mod sync;
+pub mod tls;
 pub mod web;
 
 pub use config::Config;

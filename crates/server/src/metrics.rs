@@ -4,6 +4,9 @@
 //! Hot-path counters are resolved once at start-up into plain `Counter` handles: counting a frame
 //! is one relaxed atomic add, with no label lookup and no lock.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -61,6 +64,8 @@ pub struct Metrics {
     pub outbound_queued_bytes: Gauge,
     /// Connections closed because the node was over its outbound budget.
     pub outbound_shed: Counter,
+    /// Present when the listener speaks TLS.
+    tls: Option<TlsMetrics>,
 }
 
 /// What bare TCP sockets cost the node, and what the accept loop cut short.
@@ -75,6 +80,14 @@ pub struct HttpMetrics {
     pub idle_timeouts: Counter,
     /// Connect attempts let through uncounted because the limiter's table was full.
     pub connect_limiter_untracked: Counter,
+    /// TLS listener: sockets closed because the handshake did not finish within the
+    /// header-read timeout.
+    pub tls_handshake_timeouts: Counter,
+    /// TLS listener: sockets closed because the handshake failed (not TLS, no common version or
+    /// suite, the client refused the certificate).
+    pub tls_handshake_errors: Counter,
+    /// TLS listener: plain-HTTP connections answered with `[tls] plain_http` and closed.
+    pub plain_http_on_tls: Counter,
 }
 
 impl HttpMetrics {
@@ -92,6 +105,9 @@ impl HttpMetrics {
             header_timeouts: reason("header_read_timeout"),
             idle_timeouts: reason("idle_timeout"),
             connect_limiter_untracked: Counter::default(),
+            tls_handshake_timeouts: reason("tls_handshake_timeout"),
+            tls_handshake_errors: reason("tls_handshake_failed"),
+            plain_http_on_tls: reason("plain_http_on_tls"),
         };
         registry.register(
             "tcp_connections",
@@ -104,6 +120,60 @@ impl HttpMetrics {
             http.connect_limiter_untracked.clone(),
         );
         http
+    }
+}
+
+/// TLS on the listener: the certificate's expiry and its reloads. Registered only when `[tls]`
+/// is on, so a plain node shows no expiry for an alert to fire on.
+#[derive(Clone)]
+pub struct TlsMetrics {
+    /// The certificate in service's notAfter (Unix seconds); the gauge is computed from it at
+    /// each scrape, so it counts down without a timer.
+    not_after: Arc<AtomicI64>,
+    expiry: Gauge,
+    reloads: Family<Labels, Counter>,
+    /// Reloads that put a new certificate in service.
+    pub reloads_ok: Counter,
+    /// Reloads refused (unreadable file, bad PEM, key not matching); the old pair stayed.
+    pub reloads_failed: Counter,
+}
+
+impl Default for TlsMetrics {
+    fn default() -> Self {
+        let reloads = Family::<Labels, Counter>::default();
+        let reloads_ok = reloads.get_or_create(&label("result", "ok")).clone();
+        let reloads_failed = reloads.get_or_create(&label("result", "error")).clone();
+        TlsMetrics {
+            not_after: Arc::new(AtomicI64::new(0)),
+            expiry: Gauge::default(),
+            reloads,
+            reloads_ok,
+            reloads_failed,
+        }
+    }
+}
+
+impl TlsMetrics {
+    pub fn set_not_after(&self, unix: i64) {
+        self.not_after.store(unix, Ordering::Relaxed);
+    }
+
+    fn refresh(&self) {
+        self.expiry
+            .set(self.not_after.load(Ordering::Relaxed) - crate::clock::unix_now());
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "tls_certificate_expiry_seconds",
+            "Seconds until the served certificate's notAfter (negative once expired)",
+            self.expiry.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Certificate reloads by result (error: the certificate in service stayed)",
+            self.reloads.clone(),
+        );
     }
 }
 
@@ -278,6 +348,15 @@ impl Metrics {
             bus_queue,
             outbound_queued_bytes,
             outbound_shed,
+            tls: None,
+        }
+    }
+
+    /// Adds the TLS metrics (once: a node has one listener).
+    pub fn register_tls(&mut self, tls: TlsMetrics) {
+        if self.tls.is_none() {
+            tls.register(&mut self.registry);
+            self.tls = Some(tls);
         }
     }
 
@@ -336,6 +415,9 @@ impl Metrics {
 
     /// OpenMetrics text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Some(tls) = &self.tls {
+            tls.refresh();
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -13,7 +13,9 @@ use crate::engine::memory::{MemoryEngine, MemorySettings};
 use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::engine::Engine;
 use crate::http;
+use crate::metrics::TlsMetrics;
 use crate::state::ServerState;
+use crate::tls::{self, Tls, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -21,6 +23,8 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error("server I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Runs Herald with the configured engine (`engine.kind`) until `shutdown` resolves, then shuts
@@ -60,11 +64,23 @@ pub async fn run_with_engine(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let deadline_after = Duration::from_secs(config.timing.shutdown_deadline_secs);
-    let state = Arc::new(ServerState::new(config, engine));
+    let tls_metrics = TlsMetrics::default();
+    let tls = Tls::from_config(&config.tls, tls_metrics.clone())?.map(Arc::new);
+    let mut state = ServerState::new(config, engine);
+    if tls.is_some() {
+        state.metrics.register_tls(tls_metrics);
+    }
+    let state = Arc::new(state);
+    let watcher = tls
+        .clone()
+        .map(|tls| tokio::spawn(tls::reload::watch(tls, state.shutdown_signal())));
     let app = http::router(state.clone());
-    let mut connections = accept::accept_until(listener, app, state.clone(), shutdown).await;
+    let mut connections = accept::accept_until(listener, app, state.clone(), tls, shutdown).await;
     let started = Instant::now();
     state.begin_shutdown();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     tracing::info!(
         sessions = state.live_sessions(),
         http_connections = connections.len(),

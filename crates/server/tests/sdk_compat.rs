@@ -140,8 +140,20 @@ async fn run_one(server: &TestServer, sdk: Sdk, script: &str) -> Outcome {
 
 /// [`run_one`] with its own hard timeout, for scenarios that wait out SDK backoff floors.
 async fn run_one_within(server: &TestServer, sdk: Sdk, script: &str, timeout: Duration) -> Outcome {
+    run_one_with_env(server, sdk, script, timeout, &[]).await
+}
+
+/// [`run_one_within`] with extra environment variables for the script.
+async fn run_one_with_env(
+    server: &TestServer,
+    sdk: Sdk,
+    script: &str,
+    timeout: Duration,
+    extra_env: &[(&str, PathBuf)],
+) -> Outcome {
     let label = format!("{sdk:?} {script}");
     let mut cmd = sdk.command(script);
+    cmd.envs(extra_env.iter().map(|(k, v)| (*k, v.as_os_str())));
     cmd.current_dir(workspace_root())
         .env("HERALD_URL", server.origin())
         .env("HERALD_APP", APP)
@@ -458,4 +470,56 @@ async fn js_survives_occupancy_frames() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn py_survives_occupancy_frames() {
     occupancy_scenario(Sdk::Py, "occupancy.py").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS: the SDKs over wss:// with certificates from a test CA. The JS scripts' `ws` sockets trust
+// the CA given in HERALD_CA_FILE (their webSocketFactory); the Python SDK's default SSL
+// context reads SSL_CERT_FILE. Nothing else about the SDKs changes.
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `script` against a Herald serving `wss://` (certificate files watched every 100 ms),
+/// with the live and a staged second pair named in the environment for reload scenarios.
+async fn tls_scenario(sdk: Sdk, script: &str) {
+    let ca = TestCa::new();
+    let dir = TlsDir::new(&ca, &ca.issue(90));
+    let (next_cert, next_key) = dir.stage("next", &ca.issue(30));
+    let server = TestServer::start_with(dir.config(100)).await;
+    let env = [
+        ("HERALD_CA_FILE", dir.ca()),
+        ("SSL_CERT_FILE", dir.ca()),
+        ("HERALD_TLS_CERT", dir.cert()),
+        ("HERALD_TLS_KEY", dir.key()),
+        ("HERALD_TLS_NEXT_CERT", next_cert),
+        ("HERALD_TLS_NEXT_KEY", next_key),
+    ];
+    let out = run_one_with_env(&server, sdk, script, SCENARIO_TIMEOUT, &env).await;
+    check(&out);
+    server.shutdown().await;
+}
+
+/// The chat scenario (connect, subscribe, publish with and without sender metadata, receive)
+/// unchanged, over wss://.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_chat_over_wss() {
+    tls_scenario(Sdk::Js, "chat.mjs").await;
+}
+
+/// The same through the Python SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_chat_over_wss() {
+    tls_scenario(Sdk::Py, "chat.py").await;
+}
+
+/// A certificate renewal mid-run: the connected SDK client keeps its socket, a new one is
+/// served the new certificate, and messages go both ways between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_survives_a_certificate_reload() {
+    tls_scenario(Sdk::Js, "tls_reload.mjs").await;
+}
+
+/// The same through the Python SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_survives_a_certificate_reload() {
+    tls_scenario(Sdk::Py, "tls_reload.py").await;
 }

@@ -17,6 +17,7 @@ pub mod redis;
 pub mod sdk;
 pub mod server;
 pub mod streams;
+pub mod tls;
 pub mod tokens;
 pub mod ws;
 
@@ -30,6 +31,7 @@ pub mod prelude {
     pub use crate::sdk::*;
     pub use crate::server::TestServer;
     pub use crate::streams::*;
+    pub use crate::tls::*;
     pub use crate::tokens::*;
     pub use crate::ws::*;
 }

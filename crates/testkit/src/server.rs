@@ -17,6 +17,8 @@ use crate::ws::Client;
 /// A Herald running in-process; dropping it starts a graceful shutdown.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// `[tls]` is on: the URLs below are `wss://` and `https://`.
+    pub tls: bool,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), herald_server::ServerError>>>,
 }
@@ -35,12 +37,14 @@ impl TestServer {
     /// was shut down, to restart on it).
     pub fn serve(listener: TcpListener, config: Config) -> TestServer {
         let addr = listener.local_addr().unwrap();
+        let tls = config.tls.enabled();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(herald_server::run(listener, config, async move {
             let _ = rx.await;
         }));
         TestServer {
             addr,
+            tls,
             shutdown: Some(tx),
             handle: Some(handle),
         }
@@ -48,16 +52,20 @@ impl TestServer {
 
     /// The origin the SDKs take as `url`.
     pub fn origin(&self) -> String {
-        format!("ws://{}", self.addr)
+        format!("{}://{}", if self.tls { "wss" } else { "ws" }, self.addr)
     }
 
     /// The base of the REST and HTTP endpoints.
     pub fn http(&self) -> String {
-        format!("http://{}", self.addr)
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.addr
+        )
     }
 
     pub fn url(&self, query: &str) -> String {
-        format!("ws://{}/v1?{}", self.addr, query)
+        format!("{}/v1?{}", self.origin(), query)
     }
 
     pub fn token_url(&self, token: &str) -> String {

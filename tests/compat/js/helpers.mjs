@@ -6,6 +6,7 @@
 // frame trace, and a stub RTCPeerConnection for MeteredPeer in Node.
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
+import fs from "node:fs";
 import WebSocket from "ws";
 import { MeteredPeer, SignallingClient } from "@metered-ca/realtime";
 
@@ -51,13 +52,20 @@ export function mintToken({ sub, ttlSecs = 3600, peerMetadata, metadata, channel
 }
 
 /**
+ * The CA a `wss://` Herald's certificate chains to, when the Rust test generated one
+ * (`HERALD_CA_FILE`): the `ws` sockets below trust it, and only it. Node's own store is left
+ * alone (no NODE_EXTRA_CA_CERTS), as an app pinning a private CA would do.
+ */
+export const caPem = process.env.HERALD_CA_FILE ? fs.readFileSync(process.env.HERALD_CA_FILE) : undefined;
+
+/**
  * The `ws` socket the SDK gets through its public `webSocketFactory` option. Per spec §20.1 it
  * must be created with `allowSynchronousEvents: false` so Node dispatches each frame as its own
  * task, like a browser. Raw frames are traced to stdout (shown by the Rust test on failure).
  */
 function tracingFactory(name) {
   return (u) => {
-    const ws = new WebSocket(u, { allowSynchronousEvents: false });
+    const ws = new WebSocket(u, { allowSynchronousEvents: false, ...(caPem ? { ca: caPem } : {}) });
     const shown = u.replace(/(token|key)=[^&]+/, "$1=…");
     log(`${name} ws open ${shown}`);
     ws.on("message", (d) => log(`${name} <<`, String(d).slice(0, 400)));

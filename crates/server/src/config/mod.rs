@@ -5,7 +5,7 @@
 //!
 //! This file holds the top-level struct, loading and env overrides; each section's struct lives
 //! with its defaults in `limits` (`[limits]`, `[timing]`), `engine`, `presence`, `web` (`[web]`,
-//! `[turn]`) and `apps`, and the cross-field rules in `validate`.
+//! `[turn]`), `tls` and `apps`, and the cross-field rules in `validate`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,6 +16,7 @@ mod apps;
 mod engine;
 mod limits;
 mod presence;
+mod tls;
 mod validate;
 mod web;
 
@@ -23,6 +24,7 @@ pub use self::apps::{AppConfig, PublishableKeyConfig, SecretKeyConfig};
 pub use self::engine::EngineConfig;
 pub use self::limits::{Limits, Timing};
 pub use self::presence::{PresenceChannels, PresenceConfig, MAX_ROSTER_CAP};
+pub use self::tls::{PlainHttp, TlsConfig};
 pub use self::web::{IceServer, TurnConfig, WebConfig};
 
 /// The commented default configuration file, embedded in the binary.
@@ -45,6 +47,9 @@ pub struct Config {
     pub wildcard_subscriptions: bool,
     /// Tenants and their keys. Empty means "dev mode": the binary generates a dev app.
     pub apps: Vec<AppConfig>,
+
+    // TLS on the listener (`[tls]`, `config/tls.rs`): off unless a certificate is set.
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +74,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             wildcard_subscriptions: true,
             apps: Vec::new(),
+            tls: TlsConfig::default(),
         }
     }
 }

@@ -5,9 +5,14 @@ use herald_protocol::validate::is_valid_channel;
 
 use super::{invalid, Config, ConfigError};
 
+/// The secret in dist/herald.toml, which the Debian package replaces with a random one on
+/// install: a copy of that file used as is must not run with a secret everyone can read.
+const PACKAGED_SECRET_PLACEHOLDER: &str = "@GENERATED_AT_INSTALL@";
+
 impl Config {
     /// Checks every cross-field rule; the error names the first bad field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.tls.validate()?;
         let l = &self.limits;
         if l.max_frame_bytes < 1024 {
             return Err(invalid("limits.max_frame_bytes", "must be at least 1024"));
@@ -188,6 +193,12 @@ impl Config {
                 }
                 if key.secret.len() < 16 {
                     return Err(invalid(f(".secret"), "must be at least 16 characters"));
+                }
+                if key.secret == PACKAGED_SECRET_PLACEHOLDER {
+                    return Err(invalid(
+                        f(".secret"),
+                        "is the packaged config's placeholder: set a random secret (the .deb does on install)",
+                    ));
                 }
                 check_patterns(&key.channel_patterns, &f(".channel_patterns"))?;
             }
