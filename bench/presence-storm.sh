@@ -7,6 +7,7 @@
 #   bench/presence-storm.sh --config extra.toml             # with extra server configuration
 #   bench/presence-storm.sh --out FILE.json -- --members 2000 --joins 500
 #   bench/presence-storm.sh -- --members 10000 --watchers 2000   # 8,000 members without presence
+#   bench/presence-storm.sh --redis -- --members 2000     # the Redis engine, on a redis-server of its own
 #
 # With all M members watching, building the room costs M²/2 presence deliveries before the storm
 # (at M=10,000 that did not finish within the 90 s setup bound on a shared 2-core machine);
@@ -16,7 +17,8 @@
 # tables such as [presence] to compare configurations; it must not repeat a table the base file
 # already has. Arguments after -- go to `herald-bench presence-storm`.
 #
-# Placement: Herald on core 0 (SERVER_CPU), the generator on core 1 (BENCH_CPU), with taskset.
+# Placement: Herald (and with --redis, redis-server) on core 0 (SERVER_CPU), the generator on
+# core 1 (BENCH_CPU), with taskset. The CPU figures are Herald's alone.
 # Loopback only; the run is bounded by `timeout` (RUN_TIMEOUT seconds) and the scenario's own
 # deadlines.
 set -euo pipefail
@@ -27,11 +29,13 @@ bench_cpu=${BENCH_CPU:-1}
 run_timeout=${RUN_TIMEOUT:-300}
 extra=""
 out=""
+redis=0
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) extra=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --redis) redis=1; shift ;;
     --) shift; args+=("$@"); break ;;
     *) echo "presence-storm.sh: unknown argument $1 (see the header)" >&2; exit 2 ;;
   esac
@@ -49,8 +53,10 @@ mkdir -p "$(dirname "$out")"
 work=$(mktemp -d)
 
 hp=""
+rp=""
 # The server drains thousands of departures on shutdown; give it 5 s, then stop it hard.
 cleanup() {
+  if [ -n "$rp" ]; then kill "$rp" 2>/dev/null || true; wait "$rp" 2>/dev/null || true; fi
   if [ -n "$hp" ]; then
     kill "$hp" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$hp" 2>/dev/null || break; sleep 0.1; done
@@ -64,11 +70,22 @@ trap cleanup EXIT INT TERM
 # free_port, wait_port, stop
 . bench/lib.sh
 
+if [ "$redis" = 1 ]; then
+  rport=$(free_port)
+  taskset -c "$server_cpu" redis-server --port "$rport" --bind 127.0.0.1 --save '' \
+    --appendonly no >"$work/redis.log" 2>&1 &
+  rp=$!
+  wait_port "$rport"
+fi
+
 # The secret key right after the base file's [[apps]], so it belongs to app_bench; the extra
 # configuration last. The key must match herald-bench's default --secret.
 {
   cat bench/herald.toml
   printf '\n[[apps.secret_keys]]\nid = "sk_id_bench_storm"\nsecret = "sk_secret_bench_storm_loopback_only"\n'
+  if [ "$redis" = 1 ]; then
+    printf '\n[engine]\nkind = "redis"\nredis_url = "redis://127.0.0.1:%s/0"\n' "$rport"
+  fi
   if [ -n "$extra" ]; then printf '\n'; cat "$extra"; fi
 } >"$work/herald.toml"
 
@@ -86,5 +103,6 @@ if [ "$status" != 0 ]; then
   echo "presence-storm.sh: herald-bench exited with $status; server log:" >&2
   tail -20 "$work/herald.log" >&2
 fi
-echo "presence-storm.sh: result in $out"
+cp "$work/herald.log" "${out%.json}.herald.log"
+echo "presence-storm.sh: result in $out (server log beside it)"
 exit "$status"
