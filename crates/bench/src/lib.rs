@@ -4,6 +4,7 @@
 //!
 //! `bench/run.sh` runs the whole comparison; `BENCHMARKS.md` has the results.
 
+pub mod encode;
 pub mod procstat;
 pub mod proto;
 pub mod report;

@@ -11,7 +11,7 @@ use herald_bench::soak::{self, Proc, SoakOpts, SoakTarget};
 use herald_bench::storm::{self, StormOpts, StormTarget};
 use herald_bench::suite::{self, SuiteOpts, SuiteResult};
 use herald_bench::token::SigningKey;
-use herald_bench::{procstat, report, scenarios};
+use herald_bench::{encode, procstat, report, scenarios};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +26,15 @@ struct Cli {
 #[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
+    /// Time the encoding of one roster snapshot against a copy of its bytes (no server).
+    EncodeSnapshot {
+        /// Entries in the roster.
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        /// Encodings timed (the mean is printed).
+        #[arg(long, default_value_t = 200)]
+        rounds: u32,
+    },
     /// Run every scenario against one running server (or cluster) and write JSON results.
     Suite {
         /// herald or socketio
@@ -420,6 +429,9 @@ fn main() -> anyhow::Result<()> {
             std::fs::write(&out, serde_json::to_vec_pretty(&result)?)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("{}", result.summary());
+        }
+        Command::EncodeSnapshot { members, rounds } => {
+            println!("{}", encode::snapshot_cost(members, rounds.max(1)));
         }
         Command::Report { out_dir, files } => {
             let mut results = Vec::new();
