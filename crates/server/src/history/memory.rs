@@ -1,0 +1,295 @@
+//! The memory store: one ring per channel, bounded by the channel's count and age, and all of
+//! them together by the node-wide byte cap, past which the oldest entry of any channel goes
+//! first.
+//!
+//! - A ring holds consecutive offsets and is trimmed from its front only.
+//! - `order` lists every appended entry in append order (so its front is the oldest entry of
+//!   the node). Entries trimmed by count or age stay there as *stale* marks, skipped when they
+//!   reach the front; when stale marks outnumber live ones the list is compacted, so an append
+//!   costs O(1) amortised and `order` stays below twice the live entries.
+//! - A ring that empties is dropped; the channel's next message starts a new epoch (its
+//!   history was lost), so an idle channel costs nothing.
+//! - Age is read on tokio's clock, lazily on every append and read of the channel, and by
+//!   [`HistoryStore::expire`] for channels nobody touches.
+//!
+//! One mutex guards it all: every section is a few deque operations.
+
+use std::collections::{HashMap, VecDeque};
+use std::mem::size_of;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{
+    Appended, HistoryError, HistoryKey, HistoryStore, NewMessage, Page, PageQuery, Policy,
+    Retained, StoredMessage,
+};
+use crate::clock::unix_now_ms;
+use crate::sync::lock;
+
+/// One entry of `order`: the channel, the ring's generation and the offset.
+type Mark = (HistoryKey, u64, u64);
+
+/// What an entry costs beyond its strings: the message struct and its `Arc` header, its slot
+/// in the ring and its mark in `order`.
+pub const ENTRY_OVERHEAD: usize = size_of::<StoredMessage>()
+    + 2 * size_of::<usize>()
+    + size_of::<Arc<StoredMessage>>()
+    + size_of::<Mark>();
+
+/// The bytes an entry is charged against `max_memory_bytes`.
+pub fn entry_cost(message: &StoredMessage) -> usize {
+    ENTRY_OVERHEAD
+        + message.from.as_str().len()
+        + message.from_metadata.as_ref().map_or(0, |m| m.get().len())
+        + message.data.get().len()
+}
+
+struct Ring {
+    epoch: Arc<str>,
+    /// Tells this ring from an earlier one of the same channel (for `order`'s marks).
+    generation: u64,
+    next_offset: u64,
+    entries: VecDeque<Arc<StoredMessage>>,
+    max_age: Duration,
+}
+
+impl Ring {
+    fn first_offset(&self) -> u64 {
+        self.entries.front().map_or(self.next_offset, |e| e.offset)
+    }
+
+    /// Pops entries whose age reached `max_age`; returns their cost.
+    fn trim_age(&mut self, now: Instant) -> (usize, usize) {
+        let (mut bytes, mut count) = (0, 0);
+        while let Some(front) = self.entries.front() {
+            if now.saturating_duration_since(front.at) < self.max_age {
+                break;
+            }
+            bytes += entry_cost(front);
+            count += 1;
+            self.entries.pop_front();
+        }
+        (bytes, count)
+    }
+
+    fn retained(&self, range: std::ops::Range<usize>) -> Retained {
+        Retained {
+            epoch: Some(self.epoch.clone()),
+            messages: self.entries.range(range).cloned().collect(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    rings: HashMap<HistoryKey, Ring>,
+    order: VecDeque<Mark>,
+    /// Entries in all rings.
+    live: usize,
+    /// Their cost.
+    bytes: usize,
+    generations: u64,
+}
+
+impl Inner {
+    fn forget(&mut self, bytes: usize, count: usize) {
+        self.bytes -= bytes;
+        self.live -= count;
+    }
+
+    /// Trims a channel's expired entries, dropping its ring when it empties.
+    fn trim_age(&mut self, key: &HistoryKey, now: Instant) {
+        let Some(ring) = self.rings.get_mut(key) else {
+            return;
+        };
+        let (bytes, count) = ring.trim_age(now);
+        let empty = ring.entries.is_empty();
+        self.forget(bytes, count);
+        if empty {
+            self.rings.remove(key);
+        }
+    }
+
+    fn is_live(&self, (key, generation, offset): &Mark) -> bool {
+        self.rings
+            .get(key)
+            .is_some_and(|r| r.generation == *generation && *offset >= r.first_offset())
+    }
+
+    /// Drops the node's oldest live entry. False when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some(mark) = self.order.pop_front() {
+            if !self.is_live(&mark) {
+                continue;
+            }
+            let (key, _, _) = mark;
+            let Some(ring) = self.rings.get_mut(&key) else {
+                continue;
+            };
+            let cost = ring.entries.pop_front().map_or(0, |e| entry_cost(&e));
+            let empty = ring.entries.is_empty();
+            self.forget(cost, 1);
+            if empty {
+                self.rings.remove(&key);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Drops stale marks once they outnumber the live ones (amortised O(1) per append).
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.live + 64 {
+            let order = std::mem::take(&mut self.order);
+            self.order = order.into_iter().filter(|m| self.is_live(m)).collect();
+        }
+    }
+}
+
+/// See the module's doc.
+pub struct MemoryStore {
+    max_bytes: usize,
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// A store holding at most `max_bytes` of entries (see [`entry_cost`]).
+    pub fn new(max_bytes: u64) -> Self {
+        MemoryStore {
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Bytes charged now, and entries retained.
+    pub fn usage(&self) -> (usize, usize) {
+        let inner = lock(&self.inner);
+        (inner.bytes, inner.live)
+    }
+
+    /// Marks in the eviction order, stale ones included (for tests of its bound).
+    pub fn order_len(&self) -> usize {
+        lock(&self.inner).order.len()
+    }
+}
+
+fn new_epoch() -> Arc<str> {
+    let bits: u64 = rand::random();
+    Arc::from(format!("{:012x}", bits & 0xffff_ffff_ffff))
+}
+
+impl HistoryStore for MemoryStore {
+    fn append(
+        &self,
+        key: &HistoryKey,
+        policy: &Policy,
+        message: NewMessage<'_>,
+    ) -> Result<Appended, HistoryError> {
+        let now = Instant::now();
+        let mut inner = lock(&self.inner);
+        inner.trim_age(key, now);
+        if !inner.rings.contains_key(key) {
+            inner.generations += 1;
+            let generation = inner.generations;
+            inner.rings.insert(
+                key.clone(),
+                Ring {
+                    epoch: new_epoch(),
+                    generation,
+                    next_offset: 1,
+                    entries: VecDeque::new(),
+                    max_age: policy.max_age,
+                },
+            );
+        }
+        let inner = &mut *inner;
+        let Some(ring) = inner.rings.get_mut(key) else {
+            return Err(HistoryError("ring vanished".into()));
+        };
+        ring.max_age = policy.max_age;
+        let stored = StoredMessage {
+            offset: ring.next_offset,
+            ts: unix_now_ms(),
+            at: now,
+            from: message.from.clone(),
+            from_metadata: message.from_metadata.map(ToOwned::to_owned),
+            data: message.data.to_owned(),
+        };
+        let appended = Appended {
+            epoch: ring.epoch.clone(),
+            offset: stored.offset,
+            ts: stored.ts,
+        };
+        ring.next_offset += 1;
+        let mut added = entry_cost(&stored) as isize;
+        let mut live = 1isize;
+        ring.entries.push_back(Arc::new(stored));
+        while ring.entries.len() > policy.max_messages {
+            if let Some(old) = ring.entries.pop_front() {
+                added -= entry_cost(&old) as isize;
+                live -= 1;
+            }
+        }
+        inner
+            .order
+            .push_back((key.clone(), ring.generation, appended.offset));
+        inner.bytes = inner.bytes.saturating_add_signed(added);
+        inner.live = inner.live.saturating_add_signed(live);
+        while inner.bytes > self.max_bytes && inner.evict_oldest() {}
+        inner.compact();
+        Ok(appended)
+    }
+
+    fn latest(&self, key: &HistoryKey, n: usize) -> Result<Retained, HistoryError> {
+        let mut inner = lock(&self.inner);
+        inner.trim_age(key, Instant::now());
+        Ok(inner.rings.get(key).map_or_else(Retained::default, |ring| {
+            let len = ring.entries.len();
+            ring.retained(len.saturating_sub(n)..len)
+        }))
+    }
+
+    fn page(&self, key: &HistoryKey, query: &PageQuery) -> Result<Page, HistoryError> {
+        let mut inner = lock(&self.inner);
+        inner.trim_age(key, Instant::now());
+        let Some(ring) = inner.rings.get(key) else {
+            return Ok(Page::default());
+        };
+        // Offsets are consecutive: offset `o` sits at index `o - first`.
+        let first = ring.first_offset();
+        let len = ring.entries.len() as u64;
+        let index = |offset: u64| offset.saturating_sub(first).min(len);
+        let low = query.after.map_or(0, |a| index(a.saturating_add(1)));
+        let high = query.before.map_or(len, index).max(low);
+        let start = high.saturating_sub(query.limit as u64).max(low);
+        Ok(Page {
+            retained: ring.retained(start as usize..high as usize),
+            has_more: start > low,
+        })
+    }
+
+    fn expire(&self) {
+        let now = Instant::now();
+        let mut inner = lock(&self.inner);
+        let keys: Vec<HistoryKey> = inner
+            .rings
+            .iter()
+            .filter(|(_, ring)| {
+                ring.entries
+                    .front()
+                    .is_some_and(|e| now.saturating_duration_since(e.at) >= ring.max_age)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in keys {
+            inner.trim_age(&key, now);
+        }
+        inner.compact();
+    }
+}
+
+#[cfg(test)]
+#[path = "memory_tests.rs"]
+mod tests;
