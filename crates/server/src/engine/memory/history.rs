@@ -1,0 +1,107 @@
+//! History on the memory engine: publishing to a channel that keeps history, and rewind.
+//!
+//! The seam rule: a message is appended to history and queued to the channel's subscribers
+//! under the channel's lock, and a subscribe reads its rewind and registers under that same
+//! lock. So every message is either in the subscriber's rewind or queued to it live, never
+//! both and never neither, and both arrive in offset order.
+
+use herald_protocol::Position;
+
+use super::roster::Rosters;
+use crate::conn::Conn;
+use crate::engine::hub::{channel_key, ChannelKey, MessageFrames};
+use crate::engine::Publication;
+use crate::history::{message_id, NewMessage, Policy};
+
+use super::roster::Roster;
+
+/// Appends `p` to its channel's history and fans it out, both under the channel's lock (the
+/// channel is created for it, and dropped again when nobody is subscribed). Returns how many
+/// queues took it. A store failure is logged and the message still goes out, without a
+/// position.
+pub(super) fn publish_kept(state: &Rosters, p: &Publication<'_>, policy: &Policy) -> usize {
+    let key = channel_key(p.app, p.channel);
+    let hub = &state.hub;
+    let excluded = p.exclude.map(|c| c.id);
+    let (delivered, unwatched) = hub.channels.with_or_create(&key, |ch| {
+        // Deltas waiting on the channel go first: a message never overtakes its sender's
+        // `joined`.
+        hub.flush_deltas(&key, ch);
+        let message = NewMessage {
+            from: p.from,
+            from_metadata: p.from_metadata,
+            data: p.data,
+        };
+        let appended = match state.history.store.append(&key, policy, message) {
+            Ok(appended) => Some(appended),
+            Err(e) => {
+                tracing::warn!(channel = %p.channel, error = %e, "history append failed");
+                None
+            }
+        };
+        let id = appended.as_ref().map(|a| message_id(&a.epoch, a.offset));
+        let position = appended
+            .as_ref()
+            .zip(id.as_deref())
+            .map(|(a, id)| Position {
+                id,
+                offset: a.offset,
+                epoch: &a.epoch,
+                ts: a.ts,
+            });
+        let mut frames =
+            MessageFrames::new(p.channel.as_str(), p.from.as_str(), p.data, p.from_metadata)
+                .with_position(position);
+        let delivered = ch.deliver_message(&mut frames, excluded)
+            + hub.deliver_to_patterns(p.app, p.channel.as_str(), &mut frames, excluded, |id| {
+                ch.is_subscribed(id)
+            });
+        (delivered, ch.subscriber_count() == 0 && ch.slot.is_empty())
+    });
+    if unwatched {
+        hub.channels
+            .remove_if_idle(&key, |roster: &Roster| roster.is_empty());
+    }
+    delivered
+}
+
+/// Queues up to `rewind` of the channel's most recent messages to a new subscriber, oldest
+/// first, each with its original sender and position. Called under the channel's lock, after
+/// the ack and the snapshot and before any live message can reach the subscriber.
+pub(super) fn rewind(
+    state: &Rosters,
+    key: &ChannelKey,
+    conn: &Conn,
+    rewind: usize,
+    include_sender_metadata: bool,
+) {
+    let channel = key.1.as_str();
+    let retained = match state.history.store.latest(key, rewind) {
+        Ok(retained) => retained,
+        Err(e) => {
+            tracing::warn!(channel, error = %e, "history read for rewind failed");
+            return;
+        }
+    };
+    let Some(epoch) = retained.epoch else {
+        return;
+    };
+    for message in &retained.messages {
+        let id = message.id(&epoch);
+        let position = Position {
+            id: &id,
+            offset: message.offset,
+            epoch: &epoch,
+            ts: message.ts,
+        };
+        let frame = MessageFrames::new(
+            channel,
+            message.from.as_str(),
+            &message.data,
+            message.from_metadata.as_deref(),
+        )
+        .with_position(Some(position))
+        .get(include_sender_metadata);
+        conn.deliver(frame);
+    }
+}
