@@ -110,6 +110,7 @@ mod connection;
 mod error;
 mod events;
 mod frames;
+mod history;
 mod options;
 mod peer;
 mod shared;
@@ -119,6 +120,7 @@ mod types;
 pub use client::SignallingClient;
 pub use error::Error;
 pub use events::EventStream;
+pub use history::{HistoryMessage, HistoryPage, HistoryRequest};
 pub use options::{
     BoxError, Credential, ReconnectOptions, SignallingClientOptions, TokenFuture, TokenProvider,
     DEFAULT_URL,
