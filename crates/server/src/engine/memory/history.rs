@@ -1,4 +1,5 @@
-//! History on the memory engine: publishing to a channel that keeps history, and rewind.
+//! History on the memory engine: publishing to a channel that keeps history (the rewind of a
+//! subscribe is `hub::rewind`, called by `roster.rs`).
 //!
 //! The seam rule: a message is appended to history and queued to the channel's subscribers
 //! under the channel's lock, and a subscribe reads its rewind and registers under that same
@@ -7,13 +8,10 @@
 
 use herald_protocol::Position;
 
-use super::roster::Rosters;
-use crate::conn::Conn;
-use crate::engine::hub::{channel_key, ChannelKey, MessageFrames};
+use super::roster::{Roster, Rosters};
+use crate::engine::hub::{channel_key, MessageFrames};
 use crate::engine::Publication;
 use crate::history::{message_id, NewMessage, Policy};
-
-use super::roster::Roster;
 
 /// Appends `p` to its channel's history and fans it out, both under the channel's lock (the
 /// channel is created for it, and dropped again when nobody is subscribed). Returns how many
@@ -63,45 +61,4 @@ pub(super) fn publish_kept(state: &Rosters, p: &Publication<'_>, policy: &Policy
             .remove_if_idle(&key, |roster: &Roster| roster.is_empty());
     }
     delivered
-}
-
-/// Queues up to `rewind` of the channel's most recent messages to a new subscriber, oldest
-/// first, each with its original sender and position. Called under the channel's lock, after
-/// the ack and the snapshot and before any live message can reach the subscriber.
-pub(super) fn rewind(
-    state: &Rosters,
-    key: &ChannelKey,
-    conn: &Conn,
-    rewind: usize,
-    include_sender_metadata: bool,
-) {
-    let channel = key.1.as_str();
-    let retained = match state.history.store.latest(key, rewind) {
-        Ok(retained) => retained,
-        Err(e) => {
-            tracing::warn!(channel, error = %e, "history read for rewind failed");
-            return;
-        }
-    };
-    let Some(epoch) = retained.epoch else {
-        return;
-    };
-    for message in &retained.messages {
-        let id = message.id(&epoch);
-        let position = Position {
-            id: &id,
-            offset: message.offset,
-            epoch: &epoch,
-            ts: message.ts,
-        };
-        let frame = MessageFrames::new(
-            channel,
-            message.from.as_str(),
-            &message.data,
-            message.from_metadata.as_deref(),
-        )
-        .with_position(Some(position))
-        .get(include_sender_metadata);
-        conn.deliver(frame);
-    }
 }

@@ -16,7 +16,7 @@ use herald_protocol::glob::Pattern;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::{history, MemorySettings};
+use super::MemorySettings;
 use crate::conn::Conn;
 use crate::engine::hub::occupancy::{self, Change, OccupancyRules, OccupancySlot, RoomState};
 use crate::engine::hub::presence_batch::{DeltaBatch, HasDeltas};
@@ -187,7 +187,8 @@ impl Rosters {
                 .policy_for(req.channel.as_str())
                 .map_or(0, |p| p.rewind);
             if rewind > 0 {
-                history::rewind(self, &key, conn, rewind, req.include_sender_metadata);
+                let store = &*self.history.store;
+                hub::rewind::rewind(store, &key, conn, rewind, req.include_sender_metadata);
             }
             if ch.slot.add_connection(&conn.peer_id, &conn.peer_metadata) {
                 let channel = req.channel.as_str();
