@@ -14,6 +14,7 @@
 //!
 //! One mutex guards it all: every section is a few deque operations.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::mem::size_of;
 use std::sync::{Arc, Mutex};
@@ -56,6 +57,18 @@ struct Ring {
 }
 
 impl Ring {
+    /// An empty ring: a fresh epoch at offset 1, and the next generation.
+    fn new(generations: &mut u64) -> Self {
+        *generations += 1;
+        Ring {
+            epoch: new_epoch(),
+            generation: *generations,
+            next_offset: 1,
+            entries: VecDeque::new(),
+            max_age: Duration::MAX,
+        }
+    }
+
     fn first_offset(&self) -> u64 {
         self.entries.front().map_or(self.next_offset, |e| e.offset)
     }
@@ -188,43 +201,37 @@ impl HistoryStore for MemoryStore {
         message: NewMessage<'_>,
     ) -> Result<Appended, HistoryError> {
         let now = Instant::now();
-        let mut inner = lock(&self.inner);
-        inner.trim_age(key, now);
-        if !inner.rings.contains_key(key) {
-            inner.generations += 1;
-            let generation = inner.generations;
-            inner.rings.insert(
-                key.clone(),
-                Ring {
-                    epoch: new_epoch(),
-                    generation,
-                    next_offset: 1,
-                    entries: VecDeque::new(),
-                    max_age: policy.max_age,
-                },
-            );
-        }
-        let inner = &mut *inner;
-        let Some(ring) = inner.rings.get_mut(key) else {
-            return Err(HistoryError("ring vanished".into()));
-        };
-        ring.max_age = policy.max_age;
-        let stored = StoredMessage {
-            offset: ring.next_offset,
+        // Copied before the lock: the store's critical section stays a few deque operations.
+        let mut stored = StoredMessage {
+            offset: 0,
             ts: unix_now_ms(),
             at: now,
             from: message.from.clone(),
             from_metadata: message.from_metadata.map(ToOwned::to_owned),
             data: message.data.to_owned(),
         };
+        let mut guard = lock(&self.inner);
+        let inner = &mut *guard;
+        let ring = match inner.rings.entry(key.clone()) {
+            Entry::Occupied(ring) => ring.into_mut(),
+            Entry::Vacant(slot) => slot.insert(Ring::new(&mut inner.generations)),
+        };
+        ring.max_age = policy.max_age;
+        let (expired_bytes, expired) = ring.trim_age(now);
+        if ring.entries.is_empty() && ring.next_offset > 1 {
+            // Everything retained expired: the history was lost, a new epoch begins.
+            *ring = Ring::new(&mut inner.generations);
+            ring.max_age = policy.max_age;
+        }
+        stored.offset = ring.next_offset;
         let appended = Appended {
             epoch: ring.epoch.clone(),
             offset: stored.offset,
             ts: stored.ts,
         };
         ring.next_offset += 1;
-        let mut added = entry_cost(&stored) as isize;
-        let mut live = 1isize;
+        let mut added = entry_cost(&stored) as isize - expired_bytes as isize;
+        let mut live = 1 - expired as isize;
         ring.entries.push_back(Arc::new(stored));
         while ring.entries.len() > policy.max_messages {
             if let Some(old) = ring.entries.pop_front() {
