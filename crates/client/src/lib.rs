@@ -12,6 +12,10 @@
 //!   [`RemotePeer`] handles that survive reconnects, and carries broadcast and per-peer data.
 //!   WebRTC media is not included. A media layer plugs in through [`SignalHandler`].
 //!
+//! On a Herald channel that keeps history, a [`ChannelMessage`] also carries its `id`,
+//! `offset`, `epoch` and `ts`, and [`SignallingClient::history`] pages back through the
+//! channel's retained messages over REST, with the client's own credential.
+//!
 //! # Quickstart
 //!
 //! Start a local Herald (`cargo run -p herald -- serve`). It prints a publishable key and a
