@@ -3,14 +3,18 @@
 //! first.
 //!
 //! - A ring holds consecutive offsets and is trimmed from its front only.
-//! - `order` lists every appended entry in append order (so its front is the oldest entry of
-//!   the node). Entries trimmed by count or age stay there as *stale* marks, skipped when they
-//!   reach the front; when stale marks outnumber live ones the list is compacted, so an append
-//!   costs O(1) amortised and `order` stays below twice the live entries.
+//! - Every appended entry also leaves a *mark* in the queue of its channel's `max_age` (one
+//!   queue per distinct age, so one per `[[history.channels]]` group at most). Within a queue,
+//!   marks are in append order, so its front is both the oldest entry and the next to expire:
+//!   expiry pops fronts while they are too old, and the byte cap pops the oldest front of all
+//!   queues. Neither scans. Entries trimmed by count leave *stale* marks, skipped when they
+//!   reach a front; when stale marks outnumber live ones the queues are compacted, so an
+//!   append costs O(1) amortised (plus one look at each queue's front) and the marks stay
+//!   below twice the live entries.
 //! - A ring that empties is dropped; the channel's next message starts a new epoch (its
 //!   history was lost), so an idle channel costs nothing.
-//! - Age is read on tokio's clock, lazily on every append and read of the channel, and by
-//!   [`HistoryStore::expire`] for channels nobody touches.
+//! - Age is read on tokio's clock: on every append (every queue's expired fronts go), on every
+//!   read of the channel, and by [`HistoryStore::expire`] when nothing is appended.
 //!
 //! One mutex guards it all: every section is a few deque operations.
 
@@ -29,11 +33,22 @@ use super::{
 use crate::clock::unix_now_ms;
 use crate::sync::lock;
 
-/// One entry of `order`: the channel, the ring's generation and the offset.
-type Mark = (HistoryKey, u64, u64);
+/// Where an entry is: the channel, the ring's generation, the offset, and when it was appended.
+struct Mark {
+    key: HistoryKey,
+    generation: u64,
+    offset: u64,
+    at: Instant,
+}
+
+/// The marks of every entry appended under one `max_age`, in append order.
+struct AgeQueue {
+    max_age: Duration,
+    marks: VecDeque<Mark>,
+}
 
 /// What an entry costs beyond its strings: the message struct and its `Arc` header, its slot
-/// in the ring and its mark in `order`.
+/// in the ring and its mark.
 pub const ENTRY_OVERHEAD: usize = size_of::<StoredMessage>()
     + 2 * size_of::<usize>()
     + size_of::<Arc<StoredMessage>>()
@@ -49,7 +64,7 @@ pub fn entry_cost(message: &StoredMessage) -> usize {
 
 struct Ring {
     epoch: Arc<str>,
-    /// Tells this ring from an earlier one of the same channel (for `order`'s marks).
+    /// Tells this ring from an earlier one of the same channel (for the marks).
     generation: u64,
     next_offset: u64,
     entries: VecDeque<Arc<StoredMessage>>,
@@ -98,7 +113,9 @@ impl Ring {
 #[derive(Default)]
 struct Inner {
     rings: HashMap<HistoryKey, Ring>,
-    order: VecDeque<Mark>,
+    queues: Vec<AgeQueue>,
+    /// Marks in all queues, stale ones included.
+    marks: usize,
     /// Entries in all rings.
     live: usize,
     /// Their cost.
@@ -125,38 +142,104 @@ impl Inner {
         }
     }
 
-    fn is_live(&self, (key, generation, offset): &Mark) -> bool {
-        self.rings
-            .get(key)
-            .is_some_and(|r| r.generation == *generation && *offset >= r.first_offset())
+    fn mark(&mut self, key: &HistoryKey, generation: u64, offset: u64, at: Instant, age: Duration) {
+        let mark = Mark {
+            key: key.clone(),
+            generation,
+            offset,
+            at,
+        };
+        match self.queues.iter_mut().find(|q| q.max_age == age) {
+            Some(queue) => queue.marks.push_back(mark),
+            None => self.queues.push(AgeQueue {
+                max_age: age,
+                marks: VecDeque::from([mark]),
+            }),
+        }
+        self.marks += 1;
+    }
+
+    fn is_live(rings: &HashMap<HistoryKey, Ring>, mark: &Mark) -> bool {
+        rings
+            .get(&mark.key)
+            .is_some_and(|r| r.generation == mark.generation && mark.offset >= r.first_offset())
+    }
+
+    /// Drops the stale marks at the front of queue `q`; its front is then live (or absent).
+    fn skip_stale(&mut self, q: usize) {
+        let (rings, queue) = (&self.rings, &mut self.queues[q]);
+        while queue
+            .marks
+            .front()
+            .is_some_and(|m| !Self::is_live(rings, m))
+        {
+            queue.marks.pop_front();
+            self.marks -= 1;
+        }
+    }
+
+    /// Drops the entry of queue `q`'s front mark, which is live: it is its ring's front.
+    fn drop_front(&mut self, q: usize) {
+        let Some(mark) = self.queues[q].marks.pop_front() else {
+            return;
+        };
+        self.marks -= 1;
+        let Some(ring) = self.rings.get_mut(&mark.key) else {
+            return;
+        };
+        let cost = ring.entries.pop_front().map_or(0, |e| entry_cost(&e));
+        let empty = ring.entries.is_empty();
+        self.forget(cost, 1);
+        if empty {
+            self.rings.remove(&mark.key);
+        }
     }
 
     /// Drops the node's oldest live entry. False when there is none.
     fn evict_oldest(&mut self) -> bool {
-        while let Some(mark) = self.order.pop_front() {
-            if !self.is_live(&mark) {
-                continue;
+        let mut oldest: Option<(usize, Instant)> = None;
+        for q in 0..self.queues.len() {
+            self.skip_stale(q);
+            if let Some(front) = self.queues[q].marks.front() {
+                if oldest.is_none_or(|(_, at)| front.at < at) {
+                    oldest = Some((q, front.at));
+                }
             }
-            let (key, _, _) = mark;
-            let Some(ring) = self.rings.get_mut(&key) else {
-                continue;
-            };
-            let cost = ring.entries.pop_front().map_or(0, |e| entry_cost(&e));
-            let empty = ring.entries.is_empty();
-            self.forget(cost, 1);
-            if empty {
-                self.rings.remove(&key);
-            }
-            return true;
         }
-        false
+        let Some((q, _)) = oldest else {
+            return false;
+        };
+        self.drop_front(q);
+        true
+    }
+
+    /// Drops every entry whose age reached its `max_age`, queue by queue from the front.
+    fn expire(&mut self, now: Instant) {
+        for q in 0..self.queues.len() {
+            loop {
+                self.skip_stale(q);
+                let queue = &self.queues[q];
+                match queue.marks.front() {
+                    Some(front) if now.saturating_duration_since(front.at) >= queue.max_age => {
+                        self.drop_front(q)
+                    }
+                    _ => break,
+                }
+            }
+        }
     }
 
     /// Drops stale marks once they outnumber the live ones (amortised O(1) per append).
     fn compact(&mut self) {
-        if self.order.len() > 2 * self.live + 64 {
-            let order = std::mem::take(&mut self.order);
-            self.order = order.into_iter().filter(|m| self.is_live(m)).collect();
+        if self.marks > 2 * self.live + 64 {
+            let rings = &self.rings;
+            let mut kept = 0;
+            for queue in &mut self.queues {
+                queue.marks.retain(|m| Self::is_live(rings, m));
+                kept += queue.marks.len();
+            }
+            self.queues.retain(|q| !q.marks.is_empty());
+            self.marks = kept;
         }
     }
 }
@@ -182,9 +265,9 @@ impl MemoryStore {
         (inner.bytes, inner.live)
     }
 
-    /// Marks in the eviction order, stale ones included (for tests of its bound).
-    pub fn order_len(&self) -> usize {
-        lock(&self.inner).order.len()
+    /// Marks in the age queues, stale ones included (for tests of their bound).
+    pub fn marks(&self) -> usize {
+        lock(&self.inner).marks
     }
 }
 
@@ -239,11 +322,11 @@ impl HistoryStore for MemoryStore {
                 live -= 1;
             }
         }
-        inner
-            .order
-            .push_back((key.clone(), ring.generation, appended.offset));
+        let generation = ring.generation;
         inner.bytes = inner.bytes.saturating_add_signed(added);
         inner.live = inner.live.saturating_add_signed(live);
+        inner.mark(key, generation, appended.offset, now, policy.max_age);
+        inner.expire(now);
         while inner.bytes > self.max_bytes && inner.evict_oldest() {}
         inner.compact();
         Ok(appended)
@@ -278,21 +361,8 @@ impl HistoryStore for MemoryStore {
     }
 
     fn expire(&self) {
-        let now = Instant::now();
         let mut inner = lock(&self.inner);
-        let keys: Vec<HistoryKey> = inner
-            .rings
-            .iter()
-            .filter(|(_, ring)| {
-                ring.entries
-                    .front()
-                    .is_some_and(|e| now.saturating_duration_since(e.at) >= ring.max_age)
-            })
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in keys {
-            inner.trim_age(&key, now);
-        }
+        inner.expire(Instant::now());
         inner.compact();
     }
 }

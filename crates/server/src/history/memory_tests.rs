@@ -120,17 +120,18 @@ fn the_byte_cap_drops_the_oldest_entries_of_any_channel_first() {
         append(&s, "a", &policy(10, 3600), 1);
         s.usage().0
     };
-    // Room for exactly four entries of this size.
+    // Room for exactly four entries of this size; channels of two ages (two mark queues),
+    // so "oldest first" is decided across them.
     let store = MemoryStore::new(4 * sample as u64);
-    let p = policy(100, 3600);
+    let (p, q) = (policy(100, 3600), policy(100, 7200));
     append(&store, "a", &p, 1); // oldest
-    append(&store, "b", &p, 1);
+    append(&store, "b", &q, 1);
     append(&store, "a", &p, 2);
-    append(&store, "b", &p, 2);
+    append(&store, "b", &q, 2);
     assert_eq!(store.usage(), (4 * sample, 4));
-    append(&store, "c", &p, 1); // evicts a/1
+    append(&store, "c", &q, 1); // evicts a/1
     assert_eq!(offsets(&store.latest(&key("a"), 10).unwrap()), vec![2]);
-    append(&store, "c", &p, 2); // evicts b/1
+    append(&store, "c", &q, 2); // evicts b/1
     assert_eq!(offsets(&store.latest(&key("b"), 10).unwrap()), vec![2]);
     append(&store, "c", &p, 3); // evicts a/2: channel a is empty
     assert!(store.latest(&key("a"), 10).unwrap().epoch.is_none());
@@ -146,7 +147,7 @@ fn stale_marks_stay_bounded_when_one_channel_trims_by_count() {
         append(&store, "busy", &busy, n);
     }
     assert_eq!(store.usage().1, 6);
-    assert!(store.order_len() <= 2 * 6 + 65, "{}", store.order_len());
+    assert!(store.marks() <= 2 * 6 + 65, "{}", store.marks());
 }
 
 /// Pages backwards from `before` (or the newest) until `has_more` is false, within `after`.
@@ -227,4 +228,16 @@ proptest! {
         }
         prop_assert_eq!(page_back(&store, limit, before, after), window);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_append_anywhere_expires_what_is_too_old_everywhere() {
+    let store = MemoryStore::new(1 << 30);
+    for c in 0..10 {
+        append(&store, &format!("quiet-{c}"), &policy(100, 5), 1);
+    }
+    tokio::time::advance(Duration::from_secs(5)).await;
+    append(&store, "busy", &policy(100, 3600), 1);
+    assert_eq!(store.usage().1, 1);
+    assert_eq!(store.marks(), 1);
 }
