@@ -107,6 +107,7 @@ fn load_config(args: &ConfigArgs) -> Result<(Config, Option<(DevKeys, bool)>)> {
             .with_context(|| format!("dev keys at {}", args.dev_keys.display()))?;
         config.apps.push(keys.app_config());
         config.web.dev_tokens = true;
+        config.history.enable_for_dev();
         dev = Some((keys, created));
     }
     config.validate()?;

@@ -115,6 +115,7 @@ impl SignallingClient {
                 disposed: false,
                 generation: 0,
                 next_conn_id: 0,
+                token: None,
             }),
             presence: Subscribers::new("presence", capacity),
             messages: Subscribers::new("messages", capacity),

@@ -443,6 +443,7 @@ mod tests {
                 disposed: false,
                 generation: 1,
                 next_conn_id: 1,
+                token: None,
             }),
             presence: Subscribers::new("presence", 16),
             messages: Subscribers::new("messages", 16),

@@ -99,6 +99,21 @@ pub enum Error {
     /// The [`crate::RemotePeer`] has left the channel; its handle no longer sends.
     #[error("remote peer {0:?} has left")]
     PeerGone(String),
+    /// The history request was answered with an error (for example 404
+    /// `history_not_enabled` for a channel that keeps no history, or 403 outside the
+    /// credential's scope).
+    #[error("history request failed with {status} {code}: {message}")]
+    Rest {
+        /// The HTTP status.
+        status: u16,
+        /// The body's `error` code.
+        code: String,
+        /// The body's `message`.
+        message: String,
+    },
+    /// The history request got no usable answer (network, or a body that is not JSON).
+    #[error("history request failed: {0}")]
+    Http(String),
 }
 
 impl Error {

@@ -137,11 +137,18 @@ pub(crate) fn parse_server_frame(text: &str) -> Result<ServerFrame, FrameError> 
             let channel = string(&mut obj, "channel").ok_or(invalid("message.channel missing"))?;
             let from = string(&mut obj, "from").ok_or(invalid("message.from missing"))?;
             let data = obj.remove("data").ok_or(invalid("message.data missing"))?;
+            // History positions are optional extras: a wrong type reads as absent.
+            let offset = obj.get("offset").and_then(Value::as_u64);
+            let ts = obj.get("ts").and_then(Value::as_i64);
             ServerFrame::Message(ChannelMessage {
                 channel,
                 from,
                 from_metadata: metadata(&mut obj, "fromMetadata"),
                 data,
+                offset,
+                ts,
+                id: string(&mut obj, "id"),
+                epoch: string(&mut obj, "epoch"),
             })
         }
         "direct" => {
@@ -326,8 +333,26 @@ mod tests {
                 channel: "c".into(),
                 from: "b".into(),
                 from_metadata: None,
-                data: Value::Null
+                data: Value::Null,
+                id: None,
+                offset: None,
+                epoch: None,
+                ts: None,
             })
+        );
+        let ServerFrame::Message(kept) = parse(json!({"type":"message","channel":"c","from":"b",
+            "data":1,"id":"e-7","offset":7,"epoch":"e","ts":1715539200123_i64}))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                kept.id.as_deref(),
+                kept.offset,
+                kept.epoch.as_deref(),
+                kept.ts
+            ),
+            (Some("e-7"), Some(7), Some("e"), Some(1715539200123))
         );
         assert!(parse(json!({"type":"message","channel":"c","from":"b"})).is_err());
         assert!(parse(json!({"type":"message","channel":1,"from":"b","data":1})).is_err());

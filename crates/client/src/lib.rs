@@ -12,6 +12,10 @@
 //!   [`RemotePeer`] handles that survive reconnects, and carries broadcast and per-peer data.
 //!   WebRTC media is not included. A media layer plugs in through [`SignalHandler`].
 //!
+//! On a Herald channel that keeps history, a [`ChannelMessage`] also carries its `id`,
+//! `offset`, `epoch` and `ts`, and [`SignallingClient::history`] pages back through the
+//! channel's retained messages over REST, with the client's own credential.
+//!
 //! # Quickstart
 //!
 //! Start a local Herald (`cargo run -p herald -- serve`). It prints a publishable key and a
@@ -110,6 +114,7 @@ mod connection;
 mod error;
 mod events;
 mod frames;
+mod history;
 mod options;
 mod peer;
 mod shared;
@@ -119,6 +124,7 @@ mod types;
 pub use client::SignallingClient;
 pub use error::Error;
 pub use events::EventStream;
+pub use history::{HistoryMessage, HistoryPage, HistoryRequest};
 pub use options::{
     BoxError, Credential, ReconnectOptions, SignallingClientOptions, TokenFuture, TokenProvider,
     DEFAULT_URL,

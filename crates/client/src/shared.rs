@@ -62,6 +62,9 @@ pub(crate) struct Shared {
     /// newer one.
     pub(crate) generation: u64,
     pub(crate) next_conn_id: u64,
+    /// The JWT of the last connect, which [`crate::SignallingClient::history`] reuses rather
+    /// than asking the provider again.
+    pub(crate) token: Option<String>,
 }
 
 /// The current connection, as request senders see it.

@@ -144,6 +144,15 @@ pub struct ChannelMessage {
     pub from_metadata: Option<Metadata>,
     /// The published payload (`null` is a valid payload).
     pub data: Value,
+    /// Where the message sits in its channel's history (Herald, on channels that keep
+    /// history): a unique, stable id. `None` elsewhere, as are the three fields below.
+    pub id: Option<String>,
+    /// Its offset in the channel's history: +1 per message within one `epoch`.
+    pub offset: Option<u64>,
+    /// The channel history's epoch; a new one means the history was lost or reset.
+    pub epoch: Option<String>,
+    /// The server's time of the publish, Unix milliseconds.
+    pub ts: Option<i64>,
 }
 
 /// A point-to-point message (a `direct` frame, spec §4.5).

@@ -190,6 +190,18 @@ pub struct PresenceEntry<'a> {
     pub metadata: Option<&'a RawValue>,
 }
 
+/// Where a message sits in its channel's history: extra fields of a `message` frame, which the
+/// official SDKs ignore. `offset` grows by 1 per message within one `epoch`; a new epoch means
+/// the history was lost or reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position<'a> {
+    pub id: &'a str,
+    pub offset: u64,
+    pub epoch: &'a str,
+    /// Server time of the publish, Unix milliseconds.
+    pub ts: i64,
+}
+
 /// Builds server frames. Each function returns the complete compact JSON text.
 pub mod encode {
     use super::*;
@@ -277,16 +289,35 @@ pub mod encode {
         data: &RawValue,
         from_metadata: Option<&RawValue>,
     ) -> String {
+        message_at(channel, from, data, from_metadata, None)
+    }
+
+    /// `message` with its history position (`id`, `offset`, `epoch`, `ts`) when the channel
+    /// keeps history.
+    pub fn message_at(
+        channel: &str,
+        from: &str,
+        data: &RawValue,
+        from_metadata: Option<&RawValue>,
+        position: Option<&Position<'_>>,
+    ) -> String {
         let meta_len = from_metadata.map_or(0, |m| m.get().len() + 16);
+        let pos_len = position.map_or(0, |p| p.id.len() + p.epoch.len() + 72);
         let mut out = start(
             "message",
-            40 + channel.len() + from.len() + data.get().len() + meta_len,
+            40 + channel.len() + from.len() + data.get().len() + meta_len + pos_len,
         );
         push_field_str(&mut out, "channel", channel);
         push_field_str(&mut out, "from", from);
         push_field_raw(&mut out, "data", data);
         if let Some(m) = from_metadata {
             push_field_raw(&mut out, "fromMetadata", m);
+        }
+        if let Some(p) = position {
+            push_field_str(&mut out, "id", p.id);
+            out.push_str(&format!(",\"offset\":{}", p.offset));
+            push_field_str(&mut out, "epoch", p.epoch);
+            out.push_str(&format!(",\"ts\":{}", p.ts));
         }
         out.push('}');
         out
@@ -608,6 +639,16 @@ mod tests {
         assert_eq!(
             encode::message("app/room-1", "bob", &data, Some(&meta)),
             r#"{"type":"message","channel":"app/room-1","from":"bob","data":{"n": 1500.0},"fromMetadata":{"username":"Bob"}}"#
+        );
+        let at = Position {
+            id: "e1-7",
+            offset: 7,
+            epoch: "e1",
+            ts: 1715539200123,
+        };
+        assert_eq!(
+            encode::message_at("c", "bob", &data, None, Some(&at)),
+            r#"{"type":"message","channel":"c","from":"bob","data":{"n": 1500.0},"id":"e1-7","offset":7,"epoch":"e1","ts":1715539200123}"#
         );
         assert_eq!(
             encode::direct("bob", &data, None),

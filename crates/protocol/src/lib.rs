@@ -16,7 +16,9 @@ pub mod validate;
 pub use actions::{Action, ActionSet};
 pub use claims::Claims;
 pub use codes::{CloseCode, ErrorCode};
-pub use frames::{encode, parse_client_frame, ClientFrame, ClientOp, FrameError, PresenceEntry};
+pub use frames::{
+    encode, parse_client_frame, ClientFrame, ClientOp, FrameError, Position, PresenceEntry,
+};
 
 /// `welcome.maxMessageSize`: the payload size the SDKs pre-check against.
 pub const MAX_MESSAGE_SIZE: usize = 65536;

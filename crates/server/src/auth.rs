@@ -395,13 +395,41 @@ impl KeyStore {
         })
     }
 
+    /// Authenticates a REST `Bearer` credential that is not a secret key (`GET …/messages`):
+    /// a connect JWT, or a publishable key (`pk_…`), under the rules of a connect, except that
+    /// a publishable key's allowed origins are checked only when the request names an origin
+    /// (a browser's same-origin GET sends none; a script that forges one gains nothing a
+    /// script could not already do with a missing header).
+    pub fn authenticate_bearer(
+        &self,
+        credential: &str,
+        origin: Option<&str>,
+        now: i64,
+        clock_skew: i64,
+    ) -> Result<Identity, AuthError> {
+        if credential.starts_with("pk_") {
+            self.authenticate_key_with(credential, origin, false)
+        } else {
+            self.authenticate_token(credential, now, clock_skew)
+        }
+    }
+
     fn authenticate_key(&self, id: &str, origin: Option<&str>) -> Result<Identity, AuthError> {
+        self.authenticate_key_with(id, origin, true)
+    }
+
+    fn authenticate_key_with(
+        &self,
+        id: &str,
+        origin: Option<&str>,
+        origin_required: bool,
+    ) -> Result<Identity, AuthError> {
         let key = self
             .publishable_keys
             .get(id)
             .filter(|k| !k.revoked)
             .ok_or(AuthError::UnknownKey)?;
-        if !key.allowed_origins.is_empty() {
+        if !key.allowed_origins.is_empty() && (origin_required || origin.is_some()) {
             let origin = origin
                 .map(normalise_origin)
                 .ok_or(AuthError::OriginNotAllowed)?;

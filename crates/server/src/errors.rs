@@ -35,6 +35,8 @@ pub enum RestCode {
     ActionNotPermitted,
     /// 404: unknown endpoint.
     NotFound,
+    /// 404: the channel keeps no history (`GET …/messages`).
+    HistoryNotEnabled,
     /// 503 (500 on `/dev/token`): infrastructure fault.
     InternalError,
     /// 403, `POST /dev/token` only: development sign-in is switched off.
@@ -52,6 +54,7 @@ impl RestCode {
             RestCode::InvalidRequest => "invalid_request",
             RestCode::Unauthorized => "unauthorized",
             RestCode::NotFound => "not_found",
+            RestCode::HistoryNotEnabled => "history_not_enabled",
             RestCode::ChannelReserved => ErrorCode::ChannelReserved.as_str(),
             RestCode::ChannelNotAuthorized => ErrorCode::ChannelNotAuthorized.as_str(),
             RestCode::ActionNotPermitted => ErrorCode::ActionNotPermitted.as_str(),

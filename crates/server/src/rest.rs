@@ -42,6 +42,8 @@ const MAX_TOKEN_TTL: i64 = 86_400;
 /// What the synthetic plan reports for "no cap": large, and exact in every JSON client.
 const UNLIMITED: i64 = 1_000_000_000;
 
+mod history;
+
 pub fn routes() -> Router<Arc<ServerState>> {
     Router::new()
         .route("/v1/tokens", post(mint_token))
@@ -112,6 +114,14 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             RestCode::NotFound,
             "no such endpoint",
+        )
+    }
+    /// 404 for the history of a channel that keeps none.
+    fn no_history(channel: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            RestCode::HistoryNotEnabled,
+            format!("channel keeps no history: {channel}"),
         )
     }
 }
@@ -201,6 +211,15 @@ fn check_object(name: &str, raw: Option<&RawValue>, cap: usize) -> Result<(), Ap
 
 /// Checks a concrete channel against the key's scope, in the spec's order.
 fn check_channel_scope(key: &SecretKey, channel: &str) -> Result<(), ApiError> {
+    check_concrete_channel(channel)?;
+    if !key.covers(channel) {
+        return Err(ApiError::not_authorized(channel));
+    }
+    Ok(())
+}
+
+/// A channel a REST call may name: valid, not reserved, not a pattern.
+fn check_concrete_channel(channel: &str) -> Result<(), ApiError> {
     if !is_valid_channel(channel) {
         return Err(ApiError::invalid(
             "channel must be 1-256 bytes without control characters",
@@ -213,9 +232,6 @@ fn check_channel_scope(key: &SecretKey, channel: &str) -> Result<(), ApiError> {
         return Err(ApiError::invalid(
             "channel must be a concrete name, not a pattern",
         ));
-    }
-    if !key.covers(channel) {
-        return Err(ApiError::not_authorized(channel));
     }
     Ok(())
 }
@@ -305,7 +321,7 @@ async fn mint_token(AppKey(key): AppKey, body: Body) -> ApiResult {
     Ok(Json(json!({"token": token, "expiresAt": expires_at})).into_response())
 }
 
-/// `/v1/channels/<id>/peers`, `…/occupancy` and `…/publish`. The id is everything between the
+/// `/v1/channels/<id>/peers`, `…/occupancy`, `…/publish` and `…/messages` (history). The id is everything between the
 /// prefix and the last segment, percent-decoded exactly once, so `dm%2Fx` and `dm/x` both work.
 async fn channel_endpoint(
     State(state): State<Arc<ServerState>>,
@@ -322,7 +338,8 @@ async fn channel_endpoint(
         ("peers", &Method::GET) => Endpoint::Peers,
         ("publish", &Method::POST) => Endpoint::Publish,
         ("occupancy", &Method::GET) => Endpoint::Occupancy,
-        ("peers" | "publish" | "occupancy", _) => {
+        ("messages", &Method::GET) => Endpoint::Messages,
+        ("peers" | "publish" | "occupancy" | "messages", _) => {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 RestCode::InvalidRequest,
@@ -331,16 +348,24 @@ async fn channel_endpoint(
         }
         _ => return Err(ApiError::not_found()),
     };
+    let decode = || {
+        percent_decode_str(raw_id)
+            .decode_utf8()
+            .map_err(|_| ApiError::invalid("channel id is not valid UTF-8"))
+            .map(|c| c.into_owned())
+    };
+    if let Endpoint::Messages = handler {
+        // Its own credentials: a secret key, or a subscriber's JWT or publishable key.
+        return history::channel_messages(&state, &headers, uri.query(), decode()?).await;
+    }
     // Authorised here, not by the extractor: an unknown endpoint is 404 even without a key.
     let key = authorize(&state, &headers)?;
-    let channel = percent_decode_str(raw_id)
-        .decode_utf8()
-        .map_err(|_| ApiError::invalid("channel id is not valid UTF-8"))?
-        .into_owned();
+    let channel = decode()?;
     match handler {
         Endpoint::Peers => channel_peers(&state, &key, channel).await,
         Endpoint::Publish => channel_publish(&state, &key, channel, body).await,
         Endpoint::Occupancy => channel_occupancy(&state, &key, channel).await,
+        Endpoint::Messages => Err(ApiError::not_found()),
     }
 }
 
@@ -348,6 +373,7 @@ enum Endpoint {
     Peers,
     Publish,
     Occupancy,
+    Messages,
 }
 
 /// `GET /v1/channels/:id/peers` (spec §13.4).

@@ -14,6 +14,8 @@ mod cross_node;
 mod departures;
 #[path = "engine/harness.rs"]
 mod harness;
+#[path = "engine/history.rs"]
+mod history;
 #[path = "engine/large_rooms.rs"]
 mod large_rooms;
 #[path = "engine/messages.rs"]
@@ -77,7 +79,7 @@ on_both_engines!(
 /// nodes can show.
 mod memory_only {
     use crate::Nodes;
-    use crate::{departures, large_rooms};
+    use crate::{departures, history, large_rooms};
 
     #[tokio::test]
     async fn over_the_cap_watchers_get_counts_not_deltas() {
@@ -95,6 +97,31 @@ mod memory_only {
     async fn counts_at_most_once_a_second() {
         let nodes = Nodes::memory_with(&large_rooms::stadium_caps());
         large_rooms::counts_at_most_once_a_second(nodes).await;
+    }
+
+    #[tokio::test]
+    async fn history_rewind_sends_the_last_messages_then_live() {
+        let nodes = Nodes::memory_with_history(&history::rooms(20, 1000));
+        history::rewind_sends_the_last_messages_then_live(nodes).await;
+    }
+
+    #[tokio::test]
+    async fn history_wildcards_get_no_rewind_and_other_channels_keep_nothing() {
+        let nodes = Nodes::memory_with_history(&history::rooms(20, 1000));
+        history::wildcards_get_no_rewind_and_other_channels_keep_nothing(nodes).await;
+    }
+
+    #[tokio::test]
+    async fn history_rewind_counts_against_the_outbound_queue() {
+        let nodes = Nodes::memory_with_history(&history::rooms(20, 1000));
+        history::rewind_counts_against_the_outbound_queue(nodes).await;
+    }
+
+    /// Real threads, so publishes and subscribes do interleave.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn history_no_gap_and_no_duplicate_at_the_seam() {
+        let nodes = Nodes::memory_with_history(&history::rooms(20, 1000));
+        history::no_gap_and_no_duplicate_at_the_seam(nodes).await;
     }
 
     /// The node's presence dies with it: no grace, no announcement.

@@ -523,3 +523,38 @@ async fn js_survives_a_certificate_reload() {
 async fn py_survives_a_certificate_reload() {
     tls_scenario(Sdk::Py, "tls_reload.py").await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Channel history: rewind on subscribe, seen through SDKs that know nothing of it
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `script` against a Herald where `chat/*` keeps history and rewinds 20 (with a rate
+/// bucket that lets one publisher send its few hundred messages at once).
+async fn history_scenario(sdk: Sdk, script: &str) {
+    let server = TestServer::start_with(config_with(|c| {
+        c.limits.rate_per_second = 10_000.0;
+        c.limits.rate_burst = 10_000.0;
+        c.history.channels = vec![herald_server::config::HistoryChannels {
+            patterns: vec!["chat/*".into()],
+            max_messages: 1000,
+            max_age_secs: 3600,
+            rewind: 20,
+        }];
+    }))
+    .await;
+    check(&run_one(&server, sdk, script).await);
+    server.shutdown().await;
+}
+
+/// A JS subscriber after 30 messages gets exactly the last 20 in order, then live ones, none
+/// twice; with a publisher running during the subscribe, no gap and no duplicate at the seam.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_history_rewind_then_live_without_gap_or_duplicate() {
+    history_scenario(Sdk::Js, "history.mjs").await;
+}
+
+/// The same through the Python SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_history_rewind_then_live_without_gap_or_duplicate() {
+    history_scenario(Sdk::Py, "history.py").await;
+}

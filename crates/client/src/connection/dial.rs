@@ -80,7 +80,9 @@ async fn open_unstoppable(inner: &Inner) -> Result<Session, Error> {
                     "the provider returned an empty token".into(),
                 ));
             }
-            format!("token={}", percent_encode(&token))
+            let query = format!("token={}", percent_encode(&token));
+            crate::events::lock(&inner.shared).token = Some(token);
+            query
         }
     };
     // The URL carries the credential: it is never logged or put into an error.

@@ -244,6 +244,10 @@ async fn only_roster_members_may_send_directs_and_signals_go_to_the_handler() {
         from: "stranger".into(),
         from_metadata: None,
         data: json!("broadcast"),
+        id: None,
+        offset: None,
+        epoch: None,
+        ts: None,
     }));
     let got = drain(&mut data);
     assert_eq!(got.len(), 2, "{got:?}");

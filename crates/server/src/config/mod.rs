@@ -4,8 +4,8 @@
 //! A config error names the offending field.
 //!
 //! This file holds the top-level struct, loading and env overrides; each section's struct lives
-//! with its defaults in `limits` (`[limits]`, `[timing]`), `engine`, `presence`, `web` (`[web]`,
-//! `[turn]`), `tls` and `apps`, and the cross-field rules in `validate`.
+//! with its defaults in `limits` (`[limits]`, `[timing]`), `engine`, `presence`, `history`,
+//! `web` (`[web]`, `[turn]`), `tls` and `apps`, and the cross-field rules in `validate`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 mod apps;
 mod engine;
+mod history;
 mod limits;
 mod presence;
 mod tls;
@@ -22,6 +23,7 @@ mod web;
 
 pub use self::apps::{AppConfig, PublishableKeyConfig, SecretKeyConfig};
 pub use self::engine::EngineConfig;
+pub use self::history::{HistoryChannels, HistoryConfig, MAX_HISTORY_MESSAGES, MAX_REWIND};
 pub use self::limits::{Limits, Timing};
 pub use self::presence::{PresenceChannels, PresenceConfig, MAX_ROSTER_CAP};
 pub use self::tls::{PlainHttp, TlsConfig};
@@ -43,6 +45,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Presence policy per channel pattern: the roster caps of large rooms.
     pub presence: PresenceConfig,
+    /// Channel history: which channels keep recent messages, and rewind on subscribe.
+    pub history: HistoryConfig,
     /// Serve wildcard subscriptions such as `devices/*/events` (spec §9.4, Q6).
     pub wildcard_subscriptions: bool,
     /// Tenants and their keys. Empty means "dev mode": the binary generates a dev app.
@@ -72,6 +76,7 @@ impl Default for Config {
             web: WebConfig::default(),
             engine: EngineConfig::default(),
             presence: PresenceConfig::default(),
+            history: HistoryConfig::default(),
             wildcard_subscriptions: true,
             apps: Vec::new(),
             tls: TlsConfig::default(),

@@ -168,6 +168,7 @@ impl Config {
             ));
         }
         self.presence.validate()?;
+        self.history.validate(l.outbound_queue_frames)?;
         let mut key_ids = std::collections::HashSet::new();
         let mut app_ids = std::collections::HashSet::new();
         for (a, app) in self.apps.iter().enumerate() {

@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 
 use crate::close::CloseReason;
 use crate::conn::{Conn, Frame};
+use crate::history::{Page, PageQuery};
 use crate::ids::{AppId, ChannelName, PeerId};
 
 /// Faults of the engine itself (not of client input). Maps to `backend_error` on the wire.
@@ -201,6 +202,18 @@ pub trait Engine: Send + Sync + 'static {
     /// Redis call on the Redis engine), so a huge room can be watched cheaply.
     async fn occupancy(&self, app: &AppId, channel: &ChannelName)
         -> Result<Occupancy, EngineError>;
+
+    /// A page of the channel's history (`GET /v1/channels/{channel}/messages`), or `None` when
+    /// this engine keeps none for the channel.
+    async fn history(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+        query: &PageQuery,
+    ) -> Result<Option<Page>, EngineError> {
+        let _ = (app, channel, query);
+        Ok(None)
+    }
 
     /// Closes every connection of a peer with `reason`. Returns how many were closed.
     async fn close_peer(

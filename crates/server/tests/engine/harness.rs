@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use herald_protocol::encode;
 use herald_protocol::glob::Pattern;
-use herald_server::config::{EngineConfig, PresenceConfig};
+use herald_server::config::{EngineConfig, HistoryConfig, PresenceConfig};
 use herald_server::conn::{Conn, Outbound};
 use herald_server::engine::hub::occupancy::OccupancyRules;
 use herald_server::engine::memory::{MemoryEngine, MemorySettings};
@@ -14,6 +14,7 @@ use herald_server::engine::redis::{RedisEngine, RedisSettings};
 use herald_server::engine::{
     Departure, Direct, Engine, EngineError, Publication, SubscribeRequest, Target,
 };
+use herald_server::history::History;
 use herald_server::ids::{AppId, ChannelName, PeerId};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -62,6 +63,18 @@ impl Nodes {
     pub fn memory_coalescing(window: Duration) -> Nodes {
         Nodes {
             engines: vec![Arc::new(MemoryEngine::with_presence_coalescing(window))],
+            _redis: None,
+        }
+    }
+
+    /// A memory engine keeping the history `history` configures.
+    pub fn memory_with_history(history: &HistoryConfig) -> Nodes {
+        let engine = MemoryEngine::with_settings(MemorySettings {
+            history: History::from_config(history),
+            ..MemorySettings::default()
+        });
+        Nodes {
+            engines: vec![Arc::new(engine)],
             _redis: None,
         }
     }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use herald_protocol::{encode, PresenceEntry};
+use herald_protocol::{encode, Position, PresenceEntry};
 use serde_json::value::RawValue;
 
 use crate::conn::Frame;
@@ -15,6 +15,8 @@ pub struct MessageFrames<'a> {
     from: &'a str,
     data: &'a RawValue,
     from_metadata: Option<&'a RawValue>,
+    /// Where the message sits in its channel's history, when the channel keeps one.
+    position: Option<Position<'a>>,
     plain: Option<Frame>,
     with_metadata: Option<Frame>,
 }
@@ -31,9 +33,16 @@ impl<'a> MessageFrames<'a> {
             from,
             data,
             from_metadata,
+            position: None,
             plain: None,
             with_metadata: None,
         }
+    }
+
+    /// The same message carrying its history position (`id`, `offset`, `epoch`, `ts`).
+    pub fn with_position(mut self, position: Option<Position<'a>>) -> Self {
+        self.position = position;
+        self
     }
 
     /// Encodes every variant a receiver may need now, so no encoding happens later under a
@@ -55,8 +64,11 @@ impl<'a> MessageFrames<'a> {
             &mut self.plain
         };
         let (channel, from, data) = (self.channel, self.from, self.data);
-        slot.get_or_insert_with(|| Frame::from(encode::message(channel, from, data, metadata)))
-            .clone()
+        let position = self.position.as_ref();
+        slot.get_or_insert_with(|| {
+            Frame::from(encode::message_at(channel, from, data, metadata, position))
+        })
+        .clone()
     }
 }
 

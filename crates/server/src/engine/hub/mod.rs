@@ -9,7 +9,8 @@
 //!   roster snapshots encoded once per roster version (`snapshot.rs`);
 //! - the operator views (`views.rs`);
 //! - occupancy mode of large rooms (`occupancy.rs`), which both engines drive under the
-//!   channel's lock.
+//!   channel's lock;
+//! - the rewind of a subscribe to a channel that keeps history (`rewind.rs`).
 //!
 //! The memory engine is this hub plus an in-process roster per channel; the Redis engine is
 //! this hub plus what is truly distributed (presence in Redis, routing, leases).
@@ -24,6 +25,7 @@ mod frames;
 pub mod occupancy;
 mod peers;
 pub mod presence_batch;
+pub mod rewind;
 pub mod snapshot;
 mod views;
 pub mod wildcard;

@@ -8,6 +8,7 @@
 //! announced at once, a dropped connection's peer stays in the roster for
 //! `engine.reconnect_grace_ms` so a quick reconnect shows no `left`/`joined` (`roster.rs`).
 
+mod history;
 mod roster;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use super::{
 use crate::close::CloseReason;
 use crate::config::Config;
 use crate::conn::{Conn, Frame};
+use crate::history::{History, Page, PageQuery};
 use crate::ids::{AppId, ChannelName, PeerId};
 pub use roster::{Removal, Rosters};
 
@@ -38,6 +40,8 @@ pub struct MemorySettings {
     pub coalesce: Duration,
     /// Roster caps of large rooms (`[presence]`).
     pub rules: OccupancyRules,
+    /// Which channels keep history, and where (`[history]`; none by default).
+    pub history: History,
 }
 
 impl MemorySettings {
@@ -46,9 +50,14 @@ impl MemorySettings {
             grace: Duration::from_millis(config.engine.reconnect_grace_ms),
             coalesce: Duration::from_millis(config.timing.presence_coalesce_ms),
             rules: OccupancyRules::new(&config.presence),
+            history: History::from_config(&config.history),
         }
     }
 }
+
+/// How often history entries past their age are dropped from channels nobody reads or writes
+/// (reads never return them; this gives their memory back).
+const HISTORY_EXPIRY_PERIOD: Duration = Duration::from_secs(5);
 
 /// The default single-node engine.
 pub struct MemoryEngine {
@@ -87,6 +96,7 @@ impl MemoryEngine {
     }
 
     pub fn with_settings(settings: MemorySettings) -> Self {
+        settings.history.spawn_expiry(HISTORY_EXPIRY_PERIOD);
         MemoryEngine {
             state: Arc::new(Rosters::new(settings)),
         }
@@ -165,6 +175,9 @@ impl Engine for MemoryEngine {
     }
 
     async fn publish(&self, p: Publication<'_>) -> Result<usize, EngineError> {
+        if let Some(policy) = self.state.history.policy_for(p.channel.as_str()) {
+            return Ok(history::publish_kept(&self.state, &p, policy));
+        }
         // Encoded lazily, at most once per variant, and shared by every receiver.
         let mut frames =
             MessageFrames::new(p.channel.as_str(), p.from.as_str(), p.data, p.from_metadata);
@@ -227,6 +240,21 @@ impl Engine for MemoryEngine {
         reason: CloseReason,
     ) -> Result<usize, EngineError> {
         Ok(self.state.hub.peers.close(app, peer, reason))
+    }
+
+    async fn history(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+        query: &PageQuery,
+    ) -> Result<Option<Page>, EngineError> {
+        if self.state.history.policy_for(channel.as_str()).is_none() {
+            return Ok(None);
+        }
+        let key = channel_key(app, channel);
+        let page = self.state.history.store.page(&key, query);
+        page.map(Some)
+            .map_err(|e| EngineError::Unavailable(e.to_string()))
     }
 
     async fn is_ready(&self) -> bool {

@@ -23,6 +23,7 @@ use crate::engine::hub::presence_batch::{DeltaBatch, HasDeltas};
 use crate::engine::hub::wildcard::Added;
 use crate::engine::hub::{self, channel_key, Channel, ChannelKey, Hub, SnapshotCache};
 use crate::engine::{Departure, EngineError, Member, SubscribeRequest};
+use crate::history::History;
 use crate::ids::{ChannelName, PeerId};
 
 /// A channel's roster: one entry per peer with a connection subscribed here, or held through
@@ -137,6 +138,8 @@ pub struct Rosters {
     generation: AtomicU64,
     /// Roster caps of large rooms (none unless configured).
     rules: OccupancyRules,
+    /// Which channels keep history, and the store (`[history]`).
+    pub history: History,
 }
 
 impl Rosters {
@@ -146,6 +149,7 @@ impl Rosters {
             grace: settings.grace,
             generation: AtomicU64::new(0),
             rules: settings.rules,
+            history: settings.history,
         }
     }
 
@@ -175,7 +179,16 @@ impl Rosters {
                 conn.deliver(snapshot);
             }
             if !is_new {
+                // A repeated subscribe gets no rewind: the connection already has the messages.
                 return false;
+            }
+            let rewind = self
+                .history
+                .policy_for(req.channel.as_str())
+                .map_or(0, |p| p.rewind);
+            if rewind > 0 {
+                let store = &*self.history.store;
+                hub::rewind::rewind(store, &key, conn, rewind, req.include_sender_metadata);
             }
             if ch.slot.add_connection(&conn.peer_id, &conn.peer_metadata) {
                 let channel = req.channel.as_str();
