@@ -114,20 +114,42 @@ fn load_config(args: &ConfigArgs) -> Result<(Config, Option<(DevKeys, bool)>)> {
     Ok((config, dev))
 }
 
-fn init_logging(config: &Config) {
+/// Log lines waiting for stderr at most; beyond, new lines are dropped (and counted).
+const LOG_BUFFER_LINES: usize = 16_384;
+
+/// Logs go to stderr from a thread of their own, through a bounded buffer that drops lines when
+/// full: a log sink that stops reading (a pipe nobody drains, a stalled collector) must never
+/// block the runtime's threads, or a stream of refused connects, each logged, would stall the
+/// node. The guard flushes what is buffered when dropped at exit.
+fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("herald-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if config.log.format == "json" {
         builder.json().init();
     } else {
         builder.init();
     }
+    guard
 }
 
-fn print_dev_banner(config: &Config, keys: &DevKeys, created: bool, listen: std::net::SocketAddr) {
+/// Prints the dev banner. A stdout that is closed or gone (`herald serve | head -1`) loses the
+/// banner, not the node: `println!` would panic on the failed write.
+fn print_dev_banner(
+    config: &Config,
+    keys: &DevKeys,
+    keys_path: &std::path::Path,
+    created: bool,
+    listen: std::net::SocketAddr,
+) {
+    use std::io::Write as _;
     let (ws, http) = if config.tls.enabled() {
         ("wss", "https")
     } else {
@@ -140,9 +162,11 @@ fn print_dev_banner(config: &Config, keys: &DevKeys, created: bool, listen: std:
     } else {
         String::new()
     };
-    println!(
+    let keys_path = keys_path.display();
+    let _ = writeln!(
+        std::io::stdout().lock(),
         r#"Herald is running in dev mode: in-memory engine, WebSocket at {origin}/v1
-{demo}Dev keys ({state} {DEV_KEYS_PATH}; keep them out of production):
+{demo}Dev keys ({state} {keys_path}; keep them out of production):
   app id           {app}
   publishable key  {pk}
   secret key id    {kid}
@@ -236,7 +260,7 @@ async fn serve(
     if dev.is_some() {
         check_dev_listen(config.listen, dev_public)?;
     }
-    init_logging(&config);
+    let _log_guard = init_logging(&config);
     if dev.is_some() && !config.listen.ip().to_canonical().is_loopback() {
         tracing::warn!(
             listen = %config.listen,
@@ -247,7 +271,7 @@ async fn serve(
         bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let bound = listener.local_addr()?;
     if let Some((keys, created)) = &dev {
-        print_dev_banner(&config, keys, *created, bound);
+        print_dev_banner(&config, keys, &args.dev_keys, *created, bound);
     }
     tracing::info!(
         listen = %bound,
