@@ -80,6 +80,7 @@ impl DevKeys {
                 auto_inject_turn: true,
                 revoked: false,
             }],
+            webhooks: Vec::new(),
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod state;
 mod sync;
 pub mod tls;
 pub mod web;
+pub mod webhooks;
 
 pub use config::Config;
 pub use server::{run, run_with_engine, ServerError};

@@ -80,6 +80,7 @@ pub fn test_config() -> Config {
                 narrow,
             ],
             publishable_keys: vec![publishable_key(PK), origin, defaults, revoked],
+            webhooks: Vec::new(),
         },
         AppConfig {
             id: OTHER_APP.into(),
@@ -87,6 +88,7 @@ pub fn test_config() -> Config {
             max_connections: 0,
             secret_keys: vec![secret_key(OTHER_SK_ID, OTHER_SK_SECRET)],
             publishable_keys: vec![],
+            webhooks: Vec::new(),
         },
         AppConfig {
             id: "app_suspended".into(),
@@ -94,6 +96,7 @@ pub fn test_config() -> Config {
             max_connections: 0,
             secret_keys: vec![secret_key(SUSPENDED_SK_ID, SUSPENDED_SK_SECRET)],
             publishable_keys: vec![],
+            webhooks: Vec::new(),
         },
     ];
     config

@@ -18,6 +18,9 @@ pub struct AppConfig {
     pub secret_keys: Vec<SecretKeyConfig>,
     #[serde(default)]
     pub publishable_keys: Vec<PublishableKeyConfig>,
+    /// Endpoints told what happens in the app (`config/webhooks.rs`).
+    #[serde(default)]
+    pub webhooks: Vec<super::WebhookEndpointConfig>,
 }
 
 /// A secret key: `id` is the JWT `kid`, `secret` the HS256 signing secret.

@@ -20,6 +20,7 @@ mod presence;
 mod tls;
 mod validate;
 mod web;
+mod webhooks;
 
 pub use self::apps::{AppConfig, PublishableKeyConfig, SecretKeyConfig};
 pub use self::engine::EngineConfig;
@@ -28,6 +29,7 @@ pub use self::limits::{Limits, Timing};
 pub use self::presence::{PresenceChannels, PresenceConfig, MAX_ROSTER_CAP};
 pub use self::tls::{PlainHttp, TlsConfig};
 pub use self::web::{IceServer, TurnConfig, WebConfig};
+pub use self::webhooks::{secret_bytes, WebhookEndpointConfig, WebhooksConfig, EVENT_TYPES};
 
 /// The commented default configuration file, embedded in the binary.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../../../config/herald.toml");
@@ -54,6 +56,8 @@ pub struct Config {
 
     // TLS on the listener (`[tls]`, `config/tls.rs`): off unless a certificate is set.
     pub tls: TlsConfig,
+    /// How webhook batches are delivered (`[webhooks]`; the endpoints are per app).
+    pub webhooks: WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +84,7 @@ impl Default for Config {
             wildcard_subscriptions: true,
             apps: Vec::new(),
             tls: TlsConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }

@@ -169,6 +169,7 @@ impl Config {
         }
         self.presence.validate()?;
         self.history.validate(l.outbound_queue_frames)?;
+        self.webhooks.validate()?;
         let mut key_ids = std::collections::HashSet::new();
         let mut app_ids = std::collections::HashSet::new();
         for (a, app) in self.apps.iter().enumerate() {
@@ -183,6 +184,9 @@ impl Config {
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
                 return Err(invalid(field(".id"), "use at most 64 of [A-Za-z0-9._-]"));
+            }
+            for (w, hook) in app.webhooks.iter().enumerate() {
+                hook.validate(&field(&format!(".webhooks[{w}]")))?;
             }
             for (k, key) in app.secret_keys.iter().enumerate() {
                 let f = |rest: &str| field(&format!(".secret_keys[{k}]{rest}"));
