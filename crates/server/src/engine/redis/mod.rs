@@ -28,6 +28,7 @@
 //! `store.rs` (the command connection).
 
 mod bus;
+mod history;
 mod inbox;
 mod index;
 mod index_book;
@@ -63,7 +64,8 @@ use super::{
     Publication, SubscribeRequest, Target,
 };
 use crate::close::CloseReason;
-use crate::config::{Config, EngineConfig, PresenceConfig};
+use crate::config::{Config, EngineConfig, HistoryConfig, PresenceConfig};
+use crate::history::{HistoryRules, Page, PageQuery};
 use crate::conn::Conn;
 use crate::ids::{AppId, ChannelName, PeerId};
 
@@ -80,6 +82,9 @@ pub struct RedisSettings {
     pub coalesce: Duration,
     /// Roster caps of large rooms (`[presence]`).
     pub presence: PresenceConfig,
+    /// Which channels keep history in Redis (`[[history.channels]]`; `store` and
+    /// `max_memory_bytes` are the memory store's and do not apply).
+    pub history: HistoryConfig,
 }
 
 impl RedisSettings {
@@ -87,6 +92,7 @@ impl RedisSettings {
         RedisSettings {
             coalesce: Duration::from_millis(config.timing.presence_coalesce_ms),
             presence: config.presence.clone(),
+            history: config.history.clone(),
         }
     }
 }
@@ -130,6 +136,7 @@ impl RedisEngine {
         let (mut node, commands) = Node::new(id, config, settings.coalesce, store);
         node.local
             .set_occupancy(OccupancyRules::new(&settings.presence));
+        node.history = Arc::new(HistoryRules::new(&settings.history));
         let node = Arc::new(node);
         let bus_task = tokio::spawn(bus::run(
             node.clone(),
@@ -224,6 +231,23 @@ impl Engine for RedisEngine {
         channel: &ChannelName,
     ) -> Result<Occupancy, EngineError> {
         self.node.occupancy(app, channel).await
+    }
+
+    async fn history(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+        query: &PageQuery,
+    ) -> Result<Option<Page>, EngineError> {
+        let Some(policy) = self.node.history_policy(channel.as_str()) else {
+            return Ok(None);
+        };
+        let base = self.node.keys.channel_base(app.as_str(), channel.as_str());
+        self.node
+            .history_page(&base, query, &policy)
+            .await
+            .map(Some)
+            .map_err(unavailable)
     }
 
     async fn close_peer(
