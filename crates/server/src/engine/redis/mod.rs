@@ -60,7 +60,7 @@ use self::node::{unavailable, Node};
 use self::store::Store;
 use super::hub::occupancy::OccupancyRules;
 use super::{
-    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Occupancy,
+    BusQueueStats, ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Occupancy,
     Publication, SubscribeRequest, Target,
 };
 use crate::close::CloseReason;
@@ -268,7 +268,11 @@ impl Engine for RedisEngine {
         EngineStats {
             channels: hub.channel_count(),
             subscriptions: hub.subscription_count(),
-            bus_queue: self.node.inbox.stats(),
+            bus_queue: BusQueueStats {
+                history_repaired: self.node.history_repaired.load(Ordering::Relaxed),
+                history_lost: self.node.history_lost.load(Ordering::Relaxed),
+                ..self.node.inbox.stats()
+            },
         }
     }
 
