@@ -81,10 +81,13 @@ async fn publish_on_a_read_on_c(mut cluster: Cluster) {
     for n in 1..=25 {
         rest_publish(a, ROOM, json!({ "n": n })).await;
     }
-    let mut alice = Client::connect(&a.token_url(&token_with_meta("alice", r#"{"name":"A"}"#))).await;
+    let mut alice =
+        Client::connect(&a.token_url(&token_with_meta("alice", r#"{"name":"A"}"#))).await;
     alice.recv().await;
     for n in 26..=30 {
-        alice.publish(ROOM, json!({ "n": n }), &format!("p{n}")).await;
+        alice
+            .publish(ROOM, json!({ "n": n }), &format!("p{n}"))
+            .await;
     }
     let mut bob = c.client("bob").await;
     bob.subscribe_opts(ROOM, true).await;
@@ -94,11 +97,17 @@ async fn publish_on_a_read_on_c(mut cluster: Cluster) {
     }
     let (status, page) = get(c, "/v1/channels/room%2F1/messages?limit=20").await;
     assert_eq!(status, StatusCode::OK, "{page}");
-    assert_eq!((&page["channel"], &page["hasMore"]), (&json!(ROOM), &json!(true)));
+    assert_eq!(
+        (&page["channel"], &page["hasMore"]),
+        (&json!(ROOM), &json!(true))
+    );
     assert_eq!(offsets(&page), (11..=30).collect::<Vec<_>>());
     let epoch = page["epoch"].as_str().unwrap().to_string();
     for (frame, listed) in rewound.iter().zip(page["messages"].as_array().unwrap()) {
-        assert_eq!((&frame["type"], &frame["epoch"]), (&json!("message"), &json!(epoch)));
+        assert_eq!(
+            (&frame["type"], &frame["epoch"]),
+            (&json!("message"), &json!(epoch))
+        );
         for field in ["id", "offset", "ts", "from", "data"] {
             assert_eq!(frame[field], listed[field], "{field}: {frame} vs {listed}");
         }
@@ -110,11 +119,17 @@ async fn publish_on_a_read_on_c(mut cluster: Cluster) {
         } else {
             ("alice", Some(&json!({"name": "A"})))
         };
-        assert_eq!((listed["from"].as_str().unwrap(), listed.get("fromMetadata")), (from, meta));
+        assert_eq!(
+            (listed["from"].as_str().unwrap(), listed.get("fromMetadata")),
+            (from, meta)
+        );
     }
     alice.publish(ROOM, json!({"n": 31}), "p31").await;
     let live = bob.recv().await;
-    assert_eq!((live["offset"].as_u64(), &live["epoch"]), (Some(31), &json!(epoch)));
+    assert_eq!(
+        (live["offset"].as_u64(), &live["epoch"]),
+        (Some(31), &json!(epoch))
+    );
     assert_eq!(page_back(b).await, (1..=31).collect::<Vec<_>>());
 
     // Node 0 goes away; its messages stay, for reads and for rewinds on the others.
@@ -125,7 +140,11 @@ async fn publish_on_a_read_on_c(mut cluster: Cluster) {
     carol.subscribe(ROOM).await;
     for n in 12..=31 {
         let frame = carol.recv().await;
-        assert_eq!((frame["offset"].as_u64(), &frame["epoch"]), (Some(n), &json!(epoch)), "{frame}");
+        assert_eq!(
+            (frame["offset"].as_u64(), &frame["epoch"]),
+            (Some(n), &json!(epoch)),
+            "{frame}"
+        );
     }
     assert_eq!(page_back(c).await, (1..=31).collect::<Vec<_>>());
 }
@@ -155,5 +174,8 @@ async fn other_channels_keep_nothing() {
         json!({"type": "message", "channel": "lobby", "from": "server", "data": 1})
     );
     let (status, body) = get(a, "/v1/channels/lobby/messages").await;
-    assert_eq!((status.as_u16(), &body["error"]), (404, &json!("history_not_enabled")));
+    assert_eq!(
+        (status.as_u16(), &body["error"]),
+        (404, &json!("history_not_enabled"))
+    );
 }

@@ -76,7 +76,11 @@ pub async fn publish_on_one_node_rewind_and_read_on_another(mut nodes: Nodes) {
         .await;
     for n in 1..=30 {
         alice
-            .publish(ROOM, &json!({ "n": n }).to_string(), Some(r#"{"name":"A"}"#))
+            .publish(
+                ROOM,
+                &json!({ "n": n }).to_string(),
+                Some(r#"{"name":"A"}"#),
+            )
             .await;
     }
     let mut bob = connect(&c, "bob").await;
@@ -88,7 +92,10 @@ pub async fn publish_on_one_node_rewind_and_read_on_another(mut nodes: Nodes) {
         let frame = bob.next().await;
         assert_eq!(frame["fromMetadata"], json!({"name": "A"}), "{frame}");
         assert_eq!(frame["from"], json!("alice"));
-        assert_eq!((frame["offset"].as_u64(), &frame["data"]), (Some(n), &json!({ "n": n })));
+        assert_eq!(
+            (frame["offset"].as_u64(), &frame["data"]),
+            (Some(n), &json!({ "n": n }))
+        );
         epoch.get_or_insert_with(|| frame["epoch"].clone());
         assert_eq!(Some(&frame["epoch"]), epoch.as_ref());
     }
@@ -100,7 +107,11 @@ pub async fn publish_on_one_node_rewind_and_read_on_another(mut nodes: Nodes) {
     );
     let first = &listed.retained.messages[0];
     assert_eq!(
-        (first.from.as_str(), first.data.get(), first.from_metadata.as_ref().map(|m| m.get())),
+        (
+            first.from.as_str(),
+            first.data.get(),
+            first.from_metadata.as_ref().map(|m| m.get())
+        ),
         ("alice", r#"{"n":1}"#, Some(r#"{"name":"A"}"#))
     );
     alice.publish(ROOM, r#"{"n":31}"#, None).await;
@@ -110,7 +121,10 @@ pub async fn publish_on_one_node_rewind_and_read_on_another(mut nodes: Nodes) {
     drop((alice, a, c));
     nodes.crash(0);
     let c = nodes.node(1);
-    let mut carol = ClientSpec::new("carol").without_presence().connect(&c).await;
+    let mut carol = ClientSpec::new("carol")
+        .without_presence()
+        .connect(&c)
+        .await;
     assert!(carol.subscribe(ROOM).await);
     carol.expect(ack()).await;
     for n in 12..=31 {
@@ -169,7 +183,12 @@ pub async fn the_seam_holds_with_publishers_on_other_nodes(nodes: Nodes) {
             let frame = client.next().await;
             let offset = frame["offset"].as_u64().unwrap();
             match expected {
-                Some(want) => assert_eq!(offset, want, "{}: gap or duplicate at {frame}", client.peer()),
+                Some(want) => assert_eq!(
+                    offset,
+                    want,
+                    "{}: gap or duplicate at {frame}",
+                    client.peer()
+                ),
                 None if offset > 1 => joined_midway += 1,
                 None => {}
             }
@@ -184,7 +203,11 @@ pub async fn the_seam_holds_with_publishers_on_other_nodes(nodes: Nodes) {
     assert!(joined_midway > 0, "nobody subscribed midway");
     for i in 0..nodes.len() {
         let stats = nodes.node(i).stats().bus_queue;
-        assert_eq!((stats.history_repaired, stats.history_lost), (0, 0), "node {i}");
+        assert_eq!(
+            (stats.history_repaired, stats.history_lost),
+            (0, 0),
+            "node {i}"
+        );
     }
 }
 
@@ -204,7 +227,12 @@ pub async fn a_message_lost_on_the_bus_is_repaired_from_history(nodes: Nodes) {
 
     // What the publish script does, without the publish: offset 2 is written, never sent.
     let offset: u64 = nodes
-        .redis_command(redis::cmd("HINCRBY").arg(format!("{BASE}:hpos")).arg("offset").arg(1))
+        .redis_command(
+            redis::cmd("HINCRBY")
+                .arg(format!("{BASE}:hpos"))
+                .arg("offset")
+                .arg(1),
+        )
         .await;
     assert_eq!(offset, 2);
     let event = json!({"offset": 2, "epoch": epoch, "ts": 1_800_000_000_000_i64, "kind": "message", "from": "ghost", "data": "2"});
@@ -232,7 +260,12 @@ pub async fn a_message_lost_on_the_bus_is_repaired_from_history(nodes: Nodes) {
 
     // Offset 4 is taken and never stored: nothing to fetch.
     let _: u64 = nodes
-        .redis_command(redis::cmd("HINCRBY").arg(format!("{BASE}:hpos")).arg("offset").arg(1))
+        .redis_command(
+            redis::cmd("HINCRBY")
+                .arg(format!("{BASE}:hpos"))
+                .arg("offset")
+                .arg(1),
+        )
         .await;
     alice.publish(ROOM, "5", None).await;
     assert_eq!(expect_at(&mut bob, json!(5)).await.0, 5);
@@ -257,12 +290,24 @@ pub async fn trimmed_by_count_and_by_age(nodes: Nodes) {
         .await;
     assert_eq!(len, 5);
     // Paging agrees with the trim: nothing older than 4 remains.
-    let older = page(&engine, &PageQuery { limit: 2, before: Some(6), after: None }).await;
+    let older = page(
+        &engine,
+        &PageQuery {
+            limit: 2,
+            before: Some(6),
+            after: None,
+        },
+    )
+    .await;
     assert_eq!((offsets(&older), older.has_more), (vec![4, 5], false));
 
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // Everything is older than a second: reads show none, and the keys expired.
-    assert!(page(&engine, &newest(100)).await.retained.messages.is_empty());
+    assert!(page(&engine, &newest(100))
+        .await
+        .retained
+        .messages
+        .is_empty());
     alice.publish(ROOM, "9", None).await;
     let fresh = page(&engine, &newest(100)).await;
     assert_eq!(offsets(&fresh), vec![1]);
@@ -303,14 +348,20 @@ pub async fn data_loss_starts_a_new_epoch(mut nodes: Nodes) {
         if let Ok(page) = read {
             break page.unwrap();
         }
-        assert!(tokio::time::Instant::now() < deadline, "redis never came back");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redis never came back"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(empty.retained.epoch.is_none() && empty.retained.messages.is_empty());
     let mut bob = ClientSpec::new("bob").without_presence().connect(&b).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while bob.subscribe_with(ROOM, false).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "node 1 never subscribed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 1 never subscribed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bob.expect(ack()).await;
@@ -320,7 +371,10 @@ pub async fn data_loss_starts_a_new_epoch(mut nodes: Nodes) {
         .await
         .is_err()
     {
-        assert!(tokio::time::Instant::now() < deadline, "node 0 never reached redis");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 0 never reached redis"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     alice.publish(ROOM, "4", None).await;

@@ -145,7 +145,12 @@ impl Node {
                 epoch: e,
                 ts,
             };
-            frames.push(encode(channel.as_str(), &event, position, include_sender_metadata));
+            frames.push(encode(
+                channel.as_str(),
+                &event,
+                position,
+                include_sender_metadata,
+            ));
             last = Some(offset);
         }
         Ok(last.map(|last| Rewind {

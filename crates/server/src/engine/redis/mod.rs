@@ -60,13 +60,13 @@ use self::node::{unavailable, Node};
 use self::store::Store;
 use super::hub::occupancy::OccupancyRules;
 use super::{
-    BusQueueStats, ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Occupancy,
-    Publication, SubscribeRequest, Target,
+    BusQueueStats, ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member,
+    Occupancy, Publication, SubscribeRequest, Target,
 };
 use crate::close::CloseReason;
 use crate::config::{Config, EngineConfig, HistoryConfig, PresenceConfig};
-use crate::history::{HistoryRules, Page, PageQuery};
 use crate::conn::Conn;
+use crate::history::{HistoryRules, Page, PageQuery};
 use crate::ids::{AppId, ChannelName, PeerId};
 
 /// How long a subscribe waits for its topic subscription to be confirmed.

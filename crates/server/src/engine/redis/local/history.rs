@@ -141,10 +141,12 @@ impl Local {
 
     /// Hands a subscribe in flight its rewind (queued after its snapshot at finish).
     pub fn set_rewind(&self, conn: &Conn, channel: &ChannelName, rewind: Rewind) {
-        self.hub.channels.with(&channel_key(&conn.app, channel), |ch| {
-            if let Some(joining) = ch.slot.joining.get_mut(&conn.id) {
-                joining.rewind = Some(rewind);
-            }
-        });
+        self.hub
+            .channels
+            .with(&channel_key(&conn.app, channel), |ch| {
+                if let Some(joining) = ch.slot.joining.get_mut(&conn.id) {
+                    joining.rewind = Some(rewind);
+                }
+            });
     }
 }

@@ -100,7 +100,8 @@ impl Local {
             };
             if duplicate {
                 for buffered in joining.buffer {
-                    if let Buffered::Presence { frame, .. } | Buffered::Message(frame, _) = buffered {
+                    if let Buffered::Presence { frame, .. } | Buffered::Message(frame, _) = buffered
+                    {
                         conn.deliver(frame);
                     }
                 }
@@ -285,7 +286,8 @@ impl Local {
                 if let Some((epoch, last)) = rewound {
                     // Messages of the rewind the bus has not delivered here yet must not
                     // reach this subscriber when they do.
-                    let caught_up = matches!(&ch.slot.cursor, Some((e, at)) if *e == epoch && *at >= last);
+                    let caught_up =
+                        matches!(&ch.slot.cursor, Some((e, at)) if *e == epoch && *at >= last);
                     if !caught_up {
                         ch.slot.floors.insert(conn.id, (epoch, last));
                     }
