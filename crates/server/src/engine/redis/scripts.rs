@@ -171,17 +171,22 @@ local offset = redis.call('HINCRBY', p, 'offset', 1)
 local event = '{"offset":' .. offset .. ',"epoch":"' .. epoch .. '","ts":' .. ts .. ',' .. string.sub(ARGV[3], 2)
 redis.call('XADD', s, 'MAXLEN', max, offset .. '-0', 't', ts, 'e', event)
 -- Age: entries are in offset order, which is time order, so the expired ones are the oldest.
--- A few are looked at per publish (reads skip expired entries anyway; this frees memory).
-local oldest = redis.call('XRANGE', s, '-', '+', 'COUNT', 8)
-local cutoff, minid = now - age, nil
-for i, e in ipairs(oldest) do
-  if tonumber(e[2][2]) >= cutoff then
-    if i > 1 then minid = e[1] end
-    break
+-- The oldest is looked at on every publish; when it expired, up to 64 go at once (reads skip
+-- expired entries anyway: this frees memory).
+local cutoff = now - age
+local head = redis.call('XRANGE', s, '-', '+', 'COUNT', 1)[1]
+if tonumber(head[2][2]) < cutoff then
+  local oldest = redis.call('XRANGE', s, '-', '+', 'COUNT', 64)
+  local minid = nil
+  for i, e in ipairs(oldest) do
+    if tonumber(e[2][2]) >= cutoff then
+      minid = e[1]
+      break
+    end
+    if i == #oldest then minid = (tonumber(string.match(e[1], '^(%d+)')) + 1) .. '-0' end
   end
-  if i == #oldest then minid = (tonumber(string.match(e[1], '^(%d+)')) + 1) .. '-0' end
+  redis.call('XTRIM', s, 'MINID', minid)
 end
-if minid then redis.call('XTRIM', s, 'MINID', minid) end
 -- The whole history goes when its newest entry expires; the next message starts a new epoch.
 redis.call('PEXPIRE', s, age)
 redis.call('PEXPIRE', p, age)
