@@ -50,6 +50,11 @@ impl Backend {
 }
 
 fn start_node(dir: &std::path::Path, redis: &Backend, id: &str) -> Node {
+    start_node_with(dir, redis, id, "")
+}
+
+/// [`start_node`] with more configuration appended (for example `[[history.channels]]`).
+fn start_node_with(dir: &std::path::Path, redis: &Backend, id: &str, extra: &str) -> Node {
     let config = format!(
         r#"listen = "127.0.0.1:0"
 [log]
@@ -65,6 +70,7 @@ id = "app_crash"
 [[apps.secret_keys]]
 id = "{KID}"
 secret = "{SECRET}"
+{extra}
 "#,
         engine = redis.engine_config()
     );
@@ -262,5 +268,86 @@ async fn killed_node_peers_leave_exactly_once(redis: Backend, label: &str) {
         );
     }
     drop(victims);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Channel history lives in Redis: 30 messages published on node A (each acknowledged), then
+/// A is killed with SIGKILL; a subscriber on node C gets the last 20 as its rewind, and REST
+/// history on C lists all 30, in order, with one epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_outlives_a_killed_node() {
+    history_outlives_a_killed_node_on(Backend::Single(RedisServer::start()), "single").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_cluster_history_outlives_a_killed_node() {
+    history_outlives_a_killed_node_on(Backend::Cluster(RedisCluster::start()), "cluster").await;
+}
+
+async fn history_outlives_a_killed_node_on(redis: Backend, label: &str) {
+    let dir = std::env::temp_dir().join(format!("herald-hist-{label}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let history = "[[history.channels]]\npatterns = [\"room\"]\nrewind = 20\n";
+    let mut nodes: Vec<Node> = ["hist-a", "hist-b", "hist-c"]
+        .iter()
+        .map(|id| start_node_with(&dir, &redis, id, history))
+        .collect();
+    for node in &nodes {
+        wait_ready(node).await;
+    }
+    let mut alice = connect(&nodes[0], "alice").await;
+    for n in 1..=30 {
+        let request = format!("p{n}");
+        alice
+            .send(Message::text(
+                json!({"type": "publish", "channel": "room", "data": n, "requestId": request})
+                    .to_string(),
+            ))
+            .await
+            .unwrap();
+        let ack = next_json(&mut alice).await.unwrap();
+        assert_eq!(ack, json!({"type": "ack", "requestId": request}));
+    }
+    let status = Command::new("kill")
+        .args(["-KILL", &nodes[0].child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = nodes[0].child.wait();
+    drop(alice);
+
+    let mut bob = connect(&nodes[2], "bob").await;
+    subscribe(&mut bob, "room").await;
+    let mut epoch = None;
+    for n in 11..=30_u64 {
+        let frame = next_json(&mut bob).await.unwrap();
+        assert_eq!(
+            (&frame["type"], &frame["data"], frame["offset"].as_u64()),
+            (&json!("message"), &json!(n), Some(n)),
+            "{frame}"
+        );
+        assert_eq!(frame["from"], "alice");
+        let e = epoch.get_or_insert_with(|| frame["epoch"].clone());
+        assert_eq!(&frame["epoch"], e);
+    }
+    let http = nodes[2].origin.replacen("ws://", "http://", 1);
+    let page: Value = reqwest::Client::new()
+        .get(format!("{http}/v1/channels/room/messages"))
+        .header("authorization", format!("Bearer {KID}:{SECRET}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let offsets: Vec<u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, (1..=30).collect::<Vec<_>>(), "{page}");
+    assert_eq!(Some(&page["epoch"]), epoch.as_ref());
+    drop(nodes);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -185,6 +185,8 @@ pub struct BusQueueMetrics {
     queued_bytes: Gauge,
     peak: Gauge,
     shed: Counter,
+    history_repaired: Counter,
+    history_lost: Counter,
     /// Serialises scrapes, so the shed counter is advanced exactly once per shed push.
     sync: std::sync::Mutex<()>,
 }
@@ -211,6 +213,16 @@ impl BusQueueMetrics {
             "Pushes from Redis dropped because this node's bus queue was full",
             self.shed.clone(),
         );
+        registry.register(
+            "bus_history_repaired",
+            "Messages lost on the way to this node and fetched back from channel history",
+            self.history_repaired.clone(),
+        );
+        registry.register(
+            "bus_history_lost",
+            "Messages lost on the way to this node that channel history no longer held",
+            self.history_lost.clone(),
+        );
     }
 
     /// Copies the engine's counters in.
@@ -224,6 +236,15 @@ impl BusQueueMetrics {
         let seen = self.shed.get();
         if stats.shed > seen {
             self.shed.inc_by(stats.shed - seen);
+        }
+        for (counter, total) in [
+            (&self.history_repaired, stats.history_repaired),
+            (&self.history_lost, stats.history_lost),
+        ] {
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
         }
     }
 }

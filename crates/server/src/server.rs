@@ -35,9 +35,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    if config.engine.kind == "redis" && !config.history.channels.is_empty() {
-        tracing::warn!("history is not yet kept by the redis engine: [history] is ignored");
-    }
     let engine: Arc<dyn Engine> = match config.engine.kind.as_str() {
         "redis" => Arc::new(
             RedisEngine::start_with(&config.engine, &RedisSettings::from_config(&config))

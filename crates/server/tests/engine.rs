@@ -24,6 +24,8 @@ mod messages;
 mod occupancy;
 #[path = "engine/presence.rs"]
 mod presence;
+#[path = "engine/redis_history.rs"]
+mod redis_history;
 #[path = "engine/views.rs"]
 mod views;
 
@@ -128,6 +130,90 @@ mod memory_only {
     #[tokio::test]
     async fn shutdown_announces_nothing() {
         departures::memory_shutdown_announces_nothing(Nodes::memory()).await;
+    }
+}
+
+/// History on the Redis engine: the memory engine's scenarios, then what only several nodes
+/// sharing one Redis can show.
+mod redis_history_scenarios {
+    use crate::Nodes;
+    use crate::{history, redis_history};
+
+    async fn nodes(count: usize) -> Nodes {
+        Nodes::redis_with_history(count, &history::rooms(20, 1000)).await
+    }
+
+    #[tokio::test]
+    async fn rewind_sends_the_last_messages_then_live() {
+        history::rewind_sends_the_last_messages_then_live(nodes(1).await).await;
+    }
+
+    #[tokio::test]
+    async fn wildcards_get_no_rewind_and_other_channels_keep_nothing() {
+        history::wildcards_get_no_rewind_and_other_channels_keep_nothing(nodes(1).await).await;
+    }
+
+    #[tokio::test]
+    async fn rewind_counts_against_the_outbound_queue() {
+        history::rewind_counts_against_the_outbound_queue(nodes(1).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_gap_and_no_duplicate_at_the_seam() {
+        history::no_gap_and_no_duplicate_at_the_seam(nodes(1).await).await;
+    }
+
+    async fn three(count: usize) -> Nodes {
+        Nodes::redis_with_history(count, &redis_history::rooms(20, 1000, 3600)).await
+    }
+
+    async fn three_on_a_cluster(count: usize) -> Nodes {
+        let rooms = redis_history::rooms(20, 1000, 3600);
+        Nodes::redis_cluster_with_history(count, &rooms).await
+    }
+
+    #[tokio::test]
+    async fn publish_on_one_node_rewind_and_read_on_another() {
+        redis_history::publish_on_one_node_rewind_and_read_on_another(three(3).await).await;
+    }
+
+    #[tokio::test]
+    async fn publish_on_one_node_rewind_and_read_on_another_on_a_cluster() {
+        let nodes = three_on_a_cluster(3).await;
+        redis_history::publish_on_one_node_rewind_and_read_on_another(nodes).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_seam_holds_with_publishers_on_other_nodes() {
+        redis_history::the_seam_holds_with_publishers_on_other_nodes(three(3).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_seam_holds_with_publishers_on_other_nodes_on_a_cluster() {
+        let nodes = three_on_a_cluster(3).await;
+        redis_history::the_seam_holds_with_publishers_on_other_nodes(nodes).await;
+    }
+
+    #[tokio::test]
+    async fn a_message_lost_on_the_bus_is_repaired_from_history() {
+        redis_history::a_message_lost_on_the_bus_is_repaired_from_history(three(2).await).await;
+    }
+
+    #[tokio::test]
+    async fn a_message_lost_on_the_bus_is_repaired_from_history_on_a_cluster() {
+        let nodes = three_on_a_cluster(2).await;
+        redis_history::a_message_lost_on_the_bus_is_repaired_from_history(nodes).await;
+    }
+
+    #[tokio::test]
+    async fn trimmed_by_count_and_by_age() {
+        let nodes = Nodes::redis_with_history(1, &redis_history::rooms(0, 5, 1)).await;
+        redis_history::trimmed_by_count_and_by_age(nodes).await;
+    }
+
+    #[tokio::test]
+    async fn data_loss_starts_a_new_epoch() {
+        redis_history::data_loss_starts_a_new_epoch(three(2).await).await;
     }
 }
 

@@ -345,29 +345,3 @@ async fn no_groups_no_history() {
     );
     server.shutdown().await;
 }
-
-/// The Redis engine keeps no history yet: with `[history]` configured it works as before,
-/// with no positions on messages, and REST answers 404 for every channel.
-#[tokio::test]
-async fn the_redis_engine_ignores_history() {
-    let cluster =
-        herald_testkit::cluster::Cluster::redis_with(2, |c| c.history = history_config()).await;
-    let (a, b) = (cluster.node(0), cluster.node(1));
-    rest_publish(a, ROOM, json!(0)).await;
-    let mut bob = b.client("bob").await;
-    let (_, snapshot) = bob.subscribe(ROOM).await;
-    assert_eq!(snapshot["joined"], json!([]));
-    let mut alice = a.client("alice").await;
-    alice.subscribe(ROOM).await;
-    bob.recv().await; // alice joined
-    alice.publish(ROOM, json!(1), "p1").await;
-    assert_eq!(
-        bob.recv().await,
-        json!({"type": "message", "channel": ROOM, "from": "alice", "data": 1})
-    );
-    let (status, body) = get(a, "/v1/channels/room%2F1/messages", Some(SK), None).await;
-    assert_eq!(
-        (status.as_u16(), &body["error"]),
-        (404, &json!("history_not_enabled"))
-    );
-}

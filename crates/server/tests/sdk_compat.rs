@@ -528,22 +528,30 @@ async fn py_survives_a_certificate_reload() {
 // Channel history: rewind on subscribe, seen through SDKs that know nothing of it
 // ---------------------------------------------------------------------------------------------
 
-/// Runs `script` against a Herald where `chat/*` keeps history and rewinds 20 (with a rate
-/// bucket that lets one publisher send its few hundred messages at once).
+/// `chat/*` keeps history and rewinds 20, with a rate bucket that lets one publisher send its
+/// few hundred messages at once.
+fn chat_history(c: &mut herald_server::Config) {
+    c.limits.rate_per_second = 10_000.0;
+    c.limits.rate_burst = 10_000.0;
+    c.history.channels = vec![herald_server::config::HistoryChannels {
+        patterns: vec!["chat/*".into()],
+        max_messages: 1000,
+        max_age_secs: 3600,
+        rewind: 20,
+    }];
+}
+
+/// Runs `script` against a Herald where `chat/*` keeps history ([`chat_history`]).
 async fn history_scenario(sdk: Sdk, script: &str) {
-    let server = TestServer::start_with(config_with(|c| {
-        c.limits.rate_per_second = 10_000.0;
-        c.limits.rate_burst = 10_000.0;
-        c.history.channels = vec![herald_server::config::HistoryChannels {
-            patterns: vec!["chat/*".into()],
-            max_messages: 1000,
-            max_age_secs: 3600,
-            rewind: 20,
-        }];
-    }))
-    .await;
+    let server = TestServer::start_with(config_with(chat_history)).await;
     check(&run_one(&server, sdk, script).await);
     server.shutdown().await;
+}
+
+/// [`history_scenario`] on a node of the Redis engine (history in a Redis stream).
+async fn redis_history_scenario(sdk: Sdk, script: &str) {
+    let cluster = herald_testkit::cluster::Cluster::redis_with(2, chat_history).await;
+    check(&run_one(cluster.node(1), sdk, script).await);
 }
 
 /// A JS subscriber after 30 messages gets exactly the last 20 in order, then live ones, none
@@ -557,4 +565,16 @@ async fn js_history_rewind_then_live_without_gap_or_duplicate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn py_history_rewind_then_live_without_gap_or_duplicate() {
     history_scenario(Sdk::Py, "history.py").await;
+}
+
+/// The JS scenario on the Redis engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_history_on_redis_rewind_then_live_without_gap_or_duplicate() {
+    redis_history_scenario(Sdk::Js, "history.mjs").await;
+}
+
+/// The Python scenario on the Redis engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_history_on_redis_rewind_then_live_without_gap_or_duplicate() {
+    redis_history_scenario(Sdk::Py, "history.py").await;
 }

@@ -151,6 +151,11 @@ pub struct BusQueueStats {
     pub peak: usize,
     /// Pushes dropped because the queue was full, since the node started.
     pub shed: u64,
+    /// Messages of channels with history that pub/sub lost on the way to this node and that
+    /// were fetched back from the channel's history before the next one was delivered.
+    pub history_repaired: u64,
+    /// Messages lost on the way that the channel's history no longer held (trimmed).
+    pub history_lost: u64,
 }
 
 #[async_trait]

@@ -19,7 +19,7 @@ use herald_server::ids::{AppId, ChannelName, PeerId};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use herald_testkit::redis::RedisServer;
+use herald_testkit::redis::{RedisCluster, RedisServer};
 
 /// How long a frame routed through Redis may take to arrive before the test fails. Generous:
 /// a passing test never waits this long, it only bounds a failing one.
@@ -36,6 +36,8 @@ pub struct Nodes {
     engines: Vec<Arc<dyn Engine>>,
     /// Kept alive for the scenario; dropped (killed) after the engines.
     _redis: Option<RedisServer>,
+    /// A Redis Cluster instead (history scenarios on sharded pub/sub).
+    redis_cluster: Option<RedisCluster>,
 }
 
 impl Nodes {
@@ -44,6 +46,7 @@ impl Nodes {
         Nodes {
             engines: vec![Arc::new(MemoryEngine::with_grace(GRACE))],
             _redis: None,
+            redis_cluster: None,
         }
     }
 
@@ -56,6 +59,7 @@ impl Nodes {
         Nodes {
             engines: vec![Arc::new(engine)],
             _redis: None,
+            redis_cluster: None,
         }
     }
 
@@ -64,6 +68,7 @@ impl Nodes {
         Nodes {
             engines: vec![Arc::new(MemoryEngine::with_presence_coalescing(window))],
             _redis: None,
+            redis_cluster: None,
         }
     }
 
@@ -76,6 +81,7 @@ impl Nodes {
         Nodes {
             engines: vec![Arc::new(engine)],
             _redis: None,
+            redis_cluster: None,
         }
     }
 
@@ -88,6 +94,15 @@ impl Nodes {
     pub async fn redis_with(count: usize, presence: &PresenceConfig) -> Nodes {
         let settings = RedisSettings {
             presence: presence.clone(),
+            ..RedisSettings::default()
+        };
+        Self::redis_with_settings(count, &settings).await
+    }
+
+    /// `count` Redis nodes on one fresh redis-server keeping the history `history` configures.
+    pub async fn redis_with_history(count: usize, history: &HistoryConfig) -> Nodes {
+        let settings = RedisSettings {
+            history: history.clone(),
             ..RedisSettings::default()
         };
         Self::redis_with_settings(count, &settings).await
@@ -119,7 +134,62 @@ impl Nodes {
         Nodes {
             engines,
             _redis: Some(redis),
+            redis_cluster: None,
         }
+    }
+
+    /// `count` Redis nodes on a fresh three-master Redis Cluster keeping the history `history`
+    /// configures.
+    pub async fn redis_cluster_with_history(count: usize, history: &HistoryConfig) -> Nodes {
+        let redis = RedisCluster::start();
+        let config = EngineConfig {
+            kind: "redis".into(),
+            redis_url: redis.urls(),
+            redis_cluster: true,
+            reconnect_grace_ms: GRACE.as_millis() as u64,
+            ..EngineConfig::default()
+        };
+        let settings = RedisSettings {
+            history: history.clone(),
+            ..RedisSettings::default()
+        };
+        let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
+        for _ in 0..count {
+            let engine = RedisEngine::start_with(&config, &settings).await.unwrap();
+            wait_ready(&engine).await;
+            engines.push(Arc::new(engine));
+        }
+        Nodes {
+            engines,
+            _redis: None,
+            redis_cluster: Some(redis),
+        }
+    }
+
+    /// Node `i` stops as a crashed process would: its tasks end and nothing is cleaned up.
+    /// Its clients must be gone already (they hold the engine). Later nodes move down by one.
+    pub fn crash(&mut self, i: usize) {
+        let engine = self.engines.remove(i);
+        assert_eq!(Arc::strong_count(&engine), 1, "node {i} still has clients");
+    }
+
+    /// Kills the redis-server and starts it again, empty (data loss).
+    pub fn restart_redis(&mut self) {
+        self._redis.as_mut().expect("a single redis").restart();
+    }
+
+    /// Runs one Redis command (single Redis or cluster) and returns its reply.
+    pub async fn redis_command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        if let Some(cluster) = &self.redis_cluster {
+            let seeds: Vec<String> = cluster.urls().split(',').map(String::from).collect();
+            let client = redis::cluster::ClusterClient::new(seeds).unwrap();
+            let mut conn = client.get_async_connection().await.unwrap();
+            return cmd.query_async(&mut conn).await.unwrap();
+        }
+        let url = self._redis.as_ref().expect("a redis scenario").url();
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        cmd.query_async(&mut conn).await.unwrap()
     }
 
     /// How many times Redis ran a command so far (scripts' calls included), for scenarios that

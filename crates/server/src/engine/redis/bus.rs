@@ -23,39 +23,49 @@ use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion};
 use tokio::sync::mpsc;
 
 use super::inbox::Push;
+use super::local::Gap;
 use super::node::Node;
 use super::store::{cluster_seeds, COMMAND_TIMEOUT};
 use super::topics::BusCommand;
 use super::wire::Event;
 
-fn dispatch(inner: &Node, topic: &str, payload: &[u8], from_pattern: bool) {
+/// Delivers one push. Returns the gap before a message instead of delivering it when
+/// `check_gaps` and messages of its channel's history went missing on the way.
+fn dispatch(
+    inner: &Node,
+    topic: &str,
+    payload: &[u8],
+    from_pattern: bool,
+    check_gaps: bool,
+) -> Option<Gap> {
     if topic == inner.keys.patterns_topic() {
         // A node announces an app that gained wildcard subscribers (cluster mode).
         inner.pattern_interest(String::from_utf8_lossy(payload).into_owned());
-        return;
+        return None;
     }
     let Ok(event) = serde_json::from_slice::<Event<'_>>(payload) else {
         tracing::warn!(topic, "undecodable event on the bus");
-        return;
+        return None;
     };
     let node = inner.id.as_str();
     if topic == inner.keys.node() {
         inner.local.on_node_event(&event, node);
-        return;
+        return None;
     }
     if let Some(app) = inner.keys.app_of_topic(topic) {
         if let Some(channel) = event.channel.as_deref() {
             inner.local.on_pattern_message(app, channel, &event, node);
         }
-        return;
+        return None;
     }
-    let Some((app, channel)) = inner.keys.parse_channel(topic) else {
-        return;
-    };
+    let (app, channel) = inner.keys.parse_channel(topic)?;
     if from_pattern {
         inner.local.on_pattern_message(app, channel, &event, node);
+        None
     } else {
-        inner.local.on_channel_event(app, channel, &event, node);
+        inner
+            .local
+            .on_channel_event_at(app, channel, &event, node, check_gaps)
     }
 }
 
@@ -170,7 +180,7 @@ async fn run_single(
                     if inner.inbox.take_disconnected() {
                         break;
                     }
-                    deliver_batch(&inner, &mut batch);
+                    deliver_batch(&inner, &mut batch).await;
                 }
             }
             tokio::task::yield_now().await;
@@ -183,10 +193,16 @@ async fn run_single(
 /// Dispatches up to one batch of queued pushes, oldest first. After pushes were shed, asks
 /// for a roster re-sync once the queue has drained (re-syncing while still behind would
 /// compare rosters with stale deltas).
-fn deliver_batch(inner: &Node, batch: &mut Vec<Push>) {
+///
+/// A message after a gap in its channel's history waits for the repair (one bounded read of
+/// the channel's stream), and everything behind it on the bus waits too: order is kept.
+async fn deliver_batch(inner: &Node, batch: &mut Vec<Push>) {
     inner.inbox.take(batch, BATCH);
     for push in batch.drain(..) {
-        dispatch(inner, &push.topic, &push.payload, push.from_pattern);
+        if let Some(gap) = dispatch(inner, &push.topic, &push.payload, push.from_pattern, true) {
+            inner.repair(&gap).await;
+            dispatch(inner, &push.topic, &push.payload, push.from_pattern, false);
+        }
     }
     if inner.inbox.is_empty() {
         if inner.inbox.take_gap() {
@@ -286,7 +302,7 @@ async fn run_cluster(
                 if inner.inbox.take_disconnected() {
                     lost(&inner);
                 }
-                deliver_batch(&inner, &mut batch);
+                deliver_batch(&inner, &mut batch).await;
             }
             _ = probe.tick(), if !inner.bus_up.load(Ordering::Acquire) => {
                 if subscribe_all(&mut conn, &inner).await.is_ok() {

@@ -282,6 +282,7 @@ impl Inbox {
             queued_bytes,
             peak: self.peak.load(Ordering::Relaxed),
             shed: self.shed.load(Ordering::Relaxed),
+            ..BusQueueStats::default()
         }
     }
 }

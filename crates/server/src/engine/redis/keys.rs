@@ -19,6 +19,8 @@
 //! | `P{c:ck}:subs` | hash | I → local subscribed connections (REST `delivered`) |
 //! | `P{c:ck}:holds` | set | `I\npeer`: which instance holds which peer (crash cleanup) |
 //! | `P{c:ck}:holdgen` | hash | `I\npeer` → the instance's re-assertion generation when it wrote the hold (a re-assertion drops only holds older than itself) |
+//! | `P{c:ck}:hist` | stream | channel history (only channels a `[[history.channels]]` group names): entry id `<offset>-0`, fields `t` (publish time, Unix ms) and `e` (the `message` event as published, with its position); trimmed to `max_messages` and `max_age_secs` by the publish script |
+//! | `P{c:ck}:hpos` | hash | `epoch` and `offset` (the last one given) of the channel's history; missing means a new epoch. Expires with `:hist`, `max_age_secs` after the last publish |
 //! | `P{p:pk}:route` | hash | I → connections of the peer on that instance (direct routing) |
 //! | `P{n:I}:index` | hash | channel or route base key (`P{c:ck}`, `P{p:pk}`) → generation: everything the instance may hold, so a reaper finds it |
 //! | `P{cluster}:nodes` | set | live node instances |

@@ -28,6 +28,7 @@
 //! `store.rs` (the command connection).
 
 mod bus;
+mod history;
 mod inbox;
 mod index;
 mod index_book;
@@ -59,12 +60,13 @@ use self::node::{unavailable, Node};
 use self::store::Store;
 use super::hub::occupancy::OccupancyRules;
 use super::{
-    ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member, Occupancy,
-    Publication, SubscribeRequest, Target,
+    BusQueueStats, ChannelSummary, Departure, Direct, Engine, EngineError, EngineStats, Member,
+    Occupancy, Publication, SubscribeRequest, Target,
 };
 use crate::close::CloseReason;
-use crate::config::{Config, EngineConfig, PresenceConfig};
+use crate::config::{Config, EngineConfig, HistoryConfig, PresenceConfig};
 use crate::conn::Conn;
+use crate::history::{HistoryRules, Page, PageQuery};
 use crate::ids::{AppId, ChannelName, PeerId};
 
 /// How long a subscribe waits for its topic subscription to be confirmed.
@@ -80,6 +82,9 @@ pub struct RedisSettings {
     pub coalesce: Duration,
     /// Roster caps of large rooms (`[presence]`).
     pub presence: PresenceConfig,
+    /// Which channels keep history in Redis (`[[history.channels]]`; `store` and
+    /// `max_memory_bytes` are the memory store's and do not apply).
+    pub history: HistoryConfig,
 }
 
 impl RedisSettings {
@@ -87,6 +92,7 @@ impl RedisSettings {
         RedisSettings {
             coalesce: Duration::from_millis(config.timing.presence_coalesce_ms),
             presence: config.presence.clone(),
+            history: config.history.clone(),
         }
     }
 }
@@ -130,6 +136,7 @@ impl RedisEngine {
         let (mut node, commands) = Node::new(id, config, settings.coalesce, store);
         node.local
             .set_occupancy(OccupancyRules::new(&settings.presence));
+        node.history = Arc::new(HistoryRules::new(&settings.history));
         let node = Arc::new(node);
         let bus_task = tokio::spawn(bus::run(
             node.clone(),
@@ -226,6 +233,23 @@ impl Engine for RedisEngine {
         self.node.occupancy(app, channel).await
     }
 
+    async fn history(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+        query: &PageQuery,
+    ) -> Result<Option<Page>, EngineError> {
+        let Some(policy) = self.node.history_policy(channel.as_str()) else {
+            return Ok(None);
+        };
+        let base = self.node.keys.channel_base(app.as_str(), channel.as_str());
+        self.node
+            .history_page(&base, query, &policy)
+            .await
+            .map(Some)
+            .map_err(unavailable)
+    }
+
     async fn close_peer(
         &self,
         app: &AppId,
@@ -244,7 +268,11 @@ impl Engine for RedisEngine {
         EngineStats {
             channels: hub.channel_count(),
             subscriptions: hub.subscription_count(),
-            bus_queue: self.node.inbox.stats(),
+            bus_queue: BusQueueStats {
+                history_repaired: self.node.history_repaired.load(Ordering::Relaxed),
+                history_lost: self.node.history_lost.load(Ordering::Relaxed),
+                ..self.node.inbox.stats()
+            },
         }
     }
 

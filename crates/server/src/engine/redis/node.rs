@@ -19,6 +19,7 @@ use super::store::Store;
 use super::topics::{BusCommand, BusSender};
 use crate::config::EngineConfig;
 use crate::engine::EngineError;
+use crate::history::HistoryRules;
 use crate::sync::lock;
 
 pub(crate) struct Node {
@@ -63,6 +64,12 @@ pub(crate) struct Node {
     /// Cluster mode: apps with wildcard subscribers anywhere, whose messages also go to the
     /// app's classic topic.
     pub(super) pattern_apps: Mutex<HashSet<String>>,
+    /// Which channels keep history (`[[history.channels]]`; none by default).
+    pub(super) history: Arc<HistoryRules>,
+    /// Messages lost on the bus and fetched back from a channel's history (`history.rs`).
+    pub(super) history_repaired: AtomicU64,
+    /// Messages lost on the bus that the channel's history no longer held.
+    pub(super) history_lost: AtomicU64,
 }
 
 /// A new instance id for a node: `<node>#<incarnation>`.
@@ -108,6 +115,9 @@ impl Node {
             lease_lapsed: Mutex::new(None),
             index: IndexBook::default(),
             pattern_apps: Mutex::new(HashSet::new()),
+            history: Arc::new(HistoryRules::default()),
+            history_repaired: AtomicU64::new(0),
+            history_lost: AtomicU64::new(0),
         };
         (node, commands)
     }

@@ -62,6 +62,13 @@ impl Node {
                 return Err(unavailable(err));
             }
         };
+        if !duplicate {
+            // The topic is subscribed: every message after this read reaches the node live.
+            // A failed read costs the rewind, not the subscription (as on the memory engine).
+            if let Err(err) = self.rewind(&base, &req).await {
+                tracing::warn!(channel = %req.channel, error = %err, "history read for rewind failed");
+            }
+        }
         let (seq, roster, epoch) = (read.seq, read.roster, read.epoch);
         let finished = match &roster {
             Some(roster) => {
@@ -171,6 +178,24 @@ impl Node {
             .key(self.keys.channel_base(app, channel))
             .invoke_async(&mut self.conn())
             .await
+    }
+
+    /// Reads the rewind of a new subscription to a channel that keeps history, for
+    /// `finish_read` to queue after the snapshot.
+    async fn rewind(&self, base: &str, req: &SubscribeRequest<'_>) -> redis::RedisResult<()> {
+        let Some(policy) = self
+            .history_policy(req.channel.as_str())
+            .filter(|p| p.rewind > 0)
+        else {
+            return Ok(());
+        };
+        let rewind = self
+            .read_rewind(base, req.channel, &policy, req.include_sender_metadata)
+            .await?;
+        if let Some(rewind) = rewind {
+            self.local.set_rewind(req.conn, req.channel, rewind);
+        }
+        Ok(())
     }
 
     async fn join(

@@ -2,8 +2,10 @@
 //! the channel's topic (and, in cluster mode, to the app's wildcard topic when some node has
 //! wildcard subscribers there) and counts the subscribed connections it reaches. Every node,
 //! the publisher's own included, delivers it from the bus (`local/events.rs`), which keeps
-//! FIFO per sender → receiver.
+//! FIFO per sender → receiver. A channel that keeps history publishes through `PUBLISH_KEPT`
+//! instead, which also appends the message to the channel's stream (`history.rs`).
 
+use super::history::new_epoch;
 use super::node::{unavailable, Node};
 use super::wire::{self, kind, Event};
 use crate::engine::{EngineError, Publication};
@@ -28,17 +30,41 @@ impl Node {
         let publisher_subscribed = p
             .exclude
             .is_some_and(|c| self.local.is_subscribed(c, p.channel));
-        let result: redis::RedisResult<usize> = self
-            .scripts
-            .publish
-            .key(&base)
-            .arg(self.publish_command())
-            .arg(self.keys.topic_of_base(&base))
-            .arg(&payload)
-            .arg(usize::from(publisher_subscribed))
-            .arg(app_topic.unwrap_or_default())
-            .invoke_async(&mut self.conn())
-            .await;
+        let app_topic = app_topic.unwrap_or_default();
+        let mut invocation = match self.history_policy(p.channel.as_str()) {
+            // The channel keeps history: the script also takes the offset and appends.
+            Some(policy) => {
+                let mut i = self.scripts.publish_kept.key(&base);
+                i.arg(self.publish_command())
+                    .arg(self.keys.topic_of_base(&base))
+                    .arg(&payload)
+                    .arg(usize::from(publisher_subscribed))
+                    .arg(&app_topic)
+                    .arg(policy.max_messages)
+                    .arg(policy.max_age.as_millis() as u64)
+                    .arg(new_epoch());
+                Some(i)
+            }
+            None => None,
+        };
+        let result: redis::RedisResult<usize> = match invocation.as_mut() {
+            Some(kept) => kept
+                .invoke_async::<(usize, u64, String, String)>(&mut self.conn())
+                .await
+                .map(|(receivers, ..)| receivers),
+            None => {
+                self.scripts
+                    .publish
+                    .key(&base)
+                    .arg(self.publish_command())
+                    .arg(self.keys.topic_of_base(&base))
+                    .arg(&payload)
+                    .arg(usize::from(publisher_subscribed))
+                    .arg(&app_topic)
+                    .invoke_async(&mut self.conn())
+                    .await
+            }
+        };
         match result {
             Ok(n) => Ok(n),
             Err(err) => {

@@ -145,6 +145,85 @@ for _, v in ipairs(redis.call('HVALS', b .. ':subs')) do total = total + tonumbe
 return math.max(0, total - tonumber(ARGV[4]))
 "#;
 
+/// KEYS: channel base. ARGV: pub, topic, payload (the `message` event, a JSON object),
+/// 1 when the publisher is itself a local subscriber, the app's wildcard topic (or ""),
+/// max_messages, max_age in ms, an epoch to use if the channel's history starts here. The
+/// publish of a channel that keeps history (`history.rs`): it takes the next offset, stamps
+/// the event with its position (`offset`, `epoch`, `ts` from Redis's clock), appends it to the
+/// channel's stream (entry id `<offset>-0`), trims the stream by count and age, and publishes
+/// the stamped event, all in one step: offsets follow the order in which every node receives
+/// the channel's messages. A missing position hash (a new history, or Redis lost it) starts a
+/// new epoch at offset 1. Returns {receivers as `PUBLISH` counts them, offset, epoch, ts}.
+const PUBLISH_KEPT: &str = r#"
+local b = KEYS[1]
+local s, p = b .. ':hist', b .. ':hpos'
+local max, age = tonumber(ARGV[6]), tonumber(ARGV[7])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ts = string.format('%d', now)
+local epoch = redis.call('HGET', p, 'epoch')
+if not epoch then
+  epoch = ARGV[8]
+  redis.call('DEL', s)
+  redis.call('HSET', p, 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', p, 'offset', 1)
+local event = '{"offset":' .. offset .. ',"epoch":"' .. epoch .. '","ts":' .. ts .. ',' .. string.sub(ARGV[3], 2)
+redis.call('XADD', s, 'MAXLEN', max, offset .. '-0', 't', ts, 'e', event)
+-- Age: entries are in offset order, which is time order, so the expired ones are the oldest.
+-- The oldest is looked at on every publish; when it expired, up to 64 go at once (reads skip
+-- expired entries anyway: this frees memory).
+local cutoff = now - age
+local head = redis.call('XRANGE', s, '-', '+', 'COUNT', 1)[1]
+if tonumber(head[2][2]) < cutoff then
+  local oldest = redis.call('XRANGE', s, '-', '+', 'COUNT', 64)
+  local minid = nil
+  for i, e in ipairs(oldest) do
+    if tonumber(e[2][2]) >= cutoff then
+      minid = e[1]
+      break
+    end
+    if i == #oldest then minid = (tonumber(string.match(e[1], '^(%d+)')) + 1) .. '-0' end
+  end
+  redis.call('XTRIM', s, 'MINID', minid)
+end
+-- The whole history goes when its newest entry expires; the next message starts a new epoch.
+redis.call('PEXPIRE', s, age)
+redis.call('PEXPIRE', p, age)
+redis.call(ARGV[1], ARGV[2], event)
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], event) end
+local total = 0
+for _, v in ipairs(redis.call('HVALS', b .. ':subs')) do total = total + tonumber(v) end
+return {math.max(0, total - tonumber(ARGV[4])), offset, epoch, ts}
+"#;
+
+/// KEYS: channel base. ARGV: limit, before, after (exclusive offsets, "" for none), max_age in
+/// ms. Reads a channel's history: {epoch ("" when none), "1" when older entries within the bounds
+/// remain, then up to `limit` stored events, newest first}. Entries past `max_age` are not
+/// returned (trimming is lazy).
+const HISTORY_READ: &str = r#"
+local b = KEYS[1]
+local s, p = b .. ':hist', b .. ':hpos'
+local epoch = redis.call('HGET', p, 'epoch')
+if not epoch then return {'', '0'} end
+local limit, age = tonumber(ARGV[1]), tonumber(ARGV[4])
+local hi, lo = '+', '-'
+if ARGV[2] ~= '' then hi = '(' .. ARGV[2] .. '-0' end
+if ARGV[3] ~= '' then lo = '(' .. ARGV[3] .. '-0' end
+local t = redis.call('TIME')
+local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - age
+local out = {epoch, '0'}
+for _, e in ipairs(redis.call('XREVRANGE', s, hi, lo, 'COUNT', limit + 1)) do
+  if tonumber(e[2][2]) < cutoff then break end
+  if #out - 2 == limit then
+    out[2] = '1'
+    break
+  end
+  table.insert(out, e[2][4])
+end
+return out
+"#;
+
 /// KEYS: channel base. Returns {seq, meta hash as a flat list}, read together.
 const ROSTER: &str = r#"
 local b = KEYS[1]
@@ -291,6 +370,8 @@ pub struct Scripts {
     pub claim_dead: Script,
     pub reap_channel: Script,
     pub reassert_channel: Script,
+    pub publish_kept: Script,
+    pub history_read: Script,
 }
 
 impl Scripts {
@@ -308,6 +389,8 @@ impl Scripts {
             claim_dead: Script::new(CLAIM_DEAD),
             reap_channel: with_helpers(REAP_CHANNEL),
             reassert_channel: with_helpers(REASSERT_CHANNEL),
+            publish_kept: Script::new(PUBLISH_KEPT),
+            history_read: Script::new(HISTORY_READ),
         }
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! | kind | topic | fields |
 //! |---|---|---|
-//! | `message` | a channel's (and, in cluster mode, its app's wildcard topic) | `from`, `meta`, `data`, `exclude`, `channel` |
+//! | `message` | a channel's (and, in cluster mode, its app's wildcard topic) | `from`, `meta`, `data`, `exclude`, `channel`; on a channel that keeps history also `offset`, `epoch`, `ts` (added by the publish script) |
 //! | `joined`, `left`, `meta` | a channel's | `seq`, `peer`, `meta` |
 //! | `direct` | a node's | `app`, `to`, `from`, `meta`, `data`, `exclude` |
 //! | `kick` | a node's | `app`, `peer`, `code` |
@@ -67,6 +67,14 @@ pub struct Event<'a> {
     /// Channel name (message), set when the message also goes to the app's wildcard topic.
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     pub channel: Option<Cow<'a, str>>,
+    /// History position (message on a channel that keeps history): written by the publish
+    /// script, which is what makes offsets and the fan-out order agree (`history.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<i64>,
 }
 
 impl<'a> Event<'a> {
@@ -83,6 +91,9 @@ impl<'a> Event<'a> {
             exclude: None,
             code: None,
             channel: None,
+            offset: None,
+            epoch: None,
+            ts: None,
         }
     }
 

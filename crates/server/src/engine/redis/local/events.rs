@@ -8,6 +8,7 @@ use herald_protocol::{encode, PresenceEntry};
 use serde_json::value::RawValue;
 
 use super::super::wire::{kind, Event};
+use super::history::{id_of, positioned_frames, Gap};
 use super::{Buffered, Local};
 use crate::close::CloseReason;
 use crate::conn::Frame;
@@ -16,7 +17,7 @@ use crate::engine::hub::{channel_key, presence, ChannelKey, MessageFrames};
 use crate::ids::{AppId, ChannelName, ConnId, PeerId};
 
 /// The shared encoder for a message event from the bus.
-fn message_frames<'e>(channel: &'e str, event: &'e Event<'_>) -> MessageFrames<'e> {
+pub(super) fn message_frames<'e>(channel: &'e str, event: &'e Event<'_>) -> MessageFrames<'e> {
     MessageFrames::new(
         channel,
         event.from.as_deref().unwrap_or_default(),
@@ -37,27 +38,27 @@ struct Applied {
 
 impl Local {
     /// An event from a channel topic: a message, or a presence delta.
+    #[cfg(test)]
     pub fn on_channel_event(&self, app: &str, channel: &str, event: &Event<'_>, node: &str) {
+        let _ = self.on_channel_event_at(app, channel, event, node, false);
+    }
+
+    /// [`Local::on_channel_event`], except that a message after a gap in its channel's history
+    /// is not delivered when `check_gaps`: the gap is returned, for the caller to repair first.
+    pub fn on_channel_event_at(
+        &self,
+        app: &str,
+        channel: &str,
+        event: &Event<'_>,
+        node: &str,
+        check_gaps: bool,
+    ) -> Option<Gap> {
         let key = (AppId::new(app), ChannelName::new(channel));
         match event.kind.as_ref() {
-            kind::MESSAGE => {
-                let excluded = event.excluded_on(node);
-                let mut frames = message_frames(channel, event).prepared();
-                self.hub.channels.with(&key, |ch| {
-                    // A message never overtakes its sender's (coalesced) `joined`.
-                    self.hub.flush_deltas(&key, ch);
-                    ch.deliver_message(&mut frames, excluded);
-                    for joining in ch.slot.joining.values_mut() {
-                        if Some(joining.conn.id) != excluded {
-                            let frame = frames.get(joining.include_sender_metadata);
-                            joining.buffer_event(Buffered::Message(frame));
-                        }
-                    }
-                });
-            }
+            kind::MESSAGE => return self.on_message(&key, event, node, check_gaps),
             kind @ (kind::JOINED | kind::LEFT) => {
                 let (Some(peer), Some(seq)) = (event.peer.as_deref(), event.seq) else {
-                    return;
+                    return None;
                 };
                 let joined = kind == kind::JOINED;
                 let entry = [PresenceEntry {
@@ -94,7 +95,7 @@ impl Local {
             }
             kind::META => {
                 let (Some(peer), Some(seq)) = (event.peer.as_deref(), event.seq) else {
-                    return;
+                    return None;
                 };
                 let metadata = event.metadata().map(|m| Arc::from(m.to_owned()));
                 let peer = PeerId::new(peer);
@@ -116,6 +117,7 @@ impl Local {
             }
             _ => {}
         }
+        None
     }
 
     /// Applies a delta to the channel's rosters and buffers it for subscribes in flight.
@@ -243,7 +245,8 @@ impl Local {
                     !ch.is_subscribed(conn.id) && !ch.slot.joining.contains_key(&conn.id)
                 });
             });
-        let mut frames = message_frames(channel, event);
+        let id = id_of(event);
+        let mut frames = positioned_frames(channel, event, &id);
         for (conn, include_sender_metadata) in matched {
             conn.deliver(frames.get(include_sender_metadata));
         }

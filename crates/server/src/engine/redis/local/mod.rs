@@ -12,6 +12,7 @@
 //! of them (never the reverse). Every section is short and synchronous.
 
 mod events;
+mod history;
 mod resync;
 #[cfg(test)]
 mod sim_tests;
@@ -24,6 +25,8 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
+use self::events::message_frames;
+pub use self::history::{position_of, Gap};
 pub use self::state::ChannelHolds;
 pub use self::subscribe::{Removal, RosterRead, SubscribeStart};
 use super::stored_metadata;
@@ -93,6 +96,12 @@ pub struct NodeChannel {
     /// `pre_reset` is set, deltas go out one by one instead: those subscribers' floors mean
     /// nothing).
     deltas: DeltaBatch,
+    /// History: the position (epoch, offset) of the last message received from the bus while
+    /// listening, to see a gap (pub/sub is at most once) and repair it from the stream.
+    cursor: Option<(Arc<str>, u64)>,
+    /// History: subscribers whose rewind reached further than the bus had yet delivered
+    /// here, with the last offset of their rewind; messages up to it are not theirs again.
+    floors: HashMap<ConnId, (Arc<str>, u64)>,
 }
 
 impl HasDeltas for NodeChannel {
@@ -178,6 +187,17 @@ struct Joining {
     conn: Arc<Conn>,
     include_sender_metadata: bool,
     buffer: Vec<Buffered>,
+    /// The history read for this subscribe, queued after its snapshot.
+    rewind: Option<Rewind>,
+}
+
+/// A subscriber's rewind, read from the channel's stream after its topic was subscribed:
+/// every message after `last` reaches it live, those up to `last` only from here.
+pub struct Rewind {
+    pub epoch: Arc<str>,
+    pub last: u64,
+    /// Encoded frames, oldest first.
+    pub frames: Vec<Frame>,
 }
 
 impl Joining {
@@ -197,7 +217,8 @@ enum Buffered {
         seq: u64,
         frame: Frame,
     },
-    Message(Frame),
+    /// A message, with its history position (epoch, offset) when the channel keeps one.
+    Message(Frame, Option<(Arc<str>, u64)>),
     /// The buffer overflowed here (the connection was closed).
     Dropped,
 }

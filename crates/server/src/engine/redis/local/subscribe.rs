@@ -74,6 +74,7 @@ impl Local {
                     conn: conn.clone(),
                     include_sender_metadata,
                     buffer: Vec::new(),
+                    rewind: None,
                 },
             );
             if !ch.slot.topic {
@@ -99,7 +100,8 @@ impl Local {
             };
             if duplicate {
                 for buffered in joining.buffer {
-                    if let Buffered::Presence { frame, .. } | Buffered::Message(frame) = buffered {
+                    if let Buffered::Presence { frame, .. } | Buffered::Message(frame, _) = buffered
+                    {
                         conn.deliver(frame);
                     }
                 }
@@ -246,14 +248,27 @@ impl Local {
                 if let Some(snapshot) = snapshot {
                     conn.deliver(snapshot);
                 }
+                // The rewind, then what arrived meanwhile, without what the rewind holds.
+                let rewound = joining.rewind.map(|rewind| {
+                    for frame in rewind.frames {
+                        conn.deliver(frame);
+                    }
+                    (rewind.epoch, rewind.last)
+                });
                 for buffered in joining.buffer {
                     match buffered {
                         Buffered::Presence { seq: s, frame } if s > seq && replay_presence => {
                             conn.deliver(frame);
                         }
                         Buffered::Presence { .. } | Buffered::Dropped => {}
-                        Buffered::Message(frame) => {
-                            conn.deliver(frame);
+                        Buffered::Message(frame, position) => {
+                            let in_rewind = matches!(
+                                (&rewound, &position),
+                                (Some((re, last)), Some((e, offset))) if re == e && offset <= last
+                            );
+                            if !in_rewind {
+                                conn.deliver(frame);
+                            }
                         }
                     }
                 }
@@ -268,6 +283,15 @@ impl Local {
                     seq.max(ch.slot.known_seq)
                 };
                 ch.subscribe(conn, joining.include_sender_metadata, floor);
+                if let Some((epoch, last)) = rewound {
+                    // Messages of the rewind the bus has not delivered here yet must not
+                    // reach this subscriber when they do.
+                    let caught_up =
+                        matches!(&ch.slot.cursor, Some((e, at)) if *e == epoch && *at >= last);
+                    if !caught_up {
+                        ch.slot.floors.insert(conn.id, (epoch, last));
+                    }
+                }
                 let state = &mut ch.slot;
                 let hold = state.holds.entry(conn.peer_id.clone()).or_insert(Hold {
                     connections: 0,
@@ -295,6 +319,7 @@ impl Local {
         let key = channel_key(&conn.app, channel);
         let outcome = self.hub.channels.with(&key, |ch| {
             ch.unsubscribe(conn.id)?;
+            ch.slot.floors.remove(&conn.id);
             occupancy::forget(ch, conn.id);
             let Some(hold) = ch.slot.holds.get_mut(&conn.peer_id) else {
                 return Some(Removal::Kept);
@@ -367,6 +392,9 @@ impl Local {
                 ch.slot.topic = false;
                 // Deltas stop arriving: `known` no longer follows Redis.
                 ch.slot.mirror = None;
+                // Nor do messages: a later gap would be this pause, not a loss.
+                ch.slot.cursor = None;
+                ch.slot.floors.clear();
                 self.bus.listen_channel(key, false);
             }
         });
