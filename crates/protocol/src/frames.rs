@@ -298,13 +298,13 @@ pub mod encode {
         out
     }
 
-    /// The `ack` of a `send`: `"delivered"` (a live connection took it) or `"queued"` (held
-    /// for a peer that dropped and may resume). An extra field the official SDKs ignore.
-    pub fn ack_delivery(request_id: &str, delivery: &str) -> String {
+    /// The `ack` of a `send` that no live connection took but that waits for a peer that
+    /// dropped and may resume: `"queued": true`, an extra field the official SDKs ignore (a
+    /// delivered send keeps the plain ack).
+    pub fn ack_queued(request_id: &str) -> String {
         let mut out = start("ack", request_id.len() + 32);
         push_field_str(&mut out, "requestId", request_id);
-        push_field_str(&mut out, "delivery", delivery);
-        out.push('}');
+        out.push_str(",\"queued\":true}");
         out
     }
 
@@ -605,8 +605,8 @@ mod tests {
             r#"{"type":"ack","requestId":"r","recovered":true}"#
         );
         assert_eq!(
-            encode::ack_delivery("r", "queued"),
-            r#"{"type":"ack","requestId":"r","delivery":"queued"}"#
+            encode::ack_queued("r"),
+            r#"{"type":"ack","requestId":"r","queued":true}"#
         );
 
         let f = parse(r#"{"type":"publish","channel":"c","data":null}"#).unwrap();

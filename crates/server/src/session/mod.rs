@@ -403,9 +403,9 @@ impl Session {
                     self.reply(encode::ack(id));
                 }
             }
-            Ok(Acked::Delivery(delivery)) => {
+            Ok(Acked::Queued) => {
                 if let Some(id) = request_id {
-                    self.reply(encode::ack_delivery(id, delivery));
+                    self.reply(encode::ack_queued(id));
                 }
             }
             Err(OpError(code, message)) => self.reply_error(request_id, code, message),

@@ -245,14 +245,14 @@ impl Session {
         let not_found = OpError(ErrorCode::PeerNotFound, "peer is not connected");
         let engine = &self.state.engine;
         if engine.send_direct(direct.clone()).await? > 0 {
-            return Ok(Acked::Delivery("delivered"));
+            return Ok(Acked::Pending);
         }
         // Nobody live: a peer that dropped inside its resume window gets it on its return.
         match engine.queue_direct(direct).await? {
-            Queued::Live(_) => Ok(Acked::Delivery("delivered")),
+            Queued::Live(_) => Ok(Acked::Pending),
             Queued::Queued => {
                 self.state.metrics.resume.directs_queued.inc();
-                Ok(Acked::Delivery("queued"))
+                Ok(Acked::Queued)
             }
             Queued::NotParked | Queued::Full => Err(not_found),
         }
@@ -262,8 +262,8 @@ impl Session {
 /// Whether the caller still owes the client an ack.
 pub(super) enum Acked {
     Pending,
-    /// The ack of a `send`, saying whether it was delivered or queued.
-    Delivery(&'static str),
+    /// The ack of a `send` held for a dropped peer (it says `queued`).
+    Queued,
     Done,
 }
 
