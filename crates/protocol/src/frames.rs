@@ -594,11 +594,27 @@ mod tests {
             epoch: "e1".into(),
             offset: 7,
         };
-        assert!(matches!(f.op, ClientOp::Subscribe { since: Some(Some(ref p)), .. } if *p == expected));
-        for bad in [r#""x""#, r#"{"epoch":1,"offset":2}"#, r#"{"epoch":"e","offset":-1}"#, "null"] {
+        assert!(
+            matches!(f.op, ClientOp::Subscribe { since: Some(Some(ref p)), .. } if *p == expected)
+        );
+        for bad in [
+            r#""x""#,
+            r#"{"epoch":1,"offset":2}"#,
+            r#"{"epoch":"e","offset":-1}"#,
+            "null",
+        ] {
             let text = format!(r#"{{"type":"subscribe","channel":"a","since":{bad}}}"#);
             let f = parse(&text).unwrap();
-            assert!(matches!(f.op, ClientOp::Subscribe { since: Some(None), .. }), "{bad}");
+            assert!(
+                matches!(
+                    f.op,
+                    ClientOp::Subscribe {
+                        since: Some(None),
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
         }
         assert_eq!(
             encode::ack_recovered("r", true),

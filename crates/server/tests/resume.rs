@@ -107,19 +107,32 @@ async fn a_stable_peer_that_drops_gets_every_missed_message_in_order_then_live_a
     }
     for d in 1..=2 {
         let ack = publisher
-            .request(json!({"type": "send", "to": "alice", "data": {"d": d}}), "d")
+            .request(
+                json!({"type": "send", "to": "alice", "data": {"d": d}}),
+                "d",
+            )
             .await;
-        assert_eq!(ack, json!({"type": "ack", "requestId": "d", "queued": true}));
+        assert_eq!(
+            ack,
+            json!({"type": "ack", "requestId": "d", "queued": true})
+        );
     }
 
     let mut alice = server.client("alice").await;
     for d in 1..=2 {
         let direct = alice.recv().await;
         assert_eq!(direct["type"], "direct", "{direct}");
-        assert_eq!(direct["data"], json!({"d": d}), "held directs first, in order");
+        assert_eq!(
+            direct["data"],
+            json!({"d": d}),
+            "held directs first, in order"
+        );
     }
     let (ack, snapshot) = alice.subscribe(ROOM).await;
-    assert_eq!(ack["type"], "ack", "a transparent resume keeps the plain ack: {ack}");
+    assert_eq!(
+        ack["type"], "ack",
+        "a transparent resume keeps the plain ack: {ack}"
+    );
     assert!(ack.get("recovered").is_none(), "{ack}");
     assert_eq!(snapshot["type"], "presence");
     let first = n_of(&alice.recv().await);
@@ -133,16 +146,26 @@ async fn a_stable_peer_that_drops_gets_every_missed_message_in_order_then_live_a
     // No rewind, nothing else: the next frame is live.
     barrier(&mut alice, &mut publisher, ROOM, 206).await;
     let duplicates = 6 - first;
-    println!("replayed {} messages, {duplicates} of them duplicates", 206 - first);
+    println!(
+        "replayed {} messages, {duplicates} of them duplicates",
+        206 - first
+    );
     assert_eq!(
-        metric(&server, "herald_resume_succeeded_total{kind=\"transparent\"}").await,
+        metric(
+            &server,
+            "herald_resume_succeeded_total{kind=\"transparent\"}"
+        )
+        .await,
         1.0
     );
     assert_eq!(
         metric(&server, "herald_resume_replayed_messages_total").await,
         (206 - first) as f64
     );
-    assert_eq!(metric(&server, "herald_direct_inbox_queued_total").await, 2.0);
+    assert_eq!(
+        metric(&server, "herald_direct_inbox_queued_total").await,
+        2.0
+    );
 
     // A second drop right after the resume, before any new confirmation: resumed again from
     // where the first resume started (the client had everything up to it).
@@ -266,7 +289,11 @@ async fn publishable_key_peers_and_channels_without_history_behave_as_before() {
     let (mut anon, _) = server.pk_client(PK).await;
     anon.subscribe(ROOM).await;
     for n in 4..=6 {
-        assert_eq!(n_of(&anon.recv().await), n, "a new subscriber's rewind of 3");
+        assert_eq!(
+            n_of(&anon.recv().await),
+            n,
+            "a new subscriber's rewind of 3"
+        );
     }
     barrier(&mut anon, &mut publisher, ROOM, 7).await;
 

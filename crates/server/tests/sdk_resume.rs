@@ -141,7 +141,10 @@ async fn run(sdk: Sdk) {
     let ack = publisher
         .request(json!({"type": "send", "to": peer, "data": {"d": 1}}), "d")
         .await;
-    assert_eq!(ack, json!({"type": "ack", "requestId": "d", "queued": true}));
+    assert_eq!(
+        ack,
+        json!({"type": "ack", "requestId": "d", "queued": true})
+    );
     proxy.restore();
 
     stdin.write_all(b"dump\n").await.unwrap();
@@ -173,7 +176,11 @@ async fn run(sdk: Sdk) {
     assert!(duplicates <= BEFORE);
     assert_eq!(result["directs"], json!([{"d": 1}]), "{sdk:?}");
     assert_eq!(
-        metric(&server, "herald_resume_succeeded_total{kind=\"transparent\"}").await,
+        metric(
+            &server,
+            "herald_resume_succeeded_total{kind=\"transparent\"}"
+        )
+        .await,
         1.0
     );
     println!(

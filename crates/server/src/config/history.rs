@@ -151,7 +151,10 @@ impl HistoryConfig {
     /// The resume keys; the watermark pings at most 10 times a second.
     fn validate_resume(&self) -> Result<(), ConfigError> {
         if self.resume_window_secs > 3600 {
-            return Err(invalid("history.resume_window_secs", "must be at most 3600"));
+            return Err(invalid(
+                "history.resume_window_secs",
+                "must be at most 3600",
+            ));
         }
         if !(100..=60_000).contains(&self.resume_confirm_ms) {
             return Err(invalid(

@@ -91,26 +91,43 @@ async fn directs_wait_in_order_within_count_and_bytes_and_expire() {
         "a connection that registered meanwhile takes it"
     );
     for text in ["one", "two", "three"] {
-        assert_eq!(book.queue_direct(&app, &peer, || 0, || frame(text)), Queued::Queued);
+        assert_eq!(
+            book.queue_direct(&app, &peer, || 0, || frame(text)),
+            Queued::Queued
+        );
     }
     assert_eq!(
         book.queue_direct(&app, &peer, || 0, || frame("four")),
         Queued::Full,
         "count bound"
     );
-    assert_eq!(drain(&book, &app, &peer), ["one", "two", "three"], "in order");
+    assert_eq!(
+        drain(&book, &app, &peer),
+        ["one", "two", "three"],
+        "in order"
+    );
     assert!(drain(&book, &app, &peer).is_empty(), "delivered once");
 
     let big = "y".repeat(60);
-    assert_eq!(book.queue_direct(&app, &peer, || 0, || frame(&big)), Queued::Queued);
+    assert_eq!(
+        book.queue_direct(&app, &peer, || 0, || frame(&big)),
+        Queued::Queued
+    );
     assert_eq!(
         book.queue_direct(&app, &peer, || 0, || frame(&big)),
         Queued::Full,
         "byte bound"
     );
     tokio::time::advance(Duration::from_secs(10)).await;
-    assert_eq!(book.queue_direct(&app, &peer, || 0, || frame(&big)), Queued::Queued);
-    assert_eq!(book.stats().directs_expired, 1, "the first one's time ran out");
+    assert_eq!(
+        book.queue_direct(&app, &peer, || 0, || frame(&big)),
+        Queued::Queued
+    );
+    assert_eq!(
+        book.stats().directs_expired,
+        1,
+        "the first one's time ran out"
+    );
     tokio::time::advance(Duration::from_secs(20)).await;
     book.sweep();
     assert_eq!(

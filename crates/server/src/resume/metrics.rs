@@ -62,7 +62,11 @@ impl ResumeMetrics {
             registry.register(name, help, family.clone());
         }
         let counters = [
-            ("resume_replayed_messages", "Messages replayed by resumes", &self.replayed),
+            (
+                "resume_replayed_messages",
+                "Messages replayed by resumes",
+                &self.replayed,
+            ),
             (
                 "direct_inbox_queued",
                 "Directs held for a dropped peer inside its resume window",
@@ -73,7 +77,11 @@ impl ResumeMetrics {
                 "Held directs dropped unread (their time or the peer's window ran out)",
                 &self.directs_expired,
             ),
-            ("watermark_pings", "Watermark pings sent", &self.watermark_pings),
+            (
+                "watermark_pings",
+                "Watermark pings sent",
+                &self.watermark_pings,
+            ),
             (
                 "watermark_confirmed",
                 "Watermark pings whose pong confirmed delivery",

@@ -67,7 +67,10 @@ fn a_pong_confirms_its_ping_and_every_older_one_and_nothing_else() {
         vec![(ch("a"), at("e", 7)), (ch("b"), at("f", 1))],
         "the second pong proves the first ping's positions too; the newer one wins"
     );
-    assert!(!wm.pong(&first), "an older pong after a newer one changes nothing");
+    assert!(
+        !wm.pong(&first),
+        "an older pong after a newer one changes nothing"
+    );
     assert!(wm.pong(&third));
     assert!(wm.confirmed().contains(&(ch("a"), at("e", 9))));
     wm.forget(&ch("a"));
@@ -81,6 +84,9 @@ fn outstanding_pings_are_bounded() {
     for offset in 2..=MAX_OUTSTANDING as u64 + 1 {
         wm.ping(vec![(ch("a"), at("e", offset))]);
     }
-    assert!(!wm.pong(&oldest), "forgotten past {MAX_OUTSTANDING} outstanding");
+    assert!(
+        !wm.pong(&oldest),
+        "forgotten past {MAX_OUTSTANDING} outstanding"
+    );
     assert!(wm.confirmed().is_empty());
 }

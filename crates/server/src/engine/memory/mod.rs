@@ -196,8 +196,9 @@ impl Engine for MemoryEngine {
             return;
         }
         let peers = &self.state.hub.peers;
-        self.book
-            .park(&conn.app, &conn.peer_id, positions, || peers.unregister(conn));
+        self.book.park(&conn.app, &conn.peer_id, positions, || {
+            peers.unregister(conn)
+        });
     }
 
     async fn take_position(
