@@ -68,9 +68,8 @@ async fn run(resume_window_secs: u64) -> (f64, f64, Duration) {
     let mut publisher = server.client("publisher").await;
     let pings_before = metric(&server, "herald_watermark_pings_total").await;
     let started = Instant::now();
-    let frames = (0..MESSAGES).map(|n| {
-        json!({"type": "publish", "channel": CHANNEL, "data": {"n": n}}).to_string()
-    });
+    let frames = (0..MESSAGES)
+        .map(|n| json!({"type": "publish", "channel": CHANNEL, "data": {"n": n}}).to_string());
     publisher.send_burst(frames).await;
     for reader in readers {
         reader.await.unwrap();
