@@ -16,8 +16,8 @@ use herald_testkit::prelude::*;
 use serde_json::json;
 
 const CHANNEL: &str = "room/cost";
-const SUBSCRIBERS: usize = 100;
-const MESSAGES: usize = 20_000;
+const SUBSCRIBERS: usize = 50;
+const MESSAGES: usize = 5_000;
 const ROUNDS: usize = 3;
 
 async fn metric(server: &TestServer, name: &str) -> f64 {
@@ -35,7 +35,7 @@ async fn metric(server: &TestServer, name: &str) -> f64 {
 /// One fan-out run: messages per second delivered to all subscribers, and the watermark pings
 /// sent during it.
 async fn run(resume_window_secs: u64) -> (f64, f64, Duration) {
-    let server = TestServer::start_with(config_with(|c| {
+    let config = config_with(|c| {
         c.limits.rate_per_second = 1e9;
         c.limits.rate_burst = 1e9;
         // Subscribers must not be shed as slow consumers while the burst is in flight.
@@ -51,16 +51,20 @@ async fn run(resume_window_secs: u64) -> (f64, f64, Duration) {
             resume_window_secs,
             ..HistoryConfig::default()
         };
-    }))
-    .await;
+    });
+    config.validate().unwrap();
+    let server = TestServer::start_with(config).await;
     let mut readers = Vec::new();
     for i in 0..SUBSCRIBERS {
         let mut sub = server.client(&format!("sub-{i}")).await;
         sub.subscribe(CHANNEL).await;
         readers.push(tokio::spawn(async move {
-            for _ in 0..MESSAGES {
-                let frame = sub.recv().await;
-                assert_eq!(frame["type"], "message");
+            let mut got = 0;
+            while got < MESSAGES {
+                // Other subscribers' `joined` deltas come too.
+                if sub.recv().await["type"] == "message" {
+                    got += 1;
+                }
             }
             sub
         }));

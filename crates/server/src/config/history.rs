@@ -168,10 +168,10 @@ impl HistoryConfig {
                 "must be at most 10000 (a node also caps it to limits.outbound_queue_frames - 2)",
             ));
         }
-        if self.direct_inbox_secs > self.resume_window_secs.max(1) * 10 {
+        if self.direct_inbox_secs > 3600 {
             return Err(invalid(
                 "history.direct_inbox_secs",
-                "must be at most ten resume windows",
+                "must be at most 3600 (a direct also waits no longer than its peer's window)",
             ));
         }
         if self.direct_inbox_max_messages > 10_000 {
@@ -240,6 +240,10 @@ mod tests {
                 "history.resume_window_secs",
             ),
             (
+                "[history]\ndirect_inbox_secs = 99999\n",
+                "history.direct_inbox_secs",
+            ),
+            (
                 "[limits]\noutbound_queue_frames = 16\n[[history.channels]]\npatterns = [\"a\"]\nrewind = 15\n",
                 "history.channels[0].rewind",
             ),
@@ -247,6 +251,8 @@ mod tests {
             let err = Config::from_toml(text).unwrap().validate().unwrap_err();
             assert!(err.to_string().contains(field), "{text}: {err}");
         }
+        let off = Config::from_toml("[history]\nresume_window_secs = 0\n").unwrap();
+        off.validate().unwrap();
         let err = Config::from_toml("[history]\nstore = \"disk\"\n")
             .unwrap()
             .validate()
