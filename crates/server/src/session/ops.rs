@@ -244,7 +244,7 @@ impl Session {
         };
         let not_found = OpError(ErrorCode::PeerNotFound, "peer is not connected");
         let engine = &self.state.engine;
-        if engine.send_direct(direct.clone()).await? > 0 {
+        if engine.send_direct(direct).await? > 0 {
             return Ok(Acked::Pending);
         }
         // Nobody live: a peer that dropped inside its resume window gets it on its return.
