@@ -59,8 +59,14 @@ impl Session {
             watermark.skip();
             return true;
         }
+        // Every message up to the positions is among the frames queued so far; those are
+        // written before the ping (and no more, so a flood cannot keep this loop going).
+        let target = self.conn.progress().queued;
         let mut flushed = false;
-        while let Some(frame) = rx.try_recv() {
+        while self.conn.progress().written < target {
+            let Some(frame) = rx.try_recv() else {
+                break;
+            };
             if !write_batch(ws, frame, rx, &self.state.metrics).await {
                 return false;
             }
