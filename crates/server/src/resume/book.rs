@@ -151,13 +151,15 @@ impl ResumeBook {
     /// A stable peer's connection dropped: keep its confirmed positions for the window (a
     /// position already parked for another channel stays), and open its inbox. `unregister`
     /// runs under the shard's lock, so no direct can fall between the live connection and the
-    /// inbox. A no-op when resume is off.
+    /// inbox; it says whether the peer still has a live connection, in which case nothing is
+    /// parked (the peer is back already, or never left: a later subscribe of it must not
+    /// replay from this old position). A no-op when resume is off.
     pub fn park(
         &self,
         app: &AppId,
         peer: &PeerId,
         positions: Vec<(ChannelName, Since)>,
-        unregister: impl FnOnce(),
+        unregister: impl FnOnce() -> bool,
     ) {
         if !self.settings.enabled() {
             unregister();
@@ -166,7 +168,9 @@ impl ResumeBook {
         let now = Instant::now();
         let until = now + self.settings.window;
         let mut shard = self.shard(app, peer);
-        unregister();
+        if unregister() {
+            return;
+        }
         shard.generations += 1;
         let generation = shard.generations;
         let key = (app.clone(), peer.clone());

@@ -45,11 +45,11 @@ fn drain(book: &ResumeBook, app: &AppId, peer: &PeerId) -> Vec<String> {
 async fn a_position_is_taken_once_within_the_window_and_gone_after_it() {
     let (app, peer, room) = ids();
     let book = ResumeBook::new(settings());
-    book.park(&app, &peer, vec![(room.clone(), since(7))], || {});
+    book.park(&app, &peer, vec![(room.clone(), since(7))], || false);
     assert_eq!(book.take(&app, &peer, &room), Some(since(7)));
     assert_eq!(book.take(&app, &peer, &room), None, "taken once");
 
-    book.park(&app, &peer, vec![(room.clone(), since(8))], || {});
+    book.park(&app, &peer, vec![(room.clone(), since(8))], || false);
     tokio::time::advance(Duration::from_millis(29_999)).await;
     assert_eq!(book.stats().parked_peers, 1);
     tokio::time::advance(Duration::from_millis(1)).await;
@@ -62,9 +62,9 @@ async fn a_second_drop_restarts_the_window_and_keeps_other_channels() {
     let (app, peer, room) = ids();
     let other = ChannelName::new("other".to_string());
     let book = ResumeBook::new(settings());
-    book.park(&app, &peer, vec![(room.clone(), since(1))], || {});
+    book.park(&app, &peer, vec![(room.clone(), since(1))], || false);
     tokio::time::advance(Duration::from_secs(20)).await;
-    book.park(&app, &peer, vec![(other.clone(), since(2))], || {});
+    book.park(&app, &peer, vec![(other.clone(), since(2))], || false);
     tokio::time::advance(Duration::from_secs(20)).await;
     book.sweep();
     assert_eq!(book.take(&app, &peer, &room), Some(since(1)));
@@ -84,7 +84,7 @@ async fn directs_wait_in_order_within_count_and_bytes_and_expire() {
         Queued::NotParked,
         "a peer that did not drop gets nothing held"
     );
-    book.park(&app, &peer, Vec::new(), || {});
+    book.park(&app, &peer, Vec::new(), || false);
     assert_eq!(
         book.queue_direct(&app, &peer, || 2, || frame("x")),
         Queued::Live(2),
@@ -146,11 +146,26 @@ async fn directs_wait_in_order_within_count_and_bytes_and_expire() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_peer_still_connected_elsewhere_is_not_parked() {
+    let (app, peer, room) = ids();
+    let book = ResumeBook::new(settings());
+    book.park(&app, &peer, vec![(room.clone(), since(1))], || true);
+    assert_eq!(book.take(&app, &peer, &room), None);
+    assert_eq!(
+        book.queue_direct(&app, &peer, || 0, || frame("x")),
+        Queued::NotParked
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn resume_off_keeps_nothing_but_still_registers() {
     let (app, peer, room) = ids();
     let book = ResumeBook::new(ResumeSettings::default());
     let mut calls = 0;
-    book.park(&app, &peer, vec![(room.clone(), since(1))], || calls += 1);
+    book.park(&app, &peer, vec![(room.clone(), since(1))], || {
+        calls += 1;
+        false
+    });
     book.reconnect(&app, &peer, || calls += 1, |_| panic!("nothing held"));
     assert_eq!(calls, 2);
     assert_eq!(book.take(&app, &peer, &room), None);

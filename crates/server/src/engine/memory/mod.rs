@@ -196,9 +196,12 @@ impl Engine for MemoryEngine {
             return;
         }
         let peers = &self.state.hub.peers;
-        self.book.park(&conn.app, &conn.peer_id, positions, || {
-            peers.unregister(conn)
-        });
+        let unregister = || {
+            peers.unregister(conn);
+            !peers.connections_of(&conn.app, &conn.peer_id).is_empty()
+        };
+        self.book
+            .park(&conn.app, &conn.peer_id, positions, unregister);
     }
 
     async fn take_position(
