@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::events::{lock, EventStream, Subscribers};
 use crate::frames;
 use crate::options::SignallingClientOptions;
-use crate::shared::{Inner, Observer, Shared};
+use crate::shared::{resume_frame, Inner, Observer, Shared};
 use crate::types::{
     ChannelMessage, ConnectionEvent, ConnectionState, DirectMessage, GoingAway, PresenceEvent,
     ServerError, SubscribeOptions, Welcome,
@@ -116,6 +116,8 @@ impl SignallingClient {
                 generation: 0,
                 next_conn_id: 0,
                 token: None,
+                positions: HashMap::new(),
+                resuming: HashMap::new(),
             }),
             presence: Subscribers::new("presence", capacity),
             messages: Subscribers::new("messages", capacity),
@@ -151,13 +153,17 @@ impl SignallingClient {
     /// reconnect; subscribing again replaces the options.
     pub async fn subscribe(&self, channel: &str, options: SubscribeOptions) -> Result<(), Error> {
         check_channel(channel)?;
-        let was_tracked = lock(&self.inner.shared)
-            .subscriptions
-            .insert(channel.to_owned(), options)
-            .is_some();
+        let (was_tracked, since) = {
+            let mut shared = lock(&self.inner.shared);
+            let was_tracked = shared
+                .subscriptions
+                .insert(channel.to_owned(), options)
+                .is_some();
+            (was_tracked, shared.since(channel))
+        };
         let result = self
             .inner
-            .request(|id| frames::subscribe(channel, id, options.include_sender_metadata))
+            .request(|id| resume_frame(&self.inner, channel, id, options, since.as_ref()))
             .await;
         // A subscription that never reached the server, or that the server refused, must not
         // be replayed on every reconnect. One already live (tracked before) stays: a failed
@@ -165,7 +171,7 @@ impl SignallingClient {
         // been processed.
         if let Err(Error::NotConnected(_) | Error::Server(_) | Error::Disposed) = &result {
             if !was_tracked {
-                lock(&self.inner.shared).subscriptions.remove(channel);
+                lock(&self.inner.shared).forget(channel);
             }
         }
         result
@@ -176,7 +182,7 @@ impl SignallingClient {
     /// succeeds.
     pub async fn unsubscribe(&self, channel: &str) -> Result<(), Error> {
         check_channel(channel)?;
-        lock(&self.inner.shared).subscriptions.remove(channel);
+        lock(&self.inner.shared).forget(channel);
         self.inner
             .request(|id| frames::unsubscribe(channel, id))
             .await
@@ -290,6 +296,6 @@ impl SignallingClient {
 
     /// Drops `channel` from the replay set without telling the server.
     pub(crate) fn forget_subscription(&self, channel: &str) {
-        lock(&self.inner.shared).subscriptions.remove(channel);
+        lock(&self.inner.shared).forget(channel);
     }
 }

@@ -22,8 +22,7 @@ use self::dial::{close_socket, open, Closed, Ws, CLIENT_INACTIVITY, CLOSE_FLUSH_
 use self::session::run_session;
 use crate::error::Error;
 use crate::events::lock;
-use crate::frames;
-use crate::shared::{Inner, LiveConn, Observed};
+use crate::shared::{resume_frame, Inner, LiveConn, Observed};
 use crate::types::{ConnectionEvent, ConnectionState, Welcome};
 
 /// Frames a connection's outbound queue holds before request senders wait.
@@ -184,17 +183,18 @@ fn install(
 /// serialize, and nothing else should wait for them.
 async fn replay_subscription(inner: Arc<Inner>, channel: String, conn_id: u64) {
     for attempt in 0..=REPLAY_RETRIES {
-        let options = {
+        let (options, since) = {
             let shared = lock(&inner.shared);
             let live = shared.state == ConnectionState::Connected
                 && shared.conn.as_ref().is_some_and(|c| c.id == conn_id);
             match shared.subscriptions.get(&channel) {
-                Some(options) if live => *options,
+                Some(options) if live => (*options, shared.since(&channel)),
                 _ => return,
             }
         };
+        // Resumes from the last message received, when the channel keeps history.
         let result = inner
-            .request(|id| frames::subscribe(&channel, id, options.include_sender_metadata))
+            .request(|id| resume_frame(&inner, &channel, id, options, since.as_ref()))
             .await;
         match result {
             Ok(()) => return,
@@ -444,6 +444,8 @@ mod tests {
                 generation: 1,
                 next_conn_id: 1,
                 token: None,
+                positions: HashMap::new(),
+                resuming: HashMap::new(),
             }),
             presence: Subscribers::new("presence", 16),
             messages: Subscribers::new("messages", 16),

@@ -24,7 +24,11 @@ const MAX_RETRY_AFTER_MS: f64 = 300_000.0;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum ServerFrame {
     Welcome(Welcome),
-    Ack { request_id: String },
+    /// `recovered` answers a subscribe that carried `since` (Herald's explicit resume).
+    Ack {
+        request_id: String,
+        recovered: Option<bool>,
+    },
     Error(ServerError),
     Message(ChannelMessage),
     Direct(DirectMessage),
@@ -122,6 +126,7 @@ pub(crate) fn parse_server_frame(text: &str) -> Result<ServerFrame, FrameError> 
         }
         "ack" => ServerFrame::Ack {
             request_id: string(&mut obj, "requestId").ok_or(invalid("ack.requestId missing"))?,
+            recovered: obj.get("recovered").and_then(Value::as_bool),
         },
         "error" => {
             let code = string(&mut obj, "code")
@@ -200,6 +205,9 @@ enum ClientFrame<'a> {
             skip_serializing_if = "std::ops::Not::not"
         )]
         include_sender_metadata: bool,
+        /// Herald's explicit resume: every retained message after this position, or none.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<SinceWire<'a>>,
     },
     Unsubscribe {
         channel: &'a str,
@@ -220,16 +228,30 @@ enum ClientFrame<'a> {
     },
 }
 
+/// A channel position on the wire: `{"epoch", "offset"}`.
+#[derive(Serialize)]
+struct SinceWire<'a> {
+    epoch: &'a str,
+    offset: u64,
+}
+
 fn encode(frame: &ClientFrame<'_>) -> String {
     // Only strings, bools and already-valid raw JSON go in: serialization cannot fail.
     serde_json::to_string(frame).unwrap_or_default()
 }
 
-pub(crate) fn subscribe(channel: &str, request_id: &str, include_sender_metadata: bool) -> String {
+/// A subscribe; `since` (epoch, offset) asks Herald to replay what came after it.
+pub(crate) fn subscribe(
+    channel: &str,
+    request_id: &str,
+    include_sender_metadata: bool,
+    since: Option<(&str, u64)>,
+) -> String {
     encode(&ClientFrame::Subscribe {
         channel,
         request_id,
         include_sender_metadata,
+        since: since.map(|(epoch, offset)| SinceWire { epoch, offset }),
     })
 }
 
@@ -391,8 +413,24 @@ mod tests {
         assert_eq!(
             parse(json!({"type":"ack","requestId":"r"})).unwrap(),
             ServerFrame::Ack {
-                request_id: "r".into()
+                request_id: "r".into(),
+                recovered: None,
             }
+        );
+        assert_eq!(
+            parse(json!({"type":"ack","requestId":"r","recovered":false})).unwrap(),
+            ServerFrame::Ack {
+                request_id: "r".into(),
+                recovered: Some(false),
+            }
+        );
+        assert_eq!(
+            subscribe("c", "r", false, Some(("e1", 7))),
+            r#"{"type":"subscribe","channel":"c","requestId":"r","since":{"epoch":"e1","offset":7}}"#
+        );
+        assert_eq!(
+            subscribe("c", "r", false, None),
+            r#"{"type":"subscribe","channel":"c","requestId":"r"}"#
         );
         assert!(parse(json!({"type":"ack"})).is_err());
         assert!(parse(json!({"type":"error","code":""})).is_err());
@@ -437,11 +475,11 @@ mod tests {
     fn client_frames() {
         let data = RawValue::from_string(r#"{"b":1.50,"a":[]}"#.into()).unwrap();
         assert_eq!(
-            subscribe("c\"1", "r", false),
+            subscribe("c\"1", "r", false, None),
             r#"{"type":"subscribe","channel":"c\"1","requestId":"r"}"#
         );
         assert_eq!(
-            subscribe("c", "r", true),
+            subscribe("c", "r", true, None),
             r#"{"type":"subscribe","channel":"c","requestId":"r","includeSenderMetadata":true}"#
         );
         assert_eq!(

@@ -62,6 +62,14 @@ pub(crate) struct Shared {
     /// newer one.
     pub(crate) generation: u64,
     pub(crate) next_conn_id: u64,
+    /// Per exact subscription, the history position (epoch, offset) of the last message
+    /// received: sent as `since` when the channel is subscribed again (a reconnect), and the
+    /// floor below which a message is a duplicate (a resume replays from the server's
+    /// position, which may be older). Offsets are consecutive within an epoch, so one
+    /// position per channel de-duplicates by message id.
+    pub(crate) positions: HashMap<String, (String, u64)>,
+    /// Subscribes in flight that carry `since`, by requestId: their ack says `recovered`.
+    pub(crate) resuming: HashMap<String, String>,
     /// The JWT of the last connect, which [`crate::SignallingClient::history`] reuses rather
     /// than asking the provider again.
     pub(crate) token: Option<String>,
@@ -110,6 +118,62 @@ impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         lock(&self.inner.shared).pending.remove(&self.request_id);
     }
+}
+
+impl Shared {
+    /// Drops `channel` from the replay set and forgets its position.
+    pub(crate) fn forget(&mut self, channel: &str) {
+        self.subscriptions.remove(channel);
+        self.positions.remove(channel);
+    }
+
+    /// Where a subscribe of `channel` should resume from, if anything was received on it.
+    pub(crate) fn since(&self, channel: &str) -> Option<(String, u64)> {
+        self.positions.get(channel).cloned()
+    }
+
+    /// Records a received channel message's position. False when it is a duplicate (at or
+    /// below the position already held in the same epoch), which must not reach the app.
+    pub(crate) fn take_position(&mut self, message: &ChannelMessage) -> bool {
+        let (Some(epoch), Some(offset)) = (&message.epoch, message.offset) else {
+            return true;
+        };
+        if !self.subscriptions.contains_key(&message.channel) {
+            // Only a pattern matched it: positions are kept for exact subscriptions only.
+            return true;
+        }
+        match self.positions.get_mut(&message.channel) {
+            Some((held, last)) if held == epoch => {
+                if offset <= *last {
+                    return false;
+                }
+                *last = offset;
+            }
+            _ => {
+                self.positions
+                    .insert(message.channel.clone(), (epoch.clone(), offset));
+            }
+        }
+        true
+    }
+}
+
+/// A subscribe frame, with `since` when a position is known; such a request is remembered so
+/// its ack's `recovered` can be reported ([`ConnectionEvent::Resumed`]).
+pub(crate) fn resume_frame(
+    inner: &Inner,
+    channel: &str,
+    request_id: &str,
+    options: SubscribeOptions,
+    since: Option<&(String, u64)>,
+) -> String {
+    if since.is_some() {
+        lock(&inner.shared)
+            .resuming
+            .insert(request_id.to_owned(), channel.to_owned());
+    }
+    let since = since.map(|(epoch, offset)| (epoch.as_str(), *offset));
+    frames::subscribe(channel, request_id, options.include_sender_metadata, since)
 }
 
 impl Inner {
@@ -206,5 +270,71 @@ impl Inner {
             return Err(Error::Oversized { size, cap });
         }
         Ok(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(channel: &str, epoch: &str, offset: u64) -> ChannelMessage {
+        ChannelMessage {
+            channel: channel.into(),
+            from: "a".into(),
+            from_metadata: None,
+            data: serde_json::Value::Null,
+            id: Some(format!("{epoch}-{offset}")),
+            offset: Some(offset),
+            epoch: Some(epoch.into()),
+            ts: Some(0),
+        }
+    }
+
+    fn shared() -> Shared {
+        Shared {
+            state: ConnectionState::Idle,
+            welcome: None,
+            conn: None,
+            pending: HashMap::new(),
+            subscriptions: BTreeMap::from([("c".to_string(), SubscribeOptions::default())]),
+            stop: None,
+            driver: None,
+            closing: false,
+            disposed: false,
+            generation: 0,
+            next_conn_id: 0,
+            token: None,
+            positions: HashMap::new(),
+            resuming: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_message_at_or_below_the_held_position_of_its_epoch_is_a_duplicate() {
+        let mut s = shared();
+        assert!(s.take_position(&message("c", "e", 1)));
+        assert!(s.take_position(&message("c", "e", 2)));
+        assert!(!s.take_position(&message("c", "e", 1)), "replayed again");
+        assert!(!s.take_position(&message("c", "e", 2)));
+        assert_eq!(s.since("c"), Some(("e".into(), 2)));
+        assert!(
+            s.take_position(&message("c", "f", 1)),
+            "a new epoch starts over"
+        );
+        assert_eq!(s.since("c"), Some(("f".into(), 1)));
+        assert!(
+            s.take_position(&message("p", "e", 1)),
+            "pattern-only: not tracked"
+        );
+        assert_eq!(s.since("p"), None);
+        s.forget("c");
+        assert_eq!(s.since("c"), None);
+        let mut plain = message("c", "e", 1);
+        plain.epoch = None;
+        plain.offset = None;
+        assert!(
+            shared().take_position(&plain),
+            "no history, nothing to check"
+        );
     }
 }

@@ -251,6 +251,17 @@ pub enum ConnectionEvent {
         /// Whether the client will try again.
         will_reconnect: bool,
     },
+    /// Herald's explicit resume answered: a subscribe sent with the position of the last
+    /// message received on `channel` (every reconnect does so) either got every retained
+    /// message after it before live ones (`recovered: true`; duplicates are dropped), or
+    /// nothing (`recovered: false`: the history moved on or was reset, so messages may have
+    /// been missed; read them over REST or start afresh).
+    Resumed {
+        /// The channel subscribed again.
+        channel: String,
+        /// Whether nothing was missed.
+        recovered: bool,
+    },
     /// The token provider has failed this many reconnect attempts in a row (reported from the
     /// third failure on). The client keeps retrying; this is a hint to ask the user to sign in
     /// again.

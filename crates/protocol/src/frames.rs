@@ -26,6 +26,9 @@ pub enum ClientOp<'a> {
     Subscribe {
         channel: Option<String>,
         include_sender_metadata: bool,
+        /// An explicit resume (Herald's own clients): `None` when absent, `Some(None)` when
+        /// present but not `{"epoch": string, "offset": integer >= 0}` (never recovered).
+        since: Option<Option<StreamPosition>>,
     },
     Unsubscribe {
         channel: Option<String>,
@@ -52,6 +55,14 @@ impl ClientOp<'_> {
             ClientOp::Ping => "ping",
         }
     }
+}
+
+/// A position in a channel's history named by a client: every message of `epoch` up to
+/// `offset` is already held (the `since` of a subscribe).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StreamPosition {
+    pub epoch: String,
+    pub offset: u64,
 }
 
 /// A frame that could not be decoded: answer with this error code, echoing `request_id` if set.
@@ -82,6 +93,8 @@ struct Envelope<'a> {
         deserialize_with = "present"
     )]
     include_sender_metadata: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    since: Option<&'a RawValue>,
 }
 
 /// Keeps a present key as `Some` even when its value is `null` (plain `Option` would map null to
@@ -159,6 +172,9 @@ pub fn parse_client_frame(
             include_sender_metadata: env
                 .include_sender_metadata
                 .is_some_and(|v| v.get() == "true"),
+            since: env
+                .since
+                .map(|raw| serde_json::from_str::<StreamPosition>(raw.get()).ok()),
         },
         "unsubscribe" => ClientOp::Unsubscribe {
             channel: as_string(env.channel),
@@ -266,6 +282,29 @@ pub mod encode {
         let mut out = start("ack", request_id.len() + 16);
         push_field_str(&mut out, "requestId", request_id);
         out.push('}');
+        out
+    }
+
+    /// The `ack` of a subscribe with `since`: whether every retained message after it follows
+    /// (an extra field, which the official SDKs ignore).
+    pub fn ack_recovered(request_id: &str, recovered: bool) -> String {
+        let mut out = start("ack", request_id.len() + 32);
+        push_field_str(&mut out, "requestId", request_id);
+        out.push_str(if recovered {
+            ",\"recovered\":true}"
+        } else {
+            ",\"recovered\":false}"
+        });
+        out
+    }
+
+    /// The `ack` of a `send` that no live connection took but that waits for a peer that
+    /// dropped and may resume: `"queued": true`, an extra field the official SDKs ignore (a
+    /// delivered send keeps the plain ack).
+    pub fn ack_queued(request_id: &str) -> String {
+        let mut out = start("ack", request_id.len() + 32);
+        push_field_str(&mut out, "requestId", request_id);
+        out.push_str(",\"queued\":true}");
         out
     }
 
@@ -536,7 +575,7 @@ mod tests {
         let f = parse(r#"{"type":"subscribe","channel":"a/b","requestId":"r1","includeSenderMetadata":true,"extra":1}"#).unwrap();
         assert_eq!(f.request_id.as_deref(), Some("r1"));
         assert!(
-            matches!(f.op, ClientOp::Subscribe { channel: Some(ref c), include_sender_metadata: true } if c == "a/b")
+            matches!(f.op, ClientOp::Subscribe { channel: Some(ref c), include_sender_metadata: true, since: None } if c == "a/b")
         );
 
         let f =
@@ -548,6 +587,43 @@ mod tests {
                 ..
             }
         ));
+
+        let f = parse(r#"{"type":"subscribe","channel":"a","since":{"epoch":"e1","offset":7}}"#)
+            .unwrap();
+        let expected = StreamPosition {
+            epoch: "e1".into(),
+            offset: 7,
+        };
+        assert!(
+            matches!(f.op, ClientOp::Subscribe { since: Some(Some(ref p)), .. } if *p == expected)
+        );
+        for bad in [
+            r#""x""#,
+            r#"{"epoch":1,"offset":2}"#,
+            r#"{"epoch":"e","offset":-1}"#,
+            "null",
+        ] {
+            let text = format!(r#"{{"type":"subscribe","channel":"a","since":{bad}}}"#);
+            let f = parse(&text).unwrap();
+            assert!(
+                matches!(
+                    f.op,
+                    ClientOp::Subscribe {
+                        since: Some(None),
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            encode::ack_recovered("r", true),
+            r#"{"type":"ack","requestId":"r","recovered":true}"#
+        );
+        assert_eq!(
+            encode::ack_queued("r"),
+            r#"{"type":"ack","requestId":"r","queued":true}"#
+        );
 
         let f = parse(r#"{"type":"publish","channel":"c","data":null}"#).unwrap();
         assert!(matches!(f.op, ClientOp::Publish { data: Some(d), .. } if d.get() == "null"));

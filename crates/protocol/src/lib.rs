@@ -18,6 +18,7 @@ pub use claims::Claims;
 pub use codes::{CloseCode, ErrorCode};
 pub use frames::{
     encode, parse_client_frame, ClientFrame, ClientOp, FrameError, Position, PresenceEntry,
+    StreamPosition,
 };
 
 /// `welcome.maxMessageSize`: the payload size the SDKs pre-check against.

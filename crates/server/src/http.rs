@@ -120,6 +120,7 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
     state.metrics.subscriptions.set(stats.subscriptions as i64);
     state.metrics.channels.set(stats.channels as i64);
     state.metrics.bus_queue.update(&stats.bus_queue);
+    state.metrics.resume.update(&state.engine.resume_stats());
     (
         [(
             header::CONTENT_TYPE,

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod metrics;
 pub mod rest;
 mod resubscribe;
+pub mod resume;
 pub mod server;
 pub mod session;
 pub mod state;

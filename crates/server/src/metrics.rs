@@ -66,6 +66,8 @@ pub struct Metrics {
     pub outbound_shed: Counter,
     /// Present when the listener speaks TLS.
     tls: Option<TlsMetrics>,
+    /// Lossless reconnect (`resume/metrics.rs`).
+    pub resume: crate::resume::metrics::ResumeMetrics,
 }
 
 /// What bare TCP sockets cost the node, and what the accept loop cut short.
@@ -326,6 +328,8 @@ impl Metrics {
 
         let bus_queue = BusQueueMetrics::default();
         bus_queue.register(&mut registry);
+        let resume = crate::resume::metrics::ResumeMetrics::default();
+        resume.register(&mut registry);
         let outbound_queued_bytes = Gauge::default();
         registry.register(
             "outbound_queued_bytes",
@@ -370,6 +374,7 @@ impl Metrics {
             outbound_queued_bytes,
             outbound_shed,
             tls: None,
+            resume,
         }
     }
 

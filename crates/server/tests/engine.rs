@@ -26,6 +26,8 @@ mod occupancy;
 mod presence;
 #[path = "engine/redis_history.rs"]
 mod redis_history;
+#[path = "engine/resume.rs"]
+mod resume;
 #[path = "engine/views.rs"]
 mod views;
 
@@ -81,7 +83,18 @@ on_both_engines!(
 /// nodes can show.
 mod memory_only {
     use crate::Nodes;
-    use crate::{departures, history, large_rooms};
+    use crate::{departures, history, large_rooms, resume};
+
+    /// Real threads, so publishes and resuming subscribes do interleave.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resume_meets_live_messages_with_no_gap_and_no_duplicate() {
+        resume::a_resume_meets_live_messages_with_no_gap_and_no_duplicate(resume::nodes()).await;
+    }
+
+    #[tokio::test]
+    async fn resume_directs_wait_for_a_parked_peer() {
+        resume::directs_wait_for_a_parked_peer(resume::nodes()).await;
+    }
 
     #[tokio::test]
     async fn over_the_cap_watchers_get_counts_not_deltas() {

@@ -13,8 +13,10 @@ use super::dial::{
 };
 use super::stopped;
 use crate::error::Error;
+use crate::events::lock;
 use crate::frames::{self, ServerFrame};
 use crate::shared::{Inner, Observed};
+use crate::types::ConnectionEvent;
 
 /// Frames written per flush.
 const WRITE_BATCH: usize = 64;
@@ -125,7 +127,19 @@ fn dispatch(inner: &Inner, conn_id: u64, text: &str) {
     };
     match frame {
         ServerFrame::Welcome(_) => tracing::warn!("ignoring a second welcome"),
-        ServerFrame::Ack { request_id } => {
+        ServerFrame::Ack {
+            request_id,
+            recovered,
+        } => {
+            let resumed = lock(&inner.shared).resuming.remove(&request_id);
+            if let (Some(channel), Some(recovered)) = (resumed, recovered) {
+                if !recovered {
+                    tracing::warn!(%channel, "resume not recovered: messages may have been missed");
+                }
+                inner
+                    .connection
+                    .emit(ConnectionEvent::Resumed { channel, recovered });
+            }
             if !inner.settle(&request_id, Ok(())) {
                 tracing::debug!(%request_id, "ack for no pending request (timed out?)");
             }
@@ -146,6 +160,10 @@ fn dispatch(inner: &Inner, conn_id: u64, text: &str) {
             inner.server_errors.emit(error);
         }
         ServerFrame::Message(message) => {
+            if !lock(&inner.shared).take_position(&message) {
+                tracing::debug!(channel = %message.channel, offset = ?message.offset, "dropping a duplicate");
+                return;
+            }
             inner.notify(Observed::Message(&message));
             inner.messages.emit(message);
         }

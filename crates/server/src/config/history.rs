@@ -24,6 +24,21 @@ pub struct HistoryConfig {
     pub max_memory_bytes: u64,
     /// Channel groups that keep history. The first group whose patterns match applies.
     pub channels: Vec<HistoryChannels>,
+
+    // Lossless reconnect (stable peer ids only; see `resume/`).
+    /// How long a stable peer that dropped keeps its confirmed positions (and its inbox);
+    /// 0 turns transparent resume and the direct inbox off.
+    pub resume_window_secs: u64,
+    /// How long after unconfirmed traffic a connection gets its watermark ping.
+    pub resume_confirm_ms: u64,
+    /// The most messages one resume replays; a longer gap fails as if retention had passed.
+    pub resume_max_messages: usize,
+    /// How long a direct to a dropped peer waits for it (within its resume window).
+    pub direct_inbox_secs: u64,
+    /// Directs one dropped peer's inbox holds at most.
+    pub direct_inbox_max_messages: usize,
+    /// Bytes of direct frames one dropped peer's inbox holds at most.
+    pub direct_inbox_max_bytes: usize,
 }
 
 /// One `[[history.channels]]` group.
@@ -58,6 +73,12 @@ impl Default for HistoryConfig {
             path: ".herald/history".into(),
             max_memory_bytes: 256 * 1024 * 1024,
             channels: Vec::new(),
+            resume_window_secs: 30,
+            resume_confirm_ms: 1000,
+            resume_max_messages: 1000,
+            direct_inbox_secs: 30,
+            direct_inbox_max_messages: 100,
+            direct_inbox_max_bytes: 256 * 1024,
         }
     }
 }
@@ -94,6 +115,7 @@ impl HistoryConfig {
                 "must be at least 65536",
             ));
         }
+        self.validate_resume()?;
         for (i, group) in self.channels.iter().enumerate() {
             let field = |name: &str| format!("history.channels[{i}].{name}");
             check_patterns(&group.patterns, &field("patterns"))?;
@@ -120,6 +142,49 @@ impl HistoryConfig {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl HistoryConfig {
+    /// The resume keys; the watermark pings at most 10 times a second.
+    fn validate_resume(&self) -> Result<(), ConfigError> {
+        if self.resume_window_secs > 3600 {
+            return Err(invalid(
+                "history.resume_window_secs",
+                "must be at most 3600",
+            ));
+        }
+        if !(100..=60_000).contains(&self.resume_confirm_ms) {
+            return Err(invalid(
+                "history.resume_confirm_ms",
+                "must be between 100 and 60000",
+            ));
+        }
+        if self.resume_max_messages > 10_000 {
+            return Err(invalid(
+                "history.resume_max_messages",
+                "must be at most 10000 (a node also caps it to limits.outbound_queue_frames - 2)",
+            ));
+        }
+        if self.direct_inbox_secs > 3600 {
+            return Err(invalid(
+                "history.direct_inbox_secs",
+                "must be at most 3600 (a direct also waits no longer than its peer's window)",
+            ));
+        }
+        if self.direct_inbox_max_messages > 10_000 {
+            return Err(invalid(
+                "history.direct_inbox_max_messages",
+                "must be at most 10000",
+            ));
+        }
+        if self.direct_inbox_max_bytes > 64 * 1024 * 1024 {
+            return Err(invalid(
+                "history.direct_inbox_max_bytes",
+                "must be at most 67108864",
+            ));
         }
         Ok(())
     }
@@ -163,6 +228,22 @@ mod tests {
                 "history.channels[0].rewind",
             ),
             (
+                "[history]\nresume_confirm_ms = 10\n",
+                "history.resume_confirm_ms",
+            ),
+            (
+                "[history]\nresume_max_messages = 20000\n",
+                "history.resume_max_messages",
+            ),
+            (
+                "[history]\nresume_window_secs = 99999\n",
+                "history.resume_window_secs",
+            ),
+            (
+                "[history]\ndirect_inbox_secs = 99999\n",
+                "history.direct_inbox_secs",
+            ),
+            (
                 "[limits]\noutbound_queue_frames = 16\n[[history.channels]]\npatterns = [\"a\"]\nrewind = 15\n",
                 "history.channels[0].rewind",
             ),
@@ -170,6 +251,8 @@ mod tests {
             let err = Config::from_toml(text).unwrap().validate().unwrap_err();
             assert!(err.to_string().contains(field), "{text}: {err}");
         }
+        let off = Config::from_toml("[history]\nresume_window_secs = 0\n").unwrap();
+        off.validate().unwrap();
         let err = Config::from_toml("[history]\nstore = \"disk\"\n")
             .unwrap()
             .validate()

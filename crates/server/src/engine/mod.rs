@@ -22,6 +22,8 @@ use crate::close::CloseReason;
 use crate::conn::{Conn, Frame};
 use crate::history::{Page, PageQuery};
 use crate::ids::{AppId, ChannelName, PeerId};
+use crate::resume::book::{BookStats, Queued};
+use crate::resume::{Recovery, ResumeFrom, Since};
 
 /// Faults of the engine itself (not of client input). Maps to `backend_error` on the wire.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -79,6 +81,7 @@ pub struct Publication<'a> {
 }
 
 /// A direct message to every connection of one peer.
+#[derive(Clone, Copy)]
 pub struct Direct<'a> {
     pub app: &'a AppId,
     pub to: &'a PeerId,
@@ -218,6 +221,68 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<Option<Page>, EngineError> {
         let _ = (app, channel, query);
         Ok(None)
+    }
+
+    // Lossless reconnect (`resume/`). The defaults keep nothing and resume nothing, so an
+    // engine without history behaves as before; an engine that keeps history implements them
+    // together (positions and inboxes then live where its history lives).
+
+    /// Whether `channel` keeps history here, so its positions can be confirmed and resumed.
+    fn keeps_history(&self, channel: &ChannelName) -> bool {
+        let _ = channel;
+        false
+    }
+
+    /// The current position of each of `channels` that keeps history, each read under its
+    /// channel's lock (every message up to it is already queued to the channel's local
+    /// subscribers). For the session's watermark ping.
+    async fn positions(&self, app: &AppId, channels: &[ChannelName]) -> Vec<(ChannelName, Since)> {
+        let _ = (app, channels);
+        Vec::new()
+    }
+
+    /// A stable peer's connection dropped: takes it out of the peer registry (in place of
+    /// `disconnect`'s, which then finds nothing) and keeps its confirmed positions and an inbox
+    /// for the resume window. The default only unregisters, through `disconnect`.
+    async fn park(&self, conn: &Arc<Conn>, positions: Vec<(ChannelName, Since)>) {
+        let _ = (conn, positions);
+    }
+
+    /// The confirmed position a peer inside its resume window left on `channel`, taken.
+    async fn take_position(
+        &self,
+        app: &AppId,
+        peer: &PeerId,
+        channel: &ChannelName,
+    ) -> Option<Since> {
+        let _ = (app, peer, channel);
+        None
+    }
+
+    /// Like `subscribe`, then, before any live message, every retained message after
+    /// `from.since`, or none. With `from.acks`, the ack queued first says which. No rewind.
+    /// The default cannot replay: it subscribes and reports failure.
+    async fn subscribe_from(
+        &self,
+        mut req: SubscribeRequest<'_>,
+        from: ResumeFrom,
+    ) -> Result<(bool, Recovery), EngineError> {
+        if let Some((_, failed)) = from.acks {
+            req.ack = Some(failed);
+        }
+        Ok((self.subscribe(req).await?, Recovery::Failed))
+    }
+
+    /// A direct that found no live connection (`send_direct` returned 0): delivered if the
+    /// peer has registered since, else held in its inbox when it is inside its resume window.
+    async fn queue_direct(&self, direct: Direct<'_>) -> Result<Queued, EngineError> {
+        let _ = direct;
+        Ok(Queued::NotParked)
+    }
+
+    /// Counters of the resume book, for metrics.
+    fn resume_stats(&self) -> BookStats {
+        BookStats::default()
     }
 
     /// Closes every connection of a peer with `reason`. Returns how many were closed.

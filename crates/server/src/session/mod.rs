@@ -25,6 +25,7 @@ use crate::engine::Departure;
 use crate::ids::ChannelName;
 use crate::limits::TokenBucket;
 use crate::resubscribe::DuplicateSubscribes;
+use crate::resume::watermark::{sleep_until_due, Watermark};
 use crate::state::{ServerState, SessionGuard};
 
 use self::ending::{classify_read_error, departure, rate_limited, unwind_to_close};
@@ -34,6 +35,7 @@ use self::write::{flush_pending, write_batch, MAX_BATCH};
 
 mod ending;
 mod ops;
+mod resume;
 mod timers;
 mod write;
 
@@ -100,6 +102,9 @@ struct Session {
     /// Snapshots queued by duplicate subscribes, so a client that does not read cannot ask
     /// for one snapshot after another.
     duplicates: DuplicateSubscribes,
+    /// What this connection is known to have read, for a resume after a drop: only for a
+    /// stable peer id with resume on (boxed: other connections pay one pointer).
+    watermark: Option<Box<Watermark>>,
 }
 
 /// What the read side decided.
@@ -163,13 +168,18 @@ impl Session {
             bucket,
             client_closed: false,
             duplicates: DuplicateSubscribes::default(),
+            watermark: None,
         };
+        session.watermark = session.new_watermark();
         // A panic anywhere in the loop (a handler, the engine) ends only this session, and the
         // cleanup below still runs: no ghost presence, no leaked quota or gauge.
         let conn_id = session.conn.id;
         let reason = unwind_to_close(session.run(&mut ws, rx), conn_id).await;
-        let subscriptions = session.subscriptions.drain().collect();
         let departure = departure(session.client_closed, reason);
+        if departure == Departure::Dropped {
+            session.park().await;
+        }
+        let subscriptions = session.subscriptions.drain().collect();
         session
             .state
             .engine
@@ -212,6 +222,7 @@ impl Session {
         let write_delay = Duration::from_millis(timing.write_delay_ms);
         let conn = self.conn.clone();
         loop {
+            let watermark_due = self.watermark.as_ref().and_then(|w| w.due());
             tokio::select! {
                 biased;
                 reason = conn.closed() => return Some(reason),
@@ -242,6 +253,9 @@ impl Session {
                             if !written {
                                 return None;
                             }
+                            if let Some(watermark) = &mut self.watermark {
+                                watermark.written();
+                            }
                         }
                         reason = conn.closed() => return Some(reason),
                     }
@@ -271,6 +285,14 @@ impl Session {
                             return None;
                         }
                     }
+                }
+                () = sleep_until_due(watermark_due) => {
+                        tokio::select! {
+                            sent = self.watermark_ping(ws, &mut rx) => if !sent {
+                                return None;
+                            },
+                            reason = conn.closed() => return Some(reason),
+                        }
                 }
                 beat = liveness.beat() => {
                     if beat == Beat::Dead {
@@ -310,7 +332,11 @@ impl Session {
                 );
                 Flow::Continue
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+            Some(Ok(Message::Pong(payload))) => {
+                self.on_pong(&payload);
+                Flow::Continue
+            }
+            Some(Ok(Message::Ping(_))) => Flow::Continue,
             Some(Ok(Message::Close(_))) => {
                 self.client_closed = true;
                 Flow::Gone
@@ -360,8 +386,9 @@ impl Session {
             ClientOp::Subscribe {
                 channel,
                 include_sender_metadata,
+                since,
             } => {
-                self.subscribe(channel, include_sender_metadata, request_id)
+                self.subscribe(channel, include_sender_metadata, since, request_id)
                     .await
             }
             ClientOp::Unsubscribe { channel } => self.unsubscribe(channel).await,
@@ -374,6 +401,11 @@ impl Session {
             Ok(Acked::Pending) => {
                 if let Some(id) = request_id {
                     self.reply(encode::ack(id));
+                }
+            }
+            Ok(Acked::Queued) => {
+                if let Some(id) = request_id {
+                    self.reply(encode::ack_queued(id));
                 }
             }
             Err(OpError(code, message)) => self.reply_error(request_id, code, message),

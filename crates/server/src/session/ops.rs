@@ -4,13 +4,14 @@
 
 use herald_protocol::glob::{has_wildcard, Pattern};
 use herald_protocol::validate::{is_reserved_channel, is_valid_channel, is_valid_target_peer_id};
-use herald_protocol::{encode, Action, ErrorCode};
+use herald_protocol::{encode, Action, ErrorCode, StreamPosition};
 use serde_json::value::RawValue;
 
 use super::Session;
 use crate::close::CloseReason;
 use crate::engine::{Direct, EngineError, Publication, SubscribeRequest, Target};
 use crate::ids::{ChannelName, PeerId};
+use crate::resume::book::Queued;
 
 /// Scope-search work units (see `glob::covered_with_work`) that cost one extra rate token: the
 /// full budget of one search (~1 ms of CPU) costs ~60 tokens, so a connection can force at most a
@@ -66,6 +67,7 @@ impl Session {
         &mut self,
         channel: Option<String>,
         include_sender_metadata: bool,
+        since: Option<Option<StreamPosition>>,
         request_id: Option<&str>,
     ) -> Result<Acked, OpError> {
         let channel = Self::check_channel(channel)?;
@@ -137,15 +139,24 @@ impl Session {
             self.conn.close(CloseReason::SLOW_CONSUMER);
             return Ok(Acked::Done);
         }
+        let resume = self
+            .resume_from(&name, &target, duplicate, since, request_id)
+            .await;
+        let conn = self.conn.clone();
         let request = SubscribeRequest {
-            conn: &self.conn,
+            conn: &conn,
             channel: &name,
             target,
             include_sender_metadata,
             ack: request_id.map(|id| encode::ack(id).into()),
             max_app_patterns: self.state.config.limits.max_wildcard_patterns_per_app,
         };
-        self.state.engine.subscribe(request).await?;
+        match resume {
+            Some((from, kind)) => self.subscribe_resuming(request, from, kind).await?,
+            None => {
+                self.state.engine.subscribe(request).await?;
+            }
+        }
         if duplicate {
             self.duplicates.queued(&name, self.conn.progress());
         }
@@ -161,6 +172,7 @@ impl Session {
         let name = ChannelName::new(channel);
         if self.subscriptions.remove(&name) {
             self.duplicates.forget(&name);
+            self.forget_position(&name);
             self.state.engine.unsubscribe(&self.conn, &name).await?;
         }
         Ok(Acked::Pending)
@@ -230,10 +242,19 @@ impl Session {
             data,
             exclude: Some(&self.conn),
         };
-        match self.state.engine.send_direct(direct).await {
-            Ok(0) => Err(OpError(ErrorCode::PeerNotFound, "peer is not connected")),
-            Ok(_) => Ok(Acked::Pending),
-            Err(err) => Err(err.into()),
+        let not_found = OpError(ErrorCode::PeerNotFound, "peer is not connected");
+        let engine = &self.state.engine;
+        if engine.send_direct(direct).await? > 0 {
+            return Ok(Acked::Pending);
+        }
+        // Nobody live: a peer that dropped inside its resume window gets it on its return.
+        match engine.queue_direct(direct).await? {
+            Queued::Live(_) => Ok(Acked::Pending),
+            Queued::Queued => {
+                self.state.metrics.resume.directs_queued.inc();
+                Ok(Acked::Queued)
+            }
+            Queued::NotParked | Queued::Full => Err(not_found),
         }
     }
 }
@@ -241,6 +262,8 @@ impl Session {
 /// Whether the caller still owes the client an ack.
 pub(super) enum Acked {
     Pending,
+    /// The ack of a `send` held for a dropped peer (it says `queued`).
+    Queued,
     Done,
 }
 

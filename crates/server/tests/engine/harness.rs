@@ -72,6 +72,15 @@ impl Nodes {
         }
     }
 
+    /// Memory engines built by a scenario file itself.
+    pub fn from_engines(engines: Vec<Arc<dyn Engine>>) -> Nodes {
+        Nodes {
+            engines,
+            _redis: None,
+            redis_cluster: None,
+        }
+    }
+
     /// A memory engine keeping the history `history` configures.
     pub fn memory_with_history(history: &HistoryConfig) -> Nodes {
         let engine = MemoryEngine::with_settings(MemorySettings {

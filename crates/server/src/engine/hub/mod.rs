@@ -10,13 +10,15 @@
 //! - the operator views (`views.rs`);
 //! - occupancy mode of large rooms (`occupancy.rs`), which both engines drive under the
 //!   channel's lock;
-//! - the rewind of a subscribe to a channel that keeps history (`rewind.rs`).
+//! - the rewind of a subscribe to a channel that keeps history (`rewind.rs`), and the replay
+//!   of a resuming one (`replay.rs`).
 //!
 //! The memory engine is this hub plus an in-process roster per channel; the Redis engine is
 //! this hub plus what is truly distributed (presence in Redis, routing, leases).
 //!
 //! Lock order (never reversed): a channel shard's map → a channel → an app's wildcard index →
-//! a connection's queue (a leaf). The peer registry's shards are never held with any of them.
+//! a connection's queue (a leaf). The peer registry's shards are never held with any of them
+//! (a resume book shard may be held while taking one: `resume/book.rs`).
 //! Every section is short and synchronous; delivery is a non-blocking `Conn::deliver`.
 
 mod channels;
@@ -25,6 +27,7 @@ mod frames;
 pub mod occupancy;
 mod peers;
 pub mod presence_batch;
+pub mod replay;
 pub mod rewind;
 pub mod snapshot;
 mod views;

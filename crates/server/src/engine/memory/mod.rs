@@ -9,6 +9,7 @@
 //! `engine.reconnect_grace_ms` so a quick reconnect shows no `left`/`joined` (`roster.rs`).
 
 mod history;
+mod resume;
 mod roster;
 
 use std::sync::Arc;
@@ -29,6 +30,8 @@ use crate::config::Config;
 use crate::conn::{Conn, Frame};
 use crate::history::{History, Page, PageQuery};
 use crate::ids::{AppId, ChannelName, PeerId};
+use crate::resume::book::{BookStats, Queued, ResumeBook};
+use crate::resume::{Recovery, ResumeFrom, ResumeSettings, Since};
 pub use roster::{Removal, Rosters};
 
 /// How a memory engine treats presence; [`MemorySettings::from_config`] is what a node runs.
@@ -42,6 +45,9 @@ pub struct MemorySettings {
     pub rules: OccupancyRules,
     /// Which channels keep history, and where (`[history]`; none by default).
     pub history: History,
+    /// Lossless reconnect of stable peers (`[history]` `resume_*`, `direct_inbox_*`; off by
+    /// default here, on in a node's config).
+    pub resume: ResumeSettings,
 }
 
 impl MemorySettings {
@@ -51,6 +57,10 @@ impl MemorySettings {
             coalesce: Duration::from_millis(config.timing.presence_coalesce_ms),
             rules: OccupancyRules::new(&config.presence),
             history: History::from_config(&config.history),
+            resume: ResumeSettings::from_config(
+                &config.history,
+                config.limits.outbound_queue_frames,
+            ),
         }
     }
 }
@@ -63,6 +73,8 @@ const HISTORY_EXPIRY_PERIOD: Duration = Duration::from_secs(5);
 pub struct MemoryEngine {
     /// Shared with the grace timers, which outlive the call that started them.
     state: Arc<Rosters>,
+    /// Dropped stable peers' positions and inboxes (`resume.rs`).
+    book: Arc<ResumeBook>,
 }
 
 impl Default for MemoryEngine {
@@ -97,8 +109,11 @@ impl MemoryEngine {
 
     pub fn with_settings(settings: MemorySettings) -> Self {
         settings.history.spawn_expiry(HISTORY_EXPIRY_PERIOD);
+        let book = Arc::new(ResumeBook::new(settings.resume));
+        resume::spawn_sweep(&book);
         MemoryEngine {
             state: Arc::new(Rosters::new(settings)),
+            book,
         }
     }
 
@@ -138,8 +153,18 @@ impl MemoryEngine {
 
 #[async_trait]
 impl Engine for MemoryEngine {
+    /// Directs held for the peer while it was away follow the welcome, in order.
     async fn register(&self, conn: &Arc<Conn>) -> Result<(), EngineError> {
-        self.state.hub.peers.register(conn);
+        let peers = &self.state.hub.peers;
+        if resume::is_stable(conn) {
+            let register = || peers.register(conn);
+            self.book
+                .reconnect(&conn.app, &conn.peer_id, register, |frame| {
+                    conn.deliver(frame);
+                });
+        } else {
+            peers.register(conn);
+        }
         Ok(())
     }
 
@@ -156,6 +181,65 @@ impl Engine for MemoryEngine {
             self.unsubscribe_any(conn, channel, departure);
         }
         self.state.hub.peers.unregister(conn);
+    }
+
+    fn keeps_history(&self, channel: &ChannelName) -> bool {
+        self.state.history.policy_for(channel.as_str()).is_some()
+    }
+
+    async fn positions(&self, app: &AppId, channels: &[ChannelName]) -> Vec<(ChannelName, Since)> {
+        resume::positions(&self.state, app, channels)
+    }
+
+    async fn park(&self, conn: &Arc<Conn>, positions: Vec<(ChannelName, Since)>) {
+        if !resume::is_stable(conn) {
+            return;
+        }
+        let peers = &self.state.hub.peers;
+        let unregister = || {
+            peers.unregister(conn);
+            !peers.connections_of(&conn.app, &conn.peer_id).is_empty()
+        };
+        self.book
+            .park(&conn.app, &conn.peer_id, positions, unregister);
+    }
+
+    async fn take_position(
+        &self,
+        app: &AppId,
+        peer: &PeerId,
+        channel: &ChannelName,
+    ) -> Option<Since> {
+        self.book.take(app, peer, channel)
+    }
+
+    async fn subscribe_from(
+        &self,
+        req: SubscribeRequest<'_>,
+        from: ResumeFrom,
+    ) -> Result<(bool, Recovery), EngineError> {
+        if let Target::Pattern(_) = req.target {
+            // Patterns keep no position: an explicit resume of one recovers nothing.
+            let mut req = req;
+            if let Some((_, failed)) = from.acks {
+                req.ack = Some(failed);
+            }
+            return Ok((self.subscribe(req).await?, Recovery::Failed));
+        }
+        let (is_new, recovery) = self.state.subscribe_channel_from(req, Some(&from));
+        Ok((is_new, recovery.unwrap_or(Recovery::Failed)))
+    }
+
+    async fn queue_direct(&self, d: Direct<'_>) -> Result<Queued, EngineError> {
+        let peers = &self.state.hub.peers;
+        let exclude = d.exclude.map(|c| c.id);
+        let frame = || Frame::from(encode::direct(d.from.as_str(), d.data, d.from_metadata));
+        let live = || peers.deliver_direct(d.app, d.to, exclude, frame);
+        Ok(self.book.queue_direct(d.app, d.to, live, frame))
+    }
+
+    fn resume_stats(&self) -> BookStats {
+        self.book.stats()
     }
 
     async fn subscribe(&self, req: SubscribeRequest<'_>) -> Result<bool, EngineError> {

@@ -23,8 +23,9 @@ use crate::engine::hub::presence_batch::{DeltaBatch, HasDeltas};
 use crate::engine::hub::wildcard::Added;
 use crate::engine::hub::{self, channel_key, Channel, ChannelKey, Hub, SnapshotCache};
 use crate::engine::{Departure, EngineError, Member, SubscribeRequest};
-use crate::history::History;
+use crate::history::{History, Retained};
 use crate::ids::{ChannelName, PeerId};
+use crate::resume::{Recovery, ResumeFrom};
 
 /// A channel's roster: one entry per peer with a connection subscribed here, or held through
 /// its reconnect grace. Every change of `members` goes through a method that keeps the
@@ -157,11 +158,37 @@ impl Rosters {
     /// included), then `joined` to the others if the peer is new here. A peer back within its
     /// grace is taken back silently. Returns true when the subscription is new.
     pub fn subscribe_channel(&self, req: SubscribeRequest<'_>) -> bool {
+        self.subscribe_channel_from(req, None).0
+    }
+
+    /// [`Rosters::subscribe_channel`], resuming from `from` when given: the replay (all of
+    /// it, or nothing) takes the rewind's place, and an explicit resume's ack says which.
+    pub fn subscribe_channel_from(
+        &self,
+        req: SubscribeRequest<'_>,
+        from: Option<&ResumeFrom>,
+    ) -> (bool, Option<Recovery>) {
         let conn = req.conn;
         let key = channel_key(&conn.app, req.channel);
         let mut tick = None;
+        let mut recovery = None;
         let is_new = self.hub.channels.with_or_create(&key, |ch| {
-            if let Some(ack) = req.ack.clone() {
+            // Read before the ack, which must come first and may have to say how it went.
+            let replay = from.map(|from| {
+                if ch.is_subscribed(conn.id) {
+                    // A repeated subscribe: this connection already has every message live.
+                    return Some(Retained::default());
+                }
+                self.history.policy_for(req.channel.as_str())?;
+                let store = &*self.history.store;
+                hub::replay::read_since(store, &key, &from.since, from.max_replay)
+            });
+            let ack = match (from.and_then(|f| f.acks.as_ref()), &replay) {
+                (Some((recovered, _)), Some(Some(_))) => Some(recovered.clone()),
+                (Some((_, failed)), _) => Some(failed.clone()),
+                (None, _) => req.ack.clone(),
+            };
+            if let Some(ack) = ack {
                 conn.deliver(ack);
             }
             // The snapshot reflects every delta recorded so far, sent or waiting.
@@ -178,6 +205,19 @@ impl Rosters {
                 });
                 conn.deliver(snapshot);
             }
+            if let Some(replay) = replay {
+                recovery = Some(match replay {
+                    Some(retained) => Recovery::Recovered {
+                        replayed: hub::replay::deliver(
+                            &retained,
+                            &key,
+                            conn,
+                            req.include_sender_metadata,
+                        ),
+                    },
+                    None => Recovery::Failed,
+                });
+            }
             if !is_new {
                 // A repeated subscribe gets no rewind: the connection already has the messages.
                 return false;
@@ -186,7 +226,8 @@ impl Rosters {
                 .history
                 .policy_for(req.channel.as_str())
                 .map_or(0, |p| p.rewind);
-            if rewind > 0 {
+            // A resume replaces the rewind: the client has those messages already.
+            if rewind > 0 && from.is_none() {
                 let store = &*self.history.store;
                 hub::rewind::rewind(store, &key, conn, rewind, req.include_sender_metadata);
             }
@@ -215,7 +256,7 @@ impl Rosters {
         if is_new {
             self.hub.count_subscribed();
         }
-        is_new
+        (is_new, recovery)
     }
 
     /// Subscribes a connection to a wildcard pattern: messages only, an empty snapshot.
