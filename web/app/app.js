@@ -21,6 +21,7 @@ const DEFAULT_ROOMS = ["lobby", "random"];
 const REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "👀"];
 const TYPING_SEND_EVERY_MS = 1500;
 const TYPING_TTL_MS = 3500;
+const TYPING_STALE_MS = 10_000;
 const MAX_MESSAGES = 300;
 const MAX_TEXT = 2000;
 const PROFILE_KEY = "herald-demo-profile";
@@ -345,8 +346,8 @@ function onMessage({ channel, from, data, fromMetadata, offset, epoch, ts }) {
   const room = roomOfChannel(channel);
   if (!room || !isObject(data)) return;
   if (offset !== undefined) notePosition(room, epoch, offset);
-  // Our own messages come back only as history (rewind after a reload); live ones we drew
-  // ourselves when we sent them.
+  // Our own messages matter only from history (rewind after a reload, another tab): those
+  // we sent from here are drawn already, and chat is deduplicated by its id.
   if (from === state.me.peerId && offset === undefined) return;
   if (from !== state.me.peerId) rememberPerson(from, fromMetadata ?? room.roster.get(from));
   handlePayload(room, from, data, { ts });
@@ -387,7 +388,7 @@ function chatOf(from, data, ts) {
   return { id: data.id, from, text, ts: ts ?? Date.now(), mine, status: "sent" };
 }
 
-/** `ts` is the server's time of a message from history (rewind); absent for a live one. */
+/** `ts`: the server's time of the message, on channels that keep history. */
 function handlePayload(conv, from, data, { ts } = {}) {
   if (data.kind === "chat") {
     const msg = chatOf(from, data, ts);
@@ -396,7 +397,9 @@ function handlePayload(conv, from, data, { ts } = {}) {
     addMessage(conv, msg);
     renderTyping();
   } else if (data.kind === "typing") {
-    if (ts !== undefined || from === state.me.peerId) return; // old news, or ourselves
+    // Every message of a room carries its server time; one well past its lifetime came from
+    // history (rewind), not from someone typing now. The margin allows for clock skew.
+    if (from === state.me.peerId || (ts !== undefined && Date.now() - ts > TYPING_STALE_MS)) return;
     conv.typing.set(from, Date.now() + TYPING_TTL_MS);
     renderTyping();
   } else if (data.kind === "reaction") {
