@@ -8,6 +8,7 @@
 # messages retained (the group keeps up to 100,000).
 #
 #   bench/history.sh [ROUNDS] [OTHER_HERALD]          # default 5 rounds
+#   HERALD=path/to/herald bench/history.sh ...        # this side's binary, if not the one built
 #
 # Writes bench/results/history/<side>-<round>.json. Placement as in run.sh: the server on
 # core 0, the generator on core 1.
@@ -22,7 +23,7 @@ out=${OUT:-bench/results/history}
 target=${CARGO_TARGET_DIR:-target}
 ulimit -n "$(ulimit -Hn)"
 cargo build --release --quiet -p herald -p herald-bench
-herald=$target/release/herald
+herald=${HERALD:-$target/release/herald}
 bench=$target/release/herald-bench
 mkdir -p "$out"
 work=$(mktemp -d)

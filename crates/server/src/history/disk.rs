@@ -20,6 +20,11 @@
 //!
 //! One mutex (`writer`) serialises appends, so the disk receives offsets in the order memory
 //! gave them; it is held for the commit, which is the cost of durability (see ARCHITECTURE.md).
+//! The sweep runs on the expiry tick's task and holds it too, for one short transaction.
+//!
+//! A commit that fails (a full disk) fails the append: the engine still delivers the message,
+//! without a position, but the memory store keeps it, so until retention drops it readers see
+//! an entry that a restart will not bring back (and whose offset the restarted node reuses).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
