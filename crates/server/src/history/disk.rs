@@ -146,7 +146,7 @@ impl DiskStore {
                 entries.push((order, key.clone(), *policy, epoch.clone(), message));
             }
         }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_by_key(|a| a.0);
         for (_, key, policy, epoch, message) in entries {
             self.memory.restore(&key, &policy, &epoch, message);
         }

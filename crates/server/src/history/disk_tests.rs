@@ -62,7 +62,7 @@ fn append(store: &DiskStore, channel: &str, policy: &Policy, n: u64) -> Appended
             policy,
             NewMessage {
                 from: &from,
-                from_metadata: (n % 2 == 0).then_some(&*meta),
+                from_metadata: n.is_multiple_of(2).then_some(&*meta),
                 data: &data,
             },
         )
