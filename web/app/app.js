@@ -6,7 +6,10 @@
 //            the joined/left deltas;
 //   payloads {kind: "chat", id, text} · {kind: "typing"} · {kind: "reaction", target, emoji, on}
 //            published to a room, or sent to one person (`send` → `direct`) for direct messages;
-//   calls    ringing and WebRTC signalling over `send` (call.js).
+//   calls    ringing and WebRTC signalling over `send` (call.js);
+//   history  rooms keep their messages on the server: on join Herald sends the recent ones
+//            again (rewind, as ordinary messages carrying an offset), and "Load older" pages
+//            back through GET /v1/channels/{channel}/messages with the connection's token.
 // Everything that came from another person is rendered as text (ui.js).
 
 import { HeraldClient, FatalTokenError, describeClose } from "./herald-client.js";
@@ -18,10 +21,12 @@ const DEFAULT_ROOMS = ["lobby", "random"];
 const REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "👀"];
 const TYPING_SEND_EVERY_MS = 1500;
 const TYPING_TTL_MS = 3500;
+const TYPING_STALE_MS = 10_000;
 const MAX_MESSAGES = 300;
 const MAX_TEXT = 2000;
 const PROFILE_KEY = "herald-demo-profile";
 const ROOM_NAME = /^[a-z0-9-]{1,24}$/;
+const HISTORY_PAGE = 50;
 
 const $ = (id) => document.getElementById(id);
 
@@ -38,6 +43,7 @@ const state = {
   active: null, // conversation
   lastTypingSent: 0,
   connection: { state: "connecting" },
+  token: null, // the token of the current connection, also our REST credential for history
 };
 
 function newConversation(kind, id) {
@@ -50,6 +56,7 @@ function newConversation(kind, id) {
     messages: new Map(), // id -> message, in arrival order
     typing: new Map(), // peerId -> expiry time
     unread: 0,
+    history: null, // rooms: {epoch, oldest, more, loading} from the messages' positions
   };
 }
 
@@ -186,11 +193,13 @@ function start(profile, firstToken) {
       if (pending) {
         const t = pending;
         pending = null;
+        state.token = t;
         return t;
       }
       const minted = await fetchToken(state.profile);
       state.profile.proof = minted.token;
       sessionStorage.setItem(PROFILE_KEY, JSON.stringify(state.profile));
+      state.token = minted.token;
       return minted.token;
     },
   });
@@ -333,11 +342,28 @@ function onPresence({ channel, joined, left, snapshot }) {
 
 // ---------------------------------------------------------------- inbound payloads
 
-function onMessage({ channel, from, data, fromMetadata }) {
+function onMessage({ channel, from, data, fromMetadata, offset, epoch, ts }) {
   const room = roomOfChannel(channel);
-  if (!room || from === state.me.peerId || !isObject(data)) return;
-  rememberPerson(from, fromMetadata ?? room.roster.get(from));
-  handlePayload(room, from, data);
+  if (!room || !isObject(data)) return;
+  if (offset !== undefined) notePosition(room, epoch, offset);
+  // Our own messages matter only from history (rewind after a reload, another tab): those
+  // we sent from here are drawn already, and chat is deduplicated by its id.
+  if (from === state.me.peerId && offset === undefined) return;
+  if (from !== state.me.peerId) rememberPerson(from, fromMetadata ?? room.roster.get(from));
+  handlePayload(room, from, data, { ts });
+}
+
+/** Remembers the oldest offset seen in a room, so "Load older" knows where to page from. */
+function notePosition(room, epoch, offset) {
+  const h = room.history;
+  if (!h || h.epoch !== epoch) {
+    // A new epoch: the room's history was reset on the server; page from here.
+    room.history = { epoch, oldest: offset, more: offset > 1, loading: false };
+  } else if (offset < h.oldest) {
+    h.oldest = offset;
+    h.more = offset > 1;
+  }
+  if (room === state.active) renderHistoryBar();
 }
 
 function onDirect({ from, data, fromMetadata }) {
@@ -351,15 +377,29 @@ function onDirect({ from, data, fromMetadata }) {
   }
 }
 
-function handlePayload(conv, from, data) {
+/** A chat message from a payload, or null when it is not one we show. */
+function chatOf(from, data, ts) {
+  if (data.kind !== "chat" || typeof data.text !== "string" || typeof data.id !== "string" || data.id.length > 100) {
+    return null;
+  }
+  const text = data.text.slice(0, MAX_TEXT);
+  if (!text.trim()) return null;
+  const mine = from === state.me.peerId;
+  return { id: data.id, from, text, ts: ts ?? Date.now(), mine, status: "sent" };
+}
+
+/** `ts`: the server's time of the message, on channels that keep history. */
+function handlePayload(conv, from, data, { ts } = {}) {
   if (data.kind === "chat") {
-    if (typeof data.text !== "string" || typeof data.id !== "string" || data.id.length > 100) return;
-    const text = data.text.slice(0, MAX_TEXT);
-    if (!text.trim() || conv.messages.has(data.id)) return;
+    const msg = chatOf(from, data, ts);
+    if (!msg || conv.messages.has(msg.id)) return;
     conv.typing.delete(from);
-    addMessage(conv, { id: data.id, from, text, ts: Date.now(), mine: false, status: "sent" });
+    addMessage(conv, msg);
     renderTyping();
   } else if (data.kind === "typing") {
+    // Every message of a room carries its server time; one well past its lifetime came from
+    // history (rewind), not from someone typing now. The margin allows for clock skew.
+    if (from === state.me.peerId || (ts !== undefined && Date.now() - ts > TYPING_STALE_MS)) return;
     conv.typing.set(from, Date.now() + TYPING_TTL_MS);
     renderTyping();
   } else if (data.kind === "reaction") {
@@ -375,6 +415,73 @@ function dmWith(peerId) {
     state.dms.set(peerId, dm);
   }
   return dm;
+}
+
+// ---------------------------------------------------------------- history
+
+/** Pages back through the room's history with our own token, and puts the page in front. */
+async function loadOlder(conv) {
+  const h = conv.history;
+  if (!h || !h.more || h.loading || !state.token) return;
+  h.loading = true;
+  renderHistoryBar();
+  try {
+    const url = `/v1/channels/${encodeURIComponent(channelOf(conv.id))}/messages?before=${h.oldest}&limit=${HISTORY_PAGE}`;
+    const res = await fetch(url, { headers: { authorization: `Bearer ${state.token}` } });
+    const body = await res.json().catch(() => null);
+    if (!res.ok || !body || !Array.isArray(body.messages)) {
+      throw new Error(body?.message || `HTTP ${res.status}`);
+    }
+    if (body.epoch !== h.epoch) {
+      // The room's history was reset since we joined: what we would page is gone.
+      h.more = false;
+      return;
+    }
+    const older = [];
+    const reactions = [];
+    for (const m of body.messages) {
+      if (!isObject(m) || !Number.isSafeInteger(m.offset) || typeof m.from !== "string" || !isObject(m.data)) continue;
+      h.oldest = Math.min(h.oldest, m.offset);
+      if (m.from !== state.me.peerId && isObject(m.fromMetadata)) rememberPerson(m.from, m.fromMetadata);
+      if (m.data.kind === "reaction") reactions.push(m);
+      const msg = chatOf(m.from, m.data, Number.isFinite(m.ts) ? m.ts : undefined);
+      if (msg && !conv.messages.has(msg.id)) older.push([msg.id, msg]);
+    }
+    h.more = Boolean(body.hasMore) && h.oldest > 1;
+    conv.messages = new Map([...older, ...conv.messages]);
+    for (const m of reactions) {
+      if (typeof m.data.target === "string" && REACTIONS.includes(m.data.emoji)) {
+        const msg = conv.messages.get(m.data.target);
+        if (msg && msg.kind !== "note") {
+          msg.reactions ??= new Map();
+          const who = msg.reactions.get(m.data.emoji) ?? new Set();
+          if (m.data.on !== false) who.add(m.from);
+          else who.delete(m.from);
+          if (who.size) msg.reactions.set(m.data.emoji, who);
+          else msg.reactions.delete(m.data.emoji);
+        }
+      }
+    }
+    if (conv === state.active) {
+      const list = $("messages");
+      const fromBottom = list.scrollHeight - list.scrollTop;
+      renderMessages();
+      list.scrollTop = list.scrollHeight - fromBottom; // keep what was on screen in place
+    }
+  } catch (err) {
+    toast(`Cannot load older messages: ${err.message}`, "error");
+  } finally {
+    h.loading = false;
+    if (conv === state.active) renderHistoryBar();
+  }
+}
+
+function renderHistoryBar() {
+  const conv = state.active;
+  const h = conv?.kind === "room" ? conv.history : null;
+  $("history-bar").hidden = !h?.more;
+  $("load-older").disabled = Boolean(h?.loading);
+  $("load-older").textContent = h?.loading ? "Loading…" : "Load older messages";
 }
 
 // ---------------------------------------------------------------- outbound
@@ -463,6 +570,7 @@ function renderAll() {
   renderSidebar();
   renderHeader();
   renderMessages();
+  renderHistoryBar();
   renderTyping();
   renderRoster();
   renderComposer();
@@ -753,6 +861,7 @@ function wire() {
     joinRoom(name);
   });
   $("conv-leave").addEventListener("click", () => leaveRoom(state.active));
+  $("load-older").addEventListener("click", () => state.active && loadOlder(state.active));
   $("conv-call").addEventListener("click", () => state.active?.kind === "dm" && state.calls.start(state.active.id));
   $("accept-call").addEventListener("click", () => state.calls.accept());
   $("decline-call").addEventListener("click", () => state.calls.decline());

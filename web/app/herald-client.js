@@ -9,7 +9,7 @@
 //   state     {state, attempt, retryAt, code, reason}   state: connecting|connected|reconnecting|closed
 //   welcome   the welcome frame
 //   presence  {channel, joined, left, snapshot}
-//   message   {channel, from, data, fromMetadata}
+//   message   {channel, from, data, fromMetadata, id?, offset?, epoch?, ts?} (position: history)
 //   direct    {from, data, fromMetadata}
 //   server-error {code, message}                        errors that answer no request
 //   going-away {retryAfterMs}
@@ -43,6 +43,16 @@ export class FatalTokenError extends Error {
 }
 
 const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+
+/** `{id, offset, epoch, ts}` of a message frame that carries a history position, else `{}`. */
+export function positionOf(frame) {
+  const ok =
+    typeof frame.id === "string" &&
+    Number.isSafeInteger(frame.offset) &&
+    typeof frame.epoch === "string" &&
+    Number.isFinite(frame.ts);
+  return ok ? { id: frame.id, offset: frame.offset, epoch: frame.epoch, ts: frame.ts } : {};
+}
 const isEntry = (e) => isObject(e) && typeof e.peerId === "string";
 
 function utf8Length(text) {
@@ -294,6 +304,9 @@ export class HeraldClient extends EventTarget {
           from: frame.from,
           data: frame.data,
           fromMetadata: isObject(frame.fromMetadata) ? frame.fromMetadata : null,
+          // Herald's history position, on channels that keep history (rewind sends the
+          // earlier messages as ordinary frames, so only these tell them apart).
+          ...positionOf(frame),
         });
         break;
       case "direct":

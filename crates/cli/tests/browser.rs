@@ -3,7 +3,8 @@
 //!
 //! - `app.test.mjs`: the demo app at `/` (roster, chat, DMs, typing, reactions, a user leaving,
 //!   a server restart, hostile input, the app's own video call, dev tokens switched off);
-//! - `call.test.mjs`: a WebRTC call between two official `@metered-ca/realtime` MeteredPeers.
+//! - `call.test.mjs`: a WebRTC call between two official `@metered-ca/realtime` MeteredPeers;
+//! - `history.test.mjs`: the demo app's room history (rewind on join, "Load older", a reload).
 //!
 //! The Node side starts (and restarts) Herald itself from `HERALD_BIN`. When the machine allows
 //! it, the suite runs in a network namespace of its own with only loopback, so Chromium, Herald
@@ -181,4 +182,9 @@ fn demo_app_in_chromium() {
 #[test]
 fn metered_peer_video_call_in_chromium() {
     run_suite("call.test.mjs");
+}
+
+#[test]
+fn demo_app_history_in_chromium() {
+    run_suite("history.test.mjs");
 }

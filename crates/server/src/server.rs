@@ -12,6 +12,7 @@ use crate::config::{Config, ConfigError};
 use crate::engine::memory::{MemoryEngine, MemorySettings};
 use crate::engine::redis::{RedisEngine, RedisSettings};
 use crate::engine::Engine;
+use crate::history::History;
 use crate::http;
 use crate::metrics::TlsMetrics;
 use crate::state::ServerState;
@@ -44,9 +45,16 @@ pub async fn run(
                     reason: e.to_string(),
                 })?,
         ),
-        _ => Arc::new(MemoryEngine::with_settings(MemorySettings::from_config(
-            &config,
-        ))),
+        _ => {
+            let mut settings = MemorySettings::from_config(&config);
+            // `store = "disk"` opens (and restores) its database here, before anything listens.
+            settings.history =
+                History::open(&config.history).map_err(|e| ConfigError::Invalid {
+                    field: "history.path".into(),
+                    reason: e.to_string(),
+                })?;
+            Arc::new(MemoryEngine::with_settings(settings))
+        }
     };
     run_with_engine(listener, config, engine, shutdown).await
 }

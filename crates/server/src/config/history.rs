@@ -16,11 +16,13 @@ pub const MAX_REWIND: usize = 1000;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
-    /// `"memory"` (the only store today; `"disk"` is refused until it exists).
+    /// `"memory"`, or `"disk"`: the memory store made durable (single node, memory engine),
+    /// which survives restarts.
     pub store: String,
-    /// Where `store = "disk"` will keep its files.
+    /// The directory where `store = "disk"` keeps its database (created if missing).
     pub path: String,
-    /// Node-wide cap of the memory store; past it the oldest entries of any channel go first.
+    /// Node-wide cap of the memory store, and of the disk store (which holds the same
+    /// entries); past it the oldest entries of any channel go first.
     pub max_memory_bytes: u64,
     /// Channel groups that keep history. The first group whose patterns match applies.
     pub channels: Vec<HistoryChannels>,
@@ -101,12 +103,13 @@ impl HistoryConfig {
     pub(super) fn validate(&self, outbound_queue_frames: usize) -> Result<(), ConfigError> {
         match self.store.as_str() {
             "memory" => {}
-            "disk" => {
+            "disk" if self.path.trim().is_empty() => {
                 return Err(invalid(
-                    "history.store",
-                    "\"disk\" is not yet supported; use \"memory\"",
+                    "history.path",
+                    "must name a directory for store = \"disk\"",
                 ))
             }
+            "disk" => {}
             _ => return Err(invalid("history.store", "must be \"memory\" or \"disk\"")),
         }
         if self.max_memory_bytes < 64 * 1024 {
@@ -208,7 +211,7 @@ mod tests {
         );
         assert_eq!(config.history.store, "memory");
         for (text, field) in [
-            ("[history]\nstore = \"disk\"\n", "history.store"),
+            ("[history]\nstore = \"disk\"\npath = \" \"\n", "history.path"),
             ("[history]\nstore = \"sqlite\"\n", "history.store"),
             ("[history]\nmax_memory_bytes = 10\n", "history.max_memory_bytes"),
             (
@@ -253,11 +256,9 @@ mod tests {
         }
         let off = Config::from_toml("[history]\nresume_window_secs = 0\n").unwrap();
         off.validate().unwrap();
-        let err = Config::from_toml("[history]\nstore = \"disk\"\n")
-            .unwrap()
-            .validate()
-            .unwrap_err();
-        assert!(err.to_string().contains("not yet supported"), "{err}");
+        let disk = Config::from_toml("[history]\nstore = \"disk\"\n").unwrap();
+        disk.validate().unwrap();
+        assert_eq!(disk.history.path, ".herald/history");
         assert!(
             Config::from_toml("[[history.channels]]\npatterns = [\"a\"]\nrewnd = 3\n").is_err()
         );

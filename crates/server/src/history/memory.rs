@@ -269,6 +269,61 @@ impl MemoryStore {
     pub fn marks(&self) -> usize {
         lock(&self.inner).marks
     }
+
+    /// A channel's epoch and first retained offset, or `None` when it retains nothing (the
+    /// disk store deletes what lies below it).
+    pub fn span(&self, key: &HistoryKey) -> Option<(Arc<str>, u64)> {
+        let inner = lock(&self.inner);
+        let ring = inner.rings.get(key)?;
+        Some((ring.epoch.clone(), ring.first_offset()))
+    }
+
+    /// Puts back a message kept elsewhere (the disk store, at start), with its own epoch,
+    /// offset and time, then trims as an append does. Messages must come in append order
+    /// across all channels (their `at`), and each channel's consecutively; one that does not
+    /// follow its channel's last is refused (false).
+    pub fn restore(
+        &self,
+        key: &HistoryKey,
+        policy: &Policy,
+        epoch: &Arc<str>,
+        message: StoredMessage,
+    ) -> bool {
+        let mut guard = lock(&self.inner);
+        let inner = &mut *guard;
+        let ring = match inner.rings.entry(key.clone()) {
+            Entry::Occupied(ring) => ring.into_mut(),
+            Entry::Vacant(slot) => {
+                let ring = slot.insert(Ring::new(&mut inner.generations));
+                ring.epoch = epoch.clone();
+                ring.next_offset = message.offset;
+                ring
+            }
+        };
+        if ring.epoch != *epoch || ring.next_offset != message.offset {
+            return false;
+        }
+        ring.max_age = policy.max_age;
+        ring.next_offset += 1;
+        let (offset, at) = (message.offset, message.at);
+        let mut added = entry_cost(&message) as isize;
+        let mut live = 1;
+        ring.entries.push_back(Arc::new(message));
+        while ring.entries.len() > policy.max_messages {
+            if let Some(old) = ring.entries.pop_front() {
+                added -= entry_cost(&old) as isize;
+                live -= 1;
+            }
+        }
+        let generation = ring.generation;
+        inner.bytes = inner.bytes.saturating_add_signed(added);
+        inner.live = inner.live.saturating_add_signed(live);
+        inner.mark(key, generation, offset, at, policy.max_age);
+        inner.expire(Instant::now());
+        while inner.bytes > self.max_bytes && inner.evict_oldest() {}
+        inner.compact();
+        true
+    }
 }
 
 fn new_epoch() -> Arc<str> {

@@ -7,9 +7,11 @@
 //! under the same lock, and a subscribe reads its rewind under that lock too: so the rewind and
 //! the live messages meet with no gap and no duplicate.
 //!
-//! [`HistoryStore`] is synchronous because it is called under a channel's (std) lock; the
-//! memory store ([`memory::MemoryStore`]) is the one today.
+//! [`HistoryStore`] is synchronous because it is called under a channel's (std) lock: the
+//! memory store ([`memory::MemoryStore`]) and the disk store ([`disk::DiskStore`], the memory
+//! store made durable) implement it.
 
+pub mod disk;
 pub mod memory;
 
 use std::sync::Arc;
@@ -189,12 +191,30 @@ impl Default for History {
 }
 
 impl History {
-    /// The memory store under the configured rules (`store = "memory"`, the only one today).
+    /// The memory store under the configured rules (whatever `store` says: see [`History::open`]).
     pub fn from_config(config: &HistoryConfig) -> Self {
         History {
             rules: Arc::new(HistoryRules::new(config)),
             store: Arc::new(memory::MemoryStore::new(config.max_memory_bytes)),
         }
+    }
+
+    /// The configured store (`[history] store`) under the configured rules: the disk store
+    /// opens its database and restores what it retains, which can fail.
+    pub fn open(config: &HistoryConfig) -> Result<Self, HistoryError> {
+        if config.store != "disk" {
+            return Ok(Self::from_config(config));
+        }
+        let rules = HistoryRules::new(config);
+        let store = disk::DiskStore::open(
+            std::path::Path::new(&config.path),
+            config.max_memory_bytes,
+            &rules,
+        )?;
+        Ok(History {
+            rules: Arc::new(rules),
+            store: Arc::new(store),
+        })
     }
 
     /// The policy of a concrete channel, if it keeps history.
