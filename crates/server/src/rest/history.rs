@@ -12,6 +12,7 @@ use herald_protocol::Action;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::schema::ErrorBody;
 use super::{check_channel_scope, check_concrete_channel, require_action, ApiError, ApiResult};
 use crate::clock::unix_now;
 use crate::history::{PageQuery, StoredMessage, MAX_PAGE};
@@ -22,6 +23,17 @@ use crate::state::ServerState;
 const DEFAULT_LIMIT: usize = 100;
 
 /// Answers one history request: credential, scope, query, page.
+#[utoipa::path(get, path = "/v1/channels/{channel}/messages", tag = "channels",
+    operation_id = "channelMessages", params(super::openapi::ChannelParam, HistoryParams),
+    responses(
+        (status = 200, description = "A page of the channel's history, oldest first", body = Answer<'_>),
+        (status = 400, description = "Invalid channel or query", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "The credential may not subscribe to the channel", body = ErrorBody),
+        (status = 404, description = "`history_not_enabled`: the channel keeps no history", body = ErrorBody),
+        (status = 503, description = "The engine is unavailable", body = ErrorBody),
+    ),
+    security(("secretKey" = []), ("connectJwt" = []), ("publishableKey" = [])))]
 pub(super) async fn channel_messages(
     state: &ServerState,
     headers: &HeaderMap,
@@ -123,9 +135,25 @@ fn parse_query(query: Option<&str>) -> Result<PageQuery, ApiError> {
     Ok(page)
 }
 
-#[derive(Serialize)]
+/// The query of a history read; [`parse_query`] reads it (other parameters are ignored).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query only.
+pub(super) struct HistoryParams {
+    /// Messages in the page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u64>,
+    /// Only offsets below this one (exclusive).
+    before: Option<u64>,
+    /// Only offsets above this one (exclusive).
+    after: Option<u64>,
+}
+
+/// A page of history.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Answer<'a> {
+#[schema(as = HistoryPage)]
+pub(super) struct Answer<'a> {
     channel: &'a str,
     /// `null` while the channel retains nothing.
     epoch: Option<&'a str>,
@@ -133,15 +161,24 @@ struct Answer<'a> {
     has_more: bool,
 }
 
-#[derive(Serialize)]
+/// One retained message.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Message<'a> {
+#[schema(as = HistoryMessage)]
+pub(super) struct Message<'a> {
+    /// Unique and stable while retained.
     id: String,
+    /// Grows by exactly 1 per message of the channel.
     offset: u64,
+    /// The server's time of the publish, in milliseconds.
     ts: i64,
     from: &'a str,
+    /// The sender's metadata, when it had some.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     from_metadata: Option<&'a RawValue>,
+    /// The sender's bytes.
+    #[schema(value_type = Value)]
     data: &'a RawValue,
 }
 
