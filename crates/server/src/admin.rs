@@ -260,7 +260,7 @@ pub(crate) async fn channel(
 /// Where is peer X: its connections on this node and the channels each holds. For a scoped key,
 /// a peer seen only outside its patterns is reported offline.
 #[utoipa::path(get, path = "/admin/api/peers/{peerId}", tag = "admin", operation_id = "adminPeer",
-    params(("peerId" = String, Path, description = "1-128 bytes without control characters")),
+    params(crate::rest::openapi::PeerIdParam),
     responses(
         (status = 200, description = "The peer's connections on this node", body = PeerView),
         (status = 400, description = "Invalid channel or peer id", body = ErrorBody),

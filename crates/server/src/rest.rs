@@ -521,7 +521,7 @@ async fn channel_publish(
 /// a peer with no subscriptions would also be fair game for every scoped key. No action is
 /// needed (spec §13.6).
 #[utoipa::path(delete, path = "/v1/peers/{peerId}", tag = "peers", operation_id = "kickPeer",
-    params(("peerId" = String, Path, description = "1-128 bytes without control characters")),
+    params(crate::rest::openapi::PeerIdParam),
     responses(
         (status = 200, description = "Closed the peer's connections (0 when offline)", body = KickResponse),
         (status = 400, description = "Invalid peer id", body = ErrorBody),

@@ -230,7 +230,8 @@ async fn schemathesis_finds_no_failure() {
     let examples = std::env::var("HERALD_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "100".into());
     let server = TestServer::start_with(config_with(|c| {
         c.history.channels.push(HistoryChannels {
-            patterns: vec!["h/**".into()],
+            // Every channel keeps history, so history reads answer pages, not 404.
+            patterns: vec!["**".into()],
             max_messages: 50,
             max_age_secs: 600,
             rewind: 0,
@@ -243,7 +244,7 @@ async fn schemathesis_finds_no_failure() {
         .current_dir(workspace().join("tests/openapi"))
         .args(["run", &format!("{}/v1/openapi.json", server.http())])
         .args(["--header", &format!("Authorization: {AUTH}")])
-        .args(["--checks", super_checks()])
+        .args(["--checks", "all", "--exclude-checks", EXCLUDED_CHECKS])
         .args(["--max-examples", &examples])
         .args(["--seed", "19"])
         .args(["--generation-database", "none"])
@@ -264,8 +265,59 @@ async fn schemathesis_finds_no_failure() {
     );
 }
 
-/// No 5xx, and every status, content type, header and body as documented.
-fn super_checks() -> &'static str {
-    "not_a_server_error,status_code_conformance,content_type_conformance,\
-     response_headers_conformance,response_schema_conformance"
+/// Requests schemathesis found answered wrongly, each with its right answer now.
+#[tokio::test]
+async fn regressions_found_by_the_fuzz_run() {
+    let server = TestServer::start_with(config_with(|c| c.history.enable_for_dev())).await;
+    let http = reqwest::Client::new();
+    let call = |method: Method, path: &str| {
+        http.request(method, format!("{}{path}", server.http()))
+            .header("authorization", AUTH)
+            .send()
+    };
+    // An offset past a signed 64-bit integer was taken (the document says int64): now 400.
+    for query in ["before=9223372036854775808", "after=18446744073709551615"] {
+        let resp = call(Method::GET, &format!("/v1/channels/0/messages?{query}"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{query}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request");
+    }
+    let resp = call(
+        Method::GET,
+        "/v1/channels/0/messages?before=9223372036854775807",
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    // A path that is not UTF-8 once decoded was axum's plain-text 400: now the JSON error.
+    for path in ["/v1/peers/%FF", "/admin/api/peers/%FF"] {
+        let resp = call(
+            Method::from_bytes(if path.starts_with("/v1") {
+                b"DELETE"
+            } else {
+                b"GET"
+            })
+            .unwrap(),
+            path,
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 400, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request", "{path}");
+    }
+    // A wrong method on a channel endpoint: 405 naming the allowed one (RFC 9110).
+    let resp = call(Method::DELETE, "/v1/channels/room%2F1/publish")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
 }
+
+/// Every check but `positive_data_acceptance`: no 5xx; every status, content type, header and
+/// body as documented; schema-invalid input refused; auth enforced; 405 for other methods.
+/// The document cannot say everything the server checks (byte lengths in UTF-8, reserved
+/// prefixes, the key's scope), so input it calls valid may still be refused with a 4xx.
+const EXCLUDED_CHECKS: &str = "positive_data_acceptance";

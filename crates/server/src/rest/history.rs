@@ -112,10 +112,19 @@ fn parse_query(query: Option<&str>) -> Result<PageQuery, ApiError> {
     };
     for pair in query.unwrap_or_default().split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // Offsets stay within a signed 64-bit integer, the range the document promises and
+        // every JSON client can hold (schemathesis: `before=9223372036854775808` passed).
         let number = || {
             value
                 .parse::<u64>()
-                .map_err(|_| ApiError::invalid(format!("{name} must be a whole number")))
+                .ok()
+                .filter(|n| i64::try_from(*n).is_ok())
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "{name} must be a whole number from 0 to {}",
+                        i64::MAX
+                    ))
+                })
         };
         match name {
             "limit" => {
@@ -144,8 +153,10 @@ pub(super) struct HistoryParams {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u64>,
     /// Only offsets below this one (exclusive).
+    #[param(maximum = 9223372036854775807_i64)]
     before: Option<u64>,
     /// Only offsets above this one (exclusive).
+    #[param(maximum = 9223372036854775807_i64)]
     after: Option<u64>,
 }
 
@@ -212,7 +223,17 @@ mod tests {
             }
         );
         assert_eq!(parse_query(None).unwrap().limit, DEFAULT_LIMIT);
-        for bad in ["limit=0", "limit=1001", "limit=x", "before=-1", "after="] {
+        let top = parse_query(Some("before=9223372036854775807")).unwrap();
+        assert_eq!(top.before, Some(i64::MAX as u64));
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "before=-1",
+            "after=",
+            "before=9223372036854775808",
+            "after=18446744073709551616",
+        ] {
             assert!(parse_query(Some(bad)).is_err(), "{bad}");
         }
     }

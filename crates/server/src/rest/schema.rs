@@ -72,8 +72,11 @@ impl ToSchema for Member {}
 #[serde(rename_all = "camelCase")]
 pub struct MintRequest {
     /// 1-128 printable ASCII characters; becomes the token's `sub`.
+    #[schema(pattern = "^[ -~]{1,128}$")]
     pub peer_id: String,
-    /// At most 100 channel patterns, each inside the key's patterns.
+    /// At most 100 channel patterns (1-256 bytes, no control characters, no reserved prefix),
+    /// each inside the key's patterns.
+    #[schema(max_items = 100)]
     pub channels: Option<Vec<String>>,
     /// A subset of the key's actions; default: all of them.
     #[schema(value_type = Option<Vec<Permission>>)]
@@ -118,7 +121,8 @@ pub struct PublishRequest<'a> {
     #[serde(default, borrow, deserialize_with = "herald_protocol::frames::present")]
     #[schema(value_type = Value, required = true)]
     pub data: Option<&'a RawValue>,
-    /// The sender subscribers see; default `"system"`.
+    /// The sender subscribers see (1-128 printable ASCII characters); default `"system"`.
+    #[schema(pattern = "^[ -~]{1,128}$")]
     pub from: Option<String>,
     /// Becomes `fromMetadata` (an object of at most 4 KB, or `null`).
     #[serde(borrow)]
