@@ -209,7 +209,7 @@ pub(crate) async fn channels(
 
 /// Who is in channel Y: the roster (cluster-wide when the engine is) plus local subscribers.
 #[utoipa::path(get, path = "/admin/api/channels/{channel}", tag = "admin", operation_id = "adminChannel",
-    params(crate::rest::openapi::ChannelParam),
+    params(crate::rest::schema::ChannelParam),
     responses(
         (status = 200, description = "The roster and local subscribers", body = ChannelView<'_>),
         (status = 400, description = "Invalid channel or peer id", body = ErrorBody),
@@ -260,7 +260,7 @@ pub(crate) async fn channel(
 /// Where is peer X: its connections on this node and the channels each holds. For a scoped key,
 /// a peer seen only outside its patterns is reported offline.
 #[utoipa::path(get, path = "/admin/api/peers/{peerId}", tag = "admin", operation_id = "adminPeer",
-    params(crate::rest::openapi::PeerIdParam),
+    params(crate::rest::schema::PeerIdParam),
     responses(
         (status = 200, description = "The peer's connections on this node", body = PeerView),
         (status = 400, description = "Invalid channel or peer id", body = ErrorBody),

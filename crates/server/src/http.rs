@@ -11,6 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+mod openapi;
+pub use openapi::ApiDoc;
+
 use crate::admin;
 use crate::clock::unix_now;
 use crate::limits::Attempt;
@@ -32,6 +35,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi::serve))
         .merge(rest::routes())
         .merge(admin::routes())
         .merge(crate::web::routes())

@@ -42,8 +42,7 @@ const MAX_TOKEN_TTL: i64 = 86_400;
 /// What the synthetic plan reports for "no cap": large, and exact in every JSON client.
 const UNLIMITED: i64 = 1_000_000_000;
 
-mod history;
-pub mod openapi;
+pub(crate) mod history;
 pub mod schema;
 
 use schema::{
@@ -55,7 +54,6 @@ pub fn routes() -> Router<Arc<ServerState>> {
     Router::new()
         .route("/v1/tokens", post(mint_token))
         .route("/v1/usage", get(usage))
-        .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/peers/{peer_id}", delete(kick_peer))
         .route("/v1/channels/{*rest}", any(channel_endpoint))
 }
@@ -263,7 +261,7 @@ fn check_concrete_channel(channel: &str) -> Result<(), ApiError> {
         (status = 413, description = "Body over 32 KB", body = ErrorBody),
     ),
     security(("secretKey" = [])))]
-async fn mint_token(AppKey(key): AppKey, body: Body) -> ApiResult {
+pub(crate) async fn mint_token(AppKey(key): AppKey, body: Body) -> ApiResult {
     let bytes = read_body(body).await?;
     let req: MintRequest = parse_json(&bytes)?;
     if !is_valid_subject(&req.peer_id) {
@@ -411,7 +409,7 @@ pub fn channel_operations() -> impl Iterator<Item = (String, Method)> {
 
 /// `GET /v1/channels/:id/peers` (spec §13.4).
 #[utoipa::path(get, path = "/v1/channels/{channel}/peers", tag = "channels",
-    operation_id = "channelPeers", params(openapi::ChannelParam),
+    operation_id = "channelPeers", params(schema::ChannelParam),
     responses(
         (status = 200, description = "The channel's roster", body = PeersResponse<'_>),
         (status = 400, description = "Invalid or reserved channel", body = ErrorBody),
@@ -420,7 +418,11 @@ pub fn channel_operations() -> impl Iterator<Item = (String, Method)> {
         (status = 503, description = "The engine is unavailable", body = ErrorBody),
     ),
     security(("secretKey" = [])))]
-async fn channel_peers(state: &ServerState, key: &SecretKey, channel: String) -> ApiResult {
+pub(crate) async fn channel_peers(
+    state: &ServerState,
+    key: &SecretKey,
+    channel: String,
+) -> ApiResult {
     require_action(key, Action::Presence)?;
     check_channel_scope(key, &channel)?;
     let members = state
@@ -437,7 +439,7 @@ async fn channel_peers(state: &ServerState, key: &SecretKey, channel: String) ->
 /// `GET /v1/channels/:id/occupancy`: the roster's size and the subscribed connections, for
 /// rooms too big to list. It tells no more than the roster would, so it has the roster's scope.
 #[utoipa::path(get, path = "/v1/channels/{channel}/occupancy", tag = "channels",
-    operation_id = "channelOccupancy", params(openapi::ChannelParam),
+    operation_id = "channelOccupancy", params(schema::ChannelParam),
     responses(
         (status = 200, description = "Counts only; an unknown channel is all zeros", body = Occupancy),
         (status = 400, description = "Invalid or reserved channel", body = ErrorBody),
@@ -446,7 +448,11 @@ async fn channel_peers(state: &ServerState, key: &SecretKey, channel: String) ->
         (status = 503, description = "The engine is unavailable", body = ErrorBody),
     ),
     security(("secretKey" = [])))]
-async fn channel_occupancy(state: &ServerState, key: &SecretKey, channel: String) -> ApiResult {
+pub(crate) async fn channel_occupancy(
+    state: &ServerState,
+    key: &SecretKey,
+    channel: String,
+) -> ApiResult {
     require_action(key, Action::Presence)?;
     check_channel_scope(key, &channel)?;
     let occupancy = state
@@ -458,7 +464,7 @@ async fn channel_occupancy(state: &ServerState, key: &SecretKey, channel: String
 
 /// `POST /v1/channels/:id/publish` (spec §13.5): a normal `message` to every subscriber.
 #[utoipa::path(post, path = "/v1/channels/{channel}/publish", tag = "channels",
-    operation_id = "channelPublish", params(openapi::ChannelParam),
+    operation_id = "channelPublish", params(schema::ChannelParam),
     request_body = PublishRequest<'_>,
     responses(
         (status = 200, description = "Published", body = PublishResponse),
@@ -469,7 +475,7 @@ async fn channel_occupancy(state: &ServerState, key: &SecretKey, channel: String
         (status = 503, description = "The engine is unavailable", body = ErrorBody),
     ),
     security(("secretKey" = [])))]
-async fn channel_publish(
+pub(crate) async fn channel_publish(
     state: &ServerState,
     key: &SecretKey,
     channel: String,
@@ -521,7 +527,7 @@ async fn channel_publish(
 /// a peer with no subscriptions would also be fair game for every scoped key. No action is
 /// needed (spec §13.6).
 #[utoipa::path(delete, path = "/v1/peers/{peerId}", tag = "peers", operation_id = "kickPeer",
-    params(crate::rest::openapi::PeerIdParam),
+    params(crate::rest::schema::PeerIdParam),
     responses(
         (status = 200, description = "Closed the peer's connections (0 when offline)", body = KickResponse),
         (status = 400, description = "Invalid peer id", body = ErrorBody),
@@ -530,7 +536,7 @@ async fn channel_publish(
         (status = 503, description = "The engine is unavailable", body = ErrorBody),
     ),
     security(("secretKey" = [])))]
-async fn kick_peer(
+pub(crate) async fn kick_peer(
     State(state): State<Arc<ServerState>>,
     AppKey(key): AppKey,
     peer_id: Result<Path<String>, PathRejection>,
@@ -561,7 +567,7 @@ async fn kick_peer(
         (status = 401, description = "`unauthorized`", body = ErrorBody),
     ),
     security(("secretKey" = [])))]
-async fn usage(State(state): State<Arc<ServerState>>, AppKey(key): AppKey) -> ApiResult {
+pub(crate) async fn usage(State(state): State<Arc<ServerState>>, AppKey(key): AppKey) -> ApiResult {
     let app = &key.app;
     let max_connections = match (app.max_connections, state.config.limits.max_connections) {
         (0, 0) => UNLIMITED,

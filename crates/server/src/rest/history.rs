@@ -24,7 +24,7 @@ const DEFAULT_LIMIT: usize = 100;
 
 /// Answers one history request: credential, scope, query, page.
 #[utoipa::path(get, path = "/v1/channels/{channel}/messages", tag = "channels",
-    operation_id = "channelMessages", params(super::openapi::ChannelParam, HistoryParams),
+    operation_id = "channelMessages", params(super::schema::ChannelParam, HistoryParams),
     responses(
         (status = 200, description = "A page of the channel's history, oldest first", body = Answer<'_>),
         (status = 400, description = "Invalid channel or query", body = ErrorBody),
@@ -34,7 +34,7 @@ const DEFAULT_LIMIT: usize = 100;
         (status = 503, description = "The engine is unavailable", body = ErrorBody),
     ),
     security(("secretKey" = []), ("connectJwt" = []), ("publishableKey" = [])))]
-pub(super) async fn channel_messages(
+pub(crate) async fn channel_messages(
     state: &ServerState,
     headers: &HeaderMap,
     query: Option<&str>,

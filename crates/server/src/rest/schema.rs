@@ -186,3 +186,32 @@ pub struct Plan {
     pub overages_allowed: bool,
     pub overages_enabled: bool,
 }
+
+/// The channel path parameter of `/v1/channels/{channel}/…`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Documents the path only: `channel_endpoint` reads the raw path.
+pub struct ChannelParam {
+    /// A concrete channel (1-256 bytes, no control characters, no wildcard, no reserved
+    /// prefix), percent-encoded (`rooms%2Flobby`); its slashes may also be written raw.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
+    channel: String,
+}
+
+/// The peer path parameter of `/v1/peers/{peerId}` and `/admin/api/peers/{peerId}`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path, rename_all = "camelCase")]
+#[allow(dead_code)] // Documents the path only: the handlers read it with `Path<String>`.
+pub struct PeerIdParam {
+    /// 1-128 bytes without control characters.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
+    peer_id: String,
+}

@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document of the REST API, served at `GET /v1/openapi.json`.
 //!
 //! Derived from the code: each operation comes from the `#[utoipa::path]` on its handler, and
-//! each schema from the type the handler serializes (`schema.rs`), so the document changes
+//! each schema from the type the handler serializes (`rest/schema.rs`), so the document changes
 //! when they do. `tests/openapi.rs` checks that every route the router serves is in it, and
 //! the schemathesis run checks every answer against it.
 
@@ -13,36 +13,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::ApiError;
-
-/// The channel path parameter of `/v1/channels/{channel}/…`.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)] // Documents the path only: `channel_endpoint` reads the raw path.
-pub struct ChannelParam {
-    /// A concrete channel (1-256 bytes, no control characters, no wildcard, no reserved
-    /// prefix), percent-encoded (`rooms%2Flobby`); its slashes may also be written raw.
-    #[param(
-        min_length = 1,
-        max_length = 256,
-        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
-    )]
-    channel: String,
-}
-
-/// The peer path parameter of `/v1/peers/{peerId}` and `/admin/api/peers/{peerId}`.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Path, rename_all = "camelCase")]
-#[allow(dead_code)] // Documents the path only: the handlers read it with `Path<String>`.
-pub struct PeerIdParam {
-    /// 1-128 bytes without control characters.
-    #[param(
-        min_length = 1,
-        max_length = 128,
-        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
-    )]
-    peer_id: String,
-}
+use crate::rest::ApiError;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -55,22 +26,22 @@ pub struct PeerIdParam {
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
-        super::mint_token,
-        super::channel_peers,
-        super::channel_occupancy,
-        super::channel_publish,
-        super::history::channel_messages,
-        super::kick_peer,
-        super::usage,
+        crate::rest::mint_token,
+        crate::rest::channel_peers,
+        crate::rest::channel_occupancy,
+        crate::rest::channel_publish,
+        crate::rest::history::channel_messages,
+        crate::rest::kick_peer,
+        crate::rest::usage,
         serve,
         crate::admin::overview,
         crate::admin::connections,
         crate::admin::channels,
         crate::admin::channel,
         crate::admin::peer,
-        crate::http::healthz,
-        crate::http::readyz,
-        crate::http::metrics,
+        super::healthz,
+        super::readyz,
+        super::metrics,
     ),
     modifiers(&Security),
     tags(
