@@ -3,17 +3,19 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use herald_protocol::claims::Claims;
 use herald_protocol::jwt;
 use herald_server::config::{Config, DEFAULT_CONFIG_TOML};
 use herald_server::devkeys::{DevKeys, DEV_KEYS_PATH};
 use serde_json::value::RawValue;
 
+mod shell;
+
 #[derive(Parser)]
 #[command(
     name = "herald",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HERALD_GIT_COMMIT"), ")"),
     about = "A self-hosted Metered Realtime Messaging server"
 )]
 struct Cli {
@@ -53,6 +55,13 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) to stdout.
+    Completions { shell: clap_complete::Shell },
+    /// Print the herald(1) man page (roff) to stdout, or a subcommand's (`herald man serve`).
+    Man {
+        /// The subcommand whose page to print.
+        subcommand: Option<String>,
     },
 }
 
@@ -337,6 +346,15 @@ fn main() -> Result<()> {
             .build()?
             .block_on(serve(config, listen, dev_public)),
         Command::Token(args) => token(args),
+        Command::Completions { shell } => {
+            shell::completions(Cli::command(), shell, &mut std::io::stdout().lock());
+            Ok(())
+        }
+        Command::Man { subcommand } => shell::man(
+            Cli::command(),
+            subcommand.as_deref(),
+            &mut std::io::stdout().lock(),
+        ),
         Command::Config {
             command: ConfigCommand::Default,
         } => {

@@ -13,6 +13,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, Uri};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +21,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use herald_protocol::validate::{is_valid_channel, is_valid_target_peer_id};
 use percent_encoding::percent_decode_str;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use herald_protocol::Action;
 
@@ -28,6 +30,7 @@ use crate::auth::SecretKey;
 use crate::conn::Conn;
 use crate::engine::{ChannelSummary, Member};
 use crate::ids::{ChannelName, PeerId};
+use crate::rest::schema::ErrorBody;
 use crate::rest::{require_action, ApiError, AppKey};
 use crate::state::ServerState;
 
@@ -81,7 +84,11 @@ fn channels_in_scope(state: &ServerState, key: &SecretKey) -> Vec<ChannelSummary
 
 /// This node's connections of the app (or of one peer) as the key may see them: each with its
 /// in-scope subscriptions; a connection with none is left out unless the key is app-wide.
-fn connections_in_scope(state: &ServerState, key: &SecretKey, peer: Option<&PeerId>) -> Vec<Value> {
+fn connections_in_scope(
+    state: &ServerState,
+    key: &SecretKey,
+    peer: Option<&PeerId>,
+) -> Vec<Connection> {
     let app_wide = key.is_app_wide();
     state
         .engine
@@ -94,70 +101,124 @@ fn connections_in_scope(state: &ServerState, key: &SecretKey, peer: Option<&Peer
                     return None;
                 }
             }
-            Some(connection_json(&conn, &channels))
+            Some(Connection::new(&conn, &channels))
         })
         .collect()
 }
 
-fn connection_json(conn: &Conn, channels: &[ChannelName]) -> Value {
-    json!({
-        "connId": conn.id.to_string(),
-        "peerId": conn.peer_id.as_str(),
-        "kind": conn.kind,
-        "connectedAt": conn.connected_at,
-        "receivesPresence": conn.receives_presence,
-        "channels": channels.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-    })
+/// A connection of this node, with the subscriptions the key may see.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = AdminConnection)]
+pub(crate) struct Connection {
+    conn_id: String,
+    peer_id: String,
+    /// `token` or `publishable`.
+    kind: &'static str,
+    /// Unix seconds.
+    connected_at: i64,
+    receives_presence: bool,
+    channels: Vec<String>,
 }
 
-async fn overview(
+impl Connection {
+    fn new(conn: &Conn, channels: &[ChannelName]) -> Self {
+        Connection {
+            conn_id: conn.id.to_string(),
+            peer_id: conn.peer_id.as_str().to_string(),
+            kind: conn.kind,
+            connected_at: conn.connected_at,
+            receives_presence: conn.receives_presence,
+            channels: channels.iter().map(|c| c.as_str().to_string()).collect(),
+        }
+    }
+}
+
+/// The key's app on this node.
+#[utoipa::path(get, path = "/admin/api/overview", tag = "admin", operation_id = "adminOverview",
+    responses(
+        (status = 200, description = "This node and the key's app", body = Overview<'_>),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ),
+    security(("secretKey" = [])))]
+pub(crate) async fn overview(
     State(state): State<Arc<ServerState>>,
     AppKey(key): AppKey,
 ) -> Result<Response, ApiError> {
     let app = &key.app;
     let local = channels_in_scope(&state, &key);
-    Ok(Json(json!({
-        "appId": app.id.as_str(),
-        "node": {
-            "sessions": state.live_sessions(),
-            "uptimeSecs": state.started.elapsed().as_secs(),
-            "engineReady": state.engine.is_ready().await,
-            "shuttingDown": state.is_shutting_down(),
+    Ok(Json(Overview {
+        app_id: app.id.as_str(),
+        node: NodeView {
+            sessions: state.live_sessions(),
+            uptime_secs: state.started.elapsed().as_secs(),
+            engine_ready: state.engine.is_ready().await,
+            shutting_down: state.is_shutting_down(),
         },
-        "app": {
-            "connections": app.connections.load(Ordering::Relaxed),
-            "peakConnections": app.peak_connections.load(Ordering::Relaxed),
-            "messagesUsed": app.messages_used.load(Ordering::Relaxed),
-            "channels": local.len(),
-            "subscriptions": local.iter().map(|c| c.subscribers).sum::<usize>(),
+        app: AppView {
+            connections: app.connections.load(Ordering::Relaxed),
+            peak_connections: app.peak_connections.load(Ordering::Relaxed),
+            messages_used: app.messages_used.load(Ordering::Relaxed),
+            channels: local.len(),
+            subscriptions: local.iter().map(|c| c.subscribers).sum::<usize>(),
         },
-    }))
+    })
     .into_response())
 }
 
-async fn connections(
+/// This node's connections of the app, as the key may see them.
+#[utoipa::path(get, path = "/admin/api/connections", tag = "admin", operation_id = "adminConnections",
+    responses(
+        (status = 200, description = "The connections", body = ConnectionsView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "No `presence` action, or outside the key's patterns", body = ErrorBody),
+    ),
+    security(("secretKey" = [])))]
+pub(crate) async fn connections(
     State(state): State<Arc<ServerState>>,
     AppKey(key): AppKey,
 ) -> Result<Response, ApiError> {
     require_action(&key, Action::Presence)?;
     let list = connections_in_scope(&state, &key, None);
-    Ok(Json(json!({ "connections": list })).into_response())
+    Ok(Json(ConnectionsView { connections: list }).into_response())
 }
 
-async fn channels(
+/// This node's channels of the app within the key's patterns.
+#[utoipa::path(get, path = "/admin/api/channels", tag = "admin", operation_id = "adminChannels",
+    responses(
+        (status = 200, description = "The channels", body = ChannelsView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "No `presence` action, or outside the key's patterns", body = ErrorBody),
+    ),
+    security(("secretKey" = [])))]
+pub(crate) async fn channels(
     State(state): State<Arc<ServerState>>,
     AppKey(key): AppKey,
 ) -> Result<Response, ApiError> {
     require_action(&key, Action::Presence)?;
-    let list: Vec<Value> = channels_in_scope(&state, &key)
+    let channels = channels_in_scope(&state, &key)
         .iter()
-        .map(|c| json!({"channel": c.channel.as_str(), "members": c.members, "subscribers": c.subscribers}))
+        .map(|c| ChannelRow {
+            channel: c.channel.as_str().to_string(),
+            members: c.members,
+            subscribers: c.subscribers,
+        })
         .collect();
-    Ok(Json(json!({ "channels": list })).into_response())
+    Ok(Json(ChannelsView { channels }).into_response())
 }
 
 /// Who is in channel Y: the roster (cluster-wide when the engine is) plus local subscribers.
-async fn channel(
+#[utoipa::path(get, path = "/admin/api/channels/{channel}", tag = "admin", operation_id = "adminChannel",
+    params(crate::rest::schema::ChannelParam),
+    responses(
+        (status = 200, description = "The roster and local subscribers", body = ChannelView<'_>),
+        (status = 400, description = "Invalid channel or peer id", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "No `presence` action, or outside the key's patterns", body = ErrorBody),
+        (status = 503, description = "The engine is unavailable", body = ErrorBody),
+    ),
+    security(("secretKey" = [])))]
+pub(crate) async fn channel(
     State(state): State<Arc<ServerState>>,
     AppKey(key): AppKey,
     uri: Uri,
@@ -188,13 +249,6 @@ async fn channel(
         .into_iter()
         .find(|c| c.channel == channel)
         .map_or(0, |c| c.subscribers);
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct ChannelView<'a> {
-        channel: &'a str,
-        members: &'a [Member],
-        local_subscribers: usize,
-    }
     Ok(Json(ChannelView {
         channel: &name,
         members: &members,
@@ -205,12 +259,24 @@ async fn channel(
 
 /// Where is peer X: its connections on this node and the channels each holds. For a scoped key,
 /// a peer seen only outside its patterns is reported offline.
-async fn peer(
+#[utoipa::path(get, path = "/admin/api/peers/{peerId}", tag = "admin", operation_id = "adminPeer",
+    params(crate::rest::schema::PeerIdParam),
+    responses(
+        (status = 200, description = "The peer's connections on this node", body = PeerView),
+        (status = 400, description = "Invalid channel or peer id", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "No `presence` action, or outside the key's patterns", body = ErrorBody),
+        (status = 503, description = "The engine is unavailable", body = ErrorBody),
+    ),
+    security(("secretKey" = [])))]
+pub(crate) async fn peer(
     State(state): State<Arc<ServerState>>,
     AppKey(key): AppKey,
-    Path(peer_id): Path<String>,
+    peer_id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     require_action(&key, Action::Presence)?;
+    // A path that does not decode is a 400 with the usual JSON body, not axum's plain text.
+    let Path(peer_id) = peer_id.map_err(|_| ApiError::invalid("peerId is not valid UTF-8"))?;
     if !is_valid_target_peer_id(&peer_id) {
         return Err(ApiError::invalid(
             "peerId must be 1-128 bytes without control characters",
@@ -218,8 +284,85 @@ async fn peer(
     }
     let peer = PeerId::new(peer_id.as_str());
     let list = connections_in_scope(&state, &key, Some(&peer));
-    Ok(
-        Json(json!({"peerId": peer_id, "online": !list.is_empty(), "connections": list}))
-            .into_response(),
-    )
+    Ok(Json(PeerView {
+        online: !list.is_empty(),
+        peer_id,
+        connections: list,
+    })
+    .into_response())
+}
+
+/// `GET /admin/api/overview` answer.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = AdminOverview)]
+pub(crate) struct Overview<'a> {
+    app_id: &'a str,
+    node: NodeView,
+    app: AppView,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = AdminNode)]
+pub(crate) struct NodeView {
+    sessions: usize,
+    uptime_secs: u64,
+    engine_ready: bool,
+    shutting_down: bool,
+}
+
+/// The app's counters; `channels` and `subscriptions` cover the key's scope on this node.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = AdminApp)]
+pub(crate) struct AppView {
+    connections: usize,
+    peak_connections: usize,
+    messages_used: u64,
+    channels: usize,
+    subscriptions: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = AdminConnections)]
+pub(crate) struct ConnectionsView {
+    connections: Vec<Connection>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = AdminChannels)]
+pub(crate) struct ChannelsView {
+    channels: Vec<ChannelRow>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = AdminChannelRow)]
+pub(crate) struct ChannelRow {
+    channel: String,
+    /// Distinct peers in the roster.
+    members: usize,
+    /// Subscribed connections on this node.
+    subscribers: usize,
+}
+
+/// `GET /admin/api/channels/{channel}` answer: the roster (cluster-wide when the engine is)
+/// and this node's subscribers.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = AdminChannel)]
+pub(crate) struct ChannelView<'a> {
+    channel: &'a str,
+    members: &'a [Member],
+    local_subscribers: usize,
+}
+
+/// `GET /admin/api/peers/{peerId}` answer.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = AdminPeer)]
+pub(crate) struct PeerView {
+    peer_id: String,
+    online: bool,
+    connections: Vec<Connection>,
 }

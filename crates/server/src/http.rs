@@ -11,6 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+mod openapi;
+pub use openapi::ApiDoc;
+
 use crate::admin;
 use crate::clock::unix_now;
 use crate::limits::Attempt;
@@ -32,6 +35,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi::serve))
         .merge(rest::routes())
         .merge(admin::routes())
         .merge(crate::web::routes())
@@ -94,12 +98,19 @@ async fn not_found() -> Response {
 }
 
 /// Liveness: the process answers HTTP.
-async fn healthz() -> Response {
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)))]
+pub(crate) async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
 /// Readiness: accepting connections and the engine is reachable.
-async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Shutting down, or the engine is unreachable", body = Readiness),
+    ))]
+pub(crate) async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
     let accepting = !state.is_shutting_down();
     let engine = state.engine.is_ready().await;
     let status = if accepting && engine {
@@ -107,15 +118,14 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(serde_json::json!({"accepting": accepting, "engine": engine})),
-    )
-        .into_response()
+    (status, Json(Readiness { accepting, engine })).into_response()
 }
 
 /// Prometheus scrape endpoint (OpenMetrics text).
-async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
+    responses((status = 200, description = "OpenMetrics text",
+        content_type = "application/openmetrics-text", body = String)))]
+pub(crate) async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
     let stats = state.engine.stats();
     state.metrics.subscriptions.set(stats.subscriptions as i64);
     state.metrics.channels.set(stats.channels as i64);
@@ -129,4 +139,13 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// `GET /readyz` answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Readiness {
+    /// False once shutdown began.
+    accepting: bool,
+    /// Whether the engine (Redis) answers.
+    engine: bool,
 }

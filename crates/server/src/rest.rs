@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
@@ -23,13 +24,12 @@ use herald_protocol::validate::{
 use herald_protocol::{jwt, Action, ActionSet};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
-use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::auth::SecretKey;
 use crate::clock::unix_now;
 use crate::close::CloseReason;
-use crate::engine::{EngineError, Member, Publication};
+use crate::engine::{EngineError, Occupancy, Publication};
 use crate::errors::RestCode;
 use crate::ids::{ChannelName, PeerId};
 use crate::state::ServerState;
@@ -42,7 +42,13 @@ const MAX_TOKEN_TTL: i64 = 86_400;
 /// What the synthetic plan reports for "no cap": large, and exact in every JSON client.
 const UNLIMITED: i64 = 1_000_000_000;
 
-mod history;
+pub(crate) mod history;
+pub mod schema;
+
+use schema::{
+    ErrorBody, KickResponse, MintRequest, MintResponse, PeersResponse, Plan, PublishRequest,
+    PublishResponse, UsageResponse,
+};
 
 pub fn routes() -> Router<Arc<ServerState>> {
     Router::new()
@@ -116,6 +122,14 @@ impl ApiError {
             "no such endpoint",
         )
     }
+    /// 503 `internal_error` for a fault of Herald's own.
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            RestCode::InternalError,
+            message,
+        )
+    }
     /// 404 for the history of a channel that keeps none.
     fn no_history(channel: &str) -> Self {
         Self::new(
@@ -136,11 +150,11 @@ impl From<EngineError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": self.code.as_str(), "message": self.message})),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: self.code,
+            message: self.message,
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -236,19 +250,18 @@ fn check_concrete_channel(channel: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct MintRequest {
-    peer_id: String,
-    channels: Option<Vec<String>>,
-    permissions: Option<Vec<String>>,
-    expires_in_sec: Option<i64>,
-    metadata: Option<Box<RawValue>>,
-    peer_metadata: Option<Box<RawValue>>,
-}
-
 /// `POST /v1/tokens`: mint a connect JWT within the calling key's scope (spec §13.3).
-async fn mint_token(AppKey(key): AppKey, body: Body) -> ApiResult {
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", operation_id = "mintToken",
+    request_body = MintRequest,
+    responses(
+        (status = 200, description = "The token", body = MintResponse),
+        (status = 400, description = "`invalid_request` or `channel_reserved`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "A channel or permission outside the key's scope", body = ErrorBody),
+        (status = 413, description = "Body over 32 KB", body = ErrorBody),
+    ),
+    security(("secretKey" = [])))]
+pub(crate) async fn mint_token(AppKey(key): AppKey, body: Body) -> ApiResult {
     let bytes = read_body(body).await?;
     let req: MintRequest = parse_json(&bytes)?;
     if !is_valid_subject(&req.peer_id) {
@@ -318,7 +331,7 @@ async fn mint_token(AppKey(key): AppKey, body: Body) -> ApiResult {
         peer_metadata: req.peer_metadata,
     };
     let token = jwt::sign(&key.id, &key.secret, &claims);
-    Ok(Json(json!({"token": token, "expiresAt": expires_at})).into_response())
+    Ok(Json(MintResponse { token, expires_at }).into_response())
 }
 
 /// `/v1/channels/<id>/peers`, `…/occupancy`, `…/publish` and `…/messages` (history). The id is everything between the
@@ -334,20 +347,18 @@ async fn channel_endpoint(
     let Some((raw_id, action)) = rest.rsplit_once('/') else {
         return Err(ApiError::not_found());
     };
-    let handler = match (action, &method) {
-        ("peers", &Method::GET) => Endpoint::Peers,
-        ("publish", &Method::POST) => Endpoint::Publish,
-        ("occupancy", &Method::GET) => Endpoint::Occupancy,
-        ("messages", &Method::GET) => Endpoint::Messages,
-        ("peers" | "publish" | "occupancy" | "messages", _) => {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                RestCode::InvalidRequest,
-                "method not allowed",
-            ))
-        }
-        _ => return Err(ApiError::not_found()),
+    let Some(&(_, ref allowed, handler)) = CHANNEL_ENDPOINTS.iter().find(|e| e.0 == action) else {
+        return Err(ApiError::not_found());
     };
+    if method != allowed {
+        let refusal = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            RestCode::InvalidRequest,
+            "method not allowed",
+        );
+        // RFC 9110 §15.5.6: a 405 names the methods the resource does allow.
+        return Ok(([(header::ALLOW, allowed.as_str())], refusal).into_response());
+    }
     let decode = || {
         percent_decode_str(raw_id)
             .decode_utf8()
@@ -369,6 +380,7 @@ async fn channel_endpoint(
     }
 }
 
+#[derive(Clone, Copy)]
 enum Endpoint {
     Peers,
     Publish,
@@ -376,20 +388,48 @@ enum Endpoint {
     Messages,
 }
 
+/// What `/v1/channels/{channel}/<last segment>` serves, and with which method.
+const CHANNEL_ENDPOINTS: [(&str, Method, Endpoint); 4] = [
+    ("peers", Method::GET, Endpoint::Peers),
+    ("publish", Method::POST, Endpoint::Publish),
+    ("occupancy", Method::GET, Endpoint::Occupancy),
+    ("messages", Method::GET, Endpoint::Messages),
+];
+
+/// The operations behind the `/v1/channels/{*rest}` route, as (path, method): the router
+/// cannot list them, so the test that every served route is documented asks here.
+pub fn channel_operations() -> impl Iterator<Item = (String, Method)> {
+    CHANNEL_ENDPOINTS.iter().map(|(segment, method, _)| {
+        (
+            format!("/v1/channels/{{channel}}/{segment}"),
+            method.clone(),
+        )
+    })
+}
+
 /// `GET /v1/channels/:id/peers` (spec §13.4).
-async fn channel_peers(state: &ServerState, key: &SecretKey, channel: String) -> ApiResult {
+#[utoipa::path(get, path = "/v1/channels/{channel}/peers", tag = "channels",
+    operation_id = "channelPeers", params(schema::ChannelParam),
+    responses(
+        (status = 200, description = "The channel's roster", body = PeersResponse<'_>),
+        (status = 400, description = "Invalid or reserved channel", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "No `presence` action, or the channel is outside the key's patterns", body = ErrorBody),
+        (status = 503, description = "The engine is unavailable", body = ErrorBody),
+    ),
+    security(("secretKey" = [])))]
+pub(crate) async fn channel_peers(
+    state: &ServerState,
+    key: &SecretKey,
+    channel: String,
+) -> ApiResult {
     require_action(key, Action::Presence)?;
     check_channel_scope(key, &channel)?;
     let members = state
         .engine
         .channel_members(&key.app.id, &ChannelName::new(channel.as_str()))
         .await?;
-    #[derive(serde::Serialize)]
-    struct Peers<'a> {
-        channel: &'a str,
-        peers: &'a [Member],
-    }
-    Ok(Json(Peers {
+    Ok(Json(PeersResponse {
         channel: &channel,
         peers: &members,
     })
@@ -398,7 +438,21 @@ async fn channel_peers(state: &ServerState, key: &SecretKey, channel: String) ->
 
 /// `GET /v1/channels/:id/occupancy`: the roster's size and the subscribed connections, for
 /// rooms too big to list. It tells no more than the roster would, so it has the roster's scope.
-async fn channel_occupancy(state: &ServerState, key: &SecretKey, channel: String) -> ApiResult {
+#[utoipa::path(get, path = "/v1/channels/{channel}/occupancy", tag = "channels",
+    operation_id = "channelOccupancy", params(schema::ChannelParam),
+    responses(
+        (status = 200, description = "Counts only; an unknown channel is all zeros", body = Occupancy),
+        (status = 400, description = "Invalid or reserved channel", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "No `presence` action, or the channel is outside the key's patterns", body = ErrorBody),
+        (status = 503, description = "The engine is unavailable", body = ErrorBody),
+    ),
+    security(("secretKey" = [])))]
+pub(crate) async fn channel_occupancy(
+    state: &ServerState,
+    key: &SecretKey,
+    channel: String,
+) -> ApiResult {
     require_action(key, Action::Presence)?;
     check_channel_scope(key, &channel)?;
     let occupancy = state
@@ -408,18 +462,20 @@ async fn channel_occupancy(state: &ServerState, key: &SecretKey, channel: String
     Ok(Json(occupancy).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PublishRequest<'a> {
-    #[serde(default, borrow, deserialize_with = "herald_protocol::frames::present")]
-    data: Option<&'a RawValue>,
-    from: Option<String>,
-    #[serde(borrow)]
-    peer_metadata: Option<&'a RawValue>,
-}
-
 /// `POST /v1/channels/:id/publish` (spec §13.5): a normal `message` to every subscriber.
-async fn channel_publish(
+#[utoipa::path(post, path = "/v1/channels/{channel}/publish", tag = "channels",
+    operation_id = "channelPublish", params(schema::ChannelParam),
+    request_body = PublishRequest<'_>,
+    responses(
+        (status = 200, description = "Published", body = PublishResponse),
+        (status = 400, description = "Invalid body, channel or sender", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "No `publish` action, or the channel is outside the key's patterns", body = ErrorBody),
+        (status = 413, description = "Body over 32 KB", body = ErrorBody),
+        (status = 503, description = "The engine is unavailable", body = ErrorBody),
+    ),
+    security(("secretKey" = [])))]
+pub(crate) async fn channel_publish(
     state: &ServerState,
     key: &SecretKey,
     channel: String,
@@ -461,7 +517,7 @@ async fn channel_publish(
             exclude: None,
         })
         .await?;
-    Ok(Json(json!({"channel": channel, "delivered": delivered})).into_response())
+    Ok(Json(PublishResponse { channel, delivered }).into_response())
 }
 
 /// `DELETE /v1/peers/:id` (spec §13.6): close every connection of the peer with 4020.
@@ -470,11 +526,23 @@ async fn channel_publish(
 /// and change while we look, so "the key covers the peer's channels" cannot be checked soundly;
 /// a peer with no subscriptions would also be fair game for every scoped key. No action is
 /// needed (spec §13.6).
-async fn kick_peer(
+#[utoipa::path(delete, path = "/v1/peers/{peerId}", tag = "peers", operation_id = "kickPeer",
+    params(crate::rest::schema::PeerIdParam),
+    responses(
+        (status = 200, description = "Closed the peer's connections (0 when offline)", body = KickResponse),
+        (status = 400, description = "Invalid peer id", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "The key is not app-wide (`**`)", body = ErrorBody),
+        (status = 503, description = "The engine is unavailable", body = ErrorBody),
+    ),
+    security(("secretKey" = [])))]
+pub(crate) async fn kick_peer(
     State(state): State<Arc<ServerState>>,
     AppKey(key): AppKey,
-    Path(peer_id): Path<String>,
+    peer_id: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
+    // A path that does not decode is a 400 with the usual JSON body, not axum's plain text.
+    let Path(peer_id) = peer_id.map_err(|_| ApiError::invalid("peerId is not valid UTF-8"))?;
     if !is_valid_target_peer_id(&peer_id) {
         return Err(ApiError::invalid(
             "peerId must be 1-128 bytes without control characters",
@@ -488,34 +556,40 @@ async fn kick_peer(
         .engine
         .close_peer(&key.app.id, &PeerId::new(peer_id.as_str()), reason)
         .await?;
-    Ok(Json(json!({"peerId": peer_id, "closed": closed})).into_response())
+    Ok(Json(KickResponse { peer_id, closed }).into_response())
 }
 
 /// `GET /v1/usage` (spec §13.7): live counters and a synthetic self-hosted plan. Any key of the
 /// app may read them: app-wide totals, no channel or peer names.
-async fn usage(State(state): State<Arc<ServerState>>, AppKey(key): AppKey) -> ApiResult {
+#[utoipa::path(get, path = "/v1/usage", tag = "usage", operation_id = "usage",
+    responses(
+        (status = 200, description = "Live counters", body = UsageResponse<'_>),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ),
+    security(("secretKey" = [])))]
+pub(crate) async fn usage(State(state): State<Arc<ServerState>>, AppKey(key): AppKey) -> ApiResult {
     let app = &key.app;
     let max_connections = match (app.max_connections, state.config.limits.max_connections) {
         (0, 0) => UNLIMITED,
         (0, node) => node as i64,
         (app_max, _) => app_max as i64,
     };
-    Ok(Json(json!({
-        "appId": app.id.as_str(),
-        "periodStartUnix": null,
-        "periodEndUnix": null,
-        "concurrentNow": app.connections.load(Ordering::Relaxed),
-        "peakConcurrent": app.peak_connections.load(Ordering::Relaxed),
-        "messagesUsed": app.messages_used.load(Ordering::Relaxed),
-        "overageMessages": 0,
-        "overageConnections": 0,
-        "plan": {
-            "name": "SELF_HOSTED",
-            "maxConcurrentConnections": max_connections,
-            "maxMessagesPerPeriod": UNLIMITED,
-            "overagesAllowed": false,
-            "overagesEnabled": false,
-        }
-    }))
+    Ok(Json(UsageResponse {
+        app_id: app.id.as_str(),
+        period_start_unix: None,
+        period_end_unix: None,
+        concurrent_now: app.connections.load(Ordering::Relaxed),
+        peak_concurrent: app.peak_connections.load(Ordering::Relaxed),
+        messages_used: app.messages_used.load(Ordering::Relaxed),
+        overage_messages: 0,
+        overage_connections: 0,
+        plan: Plan {
+            name: "SELF_HOSTED",
+            max_concurrent_connections: max_connections,
+            max_messages_per_period: UNLIMITED,
+            overages_allowed: false,
+            overages_enabled: false,
+        },
+    })
     .into_response())
 }

@@ -125,7 +125,7 @@ pub struct ChannelSummary {
 
 /// How full a channel is across the service, read without listing its roster: what
 /// `GET /v1/channels/{channel}/occupancy` answers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Occupancy {
     /// Distinct peers in the roster.
     pub peers: usize,

@@ -12,6 +12,7 @@ use herald_protocol::Action;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::schema::ErrorBody;
 use super::{check_channel_scope, check_concrete_channel, require_action, ApiError, ApiResult};
 use crate::clock::unix_now;
 use crate::history::{PageQuery, StoredMessage, MAX_PAGE};
@@ -22,7 +23,18 @@ use crate::state::ServerState;
 const DEFAULT_LIMIT: usize = 100;
 
 /// Answers one history request: credential, scope, query, page.
-pub(super) async fn channel_messages(
+#[utoipa::path(get, path = "/v1/channels/{channel}/messages", tag = "channels",
+    operation_id = "channelMessages", params(super::schema::ChannelParam, HistoryParams),
+    responses(
+        (status = 200, description = "A page of the channel's history, oldest first", body = Answer<'_>),
+        (status = 400, description = "Invalid channel or query", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "The credential may not subscribe to the channel", body = ErrorBody),
+        (status = 404, description = "`history_not_enabled`: the channel keeps no history", body = ErrorBody),
+        (status = 503, description = "The engine is unavailable", body = ErrorBody),
+    ),
+    security(("secretKey" = []), ("connectJwt" = []), ("publishableKey" = [])))]
+pub(crate) async fn channel_messages(
     state: &ServerState,
     headers: &HeaderMap,
     query: Option<&str>,
@@ -100,10 +112,19 @@ fn parse_query(query: Option<&str>) -> Result<PageQuery, ApiError> {
     };
     for pair in query.unwrap_or_default().split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // Offsets stay within a signed 64-bit integer, the range the document promises and
+        // every JSON client can hold (schemathesis: `before=9223372036854775808` passed).
         let number = || {
             value
                 .parse::<u64>()
-                .map_err(|_| ApiError::invalid(format!("{name} must be a whole number")))
+                .ok()
+                .filter(|n| i64::try_from(*n).is_ok())
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "{name} must be a whole number from 0 to {}",
+                        i64::MAX
+                    ))
+                })
         };
         match name {
             "limit" => {
@@ -123,9 +144,27 @@ fn parse_query(query: Option<&str>) -> Result<PageQuery, ApiError> {
     Ok(page)
 }
 
-#[derive(Serialize)]
+/// The query of a history read; [`parse_query`] reads it (other parameters are ignored).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query only.
+pub(super) struct HistoryParams {
+    /// Messages in the page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u64>,
+    /// Only offsets below this one (exclusive).
+    #[param(maximum = 9223372036854775807_i64)]
+    before: Option<u64>,
+    /// Only offsets above this one (exclusive).
+    #[param(maximum = 9223372036854775807_i64)]
+    after: Option<u64>,
+}
+
+/// A page of history.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Answer<'a> {
+#[schema(as = HistoryPage)]
+pub(super) struct Answer<'a> {
     channel: &'a str,
     /// `null` while the channel retains nothing.
     epoch: Option<&'a str>,
@@ -133,15 +172,24 @@ struct Answer<'a> {
     has_more: bool,
 }
 
-#[derive(Serialize)]
+/// One retained message.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Message<'a> {
+#[schema(as = HistoryMessage)]
+pub(super) struct Message<'a> {
+    /// Unique and stable while retained.
     id: String,
+    /// Grows by exactly 1 per message of the channel.
     offset: u64,
+    /// The server's time of the publish, in milliseconds.
     ts: i64,
     from: &'a str,
+    /// The sender's metadata, when it had some.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     from_metadata: Option<&'a RawValue>,
+    /// The sender's bytes.
+    #[schema(value_type = Value)]
     data: &'a RawValue,
 }
 
@@ -175,7 +223,17 @@ mod tests {
             }
         );
         assert_eq!(parse_query(None).unwrap().limit, DEFAULT_LIMIT);
-        for bad in ["limit=0", "limit=1001", "limit=x", "before=-1", "after="] {
+        let top = parse_query(Some("before=9223372036854775807")).unwrap();
+        assert_eq!(top.before, Some(i64::MAX as u64));
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "before=-1",
+            "after=",
+            "before=9223372036854775808",
+            "after=18446744073709551616",
+        ] {
             assert!(parse_query(Some(bad)).is_err(), "{bad}");
         }
     }
