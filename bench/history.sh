@@ -9,6 +9,8 @@
 #
 #   bench/history.sh [ROUNDS] [OTHER_HERALD]          # default 5 rounds
 #   HERALD=path/to/herald bench/history.sh ...        # this side's binary, if not the one built
+#   SIDES="redis-off redis" bench/history.sh 3        # the Redis engine (a redis-server per run,
+#                                                     # on the server's core), history off and on
 #
 # Writes bench/results/history/<side>-<round>.json. Placement as in run.sh: the server on
 # core 0, the generator on core 1.
@@ -38,10 +40,13 @@ trap cleanup EXIT INT TERM
 # free_port, wait_port, stop
 . bench/lib.sh
 
-config() { # side round
+config() { # side round [redis port]
   cat bench/herald.toml
+  if [ -n "${3:-}" ]; then
+    printf '\n[engine]\nkind = "redis"\nredis_url = "redis://127.0.0.1:%s/0"\n' "$3"
+  fi
   case "$1" in
-    memory | disk)
+    memory | disk | redis)
       printf '\n[history]\nmax_memory_bytes = 1073741824\n'
       [ "$1" = disk ] && printf 'store = "disk"\npath = "%s/history-%s"\n' "$work" "$2"
       printf '\n[[history.channels]]\npatterns = ["bench/**"]\nmax_messages = 100000\n'
@@ -52,8 +57,17 @@ config() { # side round
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 run() { # side round binary
-  local port hp
-  config "$1" "$2" >"$work/$1.toml"
+  local port hp rport="" rp=""
+  case "$1" in
+    redis*)
+      rport=$(free_port)
+      taskset -c "$server_cpu" redis-server --port "$rport" --bind 127.0.0.1 --save '' \
+        --appendonly no >"$work/redis.log" 2>&1 &
+      rp=$!; pids+=("$rp")
+      wait_port "$rport"
+      ;;
+  esac
+  config "$1" "$2" "$rport" >"$work/$1.toml"
   port=$(free_port)
   taskset -c "$server_cpu" "$3" serve --config "$work/$1.toml" --listen "127.0.0.1:$port" 2>"$work/$1.log" &
   hp=$!; pids+=("$hp")
@@ -65,11 +79,16 @@ run() { # side round binary
   if [ "$1" = disk ]; then
     stat -c %s "$work/history-$2/history.redb" >"$out/$1-$2.file"
   fi
+  if [ -n "$rp" ]; then
+    # Redis's own memory stands in for the file: its used_memory after the run.
+    redis-cli -p "$rport" info memory | awk -F: '/^used_memory:/ {print $2+0}' >"$out/$1-$2.file"
+  fi
   stop "$hp"
+  [ -n "$rp" ] && stop "$rp"
   rm -rf "$work/history-$2"
 }
 
-sides=(off memory disk)
+read -r -a sides <<<"${SIDES:-off memory disk}"
 [ -n "$other" ] && sides=(other-off "${sides[@]}")
 for r in $(seq "$rounds"); do
   for side in "${sides[@]}"; do
@@ -109,12 +128,17 @@ print()
 for s in sides:
     x = rows[s]
     line = f"{s}: median {med(x['pubs']):,.0f} publishes/s, {med(x['cpu']):.2f} µs server CPU per delivery, RSS {med(x['rss'])/2**20:,.1f} MiB, retained {med(x['kept']):,.0f}"
-    if x["file"]:
+    if x["file"] and s == "disk":
         line += f", file {med(x['file'])/2**20:,.1f} MiB = {med([f / k for f, k in zip(x['file'], x['kept'])]):,.0f} B per retained message"
     print(line)
-off = med(rows["off"]["rss"])
-mem = [(m - off) / k for m, k in zip(rows["memory"]["rss"], rows["memory"]["kept"])]
-print(f"memory store: RSS over history off / retained = {med(mem):,.0f} B per retained message")
+if "off" in rows and "memory" in rows:
+    off = med(rows["off"]["rss"])
+    mem = [(m - off) / k for m, k in zip(rows["memory"]["rss"], rows["memory"]["kept"])]
+    print(f"memory store: RSS over history off / retained = {med(mem):,.0f} B per retained message")
+if "redis-off" in rows and "redis" in rows:
+    base = med(rows["redis-off"]["file"])
+    per = [(f - base) / k for f, k in zip(rows["redis"]["file"], rows["redis"]["kept"])]
+    print(f"redis: used_memory over history off / retained = {med(per):,.0f} B per retained message")
 if "other-off" in rows:
     a, b = med(rows["other-off"]["pubs"]), med(rows["off"]["pubs"])
     print(f"history off, this binary against the other: {100 * (b - a) / a:+.1f} %")
