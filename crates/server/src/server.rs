@@ -71,6 +71,12 @@ pub async fn run_with_engine(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    if config.apps.iter().any(|app| !app.webhooks.is_empty()) {
+        // The delivery side exists (`webhooks/`); the engines do not announce events to it yet.
+        tracing::warn!(
+            "[[apps.webhooks]] is configured, but this version does not emit webhook events yet"
+        );
+    }
     let deadline_after = Duration::from_secs(config.timing.shutdown_deadline_secs);
     let tls_metrics = TlsMetrics::default();
     let tls = Tls::from_config(&config.tls, tls_metrics.clone())?.map(Arc::new);
