@@ -30,7 +30,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# free_port, wait_port, stop
+# free_port, wait_port, stop, start_redis
 . bench/lib.sh
 suite() { timeout 600 taskset -c "$bench_cpu" "$bench" suite "$@"; }
 
@@ -47,11 +47,8 @@ one_node() { # binary label
 
 three_nodes() { # binary label
   local rport rp np port addrs=() npids=()
-  rport=$(free_port)
-  taskset -c "$server_cpu" redis-server --port "$rport" --bind 127.0.0.1 --save "" \
-    --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
-  rp=$!; pids+=("$rp"); npids+=("$rp")
-  wait_port "$rport"
+  start_redis "$server_cpu" "$work/redis.log"
+  pids+=("$rp"); npids+=("$rp")
   for i in 1 2 3; do
     port=$(free_port)
     { cat bench/herald.toml; printf '\n[engine]\nkind = "redis"\nredis_url = "redis://127.0.0.1:%s/0"\nnode_id = "ab%s"\n' "$rport" "$i"; } >"$work/node$i.toml"

@@ -37,7 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# free_port, wait_port, stop
+# free_port, wait_port, stop, start_redis
 . bench/lib.sh
 
 config() { # side round [redis port]
@@ -60,11 +60,8 @@ run() { # side round binary
   local port hp rport="" rp=""
   case "$1" in
     redis*)
-      rport=$(free_port)
-      taskset -c "$server_cpu" redis-server --port "$rport" --bind 127.0.0.1 --save '' \
-        --appendonly no >"$work/redis.log" 2>&1 &
-      rp=$!; pids+=("$rp")
-      wait_port "$rport"
+      start_redis "$server_cpu" "$work/redis.log"
+      pids+=("$rp")
       ;;
   esac
   config "$1" "$2" "$rport" >"$work/$1.toml"

@@ -14,3 +14,14 @@ wait_port() {
 
 # Stops the given processes and waits for them.
 stop() { kill "$@" 2>/dev/null || true; for p in "$@"; do wait "$p" 2>/dev/null || true; done; }
+
+# Starts a throwaway redis-server (nothing saved to disk) on a free port, pinned to CPU $1 and
+# logging to $2; sets `rport` and `rp` (its pid), which callers may declare local, and returns
+# once it listens.
+start_redis() {
+  rport=$(free_port)
+  taskset -c "$1" redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
+    >"$2" 2>&1 &
+  rp=$!
+  wait_port "$rport"
+}

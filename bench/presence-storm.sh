@@ -67,15 +67,11 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# free_port, wait_port, stop
+# free_port, wait_port, stop, start_redis
 . bench/lib.sh
 
 if [ "$redis" = 1 ]; then
-  rport=$(free_port)
-  taskset -c "$server_cpu" redis-server --port "$rport" --bind 127.0.0.1 --save '' \
-    --appendonly no >"$work/redis.log" 2>&1 &
-  rp=$!
-  wait_port "$rport"
+  start_redis "$server_cpu" "$work/redis.log"
 fi
 
 # The secret key right after the base file's [[apps]], so it belongs to app_bench; the extra

@@ -45,7 +45,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# free_port, wait_port, stop
+# free_port, wait_port, stop, start_redis
 . bench/lib.sh
 suite() { timeout "$run_timeout" taskset -c "$bench_cpu" "$bench" suite "$@" "${args[@]}"; }
 
@@ -70,11 +70,8 @@ files=("$out/herald.json" "$out/socketio.json")
 
 # ---- Herald, three nodes through Redis ----
 if [ "$cluster" = 1 ] && command -v redis-server >/dev/null 2>&1; then
-  rport=$(free_port)
-  taskset -c "$server_cpu" redis-server --port "$rport" --bind 127.0.0.1 --save "" \
-    --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
-  rp=$!; pids+=("$rp")
-  wait_port "$rport"
+  start_redis "$server_cpu" "$work/redis.log"
+  pids+=("$rp")
   addrs=(); npids=("$rp")
   for i in 1 2 3; do
     port=$(free_port)

@@ -10,7 +10,7 @@ use herald_testkit::prelude::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const SK: &str = "Bearer sk_id_test:sk_secret_test_0123456789abcdef";
+const SK: &str = SK_AUTH;
 const ROOM: &str = "room/1";
 
 /// `room/*` keeps 1000 and rewinds 20; `small/*` keeps 10.
@@ -49,30 +49,6 @@ async fn get(
     (status, resp.json().await.unwrap())
 }
 
-async fn rest_publish(server: &TestServer, channel: &str, data: Value) {
-    let resp = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/channels/{}/publish",
-            server.http(),
-            channel.replace('/', "%2F")
-        ))
-        .header("authorization", SK)
-        .json(&json!({"data": data, "from": "server"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-}
-
-fn offsets(page: &Value) -> Vec<u64> {
-    page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["offset"].as_u64().unwrap())
-        .collect()
-}
-
 fn signed(claims: &Claims) -> String {
     jwt::sign(SK_ID, SK_SECRET.as_bytes(), claims)
 }
@@ -82,7 +58,7 @@ async fn positions_rewind_and_paging_agree() {
     let server = server().await;
     // 25 by REST, then 5 from a client with peer metadata.
     for n in 1..=25 {
-        rest_publish(&server, ROOM, json!({ "n": n })).await;
+        server.rest_publish(ROOM, json!({ "n": n })).await;
     }
     let mut alice =
         Client::connect(&server.token_url(&token_with_meta("alice", r#"{"name":"A"}"#))).await;
@@ -131,7 +107,7 @@ async fn positions_rewind_and_paging_agree() {
             (from, meta)
         );
     }
-    assert_eq!(offsets(&page), (11..=30).collect::<Vec<_>>());
+    assert_eq!(history_offsets(&page), (11..=30).collect::<Vec<_>>());
     alice.publish(ROOM, json!({"n": 31}), "p31").await;
     let live = bob.recv().await;
     assert_eq!(
@@ -145,7 +121,7 @@ async fn positions_rewind_and_paging_agree() {
     loop {
         let (status, page) = get(&server, &path, Some(SK), None).await;
         assert_eq!(status, StatusCode::OK);
-        let got = offsets(&page);
+        let got = history_offsets(&page);
         seen.splice(0..0, got.iter().copied());
         if page["hasMore"] == false {
             break;
@@ -161,7 +137,7 @@ async fn positions_rewind_and_paging_agree() {
     )
     .await;
     assert_eq!(
-        (offsets(&page), &page["hasMore"]),
+        (history_offsets(&page), &page["hasMore"]),
         (vec![29, 30, 31], &json!(false))
     );
     let (_, page) = get(
@@ -171,7 +147,7 @@ async fn positions_rewind_and_paging_agree() {
         None,
     )
     .await;
-    assert_eq!(offsets(&page), vec![3, 4, 5]);
+    assert_eq!(history_offsets(&page), vec![3, 4, 5]);
     server.shutdown().await;
 }
 
@@ -179,11 +155,11 @@ async fn positions_rewind_and_paging_agree() {
 async fn retention_by_count_shows_in_rest() {
     let server = server().await;
     for n in 1..=15 {
-        rest_publish(&server, "small/x", json!(n)).await;
+        server.rest_publish("small/x", json!(n)).await;
     }
     let (status, page) = get(&server, "/v1/channels/small%2Fx/messages", Some(SK), None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(offsets(&page), (6..=15).collect::<Vec<_>>());
+    assert_eq!(history_offsets(&page), (6..=15).collect::<Vec<_>>());
     assert_eq!(page["hasMore"], false);
     server.shutdown().await;
 }
@@ -191,7 +167,7 @@ async fn retention_by_count_shows_in_rest() {
 #[tokio::test]
 async fn each_credential_reads_within_its_own_scope() {
     let server = server().await;
-    rest_publish(&server, ROOM, json!("hello")).await;
+    server.rest_publish(ROOM, json!("hello")).await;
     let path = "/v1/channels/room%2F1/messages";
     let read = |auth: String, origin: Option<&'static str>| {
         let server = &server;
@@ -201,7 +177,7 @@ async fn each_credential_reads_within_its_own_scope() {
         assert_eq!(got.0.as_u16(), status, "{}", got.1);
         match code {
             Some(code) => assert_eq!(got.1["error"], code, "{}", got.1),
-            None => assert_eq!(offsets(&got.1), vec![1], "{}", got.1),
+            None => assert_eq!(history_offsets(&got.1), vec![1], "{}", got.1),
         }
     };
     // Secret keys: the app-wide one, and a narrow one (room/*, publish + subscribe).
@@ -220,7 +196,7 @@ async fn each_credential_reads_within_its_own_scope() {
     let other = format!("Bearer {OTHER_SK_ID}:{OTHER_SK_SECRET}");
     let (status, body) = read(other, None).await;
     assert_eq!(
-        (status, offsets(&body), &body["epoch"]),
+        (status, history_offsets(&body), &body["epoch"]),
         (StatusCode::OK, vec![], &Value::Null)
     );
 
@@ -333,7 +309,7 @@ async fn no_groups_no_history() {
     let server = TestServer::start().await;
     let mut bob = server.client("bob").await;
     bob.subscribe(ROOM).await;
-    rest_publish(&server, ROOM, json!(1)).await;
+    server.rest_publish(ROOM, json!(1)).await;
     assert_eq!(
         bob.recv().await,
         json!({"type": "message", "channel": ROOM, "from": "server", "data": 1})

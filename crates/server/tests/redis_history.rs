@@ -10,7 +10,7 @@ use herald_testkit::prelude::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const SK: &str = "Bearer sk_id_test:sk_secret_test_0123456789abcdef";
+const SK: &str = SK_AUTH;
 const ROOM: &str = "room/1";
 
 fn history_config() -> HistoryConfig {
@@ -36,30 +36,6 @@ async fn get(server: &TestServer, path: &str) -> (StatusCode, Value) {
     (status, resp.json().await.unwrap())
 }
 
-async fn rest_publish(server: &TestServer, channel: &str, data: Value) {
-    let resp = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/channels/{}/publish",
-            server.http(),
-            channel.replace('/', "%2F")
-        ))
-        .header("authorization", SK)
-        .json(&json!({"data": data, "from": "server"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-}
-
-fn offsets(page: &Value) -> Vec<u64> {
-    page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["offset"].as_u64().unwrap())
-        .collect()
-}
-
 /// Pages back from the newest, 7 at a time; returns every offset listed, oldest first.
 async fn page_back(server: &TestServer) -> Vec<u64> {
     let mut seen = Vec::new();
@@ -67,7 +43,7 @@ async fn page_back(server: &TestServer) -> Vec<u64> {
     loop {
         let (status, page) = get(server, &path).await;
         assert_eq!(status, StatusCode::OK, "{page}");
-        let got = offsets(&page);
+        let got = history_offsets(&page);
         seen.splice(0..0, got.iter().copied());
         if page["hasMore"] == false {
             return seen;
@@ -79,7 +55,7 @@ async fn page_back(server: &TestServer) -> Vec<u64> {
 async fn publish_on_a_read_on_c(mut cluster: Cluster) {
     let (a, b, c) = (cluster.node(0), cluster.node(1), cluster.node(2));
     for n in 1..=25 {
-        rest_publish(a, ROOM, json!({ "n": n })).await;
+        a.rest_publish(ROOM, json!({ "n": n })).await;
     }
     let mut alice =
         Client::connect(&a.token_url(&token_with_meta("alice", r#"{"name":"A"}"#))).await;
@@ -101,7 +77,7 @@ async fn publish_on_a_read_on_c(mut cluster: Cluster) {
         (&page["channel"], &page["hasMore"]),
         (&json!(ROOM), &json!(true))
     );
-    assert_eq!(offsets(&page), (11..=30).collect::<Vec<_>>());
+    assert_eq!(history_offsets(&page), (11..=30).collect::<Vec<_>>());
     let epoch = page["epoch"].as_str().unwrap().to_string();
     for (frame, listed) in rewound.iter().zip(page["messages"].as_array().unwrap()) {
         assert_eq!(
@@ -168,7 +144,7 @@ async fn other_channels_keep_nothing() {
     let (a, b) = (cluster.node(0), cluster.node(1));
     let mut bob = b.client("bob").await;
     bob.subscribe("lobby").await;
-    rest_publish(a, "lobby", json!(1)).await;
+    a.rest_publish("lobby", json!(1)).await;
     assert_eq!(
         bob.recv().await,
         json!({"type": "message", "channel": "lobby", "from": "server", "data": 1})

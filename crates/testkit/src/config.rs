@@ -8,6 +8,8 @@ use herald_server::config::{AppConfig, Config, PublishableKeyConfig, SecretKeyCo
 pub const APP: &str = "app_test";
 pub const SK_ID: &str = "sk_id_test";
 pub const SK_SECRET: &str = "sk_secret_test_0123456789abcdef";
+/// The REST `authorization` header of the app's secret key.
+pub const SK_AUTH: &str = "Bearer sk_id_test:sk_secret_test_0123456789abcdef";
 /// A second, rotated-in secret key of the same app.
 pub const SK2_ID: &str = "sk_id_test_2";
 pub const SK2_SECRET: &str = "sk_secret_test2_0123456789abcdef";

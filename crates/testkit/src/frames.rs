@@ -45,3 +45,13 @@ pub fn ack(request_id: &str) -> Value {
 pub fn empty_presence(channel: &str) -> Value {
     json!({"type": "presence", "channel": channel, "joined": [], "left": []})
 }
+
+/// The offsets of a REST history page's messages, in page order.
+pub fn history_offsets(page: &Value) -> Vec<u64> {
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect()
+}

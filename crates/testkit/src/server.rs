@@ -124,6 +124,23 @@ impl TestServer {
         self.refused(&format!("token={token}")).await
     }
 
+    /// Publishes `data` on `channel` through REST as "server", with the app's secret key;
+    /// panics unless it answers 200.
+    pub async fn rest_publish(&self, channel: &str, data: Value) {
+        let resp = reqwest::Client::new()
+            .post(format!(
+                "{}/v1/channels/{}/publish",
+                self.http(),
+                channel.replace('/', "%2F")
+            ))
+            .header("authorization", crate::config::SK_AUTH)
+            .json(&serde_json::json!({"data": data, "from": "server"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    }
+
     /// The value of one unlabelled gauge or counter in this node's `/metrics`; panics if absent.
     pub async fn metric(&self, name: &str) -> f64 {
         let text = reqwest::get(format!("http://{}/metrics", self.addr))

@@ -634,3 +634,22 @@ async fn a_mirror_that_stops_being_trusted_during_a_subscribe_reads_the_roster_i
     sim.finish(1);
     sim.settle_and_check().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_resync_sends_what_waits_before_comparing_rosters() {
+    let mut sim = busy_room().await;
+    sim.redis_change(true, "z");
+    sim.deliver(usize::MAX);
+    assert!(
+        frames(&mut sim, 0).is_empty(),
+        "z's joined waits for the window"
+    );
+    // A re-sync compares Redis's roster with `known`, which has z already: without sending
+    // what waits first, the watcher would never hear of z.
+    let key = (AppId::new("app"), ChannelName::new(ROOM));
+    let flat = sim.flat();
+    assert!(sim.local.resync(&key, &flat, sim.seq));
+    let got = frames(&mut sim, 0);
+    assert_eq!(joined_names(&got[0]), ["z"]);
+    sim.settle_and_check().await;
+}
