@@ -378,6 +378,11 @@ impl Metrics {
         }
     }
 
+    /// Adds the webhook delivery metrics (only on a node with endpoints).
+    pub fn register_webhooks(&mut self, webhooks: &crate::webhooks::WebhookMetrics) {
+        webhooks.register(&mut self.registry);
+    }
+
     /// Adds the TLS metrics (once: a node has one listener).
     pub fn register_tls(&mut self, tls: TlsMetrics) {
         if self.tls.is_none() {

@@ -17,6 +17,8 @@ use crate::http;
 use crate::metrics::TlsMetrics;
 use crate::state::ServerState;
 use crate::tls::{self, Tls, TlsError};
+use crate::webhooks::transport::HttpTransport;
+use crate::webhooks::{WebhookMetrics, Webhooks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -71,18 +73,18 @@ pub async fn run_with_engine(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    if config.apps.iter().any(|app| !app.webhooks.is_empty()) {
-        // The delivery side exists (`webhooks/`); the engines do not announce events to it yet.
-        tracing::warn!(
-            "[[apps.webhooks]] is configured, but this version does not emit webhook events yet"
-        );
-    }
+    let webhooks = start_webhooks(&config)?;
     let deadline_after = Duration::from_secs(config.timing.shutdown_deadline_secs);
     let tls_metrics = TlsMetrics::default();
     let tls = Tls::from_config(&config.tls, tls_metrics.clone())?.map(Arc::new);
     let mut state = ServerState::new(config, engine);
     if tls.is_some() {
         state.metrics.register_tls(tls_metrics);
+    }
+    if let Some((webhooks, metrics)) = webhooks {
+        state.metrics.register_webhooks(&metrics);
+        state.engine.attach_webhooks(webhooks.clone());
+        state.webhooks = Some(webhooks);
     }
     let state = Arc::new(state);
     let watcher = tls
@@ -115,4 +117,22 @@ pub async fn run_with_engine(
         );
     }
     Ok(())
+}
+
+/// The webhook endpoints of every app, each with its delivery task, when some app has any.
+fn start_webhooks(config: &Config) -> Result<Option<(Arc<Webhooks>, WebhookMetrics)>, ServerError> {
+    if config.apps.iter().all(|app| app.webhooks.is_empty()) {
+        return Ok(None);
+    }
+    let transport = HttpTransport::new(Duration::from_millis(config.webhooks.timeout_ms)).map_err(
+        |reason| {
+            ServerError::Config(ConfigError::Invalid {
+                field: "webhooks".into(),
+                reason,
+            })
+        },
+    )?;
+    let metrics = WebhookMetrics::default();
+    let webhooks = Webhooks::start(config, Arc::new(transport), metrics.clone());
+    Ok(Some((Arc::new(webhooks), metrics)))
 }

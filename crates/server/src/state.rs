@@ -12,6 +12,7 @@ use crate::conn::{NodeOutbound, QueueLimits};
 use crate::engine::Engine;
 use crate::limits::ConnectLimiter;
 use crate::metrics::Metrics;
+use crate::webhooks::Webhooks;
 
 pub struct ServerState {
     pub config: Config,
@@ -28,6 +29,8 @@ pub struct ServerState {
     sessions_changed: Notify,
     /// Flips to `true` once, when graceful shutdown begins.
     shutdown: watch::Sender<bool>,
+    /// The webhook endpoints, when some app has any (the REST test event uses them).
+    pub webhooks: Option<Arc<Webhooks>>,
 }
 
 impl ServerState {
@@ -56,6 +59,7 @@ impl ServerState {
             sessions: AtomicUsize::new(0),
             sessions_changed: Notify::new(),
             shutdown: watch::channel(false).0,
+            webhooks: None,
         }
     }
 

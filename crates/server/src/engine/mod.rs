@@ -285,6 +285,13 @@ pub trait Engine: Send + Sync + 'static {
         BookStats::default()
     }
 
+    /// Webhooks (`webhooks/`): the node's endpoints, handed over once at start when some app
+    /// has `[[apps.webhooks]]`. The engine announces each transition where it decides it (once
+    /// cluster-wide, after the reconnect grace). The default announces nothing.
+    fn attach_webhooks(&self, webhooks: Arc<crate::webhooks::Webhooks>) {
+        let _ = webhooks;
+    }
+
     /// Closes every connection of a peer with `reason`. Returns how many were closed.
     async fn close_peer(
         &self,
