@@ -5,12 +5,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use herald_protocol::claims::Claims;
+use herald_testkit::process::HeraldProcess;
 use herald_testkit::redis::{RedisCluster, RedisServer};
 use herald_testkit::tokens::{now, sign};
 use serde_json::{json, Value};
@@ -19,18 +19,6 @@ use tokio_tungstenite::tungstenite::Message;
 const KID: &str = "sk_id_crash";
 const SECRET: &str = "sk_secret_crash_0123456789abcdef";
 const LEASE_MS: u64 = 10_000;
-
-struct Node {
-    child: Child,
-    origin: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Where the nodes keep their shared state.
 enum Backend {
@@ -49,12 +37,12 @@ impl Backend {
     }
 }
 
-fn start_node(dir: &std::path::Path, redis: &Backend, id: &str) -> Node {
+fn start_node(dir: &std::path::Path, redis: &Backend, id: &str) -> HeraldProcess {
     start_node_with(dir, redis, id, "")
 }
 
 /// [`start_node`] with more configuration appended (for example `[[history.channels]]`).
-fn start_node_with(dir: &std::path::Path, redis: &Backend, id: &str, extra: &str) -> Node {
+fn start_node_with(dir: &std::path::Path, redis: &Backend, id: &str, extra: &str) -> HeraldProcess {
     let config = format!(
         r#"listen = "127.0.0.1:0"
 [log]
@@ -74,66 +62,27 @@ secret = "{SECRET}"
 "#,
         engine = redis.engine_config()
     );
-    let path = dir.join(format!("{id}.toml"));
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if let Some(listen) = v["fields"]["listen"].as_str() {
-                        let _ = tx.send(listen.to_string());
-                        sent = true;
-                    }
-                }
-            }
-        }
-    });
-    let listen = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("node did not report its address");
-    Node {
-        child,
-        origin: format!("ws://{listen}"),
-    }
-}
-
-/// Waits until the node answers `/readyz` with 200 (its Redis pub/sub is up), as a load
-/// balancer would before sending it clients.
-async fn wait_ready(node: &Node) {
-    let url = format!("{}/readyz", node.origin.replacen("ws://", "http://", 1));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !reqwest::get(&url)
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "{url} never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    HeraldProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_herald")),
+        &dir.join(format!("{id}.toml")),
+        &config,
+    )
 }
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(node: &Node, sub: &str) -> Ws {
+async fn connect(node: &HeraldProcess, sub: &str) -> Ws {
     let claims = Claims {
         sub: sub.into(),
         exp: Some(now() + 600),
         ..Claims::default()
     };
     let token = sign(KID, SECRET, &claims);
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/v1?token={token}", node.origin))
-        .await
-        .unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{}/v1?token={token}", node.origin()))
+            .await
+            .unwrap();
     let welcome = next_json(&mut ws).await.unwrap();
     assert_eq!(welcome["type"], "welcome");
     ws
@@ -176,12 +125,12 @@ async fn on_redis_cluster_killed_node_peers_leave_exactly_once_within_the_lease_
 async fn killed_node_peers_leave_exactly_once(redis: Backend, label: &str) {
     let dir = std::env::temp_dir().join(format!("herald-crash-{label}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let nodes: Vec<Node> = ["crash-a", "crash-b", "crash-c"]
+    let nodes: Vec<HeraldProcess> = ["crash-a", "crash-b", "crash-c"]
         .iter()
         .map(|id| start_node(&dir, &redis, id))
         .collect();
     for node in &nodes {
-        wait_ready(node).await;
+        node.wait_ready().await;
     }
 
     let mut watchers = vec![
@@ -204,12 +153,7 @@ async fn killed_node_peers_leave_exactly_once(redis: Backend, label: &str) {
 
     let mut victim_node = nodes.into_iter().collect::<Vec<_>>();
     let killed_at = Instant::now();
-    let status = Command::new("kill")
-        .args(["-KILL", &victim_node[2].child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = victim_node[2].child.wait();
+    victim_node[2].kill9();
 
     let bound = Duration::from_millis(LEASE_MS + 5_000);
     for (i, w) in watchers.iter_mut().enumerate() {
@@ -288,12 +232,12 @@ async fn history_outlives_a_killed_node_on(redis: Backend, label: &str) {
     let dir = std::env::temp_dir().join(format!("herald-hist-{label}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let history = "[[history.channels]]\npatterns = [\"room\"]\nrewind = 20\n";
-    let mut nodes: Vec<Node> = ["hist-a", "hist-b", "hist-c"]
+    let mut nodes: Vec<HeraldProcess> = ["hist-a", "hist-b", "hist-c"]
         .iter()
         .map(|id| start_node_with(&dir, &redis, id, history))
         .collect();
     for node in &nodes {
-        wait_ready(node).await;
+        node.wait_ready().await;
     }
     let mut alice = connect(&nodes[0], "alice").await;
     for n in 1..=30 {
@@ -308,12 +252,7 @@ async fn history_outlives_a_killed_node_on(redis: Backend, label: &str) {
         let ack = next_json(&mut alice).await.unwrap();
         assert_eq!(ack, json!({"type": "ack", "requestId": request}));
     }
-    let status = Command::new("kill")
-        .args(["-KILL", &nodes[0].child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = nodes[0].child.wait();
+    nodes[0].kill9();
     drop(alice);
 
     let mut bob = connect(&nodes[2], "bob").await;
@@ -330,7 +269,7 @@ async fn history_outlives_a_killed_node_on(redis: Backend, label: &str) {
         let e = epoch.get_or_insert_with(|| frame["epoch"].clone());
         assert_eq!(&frame["epoch"], e);
     }
-    let http = nodes[2].origin.replacen("ws://", "http://", 1);
+    let http = nodes[2].http();
     let page: Value = reqwest::Client::new()
         .get(format!("{http}/v1/channels/room/messages"))
         .header("authorization", format!("Bearer {KID}:{SECRET}"))

@@ -3,13 +3,12 @@
 //! and in the rewind of a new subscriber, with the same ids, offsets and epoch.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use herald_protocol::claims::Claims;
+use herald_testkit::process::HeraldProcess;
 use herald_testkit::tokens::{now, sign};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -18,19 +17,7 @@ const KID: &str = "sk_id_disk";
 const SECRET: &str = "sk_secret_disk_0123456789abcdef";
 const N: usize = 40;
 
-struct Node {
-    child: Child,
-    listen: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path) -> Node {
+fn start(dir: &Path) -> HeraldProcess {
     let config = format!(
         r#"listen = "127.0.0.1:0"
 [log]
@@ -51,41 +38,17 @@ secret = "{SECRET}"
 "#,
         history = dir.join("history").display()
     );
-    let path = dir.join("herald.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(listen) = serde_json::from_str::<Value>(&line)
-                    .ok()
-                    .and_then(|v| v["fields"]["listen"].as_str().map(str::to_owned))
-                {
-                    let _ = tx.send(listen);
-                    sent = true;
-                }
-            }
-        }
-    });
-    let listen = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("herald did not report its address");
-    Node { child, listen }
+    HeraldProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_herald")),
+        &dir.join("herald.toml"),
+        &config,
+    )
 }
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(node: &Node, sub: &str) -> Ws {
+async fn connect(node: &HeraldProcess, sub: &str) -> Ws {
     let claims = Claims {
         sub: sub.into(),
         exp: Some(now() + 600),
@@ -149,7 +112,7 @@ async fn acknowledged_messages_survive_kill_9_with_their_ids_offsets_and_epoch()
     let dir = std::env::temp_dir().join(format!("herald-disk-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let node = start(&dir);
+    let mut node = start(&dir);
 
     let mut watcher = connect(&node, "watcher").await;
     assert!(subscribe(&mut watcher, 0).await.is_empty());
@@ -178,12 +141,7 @@ async fn acknowledged_messages_survive_kill_9_with_their_ids_offsets_and_epoch()
     assert_eq!(offsets, (1..=N as u64).collect::<Vec<_>>());
 
     // kill -9: no shutdown path runs.
-    let status = Command::new("kill")
-        .args(["-KILL", &node.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    drop(node);
+    node.kill9();
 
     let node = start(&dir);
     let url = format!(

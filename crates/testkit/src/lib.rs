@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod frames;
 pub mod presence_view;
+pub mod process;
 pub mod proxy;
 pub mod raw_ws;
 pub mod redis;
