@@ -4,10 +4,13 @@
 // A bot publishes 60 chat messages into the lobby over a raw WebSocket before anyone opens the
 // app. Alice then signs in: the lobby shows the last 50 (the rewind) and a "Load older"
 // control, which pages back through REST with the app's own token to the first 10. She writes,
-// reloads, and her message and the bot's are there again.
+// reloads, and her message and the bot's are there again. Carol's page goes through a TCP
+// proxy that is cut (no close frame) while the bot publishes: her re-subscribe carries `since`
+// and she gets exactly the missed messages (no rewind, nothing twice).
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import { after, before, describe, test } from "node:test";
+import net from "node:net";
 import WebSocket from "ws";
 import { Herald, launchChromium, log, requirePrerequisites, screenshotPath, until, watchPage } from "./lib/harness.mjs";
 
@@ -30,7 +33,47 @@ function botToken() {
   return `${body}.${crypto.createHmac("sha256", keys.secret).update(body).digest("base64url")}`;
 }
 
-async function publishAsBot(count) {
+/**
+ * A TCP proxy to `port` whose connections can all be dropped at once, without a WebSocket close
+ * frame (a network loss), and which refuses new ones until restored.
+ */
+async function cuttableProxy(port) {
+  const open = new Set();
+  let refusing = false;
+  const server = net.createServer((client) => {
+    if (refusing) return client.destroy();
+    const upstream = net.connect(port, "127.0.0.1");
+    const pair = [client, upstream];
+    for (const s of pair) {
+      open.add(s);
+      s.on("error", () => {});
+      s.on("close", () => {
+        open.delete(s);
+        for (const other of pair) other.destroy();
+      });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    port: server.address().port,
+    cut() {
+      refusing = true;
+      for (const s of open) s.destroy();
+    },
+    restore() {
+      refusing = false;
+    },
+    close() {
+      server.close();
+      for (const s of open) s.destroy();
+    },
+  };
+}
+
+/** Publishes `count` chat messages as the bot, numbered from `first + 1`. */
+async function publishAsBot(count, first = 0) {
   const ws = new WebSocket(`${herald.wsOrigin}/v1?token=${botToken()}`);
   const frames = [];
   ws.on("message", (m) => frames.push(JSON.parse(m.toString())));
@@ -39,7 +82,7 @@ async function publishAsBot(count) {
     ws.once("error", reject);
   });
   await until(() => frames.some((f) => f.type === "welcome"), { message: "bot welcome" });
-  for (let n = 1; n <= count; n++) {
+  for (let n = first + 1; n <= first + count; n++) {
     const requestId = `p${n}`;
     ws.send(JSON.stringify({ type: "publish", channel: "demo/lobby", requestId, data: { kind: "chat", id: `bot-${n}`, text: `old message ${n}` } }));
     await until(() => frames.some((f) => f.requestId === requestId), { message: `ack of ${requestId}` });
@@ -130,5 +173,50 @@ describe("Demo app: room history", () => {
     await page.locator("#load-older").waitFor({ state: "visible" });
     await page.screenshot({ path: screenshotPath("history-reload.png") });
     assert.deepEqual(alice.problems, []);
+  });
+  test("a dropped connection resumes: only the missed messages arrive, once", async () => {
+    const proxy = await cuttableProxy(herald.port);
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await context.newPage();
+    const problems = watchPage(page, "carol");
+    const sent = [];
+    const lobby = [];
+    page.on("websocket", (ws) => {
+      ws.on("framesent", (f) => sent.push(JSON.parse(f.payload)));
+      ws.on("framereceived", (f) => {
+        const frame = JSON.parse(f.payload);
+        if (frame.type === "message" && frame.channel === "demo/lobby") lobby.push(frame);
+      });
+    });
+    try {
+      await page.goto(`http://127.0.0.1:${proxy.port}/`);
+      await page.locator("#signin-name").fill("Carol");
+      await page.locator("#signin-submit").click();
+      await page.waitForSelector('#conn-status[data-state="connected"]', { timeout: 10_000 });
+      await until(() => lobby.length === REWIND, { message: "the rewind in the lobby" });
+      const last = lobby.at(-1);
+
+      proxy.cut();
+      await page.waitForSelector('#conn-status[data-state="reconnecting"]', { timeout: 10_000 });
+      await publishAsBot(5, 1000);
+      const before = lobby.length;
+      proxy.restore();
+      await page.waitForSelector('#conn-status[data-state="connected"]', { timeout: 15_000 });
+      await until(() => lobby.length === before + 5, { message: "the five missed messages" });
+      const resubscribe = sent.filter((f) => f.type === "subscribe" && f.channel === "demo/lobby").at(-1);
+      assert.deepEqual(resubscribe.since, { epoch: last.epoch, offset: last.offset });
+      const missed = lobby.slice(before);
+      assert.deepEqual(missed.map((m) => m.data.text), [1, 2, 3, 4, 5].map((n) => `old message ${1000 + n}`));
+      assert.deepEqual(missed.map((m) => m.offset), [1, 2, 3, 4, 5].map((n) => last.offset + n), "the gap, with no rewind");
+      await until(async () => (await texts(page)).at(-1) === "old message 1005", { message: "the missed messages shown" });
+      // Nothing more arrives (a rewind or a repeat would).
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(lobby.length, before + 5);
+      await page.screenshot({ path: screenshotPath("history-resumed.png") });
+      assert.deepEqual(problems, []);
+    } finally {
+      await context.close();
+      proxy.close();
+    }
   });
 });

@@ -9,7 +9,9 @@
 //   calls    ringing and WebRTC signalling over `send` (call.js);
 //   history  rooms keep their messages on the server: on join Herald sends the recent ones
 //            again (rewind, as ordinary messages carrying an offset), and "Load older" pages
-//            back through GET /v1/channels/{channel}/messages with the connection's token.
+//            back through GET /v1/channels/{channel}/messages with the connection's token;
+//            after a dropped connection each room resumes from the last message received
+//            (herald-client.js), and a room whose gap is gone says so.
 // Everything that came from another person is rendered as text (ui.js).
 
 import { HeraldClient, FatalTokenError, describeClose } from "./herald-client.js";
@@ -218,6 +220,7 @@ function start(profile, firstToken) {
   client.addEventListener("direct", (ev) => onDirect(ev.detail));
   client.addEventListener("server-error", (ev) => toast(`Server: ${ev.detail.code} ${ev.detail.message}`, "error"));
   client.addEventListener("going-away", () => toast("Herald is restarting; reconnecting shortly"));
+  client.addEventListener("resumed", (ev) => onResumed(ev.detail));
   state.calls.addEventListener("change", renderCall);
   state.calls.addEventListener("ended", (ev) => {
     if (ev.detail.message) toast(`${ev.detail.message} (${nameOf(ev.detail.peerId)})`);
@@ -351,6 +354,12 @@ function onMessage({ channel, from, data, fromMetadata, offset, epoch, ts }) {
   if (from === state.me.peerId && offset === undefined) return;
   if (from !== state.me.peerId) rememberPerson(from, fromMetadata ?? room.roster.get(from));
   handlePayload(room, from, data, { ts });
+}
+
+/** After a reconnect: a room whose gap could not be replayed says so. */
+function onResumed({ channel, recovered }) {
+  const room = roomOfChannel(channel);
+  if (room && !recovered) toast(`#${room.id}: messages sent while you were away may be missing`, "error");
 }
 
 /** Remembers the oldest offset seen in a room, so "Load older" knows where to page from. */

@@ -3,7 +3,10 @@
 // One WebSocket to `<origin>/v1?token=…`. It waits for `welcome`, correlates requests with their
 // `ack`/`error` by `requestId`, keeps the connection alive with `ping`, replays its subscriptions
 // after every reconnect, and marks the first `presence` after each subscribe as the snapshot.
-// It reconnects with exponential backoff unless the close code is terminal.
+// It reconnects with exponential backoff unless the close code is terminal. On channels that
+// keep history it resumes: each re-subscribe carries `since`, the position of the last message
+// received there, so the server sends what was missed (and no rewind), and a message at or
+// below that position is dropped as a duplicate.
 //
 // Events (an EventTarget; read `event.detail`):
 //   state     {state, attempt, retryAt, code, reason}   state: connecting|connected|reconnecting|closed
@@ -13,6 +16,8 @@
 //   direct    {from, data, fromMetadata}
 //   server-error {code, message}                        errors that answer no request
 //   going-away {retryAfterMs}
+//   resumed   {channel, recovered}  after a re-subscribe with `since`: recovered false means
+//             messages may have been missed (the history moved on or was reset)
 
 /** Close codes after which reconnecting cannot help (spec §7.2). */
 export const TERMINAL_CLOSE_CODES = new Set([4001, 4003, 4012, 4020]);
@@ -143,7 +148,7 @@ export class HeraldClient extends EventTarget {
    * while disconnected resolves once it has been replayed.
    */
   subscribe(channel, { includeSenderMetadata = false } = {}) {
-    const sub = { includeSenderMetadata, awaitingSnapshot: false };
+    const sub = { includeSenderMetadata, awaitingSnapshot: false, position: null };
     this.subscriptions.set(channel, sub);
     if (this.state !== "connected") return Promise.resolve();
     return this.#sendSubscribe(channel, sub);
@@ -299,6 +304,7 @@ export class HeraldClient extends EventTarget {
       }
       case "message":
         if (typeof frame.channel !== "string" || typeof frame.from !== "string" || !("data" in frame)) return;
+        if (this.#isRepeat(frame)) return;
         this.#emit("message", {
           channel: frame.channel,
           from: frame.from,
@@ -364,7 +370,25 @@ export class HeraldClient extends EventTarget {
     sub.awaitingSnapshot = true;
     const frame = { type: "subscribe", channel };
     if (sub.includeSenderMetadata) frame.includeSenderMetadata = true;
-    return this.#request(frame);
+    if (sub.position) frame.since = { epoch: sub.position.epoch, offset: sub.position.offset };
+    return this.#request(frame).then((ack) => {
+      if (typeof ack.recovered === "boolean") this.#emit("resumed", { channel, recovered: ack.recovered });
+      return ack;
+    });
+  }
+
+  /**
+   * Whether a message frame is one this client already has: at or below the last position
+   * received on its channel, in the same epoch (a resume may repeat the last unconfirmed
+   * messages). Otherwise it becomes the channel's position.
+   */
+  #isRepeat(frame) {
+    const sub = this.subscriptions.get(frame.channel);
+    const { offset, epoch } = positionOf(frame);
+    if (!sub || offset === undefined) return false;
+    if (sub.position && sub.position.epoch === epoch && offset <= sub.position.offset) return true;
+    sub.position = { epoch, offset };
+    return false;
   }
 
   #request(frame, hasData = false) {
