@@ -360,8 +360,8 @@ impl Node {
             return Recovery::Failed;
         }
         let mut frames = Vec::new();
-        let mut expected = since.offset + 1;
-        for text in read {
+        // The head and the entries were read in one script: entries past the head cannot be.
+        for (expected, text) in (since.offset + 1..=last).zip(read) {
             let Ok(event) = serde_json::from_str::<Event<'_>>(&text) else {
                 return Recovery::Failed;
             };
@@ -371,11 +371,6 @@ impl Node {
             if *e != *epoch || offset != expected {
                 return Recovery::Failed;
             }
-            if offset > last {
-                // Published after the head was read: it reaches the node live.
-                break;
-            }
-            expected += 1;
             let id = message_id(e, offset);
             let position = Position {
                 id: &id,
