@@ -351,6 +351,12 @@ mod resume_on_both {
     }
 
     #[tokio::test]
+    async fn redis_positions_outlive_a_node_that_dies_before_parking() {
+        let nodes = scenarios::redis(2).await;
+        scenarios::positions_outlive_a_node_that_dies_before_parking(nodes).await;
+    }
+
+    #[tokio::test]
     async fn redis_a_peer_connected_elsewhere_is_not_parked() {
         scenarios::a_peer_connected_elsewhere_is_not_parked(scenarios::redis(2).await).await;
     }

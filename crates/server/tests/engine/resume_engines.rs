@@ -328,3 +328,83 @@ pub async fn a_peer_connected_elsewhere_is_not_parked(nodes: Nodes) {
         .expect(json!({"type": "direct", "from": "bob", "data": {"n": 1}}))
         .await;
 }
+
+/// Polls Redis (bounded) until `check` holds on the reply of `cmd`.
+async fn wait_redis<T: redis::FromRedisValue>(
+    nodes: &Nodes,
+    cmd: &redis::Cmd,
+    what: &str,
+    check: impl Fn(&T) -> bool,
+) {
+    for _ in 0..200 {
+        if check(&nodes.redis_command::<T>(cmd).await) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("never: {what}");
+}
+
+/// Redis: a node that dies before it sees its client drop parks nothing, but the positions its
+/// watermark confirmed were written lazily: while it lives another node leaves them alone (they
+/// belong to a live connection), once it is dead another node takes them, once, and the
+/// resubscribe replays the gap.
+pub async fn positions_outlive_a_node_that_dies_before_parking(mut nodes: Nodes) {
+    let first = nodes.node(0);
+    let publisher = connect(&nodes.node(1), "pub").await;
+    let mut alice = ClientSpec::new("alice")
+        .without_presence()
+        .connect(&first)
+        .await;
+    alice.subscribe(ROOM).await;
+    alice.expect(json!({"type": "ack", "requestId": "s"})).await;
+    publish_range(&publisher, 1..=3).await;
+    expect_offsets(&mut alice, 1..=3).await;
+    let positions = first.positions(alice.app(), &[room()]).await;
+    first.confirmed(&alice.conn, positions);
+    let lazy = redis::cmd("KEYS").arg("*alice*:lpos").clone();
+    wait_redis::<Vec<String>>(&nodes, &lazy, "positions written", |k| k.len() == 1).await;
+    let (app, peer) = (
+        AppId::new(APP.to_string()),
+        PeerId::new("alice".to_string()),
+    );
+    let second = nodes.node(1);
+    assert_eq!(
+        second.take_position(&app, &peer, &room()).await,
+        None,
+        "the writer lives: a live connection's position is not taken"
+    );
+
+    let topics = redis::cmd("PUBSUB").arg("CHANNELS").arg("*node:*").clone();
+    let before: Vec<String> = nodes.redis_command(&topics).await;
+    drop(alice);
+    drop(first);
+    nodes.crash(0);
+    wait_redis::<Vec<String>>(&nodes, &topics, "the dead node's topic gone", |t| {
+        t.len() + 1 == before.len()
+    })
+    .await;
+    publish_range(&publisher, 4..=6).await;
+    let since = second
+        .take_position(&app, &peer, &room())
+        .await
+        .expect("the dead node's confirmed position");
+    assert_eq!(since.offset, 3);
+    assert_eq!(
+        second.take_position(&app, &peer, &room()).await,
+        None,
+        "once"
+    );
+    let mut back = ClientSpec::new("alice")
+        .without_presence()
+        .connect(&second)
+        .await;
+    assert_eq!(
+        subscribe_from(&back, since).await,
+        Recovery::Recovered { replayed: 3 }
+    );
+    back.expect(json!({"type": "ack", "requestId": "r", "recovered": true}))
+        .await;
+    expect_offsets(&mut back, 4..=6).await;
+    back.expect_nothing_queued();
+}

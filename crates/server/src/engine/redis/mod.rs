@@ -42,6 +42,7 @@ mod presence;
 mod publish;
 mod reassert;
 mod resume;
+mod resume_lazy;
 mod resume_scripts;
 mod routing;
 mod scripts;
@@ -111,7 +112,7 @@ impl RedisSettings {
 /// The distributed engine.
 pub struct RedisEngine {
     node: Arc<Node>,
-    resume: resume::Resume,
+    resume: Arc<resume::Resume>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -157,11 +158,13 @@ impl RedisEngine {
             commands,
         ));
         let maintenance_task = tokio::spawn(lease::maintenance(node.clone()));
+        let resume = Arc::new(resume::Resume::new(settings.resume));
+        let resume_task = tokio::spawn(resume_lazy::flush(node.clone(), resume.clone()));
         tracing::info!(node = %node.id, cluster = config.redis_cluster, "redis engine started");
         Ok(RedisEngine {
             node,
-            resume: resume::Resume::new(settings.resume),
-            tasks: vec![bus_task, maintenance_task],
+            resume,
+            tasks: vec![bus_task, maintenance_task, resume_task],
         })
     }
 
@@ -212,8 +215,15 @@ impl Engine for RedisEngine {
             // `park` took the route back already.
             self.node.local.hub.peers.unregister(conn);
         } else {
+            if self.resume.applies(conn) {
+                self.resume.forget_lazy(&self.node, conn).await;
+            }
             self.node.unregister_connection(conn).await;
         }
+    }
+
+    fn confirmed(&self, conn: &Arc<Conn>, positions: Vec<(ChannelName, Since)>) {
+        self.resume.confirmed(conn, positions);
     }
 
     fn keeps_history(&self, channel: &ChannelName) -> bool {

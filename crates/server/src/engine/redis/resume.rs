@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::local::{position_of, Rewind};
 use super::node::{unavailable, Node};
+use super::resume_lazy::LazyPositions;
 use super::resume_scripts::SCRIPTS;
 use super::run_bounded;
 use super::wire::Event;
@@ -40,14 +41,14 @@ fn is_stable(conn: &Conn) -> bool {
 }
 
 /// A position as `:rpos` stores it: `<offset>\n<epoch>`.
-fn encode_since(since: &Since) -> (u64, String) {
+pub(super) fn encode_since(since: &Since) -> (u64, String) {
     (
         since.offset,
         since.epoch.as_deref().unwrap_or_default().to_string(),
     )
 }
 
-fn decode_since(text: &str) -> Option<Since> {
+pub(super) fn decode_since(text: &str) -> Option<Since> {
     let (offset, epoch) = text.split_once('\n')?;
     Some(Since {
         epoch: (!epoch.is_empty()).then(|| Arc::from(epoch)),
@@ -58,6 +59,8 @@ fn decode_since(text: &str) -> Option<Since> {
 /// The node's side of resume: settings, and what it must remember between calls.
 pub(super) struct Resume {
     settings: ResumeSettings,
+    /// Confirmed positions of live connections, written lazily (`resume_lazy.rs`).
+    pub(super) lazy: LazyPositions,
     /// Connections whose route count `park` took back, so their disconnect does not again.
     parked: Mutex<HashSet<ConnId>>,
     /// When this node parked peers in the last window (for the gauge).
@@ -69,9 +72,21 @@ impl Resume {
     pub(super) fn new(settings: ResumeSettings) -> Resume {
         Resume {
             settings,
+            lazy: LazyPositions::default(),
             parked: Mutex::new(HashSet::new()),
             parked_at: Mutex::new(VecDeque::new()),
             directs_expired: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn settings(&self) -> &ResumeSettings {
+        &self.settings
+    }
+
+    /// A watermark pong confirmed these positions: written to Redis with the next batch.
+    pub(super) fn confirmed(&self, conn: &Conn, positions: Vec<(ChannelName, Since)>) {
+        if self.applies(conn) {
+            self.lazy.confirmed(conn, positions);
         }
     }
 
@@ -134,6 +149,8 @@ impl Resume {
             .route_base(conn.app.as_str(), conn.peer_id.as_str());
         let (_in_use, _) = node.index.use_entry(&base);
         node.local.hub.peers.unregister(conn);
+        // The park script drops what this instance wrote lazily.
+        self.lazy.end(conn);
         let mut call = SCRIPTS.park.key(&base);
         call.arg(node.instance())
             .arg(self.settings.window.as_millis() as u64);
@@ -179,7 +196,11 @@ impl Resume {
             .invoke_async(&mut node.conn())
             .await
             .ok()?;
-        decode_since(&taken?)
+        match taken {
+            Some(taken) => decode_since(&taken),
+            // Not parked: perhaps its node died before it could park it.
+            None => self.take_lazy(node, app, peer, channel).await,
+        }
     }
 
     /// A direct that found no route: held when the peer is parked, re-sent when a connection

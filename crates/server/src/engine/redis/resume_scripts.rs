@@ -7,6 +7,8 @@
 //! - `:parked` (string): the peer is inside its resume window; holds the bytes of its inbox.
 //! - `:rpos` (hash): channel → `<offset>\n<epoch>` (`epoch` empty: before any history).
 //! - `:rbox` (list): held directs, oldest first, each `<expiry ms>\n<frame>`.
+//! - `:lpos` (hash): channel → `<offset>\n<epoch>\n<instance>`, the positions confirmed on a
+//!   live connection, written lazily (`resume_lazy.rs`) for a node that dies before it parks.
 //!
 //! All three expire with the window, so Redis forgets a peer that never comes back.
 
@@ -19,6 +21,16 @@ const NOW: &str = r#"
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Drops the lazily written positions (`:lpos`) this instance wrote for the peer.
+local function forget_lazy(b, inst)
+  local l = b .. ':lpos'
+  local all = redis.call('HGETALL', l)
+  local tail = '\n' .. inst
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    if string.sub(v, -#tail) == tail then redis.call('HDEL', l, all[i]) end
+  end
 end
 local function live(b)
   for _, v in ipairs(redis.call('HVALS', b .. ':route')) do
@@ -37,6 +49,7 @@ local b = KEYS[1]
 local inst, ttl = ARGV[1], tonumber(ARGV[2])
 local n = redis.call('HINCRBY', b .. ':route', inst, -1)
 if n <= 0 then redis.call('HDEL', b .. ':route', inst) end
+forget_lazy(b, inst)
 if live(b) then return 0 end
 local pk, pos, box = b .. ':parked', b .. ':rpos', b .. ':rbox'
 if redis.call('EXISTS', pk) == 0 then redis.call('SET', pk, '0') end
@@ -115,6 +128,35 @@ out[1] = tostring(expired)
 return out
 "#;
 
+/// KEYS: peer base. ARGV: instance, window ms, then (channel, offset, epoch) triples. Writes
+/// the confirmed positions of a live connection (`:lpos`, `<offset>\n<epoch>\n<instance>`),
+/// unless the instance no longer routes the peer (it parked or left meanwhile).
+const LAZY_WRITE: &str = r#"
+local b = KEYS[1]
+local inst = ARGV[1]
+if tonumber(redis.call('HGET', b .. ':route', inst) or '0') <= 0 then return 0 end
+local l = b .. ':lpos'
+for i = 3, #ARGV, 3 do
+  redis.call('HSET', l, ARGV[i], ARGV[i + 1] .. '\n' .. ARGV[i + 2] .. '\n' .. inst)
+end
+redis.call('PEXPIRE', l, tonumber(ARGV[2]))
+return 1
+"#;
+
+/// KEYS: peer base. ARGV: instance. A deliberate close: what it wrote lazily goes.
+const LAZY_FORGET: &str = r#"
+forget_lazy(KEYS[1], ARGV[1])
+return 1
+"#;
+
+/// KEYS: peer base. ARGV: channel, the value read. Takes a lazily written position (once).
+const LAZY_TAKE: &str = r#"
+local l = KEYS[1] .. ':lpos'
+if redis.call('HGET', l, ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', l, ARGV[1])
+return 1
+"#;
+
 /// KEYS: channel base. ARGV: after offset, limit, max age ms. Returns {epoch, last offset,
 /// events after the offset oldest first (at most limit + 1, none past the age)}; {''} when the
 /// channel has no history.
@@ -143,6 +185,9 @@ pub struct ResumeScripts {
     pub queue: Script,
     pub register: Script,
     pub read: Script,
+    pub lazy_write: Script,
+    pub lazy_forget: Script,
+    pub lazy_take: Script,
 }
 
 impl ResumeScripts {
@@ -154,6 +199,9 @@ impl ResumeScripts {
             queue: with_helpers(QUEUE),
             register: with_helpers(REGISTER),
             read: with_helpers(RESUME_READ),
+            lazy_write: Script::new(LAZY_WRITE),
+            lazy_forget: with_helpers(LAZY_FORGET),
+            lazy_take: Script::new(LAZY_TAKE),
         }
     }
 }
