@@ -418,13 +418,19 @@ async fn run(sdk: Sdk, redis: Backend, a: NodeA) {
     let duplicates = BEFORE + 1 - resumed_from;
     assert!(duplicates <= BEFORE);
     assert_eq!(result["directs"], json!([{"d": 1}]), "{label}");
-    // It resumed on node B.
+    // It resumed on node B, replaying the gap there; node C held the direct.
     assert_eq!(
         metric(
             &nodes[1],
             "herald_resume_succeeded_total{kind=\"transparent\"}"
         )
         .await,
+        1.0
+    );
+    let replayed = metric(&nodes[1], "herald_resume_replayed_messages_total").await;
+    assert_eq!(replayed, (LAST + 1 - resumed_from) as f64, "{label}");
+    assert_eq!(
+        metric(&nodes[2], "herald_direct_inbox_queued_total").await,
         1.0
     );
     println!(
