@@ -348,7 +348,7 @@ async fn wait_redis<T: redis::FromRedisValue>(
 /// Redis: a node that dies before it sees its client drop parks nothing, but the positions its
 /// watermark confirmed were written lazily: while it lives another node leaves them alone (they
 /// belong to a live connection), once it is dead another node takes them, once, and the
-/// resubscribe replays the gap.
+/// resubscribe replays the gap. Once the dead node is reaped, directs to the peer wait for it.
 pub async fn positions_outlive_a_node_that_dies_before_parking(mut nodes: Nodes) {
     let first = nodes.node(0);
     let publisher = connect(&nodes.node(1), "pub").await;
@@ -384,6 +384,19 @@ pub async fn positions_outlive_a_node_that_dies_before_parking(mut nodes: Nodes)
         t.len() + 1 == before.len()
     })
     .await;
+    // The survivors reap the dead node (simulated: its route entry goes), then a direct to
+    // the peer finds no route: it waits, since the dead node could not park the peer.
+    let route = redis::cmd("KEYS").arg("*alice*:route").clone();
+    for key in nodes.redis_command::<Vec<String>>(&route).await {
+        nodes
+            .redis_command::<i64>(redis::cmd("DEL").arg(&key))
+            .await;
+    }
+    let data = RawValue::from_string("{\"sdp\":2}".to_string()).unwrap();
+    let from = PeerId::new("pub".to_string());
+    let d = direct(&app, &peer, &from, &data, &publisher);
+    assert_eq!(second.send_direct(d).await.unwrap(), 0);
+    assert_eq!(second.queue_direct(d).await.unwrap(), Queued::Queued);
     publish_range(&publisher, 4..=6).await;
     let since = second
         .take_position(&app, &peer, &room())
@@ -398,6 +411,8 @@ pub async fn positions_outlive_a_node_that_dies_before_parking(mut nodes: Nodes)
     let mut back = ClientSpec::new("alice")
         .without_presence()
         .connect(&second)
+        .await;
+    back.expect(json!({"type": "direct", "from": "pub", "data": {"sdp": 2}}))
         .await;
     assert_eq!(
         subscribe_from(&back, since).await,

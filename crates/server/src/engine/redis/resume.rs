@@ -215,17 +215,10 @@ impl Resume {
         }
         let base = node.keys.route_base(d.app.as_str(), d.to.as_str());
         let frame = encode::direct(d.from.as_str(), d.data, d.from_metadata);
-        let (outcome, expired): (i64, u64) = SCRIPTS
-            .queue
-            .key(&base)
-            .arg(frame)
-            .arg(self.settings.inbox_max_messages)
-            .arg(self.settings.inbox_max_bytes)
-            .arg(self.settings.inbox_ttl.as_millis() as u64)
-            .invoke_async(&mut node.conn())
-            .await
-            .map_err(unavailable)?;
-        self.count_expired(expired);
+        let mut outcome = self.queue_once(node, &base, &frame).await?;
+        if outcome == 0 && self.park_orphan(node, &base).await {
+            outcome = self.queue_once(node, &base, &frame).await?;
+        }
         Ok(match outcome {
             -1 => match node.send_direct(d).await? {
                 0 => Queued::NotParked,
@@ -235,6 +228,22 @@ impl Resume {
             -2 => Queued::Full,
             _ => Queued::NotParked,
         })
+    }
+
+    /// One run of the queue script; returns its outcome.
+    async fn queue_once(&self, node: &Node, base: &str, frame: &str) -> Result<i64, EngineError> {
+        let (outcome, expired): (i64, u64) = SCRIPTS
+            .queue
+            .key(base)
+            .arg(frame)
+            .arg(self.settings.inbox_max_messages)
+            .arg(self.settings.inbox_max_bytes)
+            .arg(self.settings.inbox_ttl.as_millis() as u64)
+            .invoke_async(&mut node.conn())
+            .await
+            .map_err(unavailable)?;
+        self.count_expired(expired);
+        Ok(outcome)
     }
 
     /// Each history channel's last position delivered here (read under its lock). A channel

@@ -143,6 +143,42 @@ impl Resume {
             .ok()?;
         (taken == 1).then(|| decode_since(position)).flatten()
     }
+
+    /// A direct found a peer with no route and not parked: when a dead node wrote positions
+    /// for it (it died before it could park the peer), the peer is parked now, so its
+    /// directs wait for it. True when it is.
+    pub(super) async fn park_orphan(&self, node: &Node, base: &str) -> bool {
+        let values: Vec<String> = match redis::cmd("HVALS")
+            .arg(format!("{base}:lpos"))
+            .query_async(&mut node.conn())
+            .await
+        {
+            Ok(values) => values,
+            Err(_) => return false,
+        };
+        let mut writers: Vec<&str> = values
+            .iter()
+            .filter_map(|v| v.rsplit_once('\n').map(|(_, instance)| instance))
+            .collect();
+        writers.dedup();
+        let mut orphaned = false;
+        for writer in writers {
+            if !node_listens(node, writer).await {
+                orphaned = true;
+                break;
+            }
+        }
+        if !orphaned {
+            return false;
+        }
+        let parked: redis::RedisResult<i64> = SCRIPTS
+            .park_orphan
+            .key(base)
+            .arg(self.settings().window.as_millis() as u64)
+            .invoke_async(&mut node.conn())
+            .await;
+        parked.is_ok_and(|p| p == 1)
+    }
 }
 
 /// Whether the node of `instance` is still subscribed to its topic (alive, or at least still

@@ -157,6 +157,15 @@ redis.call('HDEL', l, ARGV[1])
 return 1
 "#;
 
+/// KEYS: peer base. ARGV: window ms. Parks a peer whose node died before it could (its
+/// positions stay in `:lpos`), unless it is routed somewhere now. Returns 1 when parked.
+const PARK_ORPHAN: &str = r#"
+local b = KEYS[1]
+if live(b) then return 0 end
+redis.call('SET', b .. ':parked', '0', 'NX', 'PX', tonumber(ARGV[1]))
+return 1
+"#;
+
 /// KEYS: channel base. ARGV: after offset, limit, max age ms. Returns {epoch, last offset,
 /// events after the offset oldest first (at most limit + 1, none past the age)}; {''} when the
 /// channel has no history.
@@ -188,6 +197,7 @@ pub struct ResumeScripts {
     pub lazy_write: Script,
     pub lazy_forget: Script,
     pub lazy_take: Script,
+    pub park_orphan: Script,
 }
 
 impl ResumeScripts {
@@ -202,6 +212,7 @@ impl ResumeScripts {
             lazy_write: Script::new(LAZY_WRITE),
             lazy_forget: with_helpers(LAZY_FORGET),
             lazy_take: Script::new(LAZY_TAKE),
+            park_orphan: with_helpers(PARK_ORPHAN),
         }
     }
 }
