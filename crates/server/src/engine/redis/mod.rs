@@ -159,7 +159,7 @@ impl RedisEngine {
         ));
         let maintenance_task = tokio::spawn(lease::maintenance(node.clone()));
         let resume = Arc::new(resume::Resume::new(settings.resume));
-        let resume_task = tokio::spawn(resume_lazy::flush(node.clone(), resume.clone()));
+        let resume_task = tokio::spawn(resume.flush_task(node.clone()));
         tracing::info!(node = %node.id, cluster = config.redis_cluster, "redis engine started");
         Ok(RedisEngine {
             node,

@@ -22,8 +22,8 @@ use tokio::time::Instant;
 
 use super::local::{position_of, Rewind};
 use super::node::{unavailable, Node};
-use super::resume_lazy::LazyPositions;
-use super::resume_scripts::SCRIPTS;
+use super::resume_lazy::{self as lazy, LazyPositions};
+use super::resume_scripts::{decode_since, encode_since, SCRIPTS};
 use super::run_bounded;
 use super::wire::Event;
 use crate::conn::{Conn, Frame};
@@ -40,27 +40,11 @@ fn is_stable(conn: &Conn) -> bool {
     conn.kind == "token"
 }
 
-/// A position as `:rpos` stores it: `<offset>\n<epoch>`.
-pub(super) fn encode_since(since: &Since) -> (u64, String) {
-    (
-        since.offset,
-        since.epoch.as_deref().unwrap_or_default().to_string(),
-    )
-}
-
-pub(super) fn decode_since(text: &str) -> Option<Since> {
-    let (offset, epoch) = text.split_once('\n')?;
-    Some(Since {
-        epoch: (!epoch.is_empty()).then(|| Arc::from(epoch)),
-        offset: offset.parse().ok()?,
-    })
-}
-
 /// The node's side of resume: settings, and what it must remember between calls.
 pub(super) struct Resume {
     settings: ResumeSettings,
     /// Confirmed positions of live connections, written lazily (`resume_lazy.rs`).
-    pub(super) lazy: LazyPositions,
+    pub(super) lazy: Arc<LazyPositions>,
     /// Connections whose route count `park` took back, so their disconnect does not again.
     parked: Mutex<HashSet<ConnId>>,
     /// When this node parked peers in the last window (for the gauge).
@@ -72,15 +56,21 @@ impl Resume {
     pub(super) fn new(settings: ResumeSettings) -> Resume {
         Resume {
             settings,
-            lazy: LazyPositions::default(),
+            lazy: Arc::default(),
             parked: Mutex::new(HashSet::new()),
             parked_at: Mutex::new(VecDeque::new()),
             directs_expired: AtomicU64::new(0),
         }
     }
 
-    pub(super) fn settings(&self) -> &ResumeSettings {
-        &self.settings
+    /// The task that writes confirmed positions to Redis, for as long as the node runs.
+    pub(super) fn flush_task(&self, node: Arc<Node>) -> impl std::future::Future<Output = ()> {
+        lazy::flush(node, self.lazy.clone(), self.settings.window)
+    }
+
+    /// A deliberate close: what the connection wrote lazily goes (it must not resume).
+    pub(super) async fn forget_lazy(&self, node: &Node, conn: &Conn) {
+        self.lazy.forget(node, conn).await;
     }
 
     /// A watermark pong confirmed these positions: written to Redis with the next batch.
@@ -199,7 +189,7 @@ impl Resume {
         match taken {
             Some(taken) => decode_since(&taken),
             // Not parked: perhaps its node died before it could park it.
-            None => self.take_lazy(node, app, peer, channel).await,
+            None => lazy::take(node, app, peer, channel).await,
         }
     }
 
@@ -216,7 +206,7 @@ impl Resume {
         let base = node.keys.route_base(d.app.as_str(), d.to.as_str());
         let frame = encode::direct(d.from.as_str(), d.data, d.from_metadata);
         let mut outcome = self.queue_once(node, &base, &frame).await?;
-        if outcome == 0 && self.park_orphan(node, &base).await {
+        if outcome == 0 && lazy::park_orphan(node, &base, self.settings.window).await {
             outcome = self.queue_once(node, &base, &frame).await?;
         }
         Ok(match outcome {

@@ -17,8 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::node::Node;
-use super::resume::{decode_since, encode_since, Resume};
-use super::resume_scripts::SCRIPTS;
+use super::resume_scripts::{decode_since, encode_since, SCRIPTS};
 use super::run_bounded;
 use crate::conn::Conn;
 use crate::ids::{AppId, ChannelName, ConnId, PeerId};
@@ -53,19 +52,38 @@ impl LazyPositions {
         lock(&self.written).remove(&conn.id)
     }
 
+    /// A deliberate close: what the connection wrote lazily goes (it must not resume).
+    pub(super) async fn forget(&self, node: &Node, conn: &Conn) {
+        if !self.end(conn) {
+            return;
+        }
+        let base = node
+            .keys
+            .route_base(conn.app.as_str(), conn.peer_id.as_str());
+        let forgot: redis::RedisResult<i64> = SCRIPTS
+            .lazy_forget
+            .key(&base)
+            .arg(node.instance())
+            .invoke_async(&mut node.conn())
+            .await;
+        if let Err(err) = forgot {
+            tracing::warn!(error = %err, "forgetting confirmed positions failed");
+        }
+    }
+
     fn take_batch(&self) -> HashMap<ConnId, Pending> {
         std::mem::take(&mut *lock(&self.pending))
     }
 }
 
 /// Writes the batch every [`FLUSH_PERIOD`] for as long as the node runs.
-pub(super) async fn flush(node: Arc<Node>, resume: Arc<Resume>) {
+pub(super) async fn flush(node: Arc<Node>, lazy: Arc<LazyPositions>, window: Duration) {
     let mut tick = tokio::time::interval(FLUSH_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let window = resume.settings().window.as_millis() as u64;
+    let window = window.as_millis() as u64;
     loop {
         tick.tick().await;
-        let batch = resume.lazy.take_batch();
+        let batch = lazy.take_batch();
         if batch.is_empty() {
             continue;
         }
@@ -93,92 +111,70 @@ pub(super) async fn flush(node: Arc<Node>, resume: Arc<Resume>) {
     }
 }
 
-impl Resume {
-    /// A deliberate close: what the connection wrote lazily goes (it must not resume).
-    pub(super) async fn forget_lazy(&self, node: &Node, conn: &Conn) {
-        if !self.lazy.end(conn) {
-            return;
-        }
-        let base = node
-            .keys
-            .route_base(conn.app.as_str(), conn.peer_id.as_str());
-        let forgot: redis::RedisResult<i64> = SCRIPTS
-            .lazy_forget
-            .key(&base)
-            .arg(node.instance())
-            .invoke_async(&mut node.conn())
-            .await;
-        if let Err(err) = forgot {
-            tracing::warn!(error = %err, "forgetting confirmed positions failed");
-        }
+/// A position a dead node wrote lazily for the peer's channel, taken (once).
+pub(super) async fn take(
+    node: &Node,
+    app: &AppId,
+    peer: &PeerId,
+    channel: &ChannelName,
+) -> Option<Since> {
+    let base = node.keys.route_base(app.as_str(), peer.as_str());
+    let value: Option<String> = redis::cmd("HGET")
+        .arg(format!("{base}:lpos"))
+        .arg(channel.as_str())
+        .query_async(&mut node.conn())
+        .await
+        .ok()?;
+    let value = value?;
+    let (position, instance) = value.rsplit_once('\n')?;
+    if node_listens(node, instance).await {
+        return None;
     }
+    let taken: i64 = SCRIPTS
+        .lazy_take
+        .key(&base)
+        .arg(channel.as_str())
+        .arg(&value)
+        .invoke_async(&mut node.conn())
+        .await
+        .ok()?;
+    (taken == 1).then(|| decode_since(position)).flatten()
+}
 
-    /// A position a dead node wrote lazily for the peer's channel, taken (once).
-    pub(super) async fn take_lazy(
-        &self,
-        node: &Node,
-        app: &AppId,
-        peer: &PeerId,
-        channel: &ChannelName,
-    ) -> Option<Since> {
-        let base = node.keys.route_base(app.as_str(), peer.as_str());
-        let value: Option<String> = redis::cmd("HGET")
-            .arg(format!("{base}:lpos"))
-            .arg(channel.as_str())
-            .query_async(&mut node.conn())
-            .await
-            .ok()?;
-        let value = value?;
-        let (position, instance) = value.rsplit_once('\n')?;
-        if node_listens(node, instance).await {
-            return None;
+/// A direct found a peer with no route and not parked: when a dead node wrote positions
+/// for it (it died before it could park the peer), the peer is parked now, so its
+/// directs wait for it. True when it is.
+pub(super) async fn park_orphan(node: &Node, base: &str, window: Duration) -> bool {
+    let values: Vec<String> = match redis::cmd("HVALS")
+        .arg(format!("{base}:lpos"))
+        .query_async(&mut node.conn())
+        .await
+    {
+        Ok(values) => values,
+        Err(_) => return false,
+    };
+    let mut writers: Vec<&str> = values
+        .iter()
+        .filter_map(|v| v.rsplit_once('\n').map(|(_, instance)| instance))
+        .collect();
+    writers.dedup();
+    let mut orphaned = false;
+    for writer in writers {
+        if !node_listens(node, writer).await {
+            orphaned = true;
+            break;
         }
-        let taken: i64 = SCRIPTS
-            .lazy_take
-            .key(&base)
-            .arg(channel.as_str())
-            .arg(&value)
-            .invoke_async(&mut node.conn())
-            .await
-            .ok()?;
-        (taken == 1).then(|| decode_since(position)).flatten()
     }
-
-    /// A direct found a peer with no route and not parked: when a dead node wrote positions
-    /// for it (it died before it could park the peer), the peer is parked now, so its
-    /// directs wait for it. True when it is.
-    pub(super) async fn park_orphan(&self, node: &Node, base: &str) -> bool {
-        let values: Vec<String> = match redis::cmd("HVALS")
-            .arg(format!("{base}:lpos"))
-            .query_async(&mut node.conn())
-            .await
-        {
-            Ok(values) => values,
-            Err(_) => return false,
-        };
-        let mut writers: Vec<&str> = values
-            .iter()
-            .filter_map(|v| v.rsplit_once('\n').map(|(_, instance)| instance))
-            .collect();
-        writers.dedup();
-        let mut orphaned = false;
-        for writer in writers {
-            if !node_listens(node, writer).await {
-                orphaned = true;
-                break;
-            }
-        }
-        if !orphaned {
-            return false;
-        }
-        let parked: redis::RedisResult<i64> = SCRIPTS
-            .park_orphan
-            .key(base)
-            .arg(self.settings().window.as_millis() as u64)
-            .invoke_async(&mut node.conn())
-            .await;
-        parked.is_ok_and(|p| p == 1)
+    if !orphaned {
+        return false;
     }
+    let parked: redis::RedisResult<i64> = SCRIPTS
+        .park_orphan
+        .key(base)
+        .arg(window.as_millis() as u64)
+        .invoke_async(&mut node.conn())
+        .await;
+    parked.is_ok_and(|p| p == 1)
 }
 
 /// Whether the node of `instance` is still subscribed to its topic (alive, or at least still

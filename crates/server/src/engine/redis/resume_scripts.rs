@@ -12,9 +12,11 @@
 //!
 //! All three expire with the window, so Redis forgets a peer that never comes back.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use redis::Script;
+
+use crate::resume::Since;
 
 /// Current Redis time in ms (scripts must not trust the caller's clock across nodes).
 const NOW: &str = r#"
@@ -215,4 +217,20 @@ impl ResumeScripts {
             park_orphan: with_helpers(PARK_ORPHAN),
         }
     }
+}
+
+/// A position as `:rpos` stores it: `<offset>\n<epoch>`.
+pub(super) fn encode_since(since: &Since) -> (u64, String) {
+    (
+        since.offset,
+        since.epoch.as_deref().unwrap_or_default().to_string(),
+    )
+}
+
+pub(super) fn decode_since(text: &str) -> Option<Since> {
+    let (offset, epoch) = text.split_once('\n')?;
+    Some(Since {
+        epoch: (!epoch.is_empty()).then(|| Arc::from(epoch)),
+        offset: offset.parse().ok()?,
+    })
 }
