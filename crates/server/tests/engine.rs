@@ -28,6 +28,8 @@ mod presence;
 mod redis_history;
 #[path = "engine/resume.rs"]
 mod resume;
+#[path = "engine/resume_engines.rs"]
+mod resume_engines;
 #[path = "engine/views.rs"]
 mod views;
 
@@ -303,5 +305,69 @@ mod coalesced {
     #[tokio::test]
     async fn redis_join_storm_is_coalesced_and_exact() {
         a_join_storm_is_coalesced_and_exact(Nodes::redis_coalescing(2, WINDOW).await).await;
+    }
+}
+
+/// Lossless reconnect on both engines (park, take, replay, the direct inbox), and what only
+/// several Redis nodes can show: resuming on another node.
+mod resume_on_both {
+    use crate::resume_engines as scenarios;
+
+    macro_rules! both {
+        ($($scenario:ident),* $(,)?) => {
+            mod memory {
+                $(
+                    #[tokio::test]
+                    async fn $scenario() {
+                        super::scenarios::$scenario(super::scenarios::memory()).await;
+                    }
+                )*
+            }
+            mod redis {
+                $(
+                    #[tokio::test]
+                    async fn $scenario() {
+                        super::scenarios::$scenario(super::scenarios::redis(1).await).await;
+                    }
+                )*
+            }
+        };
+    }
+
+    both!(
+        a_parked_position_is_taken_once_and_replays_the_gap,
+        a_gap_that_cannot_be_filled_replays_nothing,
+        the_inbox_holds_directs_in_order_up_to_its_bound,
+    );
+
+    #[tokio::test]
+    async fn redis_a_peer_resumes_on_another_node() {
+        scenarios::a_peer_resumes_on_another_node(scenarios::redis(3).await).await;
+    }
+
+    #[tokio::test]
+    async fn redis_only_one_node_takes_a_position() {
+        scenarios::only_one_node_takes_a_position(scenarios::redis(2).await).await;
+    }
+
+    #[tokio::test]
+    async fn redis_positions_outlive_a_node_that_dies_before_parking() {
+        let nodes = scenarios::redis(2).await;
+        scenarios::positions_outlive_a_node_that_dies_before_parking(nodes).await;
+    }
+
+    #[tokio::test]
+    async fn redis_a_peer_connected_elsewhere_is_not_parked() {
+        scenarios::a_peer_connected_elsewhere_is_not_parked(scenarios::redis(2).await).await;
+    }
+}
+
+/// The seam under concurrent publishers, on the Redis engine (the scenario is the memory
+/// engine's, resumed from "before any history").
+mod resume_seam_on_redis {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resume_meets_live_messages_with_no_gap_and_no_duplicate() {
+        let nodes = crate::resume_engines::redis(1).await;
+        crate::resume::a_resume_meets_live_messages_with_no_gap_and_no_duplicate(nodes).await;
     }
 }

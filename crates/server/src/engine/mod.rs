@@ -248,6 +248,14 @@ pub trait Engine: Send + Sync + 'static {
         let _ = (conn, positions);
     }
 
+    /// A watermark pong confirmed `positions` (all of them so far) for a stable peer's
+    /// connection. An engine whose nodes can die before they see a drop writes them down
+    /// lazily, so another node can still resume the peer; the default keeps nothing. Must
+    /// not block: it runs in the session's loop.
+    fn confirmed(&self, conn: &Arc<Conn>, positions: Vec<(ChannelName, Since)>) {
+        let _ = (conn, positions);
+    }
+
     /// The confirmed position a peer inside its resume window left on `channel`, taken.
     async fn take_position(
         &self,

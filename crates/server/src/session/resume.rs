@@ -86,6 +86,9 @@ impl Session {
         if let Some(watermark) = &mut self.watermark {
             if watermark.pong(payload) {
                 self.state.metrics.resume.watermark_confirmed.inc();
+                self.state
+                    .engine
+                    .confirmed(&self.conn, watermark.confirmed());
             }
         }
     }

@@ -117,6 +117,21 @@ impl Nodes {
         Self::redis_with_settings(count, &settings).await
     }
 
+    /// `count` Redis nodes on one fresh redis-server keeping `history`, with lossless
+    /// reconnect on (`resume`).
+    pub async fn redis_with_resume(
+        count: usize,
+        history: &HistoryConfig,
+        resume: herald_server::resume::ResumeSettings,
+    ) -> Nodes {
+        let settings = RedisSettings {
+            history: history.clone(),
+            resume,
+            ..RedisSettings::default()
+        };
+        Self::redis_with_settings(count, &settings).await
+    }
+
     /// [`Nodes::redis`] whose presence deltas are coalesced over `window` under load.
     pub async fn redis_coalescing(count: usize, window: Duration) -> Nodes {
         let settings = RedisSettings {

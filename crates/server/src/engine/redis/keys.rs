@@ -22,6 +22,7 @@
 //! | `P{c:ck}:hist` | stream | channel history (only channels a `[[history.channels]]` group names): entry id `<offset>-0`, fields `t` (publish time, Unix ms) and `e` (the `message` event as published, with its position); trimmed to `max_messages` and `max_age_secs` by the publish script |
 //! | `P{c:ck}:hpos` | hash | `epoch` and `offset` (the last one given) of the channel's history; missing means a new epoch. Expires with `:hist`, `max_age_secs` after the last publish |
 //! | `P{p:pk}:route` | hash | I → connections of the peer on that instance (direct routing) |
+//! | `P{p:pk}:parked`, `:rpos`, `:rbox`, `:lpos` | string, hashes, list | lossless reconnect of a JWT peer: parked marker, parked positions, held directs, lazily written positions (`resume_scripts.rs` builds them from the peer base; they expire with `history.resume_window_secs`) |
 //! | `P{n:I}:index` | hash | channel or route base key (`P{c:ck}`, `P{p:pk}`) → generation: everything the instance may hold, so a reaper finds it |
 //! | `P{cluster}:nodes` | set | live node instances |
 //! | `P{cluster}:lease:I` | string | the instance's lease; it expires when the node stops renewing |

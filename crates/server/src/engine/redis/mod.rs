@@ -41,6 +41,9 @@ mod occupancy;
 mod presence;
 mod publish;
 mod reassert;
+mod resume;
+mod resume_lazy;
+mod resume_scripts;
 mod routing;
 mod scripts;
 mod store;
@@ -68,6 +71,8 @@ use crate::config::{Config, EngineConfig, HistoryConfig, PresenceConfig};
 use crate::conn::Conn;
 use crate::history::{HistoryRules, Page, PageQuery};
 use crate::ids::{AppId, ChannelName, PeerId};
+use crate::resume::book::{BookStats, Queued};
+use crate::resume::{Recovery, ResumeFrom, ResumeSettings, Since};
 
 /// How long a subscribe waits for its topic subscription to be confirmed.
 const TOPIC_CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
@@ -85,6 +90,9 @@ pub struct RedisSettings {
     /// Which channels keep history in Redis (`[[history.channels]]`; `store` and
     /// `max_memory_bytes` are the memory store's and do not apply).
     pub history: HistoryConfig,
+    /// Lossless reconnect of stable peers, kept in Redis (`resume.rs`; off by default here,
+    /// on in a node's config).
+    pub resume: ResumeSettings,
 }
 
 impl RedisSettings {
@@ -93,6 +101,10 @@ impl RedisSettings {
             coalesce: Duration::from_millis(config.timing.presence_coalesce_ms),
             presence: config.presence.clone(),
             history: config.history.clone(),
+            resume: ResumeSettings::from_config(
+                &config.history,
+                config.limits.outbound_queue_frames,
+            ),
         }
     }
 }
@@ -100,6 +112,7 @@ impl RedisSettings {
 /// The distributed engine.
 pub struct RedisEngine {
     node: Arc<Node>,
+    resume: Arc<resume::Resume>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -145,10 +158,13 @@ impl RedisEngine {
             commands,
         ));
         let maintenance_task = tokio::spawn(lease::maintenance(node.clone()));
+        let resume = Arc::new(resume::Resume::new(settings.resume));
+        let resume_task = tokio::spawn(resume.flush_task(node.clone()));
         tracing::info!(node = %node.id, cluster = config.redis_cluster, "redis engine started");
         Ok(RedisEngine {
             node,
-            tasks: vec![bus_task, maintenance_task],
+            resume,
+            tasks: vec![bus_task, maintenance_task, resume_task],
         })
     }
 
@@ -176,8 +192,13 @@ impl RedisEngine {
 
 #[async_trait]
 impl Engine for RedisEngine {
+    /// A stable peer's held directs follow the welcome, in order (`resume.rs`).
     async fn register(&self, conn: &Arc<Conn>) -> Result<(), EngineError> {
-        self.node.register_connection(conn).await;
+        if self.resume.applies(conn) {
+            self.resume.register(&self.node, conn).await;
+        } else {
+            self.node.register_connection(conn).await;
+        }
         Ok(())
     }
 
@@ -190,7 +211,67 @@ impl Engine for RedisEngine {
         for channel in &subscriptions {
             self.unsubscribe_one(conn, channel, departure).await;
         }
-        self.node.unregister_connection(conn).await;
+        if self.resume.was_parked(conn) {
+            // `park` took the route back already.
+            self.node.local.hub.peers.unregister(conn);
+        } else {
+            if self.resume.applies(conn) {
+                self.resume.forget_lazy(&self.node, conn).await;
+            }
+            self.node.unregister_connection(conn).await;
+        }
+    }
+
+    fn confirmed(&self, conn: &Arc<Conn>, positions: Vec<(ChannelName, Since)>) {
+        self.resume.confirmed(conn, positions);
+    }
+
+    fn keeps_history(&self, channel: &ChannelName) -> bool {
+        self.node.history_policy(channel.as_str()).is_some()
+    }
+
+    async fn positions(&self, app: &AppId, channels: &[ChannelName]) -> Vec<(ChannelName, Since)> {
+        self.resume.positions(&self.node, app, channels).await
+    }
+
+    async fn park(&self, conn: &Arc<Conn>, positions: Vec<(ChannelName, Since)>) {
+        if self.resume.applies(conn) {
+            self.resume.park(&self.node, conn, positions).await;
+        }
+    }
+
+    async fn take_position(
+        &self,
+        app: &AppId,
+        peer: &PeerId,
+        channel: &ChannelName,
+    ) -> Option<Since> {
+        self.resume.take(&self.node, app, peer, channel).await
+    }
+
+    async fn subscribe_from(
+        &self,
+        mut req: SubscribeRequest<'_>,
+        from: ResumeFrom,
+    ) -> Result<(bool, Recovery), EngineError> {
+        self.node.require_bus()?;
+        if let Target::Pattern(_) = req.target {
+            // Patterns keep no position: an explicit resume of one recovers nothing.
+            if let Some((_, failed)) = from.acks {
+                req.ack = Some(failed);
+            }
+            return Ok((self.subscribe(req).await?, Recovery::Failed));
+        }
+        let (is_new, recovery) = self.node.subscribe_channel_from(req, Some(&from)).await?;
+        Ok((is_new, recovery.unwrap_or(Recovery::Failed)))
+    }
+
+    async fn queue_direct(&self, direct: Direct<'_>) -> Result<Queued, EngineError> {
+        self.resume.queue_direct(&self.node, direct).await
+    }
+
+    fn resume_stats(&self) -> BookStats {
+        self.resume.stats()
     }
 
     async fn subscribe(&self, req: SubscribeRequest<'_>) -> Result<bool, EngineError> {

@@ -16,6 +16,7 @@ use super::node::{unavailable, Node};
 use crate::conn::Conn;
 use crate::engine::{Departure, EngineError, Member, SubscribeRequest};
 use crate::ids::{AppId, ChannelName, PeerId};
+use crate::resume::{Recovery, ResumeFrom};
 use crate::sync::lock;
 
 /// What `JOIN` returned: the join's sequence number, the roster at it (none when the node's
@@ -32,6 +33,16 @@ impl Node {
         &self,
         req: SubscribeRequest<'_>,
     ) -> Result<bool, EngineError> {
+        Ok(self.subscribe_channel_from(req, None).await?.0)
+    }
+
+    /// [`Node::subscribe_channel`], resuming from a position when `from` is given (its replay
+    /// takes the place of the rewind: `resume.rs`).
+    pub(super) async fn subscribe_channel_from(
+        &self,
+        mut req: SubscribeRequest<'_>,
+        from: Option<&ResumeFrom>,
+    ) -> Result<(bool, Option<Recovery>), EngineError> {
         let conn = req.conn;
         let base = self
             .keys
@@ -62,7 +73,22 @@ impl Node {
                 return Err(unavailable(err));
             }
         };
-        if !duplicate {
+        let mut recovery = None;
+        if let Some(from) = from {
+            let outcome = if duplicate {
+                Recovery::Failed
+            } else {
+                self.replay(&base, &req, from).await
+            };
+            if let Some((recovered, failed)) = &from.acks {
+                let ack = match outcome {
+                    Recovery::Recovered { .. } => recovered,
+                    Recovery::Failed => failed,
+                };
+                req.ack = Some(ack.clone());
+            }
+            recovery = Some(outcome);
+        } else if !duplicate {
             // The topic is subscribed: every message after this read reaches the node live.
             // A failed read costs the rewind, not the subscription (as on the memory engine).
             if let Err(err) = self.rewind(&base, &req).await {
@@ -105,7 +131,7 @@ impl Node {
         if !duplicate {
             self.local.hub.count_subscribed();
         }
-        Ok(!duplicate)
+        Ok((!duplicate, recovery))
     }
 
     /// Removes one local subscription to a concrete channel and settles its presence hold.

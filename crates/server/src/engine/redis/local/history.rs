@@ -139,6 +139,13 @@ impl Local {
             .flatten()
     }
 
+    /// The last history position this node delivered on the channel: `Some(None)` when it
+    /// delivered none since it started listening, `None` when the channel is not here.
+    /// Read under the channel's lock (lossless reconnect's watermark).
+    pub fn cursor(&self, key: &ChannelKey) -> Option<Option<(Arc<str>, u64)>> {
+        self.hub.channels.with(key, |ch| ch.slot.cursor.clone())
+    }
+
     /// Hands a subscribe in flight its rewind (queued after its snapshot at finish).
     pub fn set_rewind(&self, conn: &Conn, channel: &ChannelName, rewind: Rewind) {
         self.hub
