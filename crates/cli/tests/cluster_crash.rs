@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use herald_protocol::claims::Claims;
 use herald_testkit::process::HeraldProcess;
-use herald_testkit::redis::{RedisCluster, RedisServer};
+use herald_testkit::redis::{Backend, RedisCluster, RedisServer};
 use herald_testkit::tokens::{now, sign};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -19,23 +19,6 @@ use tokio_tungstenite::tungstenite::Message;
 const KID: &str = "sk_id_crash";
 const SECRET: &str = "sk_secret_crash_0123456789abcdef";
 const LEASE_MS: u64 = 10_000;
-
-/// Where the nodes keep their shared state.
-enum Backend {
-    Single(RedisServer),
-    Cluster(RedisCluster),
-}
-
-impl Backend {
-    fn engine_config(&self) -> String {
-        match self {
-            Backend::Single(redis) => format!("redis_url = \"{}\"", redis.url()),
-            Backend::Cluster(cluster) => {
-                format!("redis_url = \"{}\"\nredis_cluster = true", cluster.urls())
-            }
-        }
-    }
-}
 
 fn start_node(dir: &std::path::Path, redis: &Backend, id: &str) -> HeraldProcess {
     start_node_with(dir, redis, id, "")

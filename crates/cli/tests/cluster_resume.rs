@@ -14,16 +14,16 @@
 //! the peer, and the direct, sent once the survivors reaped node A, waits for it.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use herald_protocol::claims::Claims;
-use herald_testkit::redis::{RedisCluster, RedisServer};
+use herald_testkit::process::HeraldProcess;
+use herald_testkit::redis::{Backend, RedisCluster, RedisServer};
 use herald_testkit::tokens::{now, sign};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -39,45 +39,7 @@ const BEFORE: u64 = 5;
 const LAST: u64 = BEFORE + 200;
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 
-struct Node {
-    child: Child,
-    origin: String,
-}
-
-impl Node {
-    fn http(&self) -> String {
-        self.origin.replacen("ws://", "http://", 1)
-    }
-
-    fn port(&self) -> u16 {
-        self.origin.rsplit(':').next().unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-enum Backend {
-    Single(RedisServer),
-    Cluster(RedisCluster),
-}
-
-impl Backend {
-    fn engine_config(&self) -> String {
-        match self {
-            Backend::Single(redis) => format!("redis_url = \"{}\"", redis.url()),
-            Backend::Cluster(cluster) => {
-                format!("redis_url = \"{}\"\nredis_cluster = true", cluster.urls())
-            }
-        }
-    }
-}
-
-fn start_node(dir: &Path, redis: &Backend, id: &str) -> Node {
+fn start_node(dir: &Path, redis: &Backend, id: &str) -> HeraldProcess {
     // A rewind of 3 would show as extra duplicates: a resume must not rewind.
     let config = format!(
         r#"listen = "127.0.0.1:0"
@@ -101,49 +63,11 @@ rewind = 3
 "#,
         engine = redis.engine_config()
     );
-    let path = dir.join(format!("{id}.toml"));
-    std::fs::write(&path, config).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if let Some(listen) = v["fields"]["listen"].as_str() {
-                        let _ = tx.send(listen.to_string());
-                        sent = true;
-                    }
-                }
-            }
-        }
-    });
-    let listen = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("node did not report its address");
-    Node {
-        child,
-        origin: format!("ws://{listen}"),
-    }
-}
-
-async fn wait_ready(node: &Node) {
-    let url = format!("{}/readyz", node.http());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !reqwest::get(&url)
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "{url} never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    HeraldProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_herald")),
+        &dir.join(format!("{id}.toml")),
+        &config,
+    )
 }
 
 /// A loopback TCP proxy whose upstream can change: a cut drops every forwarded connection
@@ -223,16 +147,17 @@ impl Drop for SwitchProxy {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(node: &Node, sub: &str) -> Ws {
+async fn connect(node: &HeraldProcess, sub: &str) -> Ws {
     let claims = Claims {
         sub: sub.into(),
         exp: Some(now() + 600),
         ..Claims::default()
     };
     let token = sign(KID, SECRET, &claims);
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/v1?token={token}", node.origin))
-        .await
-        .unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{}/v1?token={token}", node.origin()))
+            .await
+            .unwrap();
     assert_eq!(request_reply(&mut ws, None).await["type"], "welcome");
     ws
 }
@@ -264,7 +189,7 @@ async fn publish(ws: &mut Ws, n: u64) {
     assert_eq!(ack["type"], "ack", "{ack}");
 }
 
-async fn metric(node: &Node, name: &str) -> f64 {
+async fn metric(node: &HeraldProcess, name: &str) -> f64 {
     let Ok(response) = reqwest::get(format!("{}/metrics", node.http())).await else {
         return 0.0;
     };
@@ -275,7 +200,7 @@ async fn metric(node: &Node, name: &str) -> f64 {
 }
 
 /// Polls until `name` on `node` reaches `want` (a barrier on the server's own account).
-async fn wait_metric(node: &Node, name: &str, want: f64) {
+async fn wait_metric(node: &HeraldProcess, name: &str, want: f64) {
     for _ in 0..800 {
         if metric(node, name).await >= want {
             return;
@@ -355,25 +280,16 @@ async fn wait_redis(redis: &Backend, args: &[&str], what: &str, check: impl Fn(&
     panic!("never: {what}");
 }
 
-fn kill_9(node: &mut Node) {
-    let status = std::process::Command::new("kill")
-        .args(["-KILL", &node.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = node.child.wait();
-}
-
 async fn run(sdk: Sdk, redis: Backend, a: NodeA) {
     let label = format!("{sdk:?}-{a:?}").to_lowercase();
     let dir = std::env::temp_dir().join(format!("herald-resume-{label}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut nodes: Vec<Node> = ["resume-a", "resume-b", "resume-c"]
+    let mut nodes: Vec<HeraldProcess> = ["resume-a", "resume-b", "resume-c"]
         .iter()
         .map(|id| start_node(&dir, &redis, id))
         .collect();
     for node in &nodes {
-        wait_ready(node).await;
+        node.wait_ready().await;
     }
     let proxy = SwitchProxy::start(nodes[0].port()).await;
     let peer = format!("resume-{label}");
@@ -427,13 +343,13 @@ async fn run(sdk: Sdk, redis: Backend, a: NodeA) {
         })
         .await;
         proxy.refuse_new();
-        kill_9(&mut nodes[0]);
+        nodes[0].kill9();
     } else {
         proxy.cut();
         // Node A saw the connection end and parked the peer in Redis.
         wait_metric(&nodes[0], "herald_resume_parked_peers", 1.0).await;
         if a == NodeA::KilledDuringTheDrop {
-            kill_9(&mut nodes[0]);
+            nodes[0].kill9();
         }
     }
     for n in BEFORE + 1..=LAST {

@@ -64,6 +64,15 @@ impl HeraldProcess {
         format!("http://{}", self.listen)
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a host:port address")
+    }
+
     /// SIGKILL, and waits for the process to be gone (its sockets and files are released).
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

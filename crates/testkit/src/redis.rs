@@ -340,3 +340,21 @@ impl Drop for RedisCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Where a test's Herald nodes keep their shared state: one `redis-server`, or a Redis Cluster.
+pub enum Backend {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Backend {
+    /// The `[engine]` lines that point a node at it.
+    pub fn engine_config(&self) -> String {
+        match self {
+            Backend::Single(redis) => format!("redis_url = \"{}\"", redis.url()),
+            Backend::Cluster(cluster) => {
+                format!("redis_url = \"{}\"\nredis_cluster = true", cluster.urls())
+            }
+        }
+    }
+}
