@@ -230,3 +230,35 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// For engines that keep the outbox elsewhere (the Redis engine's streams) and feed the
+/// endpoints' queues themselves.
+impl Webhooks {
+    /// Every endpoint, with its app and its position in the app's list.
+    pub fn endpoints(&self) -> impl Iterator<Item = (&str, &Arc<Endpoint>)> {
+        self.apps
+            .iter()
+            .flat_map(|(app, eps)| eps.iter().map(move |e| (app.as_str(), e)))
+    }
+
+    /// The endpoints of one app.
+    pub fn app_endpoints(&self, app: &str) -> &[Arc<Endpoint>] {
+        self.apps.get(app).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn metrics(&self) -> &WebhookMetrics {
+        &self.metrics
+    }
+}
+
+impl Endpoint {
+    /// Whether this endpoint takes the event (see [`Webhooks::wants`]).
+    pub fn takes(&self, kind: EventType, channel: Option<&str>) -> bool {
+        self.wants(kind, channel)
+    }
+
+    /// The endpoint's queue, which its delivery task drains.
+    pub fn queue(&self) -> &Outbox {
+        &self.outbox
+    }
+}

@@ -45,6 +45,7 @@ mod routing;
 mod scripts;
 mod store;
 mod topics;
+mod webhooks;
 mod wire;
 
 use std::sync::atomic::Ordering;
@@ -85,6 +86,8 @@ pub struct RedisSettings {
     /// Which channels keep history in Redis (`[[history.channels]]`; `store` and
     /// `max_memory_bytes` are the memory store's and do not apply).
     pub history: HistoryConfig,
+    /// `webhooks.queue_max_bytes`: bounds each endpoint's outbox stream (0: the default).
+    pub webhook_queue_bytes: usize,
 }
 
 impl RedisSettings {
@@ -93,6 +96,7 @@ impl RedisSettings {
             coalesce: Duration::from_millis(config.timing.presence_coalesce_ms),
             presence: config.presence.clone(),
             history: config.history.clone(),
+            webhook_queue_bytes: config.webhooks.queue_max_bytes,
         }
     }
 }
@@ -101,11 +105,16 @@ impl RedisSettings {
 pub struct RedisEngine {
     node: Arc<Node>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Webhook readers and sweepers, started by `attach_webhooks`.
+    webhook_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for RedisEngine {
     fn drop(&mut self) {
         for task in &self.tasks {
+            task.abort();
+        }
+        for task in crate::sync::lock(&self.webhook_tasks).iter() {
             task.abort();
         }
     }
@@ -137,6 +146,9 @@ impl RedisEngine {
         node.local
             .set_occupancy(OccupancyRules::new(&settings.presence));
         node.history = Arc::new(HistoryRules::new(&settings.history));
+        if settings.webhook_queue_bytes > 0 {
+            node.webhook_queue_bytes = settings.webhook_queue_bytes;
+        }
         let node = Arc::new(node);
         let bus_task = tokio::spawn(bus::run(
             node.clone(),
@@ -149,6 +161,7 @@ impl RedisEngine {
         Ok(RedisEngine {
             node,
             tasks: vec![bus_task, maintenance_task],
+            webhook_tasks: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -281,6 +294,39 @@ impl Engine for RedisEngine {
             .local
             .hub
             .channel_summaries(app, |ch| ch.slot.hold_count())
+    }
+
+    fn attach_webhooks(&self, hooks: Arc<crate::webhooks::Webhooks>) {
+        if self.node.store.is_cluster() {
+            tracing::warn!("webhooks are not produced on a Redis Cluster in this version");
+            return;
+        }
+        let node = &self.node;
+        if node
+            .webhooks
+            .set(webhooks::RedisWebhooks::new(node, hooks, node.webhook_queue_bytes))
+            .is_err()
+        {
+            return;
+        }
+        let Some(w) = node.webhooks.get() else {
+            return;
+        };
+        let mut tasks = crate::sync::lock(&self.webhook_tasks);
+        let mut apps = std::collections::HashSet::new();
+        for (app, base, endpoint) in w.endpoints() {
+            tasks.push(tokio::spawn(webhooks::run_endpoint(
+                node.clone(),
+                base.to_string(),
+                endpoint.clone(),
+            )));
+            if apps.insert(app.to_string()) {
+                tasks.push(tokio::spawn(webhooks::run_sweeper(
+                    node.clone(),
+                    app.to_string(),
+                )));
+            }
+        }
     }
 
     fn local_connections(

@@ -97,6 +97,8 @@ impl Node {
                 for peer in gone {
                     inv.arg(peer);
                 }
+                self.channel_webhook_spec(base, super::webhooks::JOINED | super::webhooks::OCCUPIED | super::webhooks::LEFT | super::webhooks::VACATED)
+                    .apply(&mut inv);
                 inv
             })
             .collect();
