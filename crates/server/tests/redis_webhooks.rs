@@ -189,7 +189,14 @@ async fn each_transition_is_one_event_however_three_nodes_race() {
         nodes.push(node(&redis, receiver.clone()).await);
     }
     // Six connections: ann on all three nodes, bob and cy on one each, all at once.
-    let plan = [(0, "ann"), (1, "ann"), (2, "ann"), (0, "bob"), (1, "cy"), (2, "bob")];
+    let plan = [
+        (0, "ann"),
+        (1, "ann"),
+        (2, "ann"),
+        (0, "bob"),
+        (1, "cy"),
+        (2, "bob"),
+    ];
     let conns = futures_util::future::join_all(plan.iter().map(|(i, peer)| {
         let engine = nodes[*i].clone();
         async move {
@@ -229,13 +236,19 @@ async fn each_transition_is_one_event_however_three_nodes_race() {
     // A barrier: one more transition, after which nothing earlier can still be on its way.
     let late = connect(&nodes[0], "dan").await;
     receiver
-        .until("the barrier", |r| r.count("peer.online", "peerId", "dan") == 1)
+        .until("the barrier", |r| {
+            r.count("peer.online", "peerId", "dan") == 1
+        })
         .await;
     drop(late);
     for peer in ["ann", "bob", "cy"] {
         assert_eq!(receiver.count("peer.online", "peerId", peer), 1, "{peer}");
         assert_eq!(receiver.count("peer.offline", "peerId", peer), 1, "{peer}");
-        assert_eq!(receiver.count("presence.joined", "peerId", peer), 1, "{peer}");
+        assert_eq!(
+            receiver.count("presence.joined", "peerId", peer),
+            1,
+            "{peer}"
+        );
         assert_eq!(receiver.count("presence.left", "peerId", peer), 1, "{peer}");
     }
     assert_eq!(receiver.count("channel.occupied", "channel", "room-1"), 1);
@@ -266,7 +279,9 @@ async fn a_reload_within_the_grace_is_no_offline_and_no_leave() {
     let first = connect(&a, "eve").await;
     subscribe(&a, &first, "room-2").await;
     receiver
-        .until("eve joined", |r| r.count("presence.joined", "peerId", "eve") == 1)
+        .until("eve joined", |r| {
+            r.count("presence.joined", "peerId", "eve") == 1
+        })
         .await;
     // The page reloads onto the other node: dropped, then back within the grace.
     leave(&a, &first, "room-2", Departure::Dropped).await;
@@ -276,10 +291,14 @@ async fn a_reload_within_the_grace_is_no_offline_and_no_leave() {
     // Then a deliberate leave: exactly one left, one offline, one vacated.
     leave(&b, &second, "room-2", Departure::Left).await;
     receiver
-        .until("eve offline", |r| r.count("peer.offline", "peerId", "eve") == 1)
+        .until("eve offline", |r| {
+            r.count("peer.offline", "peerId", "eve") == 1
+        })
         .await;
     receiver
-        .until("room vacated", |r| r.count("channel.vacated", "channel", "room-2") == 1)
+        .until("room vacated", |r| {
+            r.count("channel.vacated", "channel", "room-2") == 1
+        })
         .await;
     assert_eq!(receiver.count("peer.online", "peerId", "eve"), 1);
     assert_eq!(receiver.count("presence.joined", "peerId", "eve"), 1);
@@ -345,7 +364,9 @@ async fn a_dead_nodes_members_leave_once_and_its_pending_events_reach_the_backen
     // One more transition as a barrier, then every count is exact.
     leave(&b, &yan, "room-4", Departure::Left).await;
     receiver
-        .until("the barrier", |r| r.count("channel.vacated", "channel", "room-4") == 1)
+        .until("the barrier", |r| {
+            r.count("channel.vacated", "channel", "room-4") == 1
+        })
         .await;
     let mut counts: HashMap<(String, String), usize> = HashMap::new();
     for e in receiver.unique() {

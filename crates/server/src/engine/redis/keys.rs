@@ -217,7 +217,10 @@ mod tests {
         assert_eq!(format!("{}{{n:n1}}", keys.node_topic_prefix()), keys.node());
         assert_eq!(keys.app_of_topic(&keys.app_topic("app")), Some("app"));
         assert_eq!(keys.parse_base(&base), Some(("app", "room/{x}")));
-        assert_eq!(keys.parse_base(&keys.route_base("app", "p:1")), Some(("app", "p:1")));
+        assert_eq!(
+            keys.parse_base(&keys.route_base("app", "p:1")),
+            Some(("app", "p:1"))
+        );
         let (before, after) = keys.route_key_parts("app");
         assert_eq!(format!("{before}p{after}"), keys.route_key("app", "p"));
     }

@@ -304,7 +304,11 @@ impl Engine for RedisEngine {
         let node = &self.node;
         if node
             .webhooks
-            .set(webhooks::RedisWebhooks::new(node, hooks, node.webhook_queue_bytes))
+            .set(webhooks::RedisWebhooks::new(
+                node,
+                hooks,
+                node.webhook_queue_bytes,
+            ))
             .is_err()
         {
             return;

@@ -19,7 +19,11 @@ impl Node {
         let Some(w) = self.webhooks.get() else {
             return super::webhooks::Spec::default();
         };
-        if !w.hooks.wants(app, crate::webhooks::EventType::MessagePublished, Some(channel)) {
+        if !w.hooks.wants(
+            app,
+            crate::webhooks::EventType::MessagePublished,
+            Some(channel),
+        ) {
             return super::webhooks::Spec::default();
         }
         let mut extra = format!(

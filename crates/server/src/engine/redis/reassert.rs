@@ -97,8 +97,14 @@ impl Node {
                 for peer in gone {
                     inv.arg(peer);
                 }
-                self.channel_webhook_spec(base, super::webhooks::JOINED | super::webhooks::OCCUPIED | super::webhooks::LEFT | super::webhooks::VACATED)
-                    .apply(&mut inv);
+                self.channel_webhook_spec(
+                    base,
+                    super::webhooks::JOINED
+                        | super::webhooks::OCCUPIED
+                        | super::webhooks::LEFT
+                        | super::webhooks::VACATED,
+                )
+                .apply(&mut inv);
                 inv
             })
             .collect();

@@ -496,8 +496,7 @@ pub struct Scripts {
 
 impl Scripts {
     pub fn new() -> Scripts {
-        let with_helpers =
-            |body: &str| Script::new(&format!("{WH_HELPERS}\n{HELPERS}\n{body}"));
+        let with_helpers = |body: &str| Script::new(&format!("{WH_HELPERS}\n{HELPERS}\n{body}"));
         let with_webhooks = |body: &str| Script::new(&format!("{WH_HELPERS}\n{body}"));
         Scripts {
             join: with_helpers(JOIN),

@@ -363,8 +363,14 @@ pub(super) async fn run_endpoint(node: Arc<Node>, base: String, endpoint: Arc<En
         if let Some(dropped) = reply.first().and_then(|d| d.parse::<u64>().ok()) {
             metrics.dropped.inc_by(dropped);
         }
-        let stream_len = reply.get(1).and_then(|n| n.parse::<i64>().ok()).unwrap_or(0);
-        let pending = reply.get(2).and_then(|n| n.parse::<i64>().ok()).unwrap_or(0);
+        let stream_len = reply
+            .get(1)
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(0);
+        let pending = reply
+            .get(2)
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(0);
         if let Some(w) = node.webhooks.get() {
             w.record(&base, stream_len, pending);
         }
@@ -385,7 +391,11 @@ pub(super) async fn run_endpoint(node: Arc<Node>, base: String, endpoint: Arc<En
 
 /// Sends the app's due `peer.offline`s, on every node (each due peer is taken once).
 pub(super) async fn run_sweeper(node: Arc<Node>, app: String) {
-    let sweep = Script::new(&format!("{}\n{}", super::scripts::WH_HELPERS, super::scripts::PEER_SWEEP));
+    let sweep = Script::new(&format!(
+        "{}\n{}",
+        super::scripts::WH_HELPERS,
+        super::scripts::PEER_SWEEP
+    ));
     let (before, after) = node.keys.route_key_parts(&app);
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
