@@ -21,6 +21,9 @@ use herald_testkit::redis::RedisServer;
 use serde_json::Value;
 
 const APP: &str = "app";
+
+/// The receiving ends of the test connections' queues, kept for the test's life.
+static OUTBOUND: Mutex<Vec<herald_server::conn::Outbound>> = Mutex::new(Vec::new());
 const GRACE_MS: u64 = 300;
 const LEASE_MS: u64 = 1_000;
 
@@ -146,6 +149,8 @@ async fn node(redis: &RedisServer, transport: Arc<dyn Transport>) -> Arc<dyn Eng
     Arc::new(engine)
 }
 
+/// A registered connection; the test reads none of its frames, but keeps its queue's
+/// receiving end alive.
 async fn connect(engine: &Arc<dyn Engine>, peer: &str) -> Arc<Conn> {
     let (conn, rx) = Conn::new(
         AppId::new(APP),
@@ -155,8 +160,7 @@ async fn connect(engine: &Arc<dyn Engine>, peer: &str) -> Arc<Conn> {
         "token",
         1024,
     );
-    // The test reads no frames: the queue is dropped with the receiver's end kept alive.
-    std::mem::forget(rx);
+    OUTBOUND.lock().unwrap().push(rx);
     engine.register(&conn).await.unwrap();
     conn
 }

@@ -101,6 +101,10 @@ pub struct WebhookMetrics {
     pub dropped: Counter,
     pub queued_bytes: Gauge,
     pub latency: Histogram,
+    /// Redis engine: events in the outbox streams of the endpoints this node delivers, and
+    /// of those, read but not yet acknowledged.
+    pub stream_events: Gauge,
+    pub stream_pending: Gauge,
 }
 
 impl Default for WebhookMetrics {
@@ -119,6 +123,8 @@ impl Default for WebhookMetrics {
             events,
             queued_bytes: Gauge::default(),
             latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            stream_events: Gauge::default(),
+            stream_pending: Gauge::default(),
         }
     }
 }
@@ -140,6 +146,16 @@ impl WebhookMetrics {
             "herald_webhook_delivery_seconds",
             "Time a successful webhook POST took",
             self.latency.clone(),
+        );
+        registry.register(
+            "herald_webhook_stream_events",
+            "Redis engine: webhook events in the outbox streams of the endpoints this node delivers",
+            self.stream_events.clone(),
+        );
+        registry.register(
+            "herald_webhook_stream_pending",
+            "Redis engine: of those, events read and not yet acknowledged (in delivery)",
+            self.stream_pending.clone(),
         );
     }
 }

@@ -200,7 +200,7 @@ impl Node {
                     let n: i64 = if self.keys.is_channel_base(&base) {
                         let spec = self.channel_webhook_spec(
                             &base,
-                            super::webhooks::LEFT | super::webhooks::VACATED,
+                            super::webhook_spec::LEFT | super::webhook_spec::VACATED,
                         );
                         let mut invocation = self.scripts.reap_channel.key(&base);
                         invocation
@@ -211,7 +211,7 @@ impl Node {
                         invocation.invoke_async(&mut conn).await?
                     } else {
                         let (app, peer) = self.keys.parse_base(&base).unwrap_or_default();
-                        let spec = self.route_webhook_spec(app, super::webhooks::OFFLINE);
+                        let spec = self.route_webhook_spec(app, super::webhook_spec::OFFLINE);
                         let mut invocation = self
                             .scripts
                             .route_reap

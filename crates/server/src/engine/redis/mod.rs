@@ -45,6 +45,7 @@ mod routing;
 mod scripts;
 mod store;
 mod topics;
+mod webhook_spec;
 mod webhooks;
 mod wire;
 
@@ -304,8 +305,8 @@ impl Engine for RedisEngine {
         let node = &self.node;
         if node
             .webhooks
-            .set(webhooks::RedisWebhooks::new(
-                node,
+            .set(webhook_spec::RedisWebhooks::new(
+                &node.keys,
                 hooks,
                 node.webhook_queue_bytes,
             ))

@@ -71,7 +71,7 @@ pub(crate) struct Node {
     /// Messages lost on the bus that the channel's history no longer held.
     pub(super) history_lost: AtomicU64,
     /// Webhook endpoints, set once when some app has any (single Redis only).
-    pub(super) webhooks: std::sync::OnceLock<super::webhooks::RedisWebhooks>,
+    pub(super) webhooks: std::sync::OnceLock<super::webhook_spec::RedisWebhooks>,
     /// `webhooks.queue_max_bytes`: an endpoint's outbox stream holds this much, roughly.
     pub(super) webhook_queue_bytes: usize,
 }

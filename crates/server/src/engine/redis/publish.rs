@@ -13,18 +13,18 @@ use crate::engine::{EngineError, Publication};
 impl Node {
     /// The webhook spec of a publish: `message.published` carries the sender, its metadata
     /// and the data as published (the script adds the offset where history is kept).
-    fn message_webhook_spec(&self, p: &Publication<'_>) -> super::webhooks::Spec {
+    fn message_webhook_spec(&self, p: &Publication<'_>) -> super::webhook_spec::Spec {
         let app = p.app.as_str();
         let channel = p.channel.as_str();
         let Some(w) = self.webhooks.get() else {
-            return super::webhooks::Spec::default();
+            return super::webhook_spec::Spec::default();
         };
         if !w.hooks.wants(
             app,
             crate::webhooks::EventType::MessagePublished,
             Some(channel),
         ) {
-            return super::webhooks::Spec::default();
+            return super::webhook_spec::Spec::default();
         }
         let mut extra = format!(
             "\"from\":{}",
@@ -36,7 +36,7 @@ impl Node {
         }
         extra.push_str(",\"data\":");
         extra.push_str(p.data.get());
-        w.spec(app, Some(channel), super::webhooks::MESSAGE, &extra)
+        w.spec(app, Some(channel), super::webhook_spec::MESSAGE, &extra)
     }
 
     pub(super) async fn publish(&self, p: Publication<'_>) -> Result<usize, EngineError> {

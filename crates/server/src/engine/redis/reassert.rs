@@ -99,10 +99,10 @@ impl Node {
                 }
                 self.channel_webhook_spec(
                     base,
-                    super::webhooks::JOINED
-                        | super::webhooks::OCCUPIED
-                        | super::webhooks::LEFT
-                        | super::webhooks::VACATED,
+                    super::webhook_spec::JOINED
+                        | super::webhook_spec::OCCUPIED
+                        | super::webhook_spec::LEFT
+                        | super::webhook_spec::VACATED,
                 )
                 .apply(&mut inv);
                 inv

@@ -141,7 +141,7 @@ impl Node {
             Ok(()) => {
                 let spec = self.route_webhook_spec(
                     conn.app.as_str(),
-                    super::webhooks::ONLINE | super::webhooks::OFFLINE,
+                    super::webhook_spec::ONLINE | super::webhook_spec::OFFLINE,
                 );
                 let mut invocation = self
                     .scripts

@@ -9,7 +9,6 @@
 //! read and never acknowledged (`XAUTOCLAIM`): events pending on a dead node are delivered by
 //! another one, about a lease after it died.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,155 +17,14 @@ use redis::Script;
 use tokio::sync::Notify;
 
 use super::node::Node;
+use super::webhook_spec::{Spec, OFFLINE};
 use crate::sync::lock;
 use crate::webhooks::outbox::Outbox;
-use crate::webhooks::{Endpoint, Event, EventType, Webhooks};
-
-/// Event bits of a spec (the scripts test them with `bit.band`).
-pub(super) const JOINED: u32 = 1;
-pub(super) const LEFT: u32 = 2;
-pub(super) const OCCUPIED: u32 = 4;
-pub(super) const VACATED: u32 = 8;
-pub(super) const ONLINE: u32 = 16;
-pub(super) const OFFLINE: u32 = 32;
-pub(super) const MESSAGE: u32 = 64;
-
-const KINDS: [(u32, EventType); 7] = [
-    (JOINED, EventType::PresenceJoined),
-    (LEFT, EventType::PresenceLeft),
-    (OCCUPIED, EventType::ChannelOccupied),
-    (VACATED, EventType::ChannelVacated),
-    (ONLINE, EventType::PeerOnline),
-    (OFFLINE, EventType::PeerOffline),
-    (MESSAGE, EventType::MessagePublished),
-];
+use crate::webhooks::{Endpoint, Event, EventType};
 
 /// How often an idle owner looks at its stream, and a node at due `peer.offline`s.
 const POLL: Duration = Duration::from_millis(25);
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
-/// Average bytes an event is taken to cost, to turn `queue_max_bytes` into a stream length.
-const EVENT_BYTES: usize = 512;
-
-/// The endpoints, with their Redis base keys, per app.
-pub(crate) struct RedisWebhooks {
-    pub(super) hooks: Arc<Webhooks>,
-    /// Undelivered events an endpoint's stream holds at most.
-    cap: usize,
-    apps: HashMap<String, Vec<(String, Arc<Endpoint>)>>,
-    /// Per endpoint base: (stream length, pending entries) as its owner last read them.
-    streams: Mutex<HashMap<String, (i64, i64)>>,
-}
-
-/// What a script is told about webhooks: the endpoint base keys (extra `KEYS`) and the spec
-/// (its last argument, `""` when no endpoint wants anything this call may produce).
-#[derive(Default)]
-pub(super) struct Spec {
-    pub keys: Vec<String>,
-    pub arg: String,
-}
-
-impl Spec {
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    /// Adds the keys and the spec to an invocation (the spec must be its last argument).
-    pub fn apply(&self, invocation: &mut redis::ScriptInvocation<'_>) {
-        for key in &self.keys {
-            invocation.key(key);
-        }
-        invocation.arg(&self.arg);
-    }
-}
-
-/// A short stable name for an endpoint: FNV-1a of its URL and position.
-fn endpoint_name(url: &str, position: usize) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in url.bytes().chain(position.to_le_bytes()) {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
-impl RedisWebhooks {
-    pub(super) fn new(node: &Node, hooks: Arc<Webhooks>, queue_max_bytes: usize) -> Self {
-        let mut apps: HashMap<String, Vec<(String, Arc<Endpoint>)>> = HashMap::new();
-        for (app, _) in hooks.endpoints() {
-            if apps.contains_key(app) {
-                continue;
-            }
-            let list = hooks
-                .app_endpoints(app)
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    let name = endpoint_name(&e.url, i);
-                    (node.keys.webhook_base(app, &name), e.clone())
-                })
-                .collect();
-            apps.insert(app.to_string(), list);
-        }
-        RedisWebhooks {
-            hooks,
-            cap: (queue_max_bytes / EVENT_BYTES).max(1),
-            apps,
-            streams: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Every endpoint: its base key and the endpoint, per app.
-    pub(super) fn endpoints(&self) -> impl Iterator<Item = (&str, &str, &Arc<Endpoint>)> {
-        self.apps
-            .iter()
-            .flat_map(|(app, eps)| eps.iter().map(move |(b, e)| (app.as_str(), b.as_str(), e)))
-    }
-
-    fn record(&self, base: &str, len: i64, pending: i64) {
-        lock(&self.streams).insert(base.to_string(), (len, pending));
-    }
-
-    /// Events in the endpoints' outbox streams and, of those, read but not yet acknowledged,
-    /// summed over the endpoints this node owns (for tests and a future gauge).
-    #[cfg(test)]
-    pub(crate) fn stream_stats(&self) -> (i64, i64) {
-        lock(&self.streams)
-            .values()
-            .fold((0, 0), |(l, p), (len, pend)| (l + len, p + pend))
-    }
-
-    /// The spec for a call on `app` (and `channel`) that may produce the events in `mask`.
-    /// `extra` is appended to `message.published` events (`"from":…,"data":…`).
-    pub(super) fn spec(&self, app: &str, channel: Option<&str>, mask: u32, extra: &str) -> Spec {
-        let Some(endpoints) = self.apps.get(app) else {
-            return Spec::default();
-        };
-        let mut spec = Spec::default();
-        let mut masks = Vec::new();
-        for (base, endpoint) in endpoints {
-            let wanted = KINDS
-                .iter()
-                .filter(|(bit, kind)| mask & bit != 0 && endpoint.takes(*kind, channel))
-                .fold(0, |m, (bit, _)| m | bit);
-            if wanted != 0 {
-                spec.keys.push(base.clone());
-                masks.push(wanted.to_string());
-            }
-        }
-        if spec.keys.is_empty() {
-            return spec;
-        }
-        let json = |s: &str| serde_json::to_string(s).unwrap_or_default();
-        spec.arg = format!(
-            "{}\n{}\n{}\n{}\n{}",
-            json(app),
-            channel.map(json).unwrap_or_default(),
-            self.cap,
-            extra,
-            masks.join("\n")
-        );
-        spec
-    }
-}
 
 impl Node {
     /// The webhook spec of a call, empty when webhooks are off.
@@ -336,6 +194,9 @@ pub(super) async fn run_endpoint(node: Arc<Node>, base: String, endpoint: Arc<En
                     pending_from = Some("0".to_string());
                 }
                 _ => {
+                    if let Some(w) = node.webhooks.get() {
+                        w.record(&base, None);
+                    }
                     owner_instance.clear();
                     tokio::time::sleep(lease / 4).await;
                     continue;
@@ -372,7 +233,7 @@ pub(super) async fn run_endpoint(node: Arc<Node>, base: String, endpoint: Arc<En
             .and_then(|n| n.parse::<i64>().ok())
             .unwrap_or(0);
         if let Some(w) = node.webhooks.get() {
-            w.record(&base, stream_len, pending);
+            w.record(&base, Some((stream_len, pending)));
         }
         let entries = reply.get(3..).unwrap_or_default();
         let last = feed_queue(endpoint.queue(), &feed, entries).await;
