@@ -128,6 +128,15 @@ fn config() -> Config {
 }
 
 async fn node(redis: &RedisServer, transport: Arc<dyn Transport>) -> Arc<dyn Engine> {
+    node_with(redis, transport, config(), WebhookMetrics::default()).await
+}
+
+async fn node_with(
+    redis: &RedisServer,
+    transport: Arc<dyn Transport>,
+    config: Config,
+    metrics: WebhookMetrics,
+) -> Arc<dyn Engine> {
     let engine_config = EngineConfig {
         kind: "redis".into(),
         redis_url: redis.url(),
@@ -135,7 +144,6 @@ async fn node(redis: &RedisServer, transport: Arc<dyn Transport>) -> Arc<dyn Eng
         lease_ttl_ms: LEASE_MS,
         ..EngineConfig::default()
     };
-    let config = config();
     let engine = RedisEngine::start_with(&engine_config, &RedisSettings::from_config(&config))
         .await
         .unwrap();
@@ -144,7 +152,7 @@ async fn node(redis: &RedisServer, transport: Arc<dyn Transport>) -> Arc<dyn Eng
         assert!(tokio::time::Instant::now() < deadline, "node not ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let hooks = Webhooks::start(&config, transport, WebhookMetrics::default());
+    let hooks = Webhooks::start(&config, transport, metrics);
     engine.attach_webhooks(Arc::new(hooks));
     Arc::new(engine)
 }
@@ -386,4 +394,69 @@ async fn a_dead_nodes_members_leave_once_and_its_pending_events_reach_the_backen
     assert!(counts.values().all(|n| *n == 1), "{counts:#?}");
     eprintln!("a dead node's members left {took:?} after it died (lease {LEASE_MS} ms)");
     drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_stream_refuses_new_events_and_counts_them() {
+    let redis = RedisServer::start();
+    let mut config = config();
+    // The smallest queue: 65536 / 512 = 128 undelivered events per endpoint.
+    config.webhooks.queue_max_bytes = 64 * 1024;
+    let metrics = WebhookMetrics::default();
+    let engine = node_with(&redis, Arc::new(Down), config, metrics.clone()).await;
+    let (app, from, channel) = (
+        AppId::new(APP),
+        PeerId::new("pub"),
+        ChannelName::new("room-9"),
+    );
+    for n in 0..200 {
+        let data = serde_json::value::RawValue::from_string(n.to_string()).unwrap();
+        engine
+            .publish(herald_server::engine::Publication {
+                app: &app,
+                channel: &channel,
+                from: &from,
+                from_metadata: None,
+                data: &data,
+                exclude: None,
+            })
+            .await
+            .unwrap();
+    }
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let streams: Vec<String> = redis::cmd("KEYS")
+        .arg("*:outbox")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    let len: usize = redis::cmd("XLEN")
+        .arg(&streams[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 128);
+    // The owner moves the refusals into the node's dropped count as it reads.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while metrics.dropped.get() < 72 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            metrics.dropped.get()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metrics.dropped.get(), 72);
+    // The oldest are kept: the first message is in the stream, the last is not.
+    let first: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(&streams[0])
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(first[0].1[3].contains("\"data\":0"), "{first:?}");
 }
