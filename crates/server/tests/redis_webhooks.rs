@@ -225,7 +225,7 @@ async fn each_transition_is_one_event_however_three_nodes_race() {
                 .iter()
                 .filter(|e| e["type"] == "presence.joined")
                 .count()
-                == 3
+                >= 3
         })
         .await;
     // Everyone leaves at once, deliberately (no grace for presence).
@@ -242,7 +242,7 @@ async fn each_transition_is_one_event_however_three_nodes_race() {
                 .iter()
                 .filter(|e| e["type"] == "peer.offline")
                 .count()
-                == 3
+                >= 3
         })
         .await;
     // A barrier: one more transition, after which nothing earlier can still be on its way.
