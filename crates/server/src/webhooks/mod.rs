@@ -101,6 +101,10 @@ pub struct WebhookMetrics {
     pub dropped: Counter,
     pub queued_bytes: Gauge,
     pub latency: Histogram,
+    /// Redis engine: events in the outbox streams of the endpoints this node delivers, and
+    /// of those, read but not yet acknowledged.
+    pub stream_events: Gauge,
+    pub stream_pending: Gauge,
 }
 
 impl Default for WebhookMetrics {
@@ -119,6 +123,8 @@ impl Default for WebhookMetrics {
             events,
             queued_bytes: Gauge::default(),
             latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            stream_events: Gauge::default(),
+            stream_pending: Gauge::default(),
         }
     }
 }
@@ -140,6 +146,16 @@ impl WebhookMetrics {
             "herald_webhook_delivery_seconds",
             "Time a successful webhook POST took",
             self.latency.clone(),
+        );
+        registry.register(
+            "herald_webhook_stream_events",
+            "Redis engine: webhook events in the outbox streams of the endpoints this node delivers",
+            self.stream_events.clone(),
+        );
+        registry.register(
+            "herald_webhook_stream_pending",
+            "Redis engine: of those, events read and not yet acknowledged (in delivery)",
+            self.stream_pending.clone(),
         );
     }
 }
@@ -229,4 +245,36 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// For engines that keep the outbox elsewhere (the Redis engine's streams) and feed the
+/// endpoints' queues themselves.
+impl Webhooks {
+    /// Every endpoint, with its app and its position in the app's list.
+    pub fn endpoints(&self) -> impl Iterator<Item = (&str, &Arc<Endpoint>)> {
+        self.apps
+            .iter()
+            .flat_map(|(app, eps)| eps.iter().map(move |e| (app.as_str(), e)))
+    }
+
+    /// The endpoints of one app.
+    pub fn app_endpoints(&self, app: &str) -> &[Arc<Endpoint>] {
+        self.apps.get(app).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn metrics(&self) -> &WebhookMetrics {
+        &self.metrics
+    }
+}
+
+impl Endpoint {
+    /// Whether this endpoint takes the event (see [`Webhooks::wants`]).
+    pub fn takes(&self, kind: EventType, channel: Option<&str>) -> bool {
+        self.wants(kind, channel)
+    }
+
+    /// The endpoint's queue, which its delivery task drains.
+    pub fn queue(&self) -> &Outbox {
+        &self.outbox
+    }
 }

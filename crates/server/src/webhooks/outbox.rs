@@ -11,8 +11,13 @@ use tokio::sync::Notify;
 use super::event::Event;
 use crate::sync::lock;
 
+/// Called with each batch the outbox is done with (a durable outbox acknowledges it).
+pub type ReleaseHook = Box<dyn Fn(&[Event]) + Send + Sync>;
+
 pub struct Outbox {
     queue: Mutex<Queue>,
+    /// Set once by an engine that feeds the outbox from durable storage.
+    on_release: std::sync::OnceLock<ReleaseHook>,
     ready: Notify,
     max_bytes: usize,
     /// The node's gauge of bytes waiting for every endpoint.
@@ -30,6 +35,7 @@ impl Outbox {
     pub fn new(max_bytes: usize, gauge: Gauge) -> Outbox {
         Outbox {
             queue: Mutex::default(),
+            on_release: std::sync::OnceLock::new(),
             ready: Notify::new(),
             max_bytes,
             gauge,
@@ -85,6 +91,15 @@ impl Outbox {
         let cost: usize = batch.iter().map(Event::cost).sum();
         let mut q = lock(&self.queue);
         q.bytes = q.bytes.saturating_sub(cost);
+        drop(q);
         self.gauge.dec_by(cost as i64);
+        if let Some(hook) = self.on_release.get() {
+            hook(batch);
+        }
+    }
+
+    /// Sets what to call with each released batch (once; later calls are ignored).
+    pub fn on_release(&self, hook: ReleaseHook) {
+        let _ = self.on_release.set(hook);
     }
 }

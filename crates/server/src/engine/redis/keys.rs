@@ -29,6 +29,10 @@
 //! | `P{cluster}:reaped:I` | string | marks a reaped instance: its node re-incarnates and announces its peers again |
 //! | `P{cluster}:reaping` | zset | instances being cleaned up → when the cleanup may stop |
 //! | `P{cluster}:patterns` | set | `app\nI`: apps with wildcard subscribers (cluster mode) |
+//! | `P{w:<app>:<e>}:outbox` | stream | webhook events of one endpoint (`e`: a hash of its URL) not yet delivered: fields `k` (type) and `e` (the JSON after its id, which is `evt_<entry id>`); consumer group `delivery`, one consumer per node instance |
+//! | `P{w:<app>:<e>}:owner` | string | the instance delivering the endpoint's events (a lease) |
+//! | `P{w:<app>:<e>}:dropped` | string | events refused because the outbox was full |
+//! | `P{w:<app>}:offline` | zset | peer → when its `peer.offline` is due (its last connection went; a reconnect within the grace cancels it) |
 //!
 //! Topics: `Pch:{c:ck}` carries a channel's messages and presence deltas (`SPUBLISH` in cluster
 //! mode); `Pnode:{n:<node>}` carries directs and kicks for one node. Wildcard subscriptions
@@ -162,6 +166,30 @@ impl Keys {
         format!("{}node:{{n:{node}}}", self.prefix)
     }
 
+    /// Base of one webhook endpoint's keys: `P{w:<app>:<endpoint>}`.
+    pub fn webhook_base(&self, app: &str, endpoint: &str) -> String {
+        format!("{}{{w:{app}:{endpoint}}}", self.prefix)
+    }
+
+    /// An app's peers whose `peer.offline` is pending.
+    pub fn webhook_offline_key(&self, app: &str) -> String {
+        format!("{}{{w:{app}}}:offline", self.prefix)
+    }
+
+    /// The text of an app's route keys before and after the peer id (`PEER_SWEEP`).
+    pub fn route_key_parts(&self, app: &str) -> (String, String) {
+        (format!("{}{{p:{app}:", self.prefix), "}:route".to_string())
+    }
+
+    /// `(app, rest)` of a channel or route base key (`P{c:app:channel}`, `P{p:app:peer}`).
+    pub fn parse_base<'b>(&self, base: &'b str) -> Option<(&'b str, &'b str)> {
+        let rest = base.strip_prefix(self.prefix.as_str())?;
+        rest.strip_prefix("{c:")
+            .or_else(|| rest.strip_prefix("{p:"))?
+            .strip_suffix('}')?
+            .split_once(':')
+    }
+
     /// `(app, channel)` of a channel topic.
     pub fn parse_channel<'t>(&self, topic: &'t str) -> Option<(&'t str, &'t str)> {
         topic
@@ -189,5 +217,12 @@ mod tests {
         assert_eq!(keys.node_topic_of_instance("n1#ab12"), keys.node());
         assert_eq!(format!("{}{{n:n1}}", keys.node_topic_prefix()), keys.node());
         assert_eq!(keys.app_of_topic(&keys.app_topic("app")), Some("app"));
+        assert_eq!(keys.parse_base(&base), Some(("app", "room/{x}")));
+        assert_eq!(
+            keys.parse_base(&keys.route_base("app", "p:1")),
+            Some(("app", "p:1"))
+        );
+        let (before, after) = keys.route_key_parts("app");
+        assert_eq!(format!("{before}p{after}"), keys.route_key("app", "p"));
     }
 }

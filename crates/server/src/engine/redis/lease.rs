@@ -198,20 +198,27 @@ impl Node {
                 async move {
                     let mut conn = self.conn();
                     let n: i64 = if self.keys.is_channel_base(&base) {
-                        self.scripts
-                            .reap_channel
-                            .key(&base)
+                        let spec = self.channel_webhook_spec(
+                            &base,
+                            super::webhook_spec::LEFT | super::webhook_spec::VACATED,
+                        );
+                        let mut invocation = self.scripts.reap_channel.key(&base);
+                        invocation
                             .arg(self.publish_command())
                             .arg(self.keys.topic_of_base(&base))
-                            .arg(instance)
-                            .invoke_async(&mut conn)
-                            .await?
+                            .arg(instance);
+                        spec.apply(&mut invocation);
+                        invocation.invoke_async(&mut conn).await?
                     } else {
-                        let _: i64 = redis::cmd("HDEL")
-                            .arg(self.keys.route_key_of_base(&base))
-                            .arg(instance)
-                            .query_async(&mut conn)
-                            .await?;
+                        let (app, peer) = self.keys.parse_base(&base).unwrap_or_default();
+                        let spec = self.route_webhook_spec(app, super::webhook_spec::OFFLINE);
+                        let mut invocation = self
+                            .scripts
+                            .route_reap
+                            .key(self.keys.route_key_of_base(&base));
+                        invocation.arg(instance).arg(peer);
+                        spec.apply(&mut invocation);
+                        let _: i64 = invocation.invoke_async(&mut conn).await?;
                         0
                     };
                     let _: i64 = redis::cmd("HDEL")

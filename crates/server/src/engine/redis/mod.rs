@@ -48,6 +48,8 @@ mod routing;
 mod scripts;
 mod store;
 mod topics;
+mod webhook_spec;
+mod webhooks;
 mod wire;
 
 use std::sync::atomic::Ordering;
@@ -93,6 +95,8 @@ pub struct RedisSettings {
     /// Lossless reconnect of stable peers, kept in Redis (`resume.rs`; off by default here,
     /// on in a node's config).
     pub resume: ResumeSettings,
+    /// `webhooks.queue_max_bytes`: bounds each endpoint's outbox stream (0: the default).
+    pub webhook_queue_bytes: usize,
 }
 
 impl RedisSettings {
@@ -105,6 +109,7 @@ impl RedisSettings {
                 &config.history,
                 config.limits.outbound_queue_frames,
             ),
+            webhook_queue_bytes: config.webhooks.queue_max_bytes,
         }
     }
 }
@@ -114,11 +119,16 @@ pub struct RedisEngine {
     node: Arc<Node>,
     resume: Arc<resume::Resume>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Webhook readers and sweepers, started by `attach_webhooks`.
+    webhook_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for RedisEngine {
     fn drop(&mut self) {
         for task in &self.tasks {
+            task.abort();
+        }
+        for task in crate::sync::lock(&self.webhook_tasks).iter() {
             task.abort();
         }
     }
@@ -150,6 +160,9 @@ impl RedisEngine {
         node.local
             .set_occupancy(OccupancyRules::new(&settings.presence));
         node.history = Arc::new(HistoryRules::new(&settings.history));
+        if settings.webhook_queue_bytes > 0 {
+            node.webhook_queue_bytes = settings.webhook_queue_bytes;
+        }
         let node = Arc::new(node);
         let bus_task = tokio::spawn(bus::run(
             node.clone(),
@@ -165,6 +178,7 @@ impl RedisEngine {
             node,
             resume,
             tasks: vec![bus_task, maintenance_task, resume_task],
+            webhook_tasks: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -362,6 +376,43 @@ impl Engine for RedisEngine {
             .local
             .hub
             .channel_summaries(app, |ch| ch.slot.hold_count())
+    }
+
+    fn attach_webhooks(&self, hooks: Arc<crate::webhooks::Webhooks>) {
+        if self.node.store.is_cluster() {
+            tracing::warn!("webhooks are not produced on a Redis Cluster in this version");
+            return;
+        }
+        let node = &self.node;
+        if node
+            .webhooks
+            .set(webhook_spec::RedisWebhooks::new(
+                &node.keys,
+                hooks,
+                node.webhook_queue_bytes,
+            ))
+            .is_err()
+        {
+            return;
+        }
+        let Some(w) = node.webhooks.get() else {
+            return;
+        };
+        let mut tasks = crate::sync::lock(&self.webhook_tasks);
+        let mut apps = std::collections::HashSet::new();
+        for (app, base, endpoint) in w.endpoints() {
+            tasks.push(tokio::spawn(webhooks::run_endpoint(
+                node.clone(),
+                base.to_string(),
+                endpoint.clone(),
+            )));
+            if apps.insert(app.to_string()) {
+                tasks.push(tokio::spawn(webhooks::run_sweeper(
+                    node.clone(),
+                    app.to_string(),
+                )));
+            }
+        }
     }
 
     fn local_connections(

@@ -70,6 +70,10 @@ pub(crate) struct Node {
     pub(super) history_repaired: AtomicU64,
     /// Messages lost on the bus that the channel's history no longer held.
     pub(super) history_lost: AtomicU64,
+    /// Webhook endpoints, set once when some app has any (single Redis only).
+    pub(super) webhooks: std::sync::OnceLock<super::webhook_spec::RedisWebhooks>,
+    /// `webhooks.queue_max_bytes`: an endpoint's outbox stream holds this much, roughly.
+    pub(super) webhook_queue_bytes: usize,
 }
 
 /// A new instance id for a node: `<node>#<incarnation>`.
@@ -118,6 +122,8 @@ impl Node {
             history: Arc::new(HistoryRules::default()),
             history_repaired: AtomicU64::new(0),
             history_lost: AtomicU64::new(0),
+            webhooks: std::sync::OnceLock::new(),
+            webhook_queue_bytes: 64 * 1024 * 1024,
         };
         (node, commands)
     }

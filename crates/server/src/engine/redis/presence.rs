@@ -233,10 +233,12 @@ impl Node {
     ) -> redis::RedisResult<JoinRead> {
         let meta = conn.peer_metadata.as_ref().map_or("", |m| m.get());
         let (epoch, seq) = mirror.unwrap_or_default();
-        let (_first, seq, roster, epoch): (i64, u64, Option<Vec<String>>, String) = self
-            .scripts
-            .join
-            .key(base)
+        let spec = self.channel_webhook_spec(
+            base,
+            super::webhook_spec::JOINED | super::webhook_spec::OCCUPIED,
+        );
+        let mut invocation = self.scripts.join.key(base);
+        invocation
             .arg(self.publish_command())
             .arg(self.keys.topic_of_base(base))
             .arg(self.instance())
@@ -245,9 +247,10 @@ impl Node {
             .arg(subscriber_delta)
             .arg(self.reassert_generation.load(Ordering::Acquire))
             .arg(epoch)
-            .arg(seq)
-            .invoke_async(&mut self.conn())
-            .await?;
+            .arg(seq);
+        spec.apply(&mut invocation);
+        let (_first, seq, roster, epoch): (i64, u64, Option<Vec<String>>, String) =
+            invocation.invoke_async(&mut self.conn()).await?;
         Ok(JoinRead { seq, roster, epoch })
     }
 
@@ -256,16 +259,18 @@ impl Node {
     async fn leave(self: &Arc<Self>, app: &AppId, channel: &ChannelName, peer: &PeerId) {
         let base = self.keys.channel_base(app.as_str(), channel.as_str());
         let (_in_use, written) = self.index.use_entry(&base);
-        let result: redis::RedisResult<i64> = self
-            .scripts
-            .leave
-            .key(&base)
+        let spec = self.channel_webhook_spec(
+            &base,
+            super::webhook_spec::LEFT | super::webhook_spec::VACATED,
+        );
+        let mut invocation = self.scripts.leave.key(&base);
+        invocation
             .arg(self.publish_command())
             .arg(self.keys.topic_of_base(&base))
             .arg(self.instance())
-            .arg(peer.as_str())
-            .invoke_async(&mut self.conn())
-            .await;
+            .arg(peer.as_str());
+        spec.apply(&mut invocation);
+        let result: redis::RedisResult<i64> = invocation.invoke_async(&mut self.conn()).await;
         if result.is_err() {
             lock(&self.departed).push((base, peer.as_str().to_string()));
             self.mark_trouble();

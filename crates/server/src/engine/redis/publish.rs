@@ -11,6 +11,34 @@ use super::wire::{self, kind, Event};
 use crate::engine::{EngineError, Publication};
 
 impl Node {
+    /// The webhook spec of a publish: `message.published` carries the sender, its metadata
+    /// and the data as published (the script adds the offset where history is kept).
+    fn message_webhook_spec(&self, p: &Publication<'_>) -> super::webhook_spec::Spec {
+        let app = p.app.as_str();
+        let channel = p.channel.as_str();
+        let Some(w) = self.webhooks.get() else {
+            return super::webhook_spec::Spec::default();
+        };
+        if !w.hooks.wants(
+            app,
+            crate::webhooks::EventType::MessagePublished,
+            Some(channel),
+        ) {
+            return super::webhook_spec::Spec::default();
+        }
+        let mut extra = format!(
+            "\"from\":{}",
+            serde_json::to_string(p.from.as_str()).unwrap_or_default()
+        );
+        if let Some(meta) = p.from_metadata {
+            extra.push_str(",\"fromMetadata\":");
+            extra.push_str(meta.get());
+        }
+        extra.push_str(",\"data\":");
+        extra.push_str(p.data.get());
+        w.spec(app, Some(channel), super::webhook_spec::MESSAGE, &extra)
+    }
+
     pub(super) async fn publish(&self, p: Publication<'_>) -> Result<usize, EngineError> {
         let mut event = Event::new(kind::MESSAGE);
         event.from = Some(p.from.as_str().into());
@@ -31,6 +59,7 @@ impl Node {
             .exclude
             .is_some_and(|c| self.local.is_subscribed(c, p.channel));
         let app_topic = app_topic.unwrap_or_default();
+        let spec = self.message_webhook_spec(&p);
         let mut invocation = match self.history_policy(p.channel.as_str()) {
             // The channel keeps history: the script also takes the offset and appends.
             Some(policy) => {
@@ -43,6 +72,7 @@ impl Node {
                     .arg(policy.max_messages)
                     .arg(policy.max_age.as_millis() as u64)
                     .arg(new_epoch());
+                spec.apply(&mut i);
                 Some(i)
             }
             None => None,
@@ -53,16 +83,14 @@ impl Node {
                 .await
                 .map(|(receivers, ..)| receivers),
             None => {
-                self.scripts
-                    .publish
-                    .key(&base)
-                    .arg(self.publish_command())
+                let mut i = self.scripts.publish.key(&base);
+                i.arg(self.publish_command())
                     .arg(self.keys.topic_of_base(&base))
                     .arg(&payload)
                     .arg(usize::from(publisher_subscribed))
-                    .arg(&app_topic)
-                    .invoke_async(&mut self.conn())
-                    .await
+                    .arg(&app_topic);
+                spec.apply(&mut i);
+                i.invoke_async(&mut self.conn()).await
             }
         };
         match result {

@@ -97,6 +97,14 @@ impl Node {
                 for peer in gone {
                     inv.arg(peer);
                 }
+                self.channel_webhook_spec(
+                    base,
+                    super::webhook_spec::JOINED
+                        | super::webhook_spec::OCCUPIED
+                        | super::webhook_spec::LEFT
+                        | super::webhook_spec::VACATED,
+                )
+                .apply(&mut inv);
                 inv
             })
             .collect();

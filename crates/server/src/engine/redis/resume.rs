@@ -25,6 +25,7 @@ use super::node::{unavailable, Node};
 use super::resume_lazy::{self as lazy, LazyPositions};
 use super::resume_scripts::{decode_since, encode_since, SCRIPTS};
 use super::run_bounded;
+use super::webhook_spec::{OFFLINE, ONLINE};
 use super::wire::Event;
 use crate::conn::{Conn, Frame};
 use crate::engine::hub::{channel_key, MessageFrames};
@@ -101,12 +102,13 @@ impl Resume {
         node.local.hub.peers.register(conn);
         let result = match node.ensure_indexed(&base, written).await {
             Ok(()) => {
-                SCRIPTS
-                    .register
-                    .key(&base)
-                    .arg(node.instance())
-                    .invoke_async::<Vec<String>>(&mut node.conn())
-                    .await
+                let mut call = SCRIPTS.register.key(&base);
+                call.arg(node.instance())
+                    .arg(conn.peer_id.as_str())
+                    .arg(node.grace.as_millis() as u64);
+                node.route_webhook_spec(conn.app.as_str(), ONLINE | OFFLINE)
+                    .apply(&mut call);
+                call.invoke_async::<Vec<String>>(&mut node.conn()).await
             }
             Err(err) => Err(err),
         };
@@ -143,11 +145,15 @@ impl Resume {
         self.lazy.end(conn);
         let mut call = SCRIPTS.park.key(&base);
         call.arg(node.instance())
-            .arg(self.settings.window.as_millis() as u64);
+            .arg(self.settings.window.as_millis() as u64)
+            .arg(conn.peer_id.as_str())
+            .arg(node.grace.as_millis() as u64);
         for (channel, since) in &positions {
             let (offset, epoch) = encode_since(since);
             call.arg(channel.as_str()).arg(offset).arg(epoch);
         }
+        node.route_webhook_spec(conn.app.as_str(), ONLINE | OFFLINE)
+            .apply(&mut call);
         match call.invoke_async::<i64>(&mut node.conn()).await {
             Ok(parked) => {
                 lock(&self.parked).insert(conn.id);

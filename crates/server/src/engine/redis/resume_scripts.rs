@@ -16,6 +16,7 @@ use std::sync::{Arc, LazyLock};
 
 use redis::Script;
 
+use super::scripts::WH_HELPERS;
 use crate::resume::Since;
 
 /// Current Redis time in ms (scripts must not trust the caller's clock across nodes).
@@ -42,21 +43,25 @@ local function live(b)
 end
 "#;
 
-/// KEYS: peer base. ARGV: instance, window ms, then (channel, offset, epoch) triples.
-/// Takes the connection out of the route (in place of the disconnect's decrement) and, unless
-/// the peer is still connected somewhere, parks it: positions kept, inbox opened, for the
-/// window. Returns 1 when parked.
+/// KEYS: peer base, then with webhooks the app's pending-offline zset and endpoint bases.
+/// ARGV: instance, window ms, peer, grace ms, then (channel, offset, epoch) triples, then the
+/// webhook spec. Takes the connection out of the route (in place of the disconnect's
+/// decrement; with webhooks, as the route calls do: `wh_route_moved`) and, unless the peer is
+/// still connected somewhere, parks it: positions kept, inbox opened, for the window. Returns
+/// 1 when parked.
 const PARK: &str = r#"
+WH_KEY0 = 3
 local b = KEYS[1]
 local inst, ttl = ARGV[1], tonumber(ARGV[2])
 local n = redis.call('HINCRBY', b .. ':route', inst, -1)
 if n <= 0 then redis.call('HDEL', b .. ':route', inst) end
+wh_route_moved(b .. ':route', -1, ARGV[3], ARGV[4])
 forget_lazy(b, inst)
 if live(b) then return 0 end
 local pk, pos, box = b .. ':parked', b .. ':rpos', b .. ':rbox'
 if redis.call('EXISTS', pk) == 0 then redis.call('SET', pk, '0') end
 redis.call('PEXPIRE', pk, ttl)
-for i = 3, #ARGV, 3 do
+for i = 5, #ARGV - 1, 3 do
   redis.call('HSET', pos, ARGV[i], ARGV[i + 1] .. '\n' .. ARGV[i + 2])
 end
 if redis.call('EXISTS', pos) == 1 then redis.call('PEXPIRE', pos, ttl) end
@@ -105,13 +110,17 @@ redis.call('SET', pk, bytes + #frame, 'KEEPTTL')
 return {1, expired}
 "#;
 
-/// KEYS: peer base. ARGV: instance. Counts a connection of the peer in its route and takes
-/// its inbox in the same step, so a direct is either in the inbox returned here or routed to
-/// the connection, never neither, and the held ones come first. Returns {expired, frames…}.
+/// KEYS: peer base, then with webhooks the app's pending-offline zset and endpoint bases.
+/// ARGV: instance, peer, grace ms, webhook spec. Counts a connection of the peer in its route
+/// (with webhooks, as the route calls do: `wh_route_moved`) and takes its inbox in the same
+/// step, so a direct is either in the inbox returned here or routed to the connection, never
+/// neither, and the held ones come first. Returns {expired, frames…}.
 const REGISTER: &str = r#"
+WH_KEY0 = 3
 local b = KEYS[1]
 local box, pk = b .. ':rbox', b .. ':parked'
 redis.call('HINCRBY', b .. ':route', ARGV[1], 1)
+wh_route_moved(b .. ':route', 1, ARGV[2], ARGV[3])
 local items = redis.call('LRANGE', box, 0, -1)
 if #items == 0 then return {'0'} end
 redis.call('DEL', box)
@@ -205,11 +214,13 @@ pub struct ResumeScripts {
 impl ResumeScripts {
     pub fn new() -> ResumeScripts {
         let with_helpers = |body: &str| Script::new(&format!("{NOW}\n{body}"));
+        // The route scripts announce peer.online/offline as `ROUTE_ADJUST` does.
+        let with_webhooks = |body: &str| Script::new(&format!("{WH_HELPERS}\n{NOW}\n{body}"));
         ResumeScripts {
-            park: with_helpers(PARK),
+            park: with_webhooks(PARK),
             take: Script::new(TAKE),
             queue: with_helpers(QUEUE),
-            register: with_helpers(REGISTER),
+            register: with_webhooks(REGISTER),
             read: with_helpers(RESUME_READ),
             lazy_write: Script::new(LAZY_WRITE),
             lazy_forget: with_helpers(LAZY_FORGET),

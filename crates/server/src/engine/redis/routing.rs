@@ -138,15 +138,26 @@ impl Node {
             .keys
             .route_base(conn.app.as_str(), conn.peer_id.as_str());
         let result = match self.ensure_indexed(&base, written).await {
-            Ok(()) => self
-                .scripts
-                .route_adjust
-                .key(self.keys.route_key_of_base(&base))
-                .arg(self.instance())
-                .arg(delta)
-                .invoke_async::<i64>(&mut self.conn())
-                .await
-                .map(|_| ()),
+            Ok(()) => {
+                let spec = self.route_webhook_spec(
+                    conn.app.as_str(),
+                    super::webhook_spec::ONLINE | super::webhook_spec::OFFLINE,
+                );
+                let mut invocation = self
+                    .scripts
+                    .route_adjust
+                    .key(self.keys.route_key_of_base(&base));
+                invocation
+                    .arg(self.instance())
+                    .arg(delta)
+                    .arg(conn.peer_id.as_str())
+                    .arg(self.grace.as_millis() as u64);
+                spec.apply(&mut invocation);
+                invocation
+                    .invoke_async::<i64>(&mut self.conn())
+                    .await
+                    .map(|_| ())
+            }
             Err(err) => Err(err),
         };
         if result.is_err() {

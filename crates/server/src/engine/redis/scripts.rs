@@ -9,6 +9,79 @@
 
 use redis::Script;
 
+/// Webhook events, appended to endpoint outbox streams in the same atomic step as the
+/// transition they announce (so each is produced once cluster-wide). Every script that may
+/// produce one takes, as its LAST argument, a spec: `app JSON\nchannel JSON or ""\ncap\nextra
+/// fields\nmask…`, one mask per endpoint base key in `KEYS[WH_KEY0…]` (bits: 1 joined, 2 left,
+/// 4 occupied, 8 vacated, 16 online, 32 offline, 64 message). An empty spec (no endpoint wants
+/// any event this call may produce) costs nothing. Entries go to `<endpoint base>:outbox`
+/// (fields `k` = type, `e` = the event JSON after its id, which the reader adds from the entry
+/// id); a stream already holding `cap` undelivered entries refuses the event and counts it in
+/// `<endpoint base>:dropped`.
+pub(super) const WH_HELPERS: &str = r#"
+local WH_KEY0 = 2
+local WH = false
+local function wh()
+  if WH then return WH end
+  WH = {streams = {}}
+  local spec = ARGV[#ARGV]
+  if spec == nil or spec == '' then return WH end
+  local parts, s = {}, 1
+  while true do
+    local e = string.find(spec, '\n', s, true)
+    if not e then table.insert(parts, string.sub(spec, s)) break end
+    table.insert(parts, string.sub(spec, s, e - 1))
+    s = e + 1
+  end
+  if #parts < 5 then return WH end
+  WH.app, WH.channel, WH.cap, WH.extra = parts[1], parts[2], tonumber(parts[3]), parts[4]
+  for j = 5, #parts do table.insert(WH.streams, {KEYS[WH_KEY0 + j - 5], tonumber(parts[j])}) end
+  return WH
+end
+
+local function wh_emit(mask, kind, peer, meta, extra)
+  local w = wh()
+  local body = nil
+  for _, st in ipairs(w.streams) do
+    if bit.band(st[2], mask) ~= 0 then
+      local out = st[1] .. ':outbox'
+      if redis.call('XLEN', out) >= w.cap then
+        redis.call('INCR', st[1] .. ':dropped')
+      else
+        if body == nil then
+          local t = redis.call('TIME')
+          body = '"type":"' .. kind .. '","app":' .. w.app
+          if w.channel ~= '' then body = body .. ',"channel":' .. w.channel end
+          if peer then body = body .. ',"peerId":' .. cjson.encode(peer) end
+          body = body .. ',"ts":' .. string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+          if meta and meta ~= '' then body = body .. ',"metadata":' .. meta end
+          if extra and extra ~= '' then body = body .. ',' .. extra end
+          body = body .. '}'
+        end
+        redis.call('XADD', out, '*', 'k', kind, 'e', body)
+      end
+    end
+  end
+end
+
+-- After a peer's connection count in its route hash moved by `delta` (route calls: the app's
+-- pending-offline zset is KEYS[2]): `peer.online` when it went from none to some, unless the
+-- peer left within the grace (then it never was offline), and `peer.offline` scheduled a
+-- grace after the last connection went (`PEER_SWEEP` sends it if nothing came back).
+local function wh_route_moved(route, delta, peer, grace)
+  if #KEYS < 3 then return end
+  local total = 0
+  for _, v in ipairs(redis.call('HVALS', route)) do total = total + tonumber(v) end
+  if delta > 0 and total == delta then
+    if redis.call('ZREM', KEYS[2], peer) == 0 then wh_emit(16, 'peer.online', peer) end
+  elseif delta < 0 and total <= 0 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    redis.call('ZADD', KEYS[2], now + tonumber(grace), peer)
+  end
+end
+"#;
+
 /// Shared Lua helpers, prepended to the channel scripts that need them.
 const HELPERS: &str = r#"
 local function publish_presence(pub, topic, kind, seq, peer, meta)
@@ -64,6 +137,8 @@ local function release(b, pub, topic, peer)
   local meta = redis.call('HGET', b .. ':meta', peer)
   redis.call('HDEL', b .. ':meta', peer)
   announce(b, pub, topic, 'left', next_seq(b), peer, meta)
+  wh_emit(2, 'presence.left', peer, meta)
+  if redis.call('EXISTS', b .. ':members') == 0 then wh_emit(8, 'channel.vacated') end
   forget_if_empty(b)
   return 1
 end
@@ -89,6 +164,8 @@ local function hold(b, pub, topic, inst, peer, meta, gen)
   local seq = next_seq(b)
   if first == 1 then
     announce(b, pub, topic, 'joined', seq, peer, meta)
+    if redis.call('HLEN', b .. ':members') == 1 then wh_emit(4, 'channel.occupied') end
+    wh_emit(1, 'presence.joined', peer, meta)
   elseif old ~= meta then
     -- Subscribers are not told (a reconnect within the grace is silent), but nodes' mirrors
     -- of the roster must follow.
@@ -139,6 +216,7 @@ return release(b, ARGV[1], ARGV[2], ARGV[4])
 const PUBLISH: &str = r#"
 local b = KEYS[1]
 redis.call(ARGV[1], ARGV[2], ARGV[3])
+wh_emit(64, 'message.published', nil, nil, wh().extra)
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[3]) end
 local total = 0
 for _, v in ipairs(redis.call('HVALS', b .. ':subs')) do total = total + tonumber(v) end
@@ -192,6 +270,9 @@ redis.call('PEXPIRE', s, age)
 redis.call('PEXPIRE', p, age)
 redis.call(ARGV[1], ARGV[2], event)
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], event) end
+if #wh().streams > 0 then
+  wh_emit(64, 'message.published', nil, nil, wh().extra .. ',"offset":' .. offset)
+end
 local total = 0
 for _, v in ipairs(redis.call('HVALS', b .. ':subs')) do total = total + tonumber(v) end
 return {math.max(0, total - tonumber(ARGV[4])), offset, epoch, ts}
@@ -250,11 +331,54 @@ end
 return total
 "#;
 
-/// KEYS: route key. ARGV: instance, delta. Keeps the direct-routing table.
+/// KEYS: route key, then with webhooks the app's pending-offline zset and endpoint bases.
+/// ARGV: instance, delta, peer, grace ms, webhook spec. Keeps the direct-routing table. With
+/// webhooks, the peer's connections across nodes decide `peer.online` (0 → some, unless the
+/// peer went within the grace: then it never was offline) and schedule `peer.offline` a grace
+/// after the last one goes (`PEER_SWEEP` sends it if nothing came back).
 const ROUTE_ADJUST: &str = r#"
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], tonumber(ARGV[2]))
+WH_KEY0 = 3
+local delta = tonumber(ARGV[2])
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], delta)
 if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+wh_route_moved(KEYS[1], delta, ARGV[3], ARGV[4])
 return n
+"#;
+
+/// KEYS: route key, then with webhooks the app's pending-offline zset and endpoint bases.
+/// ARGV: dead instance, peer, webhook spec. Drops a reaped instance's connections of a peer;
+/// when they were the peer's last anywhere, `peer.offline` is sent at once (the lease that
+/// lapsed was longer than a grace).
+const ROUTE_REAP: &str = r#"
+WH_KEY0 = 3
+local n = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+redis.call('HDEL', KEYS[1], ARGV[1])
+if #KEYS >= 3 and n > 0 then
+  local total = 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
+  if total <= 0 then
+    redis.call('ZREM', KEYS[2], ARGV[2])
+    wh_emit(32, 'peer.offline', ARGV[2])
+  end
+end
+return n
+"#;
+
+/// KEYS: the app's pending-offline zset, then endpoint bases. ARGV: the route key's text
+/// before and after the peer id, webhook spec. Sends `peer.offline` for every peer whose grace
+/// is over and who has no connection anywhere. Any node may run it: each due peer is taken
+/// out of the zset in the same step, so its event is produced once.
+pub(super) const PEER_SWEEP: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 256)
+for _, peer in ipairs(due) do
+  redis.call('ZREM', KEYS[1], peer)
+  local total = 0
+  for _, v in ipairs(redis.call('HVALS', ARGV[1] .. peer .. ARGV[2])) do total = total + tonumber(v) end
+  if total <= 0 then wh_emit(32, 'peer.offline', peer) end
+end
+return #due
 "#;
 
 /// KEYS: node index key. ARGV: entry, generation. Forgets an index entry unless it was
@@ -351,6 +475,8 @@ for _ = 1, tonumber(ARGV[i]) do
   i = i + 1
   if not announced[peer] and desired[peer] == nil and redis.call('HEXISTS', b .. ':members', peer) == 0 then
     announce(b, pub, topic, 'left', next_seq(b), peer, nil)
+    wh_emit(2, 'presence.left', peer, nil)
+    if redis.call('EXISTS', b .. ':members') == 0 then wh_emit(8, 'channel.vacated') end
   end
 end
 forget_if_empty(b)
@@ -365,6 +491,7 @@ pub struct Scripts {
     pub roster: Script,
     pub route: Script,
     pub route_adjust: Script,
+    pub route_reap: Script,
     pub index_prune: Script,
     pub renew: Script,
     pub claim_dead: Script,
@@ -376,20 +503,22 @@ pub struct Scripts {
 
 impl Scripts {
     pub fn new() -> Scripts {
-        let with_helpers = |body: &str| Script::new(&format!("{HELPERS}\n{body}"));
+        let with_helpers = |body: &str| Script::new(&format!("{WH_HELPERS}\n{HELPERS}\n{body}"));
+        let with_webhooks = |body: &str| Script::new(&format!("{WH_HELPERS}\n{body}"));
         Scripts {
             join: with_helpers(JOIN),
             leave: with_helpers(LEAVE),
-            publish: Script::new(PUBLISH),
+            publish: with_webhooks(PUBLISH),
             roster: Script::new(ROSTER),
             route: Script::new(ROUTE),
-            route_adjust: Script::new(ROUTE_ADJUST),
+            route_adjust: with_webhooks(ROUTE_ADJUST),
+            route_reap: with_webhooks(ROUTE_REAP),
             index_prune: Script::new(INDEX_PRUNE),
             renew: Script::new(RENEW),
             claim_dead: Script::new(CLAIM_DEAD),
             reap_channel: with_helpers(REAP_CHANNEL),
             reassert_channel: with_helpers(REASSERT_CHANNEL),
-            publish_kept: Script::new(PUBLISH_KEPT),
+            publish_kept: with_webhooks(PUBLISH_KEPT),
             history_read: Script::new(HISTORY_READ),
         }
     }

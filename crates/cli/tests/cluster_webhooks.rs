@@ -1,0 +1,414 @@
+//! Webhooks on three real `herald` processes sharing a real `redis-server`, delivered to a
+//! real HTTP receiver that fails about 30 % of requests (500s, and some held past Herald's
+//! timeout) and checks every signature with the Standard Webhooks reference library. The node
+//! that owns the endpoint's delivery and holds a room's last member is killed with SIGKILL
+//! while every event it read is still undelivered (the backend is unreachable until then): the room's `presence.left`, `peer.offline` and
+//! `channel.vacated` each arrive exactly once (de-duplicated by id) within the lease bound,
+//! and every event the dead node had read is delivered by another node, in order per channel.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use herald_protocol::claims::Claims;
+use herald_testkit::redis::RedisServer;
+use herald_testkit::tokens::{now, sign};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+const KID: &str = "sk_id_hooks";
+const SECRET: &str = "sk_secret_hooks_0123456789abcdef";
+const LEASE_MS: u64 = 5_000;
+/// 32 bytes, base64: a Standard Webhooks secret for the test only.
+const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo=";
+const MESSAGES: u64 = 40;
+
+fn compat_py() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/compat/py")
+}
+
+/// The misbehaving receiver (`tests/compat/py/webhook_receiver.py`); killed when dropped.
+struct Receiver {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let python = compat_py().join(".venv/bin/python");
+        assert!(
+            python.exists(),
+            "{} is missing: run tests/compat/install.sh (scripts/test does)",
+            python.display()
+        );
+        let out = std::env::temp_dir().join(format!("herald-hooks-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&out);
+        let mut child = Command::new(python)
+            .arg("-u")
+            .arg(compat_py().join("webhook_receiver.py"))
+            .args([WHSEC, out.to_str().unwrap(), "1.0", "7"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap()
+            .parse()
+            .unwrap();
+        Receiver { child, port, out }
+    }
+
+    /// Events as first received (de-duplicated by id); panics on a refused signature.
+    fn events(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let mut seen = HashSet::new();
+        let mut events = Vec::new();
+        for line in text.lines() {
+            let line: Value = serde_json::from_str(line).unwrap();
+            assert!(
+                line.get("bad_signature").is_none(),
+                "a signature was refused"
+            );
+            let event = line["event"].clone();
+            if seen.insert(event["id"].as_str().unwrap().to_string()) {
+                events.push(event);
+            }
+        }
+        events
+    }
+
+    fn count(&self, kind: &str, key: &str, value: &str) -> usize {
+        self.events()
+            .iter()
+            .filter(|e| e["type"] == kind && e[key] == value)
+            .count()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.out);
+    }
+}
+
+struct Node {
+    child: Child,
+    origin: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_node(dir: &std::path::Path, redis: &RedisServer, id: &str, extra: &str) -> Node {
+    let config = format!(
+        r#"listen = "127.0.0.1:0"
+[log]
+format = "json"
+level = "info"
+[engine]
+kind = "redis"
+redis_url = "{url}"
+node_id = "{id}"
+lease_ttl_ms = {LEASE_MS}
+[[apps]]
+id = "app_hooks"
+[[apps.secret_keys]]
+id = "{KID}"
+secret = "{SECRET}"
+{extra}
+"#,
+        url = redis.url()
+    );
+    let path = dir.join(format!("{id}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if let Some(listen) = v["fields"]["listen"].as_str() {
+                        let _ = tx.send(listen.to_string());
+                        sent = true;
+                    }
+                }
+            }
+        }
+    });
+    let listen = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("node did not report its address");
+    Node {
+        child,
+        origin: format!("ws://{listen}"),
+    }
+}
+
+/// Waits until the node answers `/readyz` with 200 (its Redis pub/sub is up), as a load
+/// balancer would before sending it clients.
+async fn wait_ready(node: &Node) {
+    let url = format!("{}/readyz", node.origin.replacen("ws://", "http://", 1));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !reqwest::get(&url)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "{url} never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(node: &Node, sub: &str) -> Ws {
+    let claims = Claims {
+        sub: sub.into(),
+        exp: Some(now() + 600),
+        ..Claims::default()
+    };
+    let token = sign(KID, SECRET, &claims);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/v1?token={token}", node.origin))
+        .await
+        .unwrap();
+    let welcome = next_json(&mut ws).await.unwrap();
+    assert_eq!(welcome["type"], "welcome");
+    ws
+}
+
+async fn next_json(ws: &mut Ws) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .ok()??
+        {
+            Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn subscribe(ws: &mut Ws, channel: &str) {
+    ws.send(Message::text(
+        json!({"type": "subscribe", "channel": channel, "requestId": channel}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(ws).await.unwrap()["type"], "ack");
+    assert_eq!(next_json(ws).await.unwrap()["type"], "presence");
+}
+
+/// Forwards connections on `listener` to the receiver: the backend is reachable from now on.
+async fn forward(listener: tokio::net::TcpListener, to: u16) {
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+            }
+        });
+    }
+}
+
+fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-u", &redis.url()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The stream entry id in an event id (`evt_<ms>-<seq>`), for order checks.
+fn entry(event: &Value) -> (u64, u64) {
+    let id = event["id"].as_str().unwrap().strip_prefix("evt_").unwrap();
+    let (ms, seq) = id.split_once('-').unwrap();
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_room_is_vacated_once_and_its_pending_events_are_delivered_elsewhere() {
+    let redis = RedisServer::start();
+    let receiver = Receiver::start();
+    let dir = std::env::temp_dir().join(format!("herald-hooks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The endpoint's address: nothing listens there until the owner is dead.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hooks = format!(
+        r#"[[apps.webhooks]]
+url = "http://127.0.0.1:{port}/hooks"
+secret = "{WHSEC}"
+events = ["peer.online", "peer.offline", "presence.joined", "presence.left",
+          "channel.occupied", "channel.vacated", "message.published"]
+channels = ["room-*"]
+[webhooks]
+timeout_ms = 400
+max_backoff_secs = 1
+batch_max_events = 10
+batch_delay_ms = 5
+"#
+    );
+    // One after the other: the first node takes the endpoint's delivery.
+    let mut nodes = Vec::new();
+    for id in ["hooks-a", "hooks-b", "hooks-c"] {
+        let node = start_node(&dir, &redis, id, &hooks);
+        wait_ready(&node).await;
+        nodes.push(node);
+    }
+    let mut last = connect(&nodes[0], "last").await;
+    subscribe(&mut last, "room-1").await;
+    let mut publisher = connect(&nodes[1], "pub").await;
+    for n in 1..=MESSAGES {
+        let request = format!("p{n}");
+        publisher
+            .send(Message::text(
+                json!({"type": "publish", "channel": "room-1", "data": n, "requestId": request})
+                    .to_string(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(next_json(&mut publisher).await.unwrap()["type"], "ack");
+    }
+    // The owner has read every event (they are pending on its consumer) and delivered none.
+    let stream = redis_cli(&redis, &["--scan", "--pattern", "*:outbox"]);
+    let stream = stream.trim();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pending_on_a = loop {
+        let length: usize = redis_cli(&redis, &["XLEN", stream]).trim().parse().unwrap();
+        let pending = redis_cli(&redis, &["XPENDING", stream, "delivery"]);
+        let pending_count: usize = pending
+            .lines()
+            .next()
+            .unwrap_or("0")
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if length >= MESSAGES as usize + 4 && pending_count == length {
+            assert!(pending.contains("hooks-a#"), "{pending}");
+            break pending_count;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{length} events, pending: {pending}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let delivered_before = receiver.events().len();
+    assert_eq!(delivered_before, 0);
+    let killed_at = Instant::now();
+    let status = Command::new("kill")
+        .args(["-KILL", &nodes[0].child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = nodes[0].child.wait();
+    drop(last);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(forward(listener, receiver.port));
+
+    let bound = Duration::from_millis(LEASE_MS + 5_000);
+    while !(receiver.count("presence.left", "peerId", "last") >= 1
+        && receiver.count("peer.offline", "peerId", "last") >= 1
+        && receiver.count("channel.vacated", "channel", "room-1") >= 1)
+    {
+        assert!(
+            killed_at.elapsed() < bound,
+            "after {:?}: {:#?}",
+            killed_at.elapsed(),
+            receiver.events()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = killed_at.elapsed();
+    // Every message the dead owner had read arrives too.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "message.published")
+        .count()
+        < MESSAGES as usize
+    {
+        assert!(Instant::now() < deadline, "{:#?}", receiver.events());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A barrier: the publisher leaves; its offline comes after everything above.
+    drop(publisher);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.count("peer.offline", "peerId", "pub") == 0 {
+        assert!(Instant::now() < deadline, "{:#?}", receiver.events());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = receiver.events();
+    let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for e in events.iter().filter(|e| e["type"] != "message.published") {
+        let who = e["peerId"].as_str().or(e["channel"].as_str()).unwrap();
+        *counts
+            .entry((e["type"].as_str().unwrap().into(), who.into()))
+            .or_default() += 1;
+    }
+    let expected: BTreeMap<(String, String), usize> = [
+        ("peer.online", "last"),
+        ("peer.online", "pub"),
+        ("peer.offline", "last"),
+        ("peer.offline", "pub"),
+        ("presence.joined", "last"),
+        ("presence.left", "last"),
+        ("channel.occupied", "room-1"),
+        ("channel.vacated", "room-1"),
+    ]
+    .iter()
+    .map(|(k, w)| ((k.to_string(), w.to_string()), 1))
+    .collect();
+    assert_eq!(counts, expected);
+    // In order per channel: first arrivals follow the order the events happened.
+    let room: Vec<&Value> = events.iter().filter(|e| e["channel"] == "room-1").collect();
+    assert!(
+        room.windows(2).all(|w| entry(w[0]) < entry(w[1])),
+        "{room:#?}"
+    );
+    let data: Vec<u64> = room
+        .iter()
+        .filter(|e| e["type"] == "message.published")
+        .map(|e| e["data"].as_u64().unwrap())
+        .collect();
+    assert_eq!(data, (1..=MESSAGES).collect::<Vec<_>>());
+    assert_eq!(room.first().unwrap()["type"], "channel.occupied");
+    assert_eq!(room.last().unwrap()["type"], "channel.vacated");
+    println!(
+        "the killed node's room was vacated {took:?} after the kill (lease {LEASE_MS} ms); \
+         {pending_on_a} events were pending on it, {} events delivered in all",
+        events.len()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
