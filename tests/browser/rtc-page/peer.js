@@ -105,5 +105,6 @@ window.leaveCall = async () => {
   peer = null;
   channels.clear();
   rtc.remotes = {};
+  rtc.received = [];
   rtc.peerId = null;
 };

@@ -1,7 +1,7 @@
 //! The [`SignalHandler`] side of the WebRTC layer: a [`Link`] per remote in the roster, built
 //! in a task of its own while the remote's signals queue in its inbox.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::mpsc;
@@ -9,6 +9,7 @@ use webrtc::data_channel::data_channel_message::DataChannelMessage;
 use webrtc::data_channel::RTCDataChannel;
 use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::RTCPeerConnection;
 
 use super::channel::{DataChannel, DEFAULT_MAX_MESSAGE_SIZE};
 use super::link::{self, Input, Link, LinkInner};
@@ -59,13 +60,20 @@ impl Core {
                         .get(&peer_id)
                         .is_some_and(|t| t.same_channel(&tx));
                     if !current {
-                        let _ = inner.pc.close().await;
+                        let _ = inner.pc().close().await;
                         return;
                     }
-                    lock(&core.links).insert(peer_id, Link { inner: inner.clone() });
-                    link::run(inner, rx, core.events.clone()).await;
+                    lock(&core.links).insert(
+                        peer_id,
+                        Link {
+                            inner: inner.clone(),
+                        },
+                    );
+                    link::run(core.clone(), inner, rx).await;
                 }
-                Err(e) => core.events.emit(RtcEvent::NegotiationError { peer_id, error: e }),
+                Err(e) => core
+                    .events
+                    .emit(RtcEvent::NegotiationError { peer_id, error: e }),
             }
         });
     }
@@ -86,36 +94,14 @@ async fn build_link(
     remote: RemotePeer,
     inputs: mpsc::Sender<Input>,
 ) -> Result<Arc<LinkInner>, String> {
-    let client = lock(&core.client).clone();
-    let servers = core
-        .options
-        .ice_servers
-        .clone()
-        .or_else(|| client.as_ref()?.welcome()?.ice_servers())
-        .unwrap_or_default();
-    let config = RTCConfiguration {
-        ice_servers: servers
-            .into_iter()
-            .map(|s| RTCIceServer {
-                urls: s.urls,
-                username: s.username.unwrap_or_default(),
-                credential: s.credential.unwrap_or_default(),
-            })
-            .collect(),
-        ..Default::default()
-    };
-    let pc = Arc::new(
-        core.api
-            .new_peer_connection(config)
-            .await
-            .map_err(|e| e.to_string())?,
-    );
+    let pc = core.bare_pc().await?;
     let inner = Arc::new(LinkInner {
         peer_id: remote.peer_id().into(),
         polite: remote.polite().unwrap_or(false),
         remote,
-        pc: pc.clone(),
-        inputs: inputs.clone(),
+        pc: Mutex::new(pc.clone()),
+        generation: AtomicU64::new(0),
+        inputs,
         channels: Mutex::new(Vec::new()),
         rtp_packets: AtomicU64::new(0),
         rtp_bytes: AtomicU64::new(0),
@@ -124,68 +110,123 @@ async fn build_link(
         max_message_size: AtomicU64::new(DEFAULT_MAX_MESSAGE_SIZE as u64),
         events: core.events.clone(),
     });
-    // Callbacks hold the link weakly: the connection owns them, and the link owns it.
-    let tx = inputs.clone();
-    pc.on_ice_candidate(Box::new(move |c| {
-        let tx = tx.clone();
-        Box::pin(async move {
-            let init = match c {
-                Some(c) => match c.to_json() {
-                    Ok(init) => Some(init),
-                    Err(_) => return,
-                },
-                None => None,
-            };
-            let _ = tx.send(Input::LocalCandidate(init)).await;
-        })
-    }));
-    let tx = inputs.clone();
-    pc.on_negotiation_needed(Box::new(move || {
-        let tx = tx.clone();
-        Box::pin(async move {
-            let _ = tx.send(Input::NegotiationNeeded).await;
-        })
-    }));
-    let tx = inputs.clone();
-    pc.on_ice_connection_state_change(Box::new(move |s| {
-        let tx = tx.clone();
-        Box::pin(async move {
-            let _ = tx.send(Input::IceState(s)).await;
-        })
-    }));
-    let (events, peer_id) = (core.events.clone(), inner.peer_id.to_string());
-    pc.on_peer_connection_state_change(Box::new(move |s| {
-        events.emit(RtcEvent::State {
-            peer_id: peer_id.clone(),
-            state: s.to_string(),
-        });
-        Box::pin(async {})
-    }));
-    let weak = Arc::downgrade(&inner);
-    pc.on_data_channel(Box::new(move |dc| {
-        let weak = weak.clone();
-        Box::pin(async move {
-            if let Some(link) = weak.upgrade() {
-                wire_channel(&link, dc).await;
-            }
-        })
-    }));
-    let weak = Arc::downgrade(&inner);
-    pc.on_track(Box::new(move |track, receiver, _| {
-        media::on_track(weak.clone(), track, receiver);
-        Box::pin(async {})
-    }));
-    if let Some(meta) = &core.options.send_audio {
-        media::add_audio(&inner, meta.clone()).await?;
-    }
-    if let Some(label) = &core.options.channel_label {
-        let dc = pc
-            .create_data_channel(label, None)
+    core.wire_pc(&inner, &pc, 0).await?;
+    Ok(inner)
+}
+
+impl Core {
+    async fn bare_pc(&self) -> Result<Arc<RTCPeerConnection>, String> {
+        let client = lock(&self.client).clone();
+        let servers = self
+            .options
+            .ice_servers
+            .clone()
+            .or_else(|| client.as_ref()?.welcome()?.ice_servers())
+            .unwrap_or_default();
+        let config = RTCConfiguration {
+            ice_servers: servers
+                .into_iter()
+                .map(|s| RTCIceServer {
+                    urls: s.urls,
+                    username: s.username.unwrap_or_default(),
+                    credential: s.credential.unwrap_or_default(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let pc = self
+            .api
+            .new_peer_connection(config)
             .await
             .map_err(|e| e.to_string())?;
-        wire_channel(&inner, dc).await;
+        Ok(Arc::new(pc))
     }
-    Ok(inner)
+
+    /// Replaces the link's connection with a fresh, stable one (the polite side's answer to
+    /// an offer collision in this stack, which cannot roll back).
+    pub(super) async fn replace_pc(&self, link: &Arc<LinkInner>) -> Result<(), String> {
+        let pc = self.bare_pc().await?;
+        let generation = link.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let old = std::mem::replace(&mut *lock(&link.pc), pc.clone());
+        lock(&link.channels).clear();
+        let _ = old.close().await;
+        self.wire_pc(link, &pc, generation).await
+    }
+
+    /// Installs the callbacks, the local media and the default channel on a new connection.
+    async fn wire_pc(
+        &self,
+        inner: &Arc<LinkInner>,
+        pc: &Arc<RTCPeerConnection>,
+        generation: u64,
+    ) -> Result<(), String> {
+        // Callbacks hold the link weakly: the connection owns them, and the link owns it.
+        let tx = inner.inputs.clone();
+        pc.on_ice_candidate(Box::new(move |c| {
+            let tx = tx.clone();
+            Box::pin(async move {
+                let init = match c {
+                    Some(c) => match c.to_json() {
+                        Ok(init) => Some(init),
+                        Err(_) => return,
+                    },
+                    None => None,
+                };
+                let _ = tx.send(Input::LocalCandidate(generation, init)).await;
+            })
+        }));
+        let tx = inner.inputs.clone();
+        pc.on_negotiation_needed(Box::new(move || {
+            let tx = tx.clone();
+            Box::pin(async move {
+                let _ = tx.send(Input::NegotiationNeeded(generation)).await;
+            })
+        }));
+        let tx = inner.inputs.clone();
+        pc.on_ice_connection_state_change(Box::new(move |s| {
+            let tx = tx.clone();
+            Box::pin(async move {
+                let _ = tx.send(Input::IceState(generation, s)).await;
+            })
+        }));
+        let weak = Arc::downgrade(inner);
+        pc.on_peer_connection_state_change(Box::new(move |s| {
+            if let Some(link) = weak.upgrade() {
+                if link.generation.load(Ordering::Acquire) == generation {
+                    link.events.emit(RtcEvent::State {
+                        peer_id: link.peer_id.to_string(),
+                        state: s.to_string(),
+                    });
+                }
+            }
+            Box::pin(async {})
+        }));
+        let weak = Arc::downgrade(inner);
+        pc.on_data_channel(Box::new(move |dc| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                if let Some(link) = weak.upgrade() {
+                    wire_channel(&link, dc).await;
+                }
+            })
+        }));
+        let weak = Arc::downgrade(inner);
+        pc.on_track(Box::new(move |track, receiver, _| {
+            media::on_track(weak.clone(), track, receiver);
+            Box::pin(async {})
+        }));
+        if let Some(meta) = &self.options.send_audio {
+            media::add_audio(inner, pc, meta.clone()).await?;
+        }
+        if let Some(label) = &self.options.channel_label {
+            let dc = pc
+                .create_data_channel(label, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            wire_channel(inner, dc).await;
+        }
+        Ok(())
+    }
 }
 
 /// Hooks a channel (ours or the remote's) up to the link's list and the event stream.

@@ -15,7 +15,6 @@ use tokio::sync::mpsc;
 use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
 use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
-use webrtc::peer_connection::sdp::sdp_type::RTCSdpType;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::signaling_state::RTCSignalingState;
 use webrtc::peer_connection::RTCPeerConnection;
@@ -38,9 +37,9 @@ const MAX_EARLY_CANDIDATES: usize = 256;
 /// One input of the link task.
 pub(super) enum Input {
     Signal(Signal),
-    NegotiationNeeded,
-    LocalCandidate(Option<RTCIceCandidateInit>),
-    IceState(RTCIceConnectionState),
+    NegotiationNeeded(u64),
+    LocalCandidate(u64, Option<RTCIceCandidateInit>),
+    IceState(u64, RTCIceConnectionState),
     Restart { generation: u64 },
     RestartAnswerTimeout { generation: u64 },
     Close,
@@ -56,7 +55,10 @@ pub(super) struct LinkInner {
     pub(super) remote: RemotePeer,
     pub(super) peer_id: Arc<str>,
     pub(super) polite: bool,
-    pub(super) pc: Arc<RTCPeerConnection>,
+    /// Replaced (never rolled back) when the polite side yields to a colliding offer.
+    pub(super) pc: Mutex<Arc<RTCPeerConnection>>,
+    /// Which connection the callbacks' inputs came from; stale ones are dropped.
+    pub(super) generation: AtomicU64,
     pub(super) inputs: mpsc::Sender<Input>,
     pub(super) channels: Mutex<Vec<DataChannel>>,
     pub(super) rtp_packets: AtomicU64,
@@ -71,6 +73,14 @@ pub(super) struct LinkInner {
 }
 
 impl LinkInner {
+    pub(super) fn pc(&self) -> Arc<RTCPeerConnection> {
+        lock(&self.pc).clone()
+    }
+
+    fn current(&self, generation: u64) -> bool {
+        self.generation.load(Ordering::Acquire) == generation
+    }
+
     pub(super) fn max_message_size(&self) -> usize {
         usize::try_from(self.max_message_size.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
     }
@@ -104,12 +114,13 @@ impl Link {
 
     /// The connection state (`"new"`, `"connecting"`, `"connected"`, …).
     pub fn state(&self) -> String {
-        self.inner.pc.connection_state().to_string()
+        self.inner.pc().connection_state().to_string()
     }
 
     /// The underlying peer connection, for what this API does not cover (stats, tracks).
-    pub fn peer_connection(&self) -> &Arc<RTCPeerConnection> {
-        &self.inner.pc
+    /// A polite-side offer collision replaces it (see docs/webrtc.md).
+    pub fn peer_connection(&self) -> Arc<RTCPeerConnection> {
+        self.inner.pc()
     }
 
     /// Open data channels to this remote, in the order they opened.
@@ -132,7 +143,7 @@ impl Link {
     pub async fn open_channel(&self, label: &str) -> Result<(), super::RtcError> {
         let dc = self
             .inner
-            .pc
+            .pc()
             .create_data_channel(label, None)
             .await
             .map_err(|e| super::RtcError::Webrtc(e.to_string()))?;
@@ -180,13 +191,25 @@ struct Negotiation {
     restart_scheduled: bool,
     /// Bumped on every remote description, so stale restart timers see progress.
     remote_generation: u64,
+    /// This side's DTLS `a=setup` once the role is fixed; later answers keep it.
+    dtls_setup: Option<&'static str>,
+}
+
+impl Negotiation {
+    /// A fresh connection: nothing pending, no role yet.
+    fn reset(&mut self) {
+        self.pending_offer = None;
+        self.early_candidates.clear();
+        self.dtls_setup = None;
+    }
 }
 
 pub(super) async fn run(
+    core: Arc<super::Core>,
     link: Arc<LinkInner>,
     mut inputs: mpsc::Receiver<Input>,
-    events: Arc<crate::events::Subscribers<RtcEvent>>,
 ) {
+    let events = core.events.clone();
     let mut n = Negotiation {
         pending_offer: None,
         ignore_offer: false,
@@ -196,20 +219,56 @@ pub(super) async fn run(
         restart_generation: 0,
         restart_scheduled: false,
         remote_generation: 0,
+        dtls_setup: None,
     };
     while let Some(input) = inputs.recv().await {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let what = match &input {
+                Input::Signal(Signal::Description { sdp_type, sdp }) => format!(
+                    "remote {sdp_type:?} m-lines={:?}",
+                    sdp.lines()
+                        .filter(|l| l.starts_with("m="))
+                        .collect::<Vec<_>>()
+                ),
+                Input::Signal(Signal::Ice(c)) => format!(
+                    "remote candidate {:?}",
+                    c.as_ref().map(|c| c.candidate.clone())
+                ),
+                Input::Signal(_) => "remote other".into(),
+                Input::NegotiationNeeded(_) => "negotiation-needed".into(),
+                Input::LocalCandidate(_, c) => format!(
+                    "local candidate {:?}",
+                    c.as_ref().map(|c| c.candidate.clone())
+                ),
+                Input::IceState(_, s) => format!("ice {s}"),
+                Input::Restart { .. } => "restart".into(),
+                Input::RestartAnswerTimeout { .. } => "restart timeout".into(),
+                Input::Close => "close".into(),
+            };
+            tracing::debug!(
+                peer = %link.peer_id,
+                polite = link.polite,
+                state = %link.pc().signaling_state(),
+                "webrtc link <- {what}"
+            );
+        }
         let result = match input {
             Input::Close => break,
-            Input::NegotiationNeeded => {
-                if link.pc.signaling_state() == RTCSignalingState::Stable {
+            Input::NegotiationNeeded(g) | Input::LocalCandidate(g, _) | Input::IceState(g, _)
+                if !link.current(g) =>
+            {
+                Ok(())
+            }
+            Input::NegotiationNeeded(_) => {
+                if link.pc().signaling_state() == RTCSignalingState::Stable {
                     offer(&link, &mut n, false).await
                 } else {
                     n.want_offer = true;
                     Ok(())
                 }
             }
-            Input::Signal(signal) => on_signal(&link, &mut n, signal).await,
-            Input::LocalCandidate(candidate) => {
+            Input::Signal(signal) => on_signal(&core, &link, &mut n, signal).await,
+            Input::LocalCandidate(_, candidate) => {
                 let wire = candidate.map(|c| IceCandidate {
                     candidate: c.candidate,
                     sdp_mid: c.sdp_mid,
@@ -218,13 +277,13 @@ pub(super) async fn run(
                 });
                 send(&link, &Signal::Ice(wire)).await
             }
-            Input::IceState(state) => {
+            Input::IceState(_, state) => {
                 on_ice_state(&link, &mut n, state);
                 Ok(())
             }
             Input::Restart { generation } => {
                 n.restart_scheduled = false;
-                let ice = link.pc.ice_connection_state();
+                let ice = link.pc().ice_connection_state();
                 let healthy = matches!(
                     ice,
                     RTCIceConnectionState::Connected | RTCIceConnectionState::Completed
@@ -236,7 +295,7 @@ pub(super) async fn run(
                 }
             }
             Input::RestartAnswerTimeout { generation } => {
-                let ice = link.pc.ice_connection_state();
+                let ice = link.pc().ice_connection_state();
                 let healthy = matches!(
                     ice,
                     RTCIceConnectionState::Connected | RTCIceConnectionState::Completed
@@ -254,14 +313,14 @@ pub(super) async fn run(
                 error: e,
             });
         }
-        if n.want_offer && link.pc.signaling_state() == RTCSignalingState::Stable {
+        if n.want_offer && link.pc().signaling_state() == RTCSignalingState::Stable {
             n.want_offer = false;
             if let Err(e) = offer(&link, &mut n, false).await {
                 tracing::debug!(peer = %link.peer_id, error = %e, "webrtc offer failed");
             }
         }
     }
-    let _ = link.pc.close().await;
+    let _ = link.pc().close().await;
 }
 
 async fn send(link: &LinkInner, signal: &Signal) -> Result<(), String> {
@@ -285,9 +344,9 @@ async fn offer(link: &LinkInner, n: &mut Negotiation, ice_restart: bool) -> Resu
         ice_restart: true,
         ..Default::default()
     });
-    let offer = link.pc.create_offer(options).await.map_err(err)?;
+    let offer = link.pc().create_offer(options).await.map_err(err)?;
     let sdp = offer.sdp.clone();
-    link.pc.set_local_description(offer).await.map_err(err)?;
+    link.pc().set_local_description(offer).await.map_err(err)?;
     n.pending_offer = Some(sdp.clone());
     send(
         link,
@@ -299,11 +358,14 @@ async fn offer(link: &LinkInner, n: &mut Negotiation, ice_restart: bool) -> Resu
     .await
 }
 
-async fn on_signal(link: &LinkInner, n: &mut Negotiation, signal: Signal) -> Result<(), String> {
+async fn on_signal(
+    core: &super::Core,
+    link: &Arc<LinkInner>,
+    n: &mut Negotiation,
+    signal: Signal,
+) -> Result<(), String> {
     match signal {
-        Signal::Description { sdp_type, sdp } => {
-            on_description(link, n, sdp_type, sdp).await
-        }
+        Signal::Description { sdp_type, sdp } => on_description(core, link, n, sdp_type, sdp).await,
         Signal::Ice(Some(c)) => {
             // An empty candidate is the Python SDK's end-of-candidates: nothing to add.
             if c.candidate.is_empty() {
@@ -315,7 +377,7 @@ async fn on_signal(link: &LinkInner, n: &mut Negotiation, signal: Signal) -> Res
                 sdp_mline_index: c.sdp_m_line_index.and_then(|i| u16::try_from(i).ok()),
                 username_fragment: c.username_fragment,
             };
-            if link.pc.remote_description().await.is_none() {
+            if link.pc().remote_description().await.is_none() {
                 if n.early_candidates.len() < MAX_EARLY_CANDIDATES {
                     n.early_candidates.push(init);
                 }
@@ -341,7 +403,7 @@ async fn add_candidate(
     // resolves `.local` names itself (multicast DNS query mode); one it cannot resolve is
     // just a pair that never works, not a failed negotiation.
     let mdns = init.candidate.contains(".local");
-    match link.pc.add_ice_candidate(init).await {
+    match link.pc().add_ice_candidate(init).await {
         Ok(()) => Ok(()),
         Err(_) if n.ignore_offer || mdns => Ok(()),
         Err(e) => Err(err(e)),
@@ -349,12 +411,13 @@ async fn add_candidate(
 }
 
 async fn on_description(
-    link: &LinkInner,
+    core: &super::Core,
+    link: &Arc<LinkInner>,
     n: &mut Negotiation,
     sdp_type: SdpType,
     sdp: String,
 ) -> Result<(), String> {
-    let stable = link.pc.signaling_state() == RTCSignalingState::Stable;
+    let stable = link.pc().signaling_state() == RTCSignalingState::Stable;
     match sdp_type {
         SdpType::Offer => {
             let collision = !stable;
@@ -364,15 +427,30 @@ async fn on_description(
             }
             if collision {
                 // Polite: drop our own offer and take theirs; ours goes out again after.
-                rollback(link, n).await?;
+                // webrtc-rs 0.17 refuses have-local-offer -> rollback -> stable, so the
+                // connection is replaced by a fresh one, which is stable; the remote (impolite)
+                // ignored our offer, so it sees the same as a rollback.
+                core.replace_pc(link).await?;
+                n.reset();
                 n.want_offer = true;
             }
             let desc = RTCSessionDescription::offer(sdp.clone()).map_err(err)?;
-            link.pc.set_remote_description(desc).await.map_err(err)?;
+            link.pc().set_remote_description(desc).await.map_err(err)?;
             remote_set(link, n, &sdp).await;
-            let answer = link.pc.create_answer(None).await.map_err(err)?;
-            let answer_sdp = answer.sdp.clone();
-            link.pc.set_local_description(answer).await.map_err(err)?;
+            let answer = link.pc().create_answer(None).await.map_err(err)?;
+            // This stack answers every offer as DTLS client (`active`). Once the DTLS role is
+            // fixed (by the first exchange), later answers must keep it (RFC 8842 §5.5), or
+            // both ends would be clients after the remote renegotiates.
+            // The stack keeps its role internally and insists on setting exactly the answer
+            // it created, so only the copy sent to the remote is rewritten.
+            let answer_sdp = match n.dtls_setup {
+                Some(setup) => set_setup(&answer.sdp, setup),
+                None => {
+                    n.dtls_setup = Some("active");
+                    answer.sdp.clone()
+                }
+            };
+            link.pc().set_local_description(answer).await.map_err(err)?;
             send(
                 link,
                 &Signal::Description {
@@ -383,12 +461,17 @@ async fn on_description(
             .await
         }
         SdpType::Answer => {
-            if link.pc.signaling_state() != RTCSignalingState::HaveLocalOffer {
+            if link.pc().signaling_state() != RTCSignalingState::HaveLocalOffer {
                 // A late answer to an offer we rolled back.
                 return Ok(());
             }
             let desc = RTCSessionDescription::answer(sdp.clone()).map_err(err)?;
-            link.pc.set_remote_description(desc).await.map_err(err)?;
+            if n.dtls_setup.is_none() {
+                // The remote chose: its `active` makes this side the server (`passive`).
+                let remote_active = sdp.contains("a=setup:active");
+                n.dtls_setup = Some(if remote_active { "passive" } else { "active" });
+            }
+            link.pc().set_remote_description(desc).await.map_err(err)?;
             n.pending_offer = None;
             remote_set(link, n, &sdp).await;
             Ok(())
@@ -417,16 +500,18 @@ async fn remote_set(link: &LinkInner, n: &mut Negotiation, sdp: &str) {
     }
 }
 
-/// Rolls back our pending local offer. This stack needs the offer's SDP with the rollback.
-async fn rollback(link: &LinkInner, n: &mut Negotiation) -> Result<(), String> {
-    let sdp = n.pending_offer.take().unwrap_or_default();
-    let desc: RTCSessionDescription = serde_json::from_value(serde_json::json!({
-        "type": "rollback",
-        "sdp": sdp,
-    }))
-    .map_err(|e| e.to_string())?;
-    debug_assert_eq!(desc.sdp_type, RTCSdpType::Rollback);
-    link.pc.set_local_description(desc).await.map_err(err)
+/// Rewrites every `a=setup:` line of `sdp` to `setup`.
+fn set_setup(sdp: &str, setup: &str) -> String {
+    sdp.split("\r\n")
+        .map(|line| {
+            if line.starts_with("a=setup:") {
+                format!("a=setup:{setup}")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
 }
 
 fn on_ice_state(link: &Arc<LinkInner>, n: &mut Negotiation, state: RTCIceConnectionState) {
@@ -462,7 +547,7 @@ fn schedule_restart(link: &Arc<LinkInner>, n: &mut Negotiation) {
 }
 
 async fn restart(link: &Arc<LinkInner>, n: &mut Negotiation) -> Result<(), String> {
-    if link.pc.signaling_state() != RTCSignalingState::Stable {
+    if link.pc().signaling_state() != RTCSignalingState::Stable {
         n.want_offer = true;
         return Ok(());
     }
@@ -478,4 +563,3 @@ async fn restart(link: &Arc<LinkInner>, n: &mut Negotiation) -> Result<(), Strin
     });
     Ok(())
 }
-

@@ -8,6 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use webrtc::api::media_engine::MIME_TYPE_OPUS;
 use webrtc::media::Sample;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
 use webrtc::rtp_transceiver::rtp_receiver::RTCRtpReceiver;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
@@ -60,7 +62,11 @@ pub(super) fn on_track(
 }
 
 /// Adds an Opus track that sends silence every 20 ms while the link lives.
-pub(super) async fn add_audio(link: &Arc<LinkInner>, metadata: Metadata) -> Result<(), String> {
+pub(super) async fn add_audio(
+    link: &Arc<LinkInner>,
+    pc: &Arc<RTCPeerConnection>,
+    metadata: Metadata,
+) -> Result<(), String> {
     let track = Arc::new(TrackLocalStaticSample::new(
         RTCRtpCodecCapability {
             mime_type: MIME_TYPE_OPUS.to_owned(),
@@ -71,24 +77,32 @@ pub(super) async fn add_audio(link: &Arc<LinkInner>, metadata: Metadata) -> Resu
         format!("herald-audio-{}", rand::random::<u32>()),
         format!("herald-{}", rand::random::<u32>()),
     ));
-    lock(&link.local_tracks).push(TrackMeta {
-        track_id: track.id().to_owned(),
-        metadata: Some(metadata),
-        stream_id: Some(track.stream_id().to_owned()),
-        kind: Some("audio".into()),
-    });
-    let sender = link
-        .pc
+    {
+        let mut metas = lock(&link.local_tracks);
+        // One entry per track this side sends: a replaced connection re-adds its track.
+        metas.retain(|m| m.kind.as_deref() != Some("audio"));
+        metas.push(TrackMeta {
+            track_id: track.id().to_owned(),
+            metadata: Some(metadata),
+            stream_id: Some(track.stream_id().to_owned()),
+            kind: Some("audio".into()),
+        });
+    }
+    let sender = pc
         .add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>)
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(async move { while sender.read_rtcp().await.is_ok() {} });
-    let weak = Arc::downgrade(link);
+    // Held weakly: the writer ends with the connection (a replaced one is dropped).
+    let weak = Arc::downgrade(pc);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(FRAME);
         loop {
             tick.tick().await;
-            if weak.upgrade().is_none() {
+            let open = weak
+                .upgrade()
+                .is_some_and(|pc| pc.connection_state() != RTCPeerConnectionState::Closed);
+            if !open {
                 return;
             }
             let sample = Sample {

@@ -25,9 +25,9 @@ use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::interceptor::registry::Registry;
 
 pub use self::channel::{DataChannel, DEFAULT_MAX_MESSAGE_SIZE, HIGH_WATER};
-pub use self::link::Link;
 use self::handler::wire_channel;
 use self::link::Input;
+pub use self::link::Link;
 use crate::client::SignallingClient;
 use crate::error::Error;
 use crate::events::{lock, EventStream, Subscribers};
