@@ -193,6 +193,13 @@ struct Negotiation {
     remote_generation: u64,
     /// This side's DTLS `a=setup` once the role is fixed; later answers keep it.
     dtls_setup: Option<&'static str>,
+    /// After a replacement, our own offer waits until ICE connects: webrtc-rs 0.17 sometimes
+    /// never connects when renegotiated while its first checks are still running (seen in
+    /// about one polite camera call in ten).
+    hold_offer: bool,
+    /// A remote renegotiation offer that came while the first ICE checks ran; applied once ICE
+    /// settles, for the same reason as `hold_offer`.
+    deferred_offer: Option<String>,
 }
 
 impl Negotiation {
@@ -201,6 +208,8 @@ impl Negotiation {
         self.pending_offer = None;
         self.early_candidates.clear();
         self.dtls_setup = None;
+        self.hold_offer = true;
+        self.deferred_offer = None;
     }
 }
 
@@ -220,6 +229,8 @@ pub(super) async fn run(
         restart_scheduled: false,
         remote_generation: 0,
         dtls_setup: None,
+        hold_offer: false,
+        deferred_offer: None,
     };
     while let Some(input) = inputs.recv().await {
         if tracing::enabled!(tracing::Level::DEBUG) {
@@ -260,7 +271,7 @@ pub(super) async fn run(
                 Ok(())
             }
             Input::NegotiationNeeded(_) => {
-                if link.pc().signaling_state() == RTCSignalingState::Stable {
+                if !n.hold_offer && link.pc().signaling_state() == RTCSignalingState::Stable {
                     offer(&link, &mut n, false).await
                 } else {
                     n.want_offer = true;
@@ -279,7 +290,19 @@ pub(super) async fn run(
             }
             Input::IceState(_, state) => {
                 on_ice_state(&link, &mut n, state);
-                Ok(())
+                let settled = !matches!(
+                    state,
+                    RTCIceConnectionState::New | RTCIceConnectionState::Checking
+                );
+                match n.deferred_offer.take() {
+                    Some(sdp) if settled => {
+                        on_description(&core, &link, &mut n, SdpType::Offer, sdp).await
+                    }
+                    other => {
+                        n.deferred_offer = other;
+                        Ok(())
+                    }
+                }
             }
             Input::Restart { generation } => {
                 n.restart_scheduled = false;
@@ -313,7 +336,8 @@ pub(super) async fn run(
                 error: e,
             });
         }
-        if n.want_offer && link.pc().signaling_state() == RTCSignalingState::Stable {
+        if n.want_offer && !n.hold_offer && link.pc().signaling_state() == RTCSignalingState::Stable
+        {
             n.want_offer = false;
             if let Err(e) = offer(&link, &mut n, false).await {
                 tracing::debug!(peer = %link.peer_id, error = %e, "webrtc offer failed");
@@ -420,6 +444,14 @@ async fn on_description(
     let stable = link.pc().signaling_state() == RTCSignalingState::Stable;
     match sdp_type {
         SdpType::Offer => {
+            let checking = matches!(
+                link.pc().ice_connection_state(),
+                RTCIceConnectionState::New | RTCIceConnectionState::Checking
+            );
+            if stable && checking && link.pc().remote_description().await.is_some() {
+                n.deferred_offer = Some(sdp);
+                return Ok(());
+            }
             let collision = !stable;
             n.ignore_offer = !link.polite && collision;
             if n.ignore_offer {
@@ -517,6 +549,7 @@ fn set_setup(sdp: &str, setup: &str) -> String {
 fn on_ice_state(link: &Arc<LinkInner>, n: &mut Negotiation, state: RTCIceConnectionState) {
     match state {
         RTCIceConnectionState::Connected | RTCIceConnectionState::Completed => {
+            n.hold_offer = false;
             n.restart_attempt = 0;
             n.restart_generation += 1;
         }
