@@ -117,6 +117,9 @@ mod frames;
 mod history;
 mod options;
 mod peer;
+/// WebRTC peer connections for [`Peer`] (the `webrtc` feature; docs/webrtc.md).
+#[cfg(feature = "webrtc")]
+pub mod rtc;
 mod shared;
 mod signal;
 mod types;
