@@ -4,7 +4,7 @@
 //! `tests/browser/rtc-driver.mjs` starts Herald, Chromium (fake camera, no mDNS host names) and
 //! the test page, and runs this test's commands in the pages; the assertions are all here.
 //! Needs what `bash tests/browser/install.sh` installs and the `herald` binary next to this test
-//! (`cargo build -p herald`, which `scripts/test` does; or set `HERALD_BIN`).
+//! (`cargo build -p herald`, which `scripts/test-webrtc` does; or set `HERALD_BIN`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
