@@ -59,6 +59,12 @@ trap cleanup EXIT INT TERM
 . bench/lib.sh
 suite() { timeout "$run_timeout" taskset -c "$bench_cpu" "$bench" suite "$@" "${args[@]}"; }
 
+# ---- The write floor: a bare writer on the servers' core, one write(2) per delivery ----
+floor_args=(--sockets 1000 --deliveries-per-sec 100000,200000,400000 --secs 5)
+for a in "${args[@]}"; do [ "$a" = --smoke ] && floor_args=(--sockets 20 --deliveries-per-sec 2000 --secs 0.5); done
+timeout "$run_timeout" taskset -c "$bench_cpu" "$bench" write-floor "${floor_args[@]}" \
+  --writer-cpu "$server_cpu" --out "$out/floor.json"
+
 # ---- Herald, one node ----
 port=$(free_port)
 taskset -c "$server_cpu" "$herald" serve --config bench/herald.toml --listen "127.0.0.1:$port" \
@@ -123,4 +129,4 @@ elif [ "$cluster" = 1 ]; then
   echo "run.sh: redis-server not found; cluster skipped" >&2
 fi
 
-"$bench" report --out-dir "$out" "${files[@]}"
+"$bench" report --out-dir "$out" --floor "$out/floor.json" "${files[@]}"

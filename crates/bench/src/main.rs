@@ -261,6 +261,9 @@ enum Command {
         /// Directory for results.md and fanout-latency.png.
         #[arg(long)]
         out_dir: PathBuf,
+        /// The write-floor JSON of the same run, appended to results.md.
+        #[arg(long)]
+        floor: Option<PathBuf>,
         /// Suite JSON files, in column order.
         files: Vec<PathBuf>,
     },
@@ -572,7 +575,11 @@ fn main() -> anyhow::Result<()> {
         Command::EncodeSnapshot { members, rounds } => {
             println!("{}", encode::snapshot_cost(members, rounds.max(1)));
         }
-        Command::Report { out_dir, files } => {
+        Command::Report {
+            out_dir,
+            floor,
+            files,
+        } => {
             let mut results = Vec::new();
             for f in &files {
                 let text = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
@@ -581,7 +588,14 @@ fn main() -> anyhow::Result<()> {
                 results.push(r);
             }
             std::fs::create_dir_all(&out_dir)?;
-            let table = report::markdown(&results);
+            let mut table = report::markdown(&results);
+            if let Some(path) = floor {
+                let text =
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                let floors: Vec<floor::FloorResult> = serde_json::from_slice(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                table.push_str(&report::floor_table(&floors));
+            }
             std::fs::write(out_dir.join("results.md"), &table)?;
             println!("{table}");
             let png = out_dir.join("fanout-latency.png");
