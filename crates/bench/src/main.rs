@@ -100,6 +100,12 @@ enum Command {
         /// Seconds per chat run.
         #[arg(long)]
         chat_secs: Option<f64>,
+        /// Seconds between a chat member's messages.
+        #[arg(long)]
+        chat_every: Option<f64>,
+        /// Seconds between a chat member's typing indicators.
+        #[arg(long)]
+        typing_every: Option<f64>,
         /// Fixed fan-out loads in deliveries/s for the latency-throughput curve.
         #[arg(long, value_delimiter = ',')]
         curve_rates: Vec<f64>,
@@ -315,6 +321,8 @@ fn main() -> anyhow::Result<()> {
             spin,
             chat,
             chat_secs,
+            chat_every,
+            typing_every,
             curve_rates,
         } => {
             for a in &addr {
@@ -346,6 +354,8 @@ fn main() -> anyhow::Result<()> {
                 opts.chat = chat;
             }
             opts.chat_secs = chat_secs.unwrap_or(opts.chat_secs);
+            opts.chat_every = chat_every.unwrap_or(opts.chat_every);
+            opts.typing_every = typing_every.unwrap_or(opts.typing_every);
             if !curve_rates.is_empty() {
                 opts.curve_rates = curve_rates;
             }

@@ -35,6 +35,12 @@ pub struct SuiteOpts {
     pub chat: Vec<usize>,
     #[serde(default)]
     pub chat_secs: f64,
+    /// Seconds between a member's chat messages, and between its typing indicators (0 = the
+    /// scenario's standard).
+    #[serde(default)]
+    pub chat_every: f64,
+    #[serde(default)]
+    pub typing_every: f64,
     /// Fixed offered fan-out loads in deliveries/s (the latency-throughput curve); rates above
     /// twice this target's max are skipped (the first one past its max already shows it).
     #[serde(default)]
@@ -62,6 +68,8 @@ impl SuiteOpts {
             only: Vec::new(),
             chat: vec![5_000, 15_000],
             chat_secs: 10.0,
+            chat_every: 0.0,
+            typing_every: 0.0,
             curve_rates: vec![
                 10_000.0,
                 50_000.0,
@@ -94,6 +102,8 @@ impl SuiteOpts {
             only: Vec::new(),
             chat: vec![40],
             chat_secs: 1.0,
+            chat_every: 0.0,
+            typing_every: 0.0,
             curve_rates: vec![200.0, 1_000.0],
         }
     }
@@ -249,6 +259,12 @@ pub async fn run(label: &str, target: &Target, opts: &SuiteOpts) -> anyhow::Resu
                 c.chat_secs = 0.5;
                 c.typing_secs = 0.3;
                 c.directs_per_sec = 20.0;
+            }
+            if opts.chat_every > 0.0 {
+                c.chat_secs = opts.chat_every;
+            }
+            if opts.typing_every > 0.0 {
+                c.typing_secs = opts.typing_every;
             }
             result.chat.push(crate::chat::chat(target, &c).await?);
         }
