@@ -30,8 +30,12 @@ pub struct FloorOpts {
 pub struct WriterReport {
     pub writes: u64,
     pub wall_secs: f64,
+    /// From the 10 ms ticks of /proc/self/stat (the split between user and system).
     pub user_secs: f64,
     pub sys_secs: f64,
+    /// From /proc/self/schedstat (ns resolution): the total the per-write cost uses.
+    #[serde(default)]
+    pub cpu_secs: f64,
     /// Writes that did not take the whole frame at once (should be 0).
     pub short_writes: u64,
 }
@@ -84,6 +88,7 @@ pub fn writer(addr: SocketAddr, opts: &FloorOpts) -> anyhow::Result<()> {
     let frame = frame(opts.frame_bytes);
     let publishes_per_sec = opts.deliveries_per_sec / opts.sockets as f64;
     let cpu0 = crate::procstat::cpu_ticks_split("self");
+    let run0 = crate::procstat::run_ns("self");
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(opts.secs);
     let mut done: u64 = 0;
@@ -109,11 +114,13 @@ pub fn writer(addr: SocketAddr, opts: &FloorOpts) -> anyhow::Result<()> {
     }
     let wall = started.elapsed().as_secs_f64();
     let cpu1 = crate::procstat::cpu_ticks_split("self");
+    let run1 = crate::procstat::run_ns("self");
     let report = WriterReport {
         writes,
         wall_secs: wall,
         user_secs: (cpu1.0 - cpu0.0) as f64 / 100.0,
         sys_secs: (cpu1.1 - cpu0.1) as f64 / 100.0,
+        cpu_secs: run1.saturating_sub(run0) as f64 / 1e9,
         short_writes: short,
     };
     println!("{}", serde_json::to_string(&report)?);
@@ -182,13 +189,25 @@ pub async fn run(opts: &FloorOpts, writer_cpu: Option<usize>) -> anyhow::Result<
     }
     let frame_len = frame(opts.frame_bytes).len() as u64;
     let writes = writer.writes.max(1) as f64;
+    let ticks = writer.user_secs + writer.sys_secs;
+    let cpu = if writer.cpu_secs > 0.0 {
+        writer.cpu_secs
+    } else {
+        ticks
+    };
+    // The system share from the ticks, applied to the precise total.
+    let sys_share = if ticks > 0.0 {
+        writer.sys_secs / ticks
+    } else {
+        1.0
+    };
     Ok(FloorResult {
         opts: opts.clone(),
         bytes_received,
         bytes_expected: writer.writes * frame_len,
         writes_per_sec: writer.writes as f64 / writer.wall_secs.max(1e-9),
-        cpu_us_per_write: (writer.user_secs + writer.sys_secs) * 1e6 / writes,
-        sys_us_per_write: writer.sys_secs * 1e6 / writes,
+        cpu_us_per_write: cpu * 1e6 / writes,
+        sys_us_per_write: cpu * sys_share * 1e6 / writes,
         writer,
     })
 }

@@ -32,6 +32,15 @@ pub fn cpu_ticks_split(pid: &str) -> (u64, u64) {
     (field(14), field(15))
 }
 
+/// Nanoseconds `pid` has run on a CPU (`/proc/<pid>/schedstat`), or 0: finer than the
+/// 10 ms ticks of `stat` for short runs.
+pub fn run_ns(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
 /// Sum of VmRSS over `pids`, in KiB.
 pub fn rss_kb(pids: &[u32]) -> u64 {
     pids.iter().map(|pid| status_kb(*pid, "VmRSS:")).sum()
