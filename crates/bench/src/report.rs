@@ -266,7 +266,7 @@ pub fn markdown(results: &[SuiteResult]) -> String {
             "Chat workload #1 (members): latency p50 / p99 / p999",
             "p99 ≤ 10 ms at 15,000",
             Box::new(|r| {
-                r.chat.get(0).map(|c| {
+                r.chat.first().map(|c| {
                     (
                         c.latency.p99_us,
                         format!(
@@ -286,7 +286,7 @@ pub fn markdown(results: &[SuiteResult]) -> String {
             "Chat workload #1: delivery rate, server CPU per delivery, RSS",
             "",
             Box::new(|r| {
-                r.chat.get(0).map(|c| {
+                r.chat.first().map(|c| {
                     (
                         c.deliveries_per_sec,
                         format!(
