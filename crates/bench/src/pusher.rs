@@ -350,9 +350,9 @@ mod tests {
     #[test]
     fn parses_pipelined_responses() {
         let two = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200";
-        let (s1, n1) = parse_response(two).unwrap();
+        let (s1, n1) = parse_response(two).expect("first response");
         assert_eq!((s1, n1), (200, 40));
-        let (s2, n2) = parse_response(&two[n1..]).unwrap();
+        let (s2, n2) = parse_response(&two[n1..]).expect("second response");
         assert_eq!(s2, 401);
         assert!(parse_response(&two[n1 + n2..]).is_none());
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
