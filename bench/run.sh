@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Runs the whole benchmark: Herald and the Socket.IO 4 reference server, one after the other on
-# the same machine, then (unless --no-cluster) three Herald nodes with Redis. Writes JSON per
-# target, results.md and fanout-latency.png into bench/results/ (or $OUT).
+# Runs the whole benchmark: Herald, Sockudo (Pusher protocol) and the Socket.IO 4 reference
+# server, one after the other on the same machine, then (unless --no-cluster) three Herald nodes
+# with Redis. Writes JSON per target, results.md and fanout-latency.png into bench/results/ (or
+# $OUT). Sockudo is built once by bench/sockudo/install.sh (a long release build); --no-sockudo
+# or a failed install skips it.
 #
 #   bench/run.sh                  # full sizes (about 5 minutes)
 #   bench/run.sh --smoke          # tiny sizes, a few seconds per target
 #   bench/run.sh --no-cluster     # skip the Redis cluster
+#   bench/run.sh --no-sockudo     # skip Sockudo
 #
 # Placement: every server process on core 0 (SERVER_CPU), the load generator on core 1
 # (BENCH_CPU), both with `taskset`. Everything listens on 127.0.0.1; every run is bounded by
@@ -18,10 +21,12 @@ bench_cpu=${BENCH_CPU:-1}
 out=${OUT:-bench/results}
 run_timeout=${RUN_TIMEOUT:-900}
 cluster=1
+sockudo=1
 args=()
 for a in "$@"; do
   case "$a" in
     --no-cluster) cluster=0 ;;
+    --no-sockudo) sockudo=0 ;;
     *) args+=("$a") ;;
   esac
 done
@@ -32,8 +37,13 @@ echo "run.sh: open-files limit $(ulimit -n); server on CPU $server_cpu, generato
 
 cargo build --release --quiet -p herald -p herald-bench
 bash bench/socketio/install.sh
-herald=target/release/herald
-bench=target/release/herald-bench
+if [ "$sockudo" = 1 ] && ! bash bench/sockudo/install.sh; then
+  echo "run.sh: Sockudo could not be installed; skipped" >&2
+  sockudo=0
+fi
+herald=${CARGO_TARGET_DIR:-target}/release/herald
+bench=${CARGO_TARGET_DIR:-target}/release/herald-bench
+sockudo_bin=$PWD/bench/sockudo/.bin/bin/sockudo
 mkdir -p "$out"
 work=$(mktemp -d)
 
@@ -49,24 +59,52 @@ trap cleanup EXIT INT TERM
 . bench/lib.sh
 suite() { timeout "$run_timeout" taskset -c "$bench_cpu" "$bench" suite "$@" "${args[@]}"; }
 
+# ---- The write floor: a bare writer on the servers' core, one write(2) per delivery ----
+floor_args=(--sockets 1000 --deliveries-per-sec 100000,200000,400000 --secs 5)
+for a in "${args[@]}"; do [ "$a" = --smoke ] && floor_args=(--sockets 20 --deliveries-per-sec 2000 --secs 0.5); done
+timeout "$run_timeout" taskset -c "$bench_cpu" "$bench" write-floor "${floor_args[@]}" \
+  --writer-cpu "$server_cpu" --out "$out/floor.json"
+
 # ---- Herald, one node ----
 port=$(free_port)
 taskset -c "$server_cpu" "$herald" serve --config bench/herald.toml --listen "127.0.0.1:$port" \
   2>"$work/herald.log" &
 hp=$!; pids+=("$hp")
 wait_port "$port"
+"$bench" probe --proto herald --addr "127.0.0.1:$port"
 suite --proto herald --addr "127.0.0.1:$port" --pid "$hp" --label Herald --out "$out/herald.json"
 stop "$hp"
+files=("$out/herald.json")
+
+# ---- Sockudo (Pusher protocol) ----
+# Started from an empty directory with a clean environment: Sockudo reads config/config.toml
+# from its working directory and many variables (HOST, PORT, ...) over its --config file. The
+# port is written into the file, so a file that failed to parse (Sockudo then keeps its
+# defaults, port 6001) shows as nothing listening, and the probe checks the app's credentials.
+if [ "$sockudo" = 1 ]; then
+  port=$(free_port)
+  sed "s/^port = .*/port = $port/" bench/sockudo/config.toml >"$work/sockudo.toml"
+  (cd "$work" && exec env -i PATH="$PATH" RUST_LOG=warn \
+    taskset -c "$server_cpu" "$sockudo_bin" --config "$work/sockudo.toml") \
+    >"$work/sockudo.log" 2>&1 &
+  kp=$!; pids+=("$kp")
+  wait_port "$port" || { cat "$work/sockudo.log" >&2; exit 1; }
+  "$bench" probe --proto pusher --addr "127.0.0.1:$port"
+  suite --proto pusher --addr "127.0.0.1:$port" --pid "$kp" --label Sockudo --out "$out/sockudo.json"
+  stop "$kp"
+  files+=("$out/sockudo.json")
+fi
 
 # ---- Socket.IO 4 ----
 port=$(free_port)
 (cd bench/socketio && exec taskset -c "$server_cpu" node server.js "$port") >"$work/sio.log" 2>&1 &
 sp=$!; pids+=("$sp")
 wait_port "$port"
+"$bench" probe --proto socketio --addr "127.0.0.1:$port"
 suite --proto socketio --addr "127.0.0.1:$port" --pid "$sp" --label Socket.IO --out "$out/socketio.json"
 stop "$sp"
 
-files=("$out/herald.json" "$out/socketio.json")
+files+=("$out/socketio.json")
 
 # ---- Herald, three nodes through Redis ----
 if [ "$cluster" = 1 ] && command -v redis-server >/dev/null 2>&1; then
@@ -91,4 +129,4 @@ elif [ "$cluster" = 1 ]; then
   echo "run.sh: redis-server not found; cluster skipped" >&2
 fi
 
-"$bench" report --out-dir "$out" "${files[@]}"
+"$bench" report --out-dir "$out" --floor "$out/floor.json" "${files[@]}"

@@ -4,9 +4,12 @@
 //!
 //! `bench/run.sh` runs the whole comparison; `BENCHMARKS.md` has the results.
 
+pub mod chat;
 pub mod encode;
+pub mod floor;
 pub mod procstat;
 pub mod proto;
+pub mod pusher;
 pub mod report;
 pub mod scenarios;
 pub mod soak;

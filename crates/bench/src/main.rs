@@ -11,7 +11,7 @@ use herald_bench::soak::{self, Proc, SoakOpts, SoakTarget};
 use herald_bench::storm::{self, StormOpts, StormTarget};
 use herald_bench::suite::{self, SuiteOpts, SuiteResult};
 use herald_bench::token::SigningKey;
-use herald_bench::{encode, procstat, report, scenarios};
+use herald_bench::{encode, floor, procstat, report, scenarios};
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +37,7 @@ enum Command {
     },
     /// Run every scenario against one running server (or cluster) and write JSON results.
     Suite {
-        /// herald or socketio
+        /// herald, socketio or pusher (Sockudo)
         #[arg(long, value_parser = parse_proto)]
         proto: Proto,
         /// Node addresses, comma-separated (host:port, loopback).
@@ -61,7 +61,7 @@ enum Command {
         /// Tiny sizes, a few seconds in all.
         #[arg(long)]
         smoke: bool,
-        /// Only these scenarios (connections, fanout, presence, direct).
+        /// Only these scenarios (connections, fanout, presence, direct, chat).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Idle-connection counts to measure.
@@ -94,6 +94,21 @@ enum Command {
         /// Busy-poll: the generator never sleeps in epoll_wait (uses its whole core).
         #[arg(long)]
         spin: bool,
+        /// Chat workload member counts (one run each).
+        #[arg(long, value_delimiter = ',')]
+        chat: Vec<usize>,
+        /// Seconds per chat run.
+        #[arg(long)]
+        chat_secs: Option<f64>,
+        /// Seconds between a chat member's messages.
+        #[arg(long)]
+        chat_every: Option<f64>,
+        /// Seconds between a chat member's typing indicators.
+        #[arg(long)]
+        typing_every: Option<f64>,
+        /// Fixed fan-out loads in deliveries/s for the latency-throughput curve.
+        #[arg(long, value_delimiter = ',')]
+        curve_rates: Vec<f64>,
     },
     /// Hold a mixed load for a while; check rosters, deliveries, and RSS/fds for drift.
     /// Exits non-zero if anything was wrong (scripts/soak starts the servers).
@@ -202,11 +217,59 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Check that a server speaks the protocol with the bench's credentials: connect, subscribe
+    /// with presence, publish once and see it arrive. Exits non-zero otherwise (bench/run.sh
+    /// runs it first, so a config that silently fell back to defaults is caught).
+    Probe {
+        #[arg(long, value_parser = parse_proto)]
+        proto: Proto,
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value = "pk_bench")]
+        key: String,
+    },
+    /// The write floor: one write(2) per delivery of the fan-out's frame to as many loopback
+    /// sockets as it has subscribers, at a fixed rate, from a writer pinned to --writer-cpu.
+    WriteFloor {
+        #[arg(long, default_value_t = 1000)]
+        sockets: usize,
+        /// Offered deliveries per second, comma-separated for several runs.
+        #[arg(long, value_delimiter = ',', default_value = "100000")]
+        deliveries_per_sec: Vec<f64>,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Bytes per frame (the fan-out's deliveries are about 150).
+        #[arg(long, default_value_t = 150)]
+        frame_bytes: usize,
+        /// Core the writer is pinned to (where the servers run).
+        #[arg(long)]
+        writer_cpu: Option<usize>,
+        /// JSON output file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The writer side of write-floor (started by it).
+    #[command(hide = true)]
+    WriteFloorWriter {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        sockets: usize,
+        #[arg(long)]
+        deliveries_per_sec: f64,
+        #[arg(long)]
+        secs: f64,
+        #[arg(long)]
+        frame_bytes: usize,
+    },
     /// Merge suite results into a markdown table and PNG plots.
     Report {
         /// Directory for results.md and fanout-latency.png.
         #[arg(long)]
         out_dir: PathBuf,
+        /// The write-floor JSON of the same run, appended to results.md.
+        #[arg(long)]
+        floor: Option<PathBuf>,
         /// Suite JSON files, in column order.
         files: Vec<PathBuf>,
     },
@@ -219,7 +282,8 @@ fn parse_proto(s: &str) -> Result<Proto, String> {
     match s {
         "herald" => Ok(Proto::Herald),
         "socketio" => Ok(Proto::Socketio),
-        _ => Err("herald or socketio".into()),
+        "pusher" => Ok(Proto::Pusher),
+        _ => Err("herald, socketio or pusher".into()),
     }
 }
 
@@ -255,6 +319,11 @@ fn main() -> anyhow::Result<()> {
             churners,
             window,
             spin,
+            chat,
+            chat_secs,
+            chat_every,
+            typing_every,
+            curve_rates,
         } => {
             for a in &addr {
                 anyhow::ensure!(
@@ -280,6 +349,15 @@ fn main() -> anyhow::Result<()> {
             opts.window = window.unwrap_or(opts.window);
             if !curve.is_empty() {
                 opts.curve = curve;
+            }
+            if !chat.is_empty() {
+                opts.chat = chat;
+            }
+            opts.chat_secs = chat_secs.unwrap_or(opts.chat_secs);
+            opts.chat_every = chat_every.unwrap_or(opts.chat_every);
+            opts.typing_every = typing_every.unwrap_or(opts.typing_every);
+            if !curve_rates.is_empty() {
+                opts.curve_rates = curve_rates;
             }
             let target = Target {
                 proto,
@@ -430,10 +508,88 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("{}", result.summary());
         }
+        Command::Probe { proto, addr, key } => {
+            anyhow::ensure!(addr.ip().is_loopback(), "{addr}: loopback only");
+            let target = Target {
+                proto,
+                addrs: vec![addr],
+                key: key.clone(),
+                quiet_key: key,
+                pids: Vec::new(),
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), scenarios::probe(&target))
+                    .await
+                    .context("probe timed out")?
+            })?;
+            println!("probe: {} at {addr} OK", proto.name());
+        }
+        Command::WriteFloor {
+            sockets,
+            deliveries_per_sec,
+            secs,
+            frame_bytes,
+            writer_cpu,
+            out,
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let mut results = Vec::new();
+            for rate in deliveries_per_sec {
+                let opts = floor::FloorOpts {
+                    sockets,
+                    deliveries_per_sec: rate,
+                    secs,
+                    frame_bytes,
+                };
+                let r = runtime.block_on(floor::run(&opts, writer_cpu))?;
+                scenarios::progress(format!(
+                    "write floor: {} sockets, {:.0} writes/s of {} B: {:.2} µs CPU per write ({:.2} µs system), {} of {} bytes read",
+                    sockets,
+                    r.writes_per_sec,
+                    frame_bytes,
+                    r.cpu_us_per_write,
+                    r.sys_us_per_write,
+                    r.bytes_received,
+                    r.bytes_expected
+                ));
+                results.push(r);
+            }
+            if let Some(out) = out {
+                std::fs::write(&out, serde_json::to_vec_pretty(&results)?)
+                    .with_context(|| format!("writing {}", out.display()))?;
+            }
+        }
+        Command::WriteFloorWriter {
+            addr,
+            sockets,
+            deliveries_per_sec,
+            secs,
+            frame_bytes,
+        } => {
+            anyhow::ensure!(addr.ip().is_loopback(), "{addr}: loopback only");
+            floor::writer(
+                addr,
+                &floor::FloorOpts {
+                    sockets,
+                    deliveries_per_sec,
+                    secs,
+                    frame_bytes,
+                },
+            )?;
+        }
         Command::EncodeSnapshot { members, rounds } => {
             println!("{}", encode::snapshot_cost(members, rounds.max(1)));
         }
-        Command::Report { out_dir, files } => {
+        Command::Report {
+            out_dir,
+            floor,
+            files,
+        } => {
             let mut results = Vec::new();
             for f in &files {
                 let text = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
@@ -442,7 +598,14 @@ fn main() -> anyhow::Result<()> {
                 results.push(r);
             }
             std::fs::create_dir_all(&out_dir)?;
-            let table = report::markdown(&results);
+            let mut table = report::markdown(&results);
+            if let Some(path) = floor {
+                let text =
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                let floors: Vec<floor::FloorResult> = serde_json::from_slice(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                table.push_str(&report::floor_table(&floors));
+            }
             std::fs::write(out_dir.join("results.md"), &table)?;
             println!("{table}");
             let png = out_dir.join("fanout-latency.png");

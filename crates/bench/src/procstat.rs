@@ -9,12 +9,18 @@ const TICKS_PER_SEC: f64 = 100.0;
 
 /// utime + stime of `pid` in ticks (`self` for the calling process), or 0 if unreadable.
 pub fn cpu_ticks(pid: &str) -> u64 {
+    let (user, sys) = cpu_ticks_split(pid);
+    user + sys
+}
+
+/// (utime, stime) of `pid` in ticks, or zeros if unreadable.
+pub fn cpu_ticks_split(pid: &str) -> (u64, u64) {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
+        return (0, 0);
     };
     // Fields after the command name (which may contain spaces) start at field 3 (state).
     let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return 0;
+        return (0, 0);
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let field = |n: usize| {
@@ -23,7 +29,16 @@ pub fn cpu_ticks(pid: &str) -> u64 {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    field(14) + field(15)
+    (field(14), field(15))
+}
+
+/// Nanoseconds `pid` has run on a CPU (`/proc/<pid>/schedstat`), or 0: finer than the
+/// 10 ms ticks of `stat` for short runs.
+pub fn run_ns(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
 }
 
 /// Sum of VmRSS over `pids`, in KiB.

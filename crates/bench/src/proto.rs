@@ -17,6 +17,8 @@ pub enum Proto {
     Herald,
     /// Socket.IO 4 (Engine.IO v4) with the reference server in bench/socketio.
     Socketio,
+    /// The Pusher protocol (Sockudo), see [`crate::pusher`].
+    Pusher,
 }
 
 impl Proto {
@@ -24,6 +26,7 @@ impl Proto {
         match self {
             Proto::Herald => "herald",
             Proto::Socketio => "socketio",
+            Proto::Pusher => "pusher",
         }
     }
 }
@@ -54,7 +57,7 @@ pub struct Client {
     pub proto: Proto,
     pub rd: WsReader,
     pub tx: Sender,
-    /// The id others use to reach it: Herald's `peerId`, Socket.IO's socket id.
+    /// The id others use to reach it: Herald's `peerId`, Socket.IO's and Pusher's socket id.
     pub peer_id: String,
 }
 
@@ -63,6 +66,10 @@ pub struct Sender {
     pub proto: Proto,
     pub wr: WsWriter,
     next_request: u64,
+    /// Pusher: this connection's socket id (signs private and presence subscriptions).
+    socket_id: String,
+    /// Pusher: the events-API connection publishes and directs go through, once attached.
+    pub http: Option<crate::pusher::HttpWriter>,
 }
 
 /// What an inbound frame is, as far as the scenarios care.
@@ -90,7 +97,7 @@ static JOINED: std::sync::LazyLock<memmem::Finder<'static>> =
 static REQUEST_ID: std::sync::LazyLock<memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memmem::Finder::new(b"\"requestId\":\""));
 
-fn parse_u64(bytes: &[u8]) -> Option<u64> {
+pub(crate) fn parse_u64(bytes: &[u8]) -> Option<u64> {
     let mut value: u64 = 0;
     let mut any = false;
     for &b in bytes {
@@ -148,6 +155,10 @@ pub fn joined_peers(proto: Proto, payload: &[u8]) -> Vec<Vec<u8>> {
             .map(<[u8]>::to_vec)
             .into_iter()
             .collect(),
+        Proto::Pusher => crate::pusher::user_id(payload)
+            .map(<[u8]>::to_vec)
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -197,8 +208,34 @@ pub fn classify(proto: Proto, p: &[u8]) -> Inbound<'_> {
                 Inbound::Other
             }
         }
+        Proto::Pusher => classify_pusher(p),
     }
 }
+
+/// Pusher frames. Its only replies are `subscription_succeeded` and `pong` (after the ping
+/// that follows an unsubscribe), both reported as `Ack(PUSHER_ACK)`: a client awaits one at a
+/// time.
+fn classify_pusher(p: &[u8]) -> Inbound<'_> {
+    use crate::pusher;
+    let Some(event) = pusher::event(p) else {
+        return Inbound::Other;
+    };
+    match event {
+        b"message" | b"client-message" | b"client-typing" => Inbound::Message(pusher::timestamp(p)),
+        b"direct" => Inbound::Direct(pusher::timestamp(p)),
+        b"pusher_internal:subscription_succeeded" | b"pusher:pong" => Inbound::Ack(PUSHER_ACK),
+        b"pusher_internal:member_added" => Inbound::Presence {
+            joined: pusher::user_id(p),
+        },
+        b"pusher_internal:member_removed" => Inbound::Presence { joined: None },
+        b"pusher:ping" => Inbound::Ping,
+        b"pusher:error" | b"pusher:subscription_error" => Inbound::Error,
+        _ => Inbound::Other,
+    }
+}
+
+/// The request id every Pusher acknowledgement carries (the protocol has none).
+pub const PUSHER_ACK: u64 = u64::MAX;
 
 fn between<'a>(p: &'a [u8], field: &[u8]) -> Option<&'a [u8]> {
     let at = memmem::find(p, field)? + field.len();
@@ -253,11 +290,56 @@ impl Client {
                 Ok(Client {
                     proto: Proto::Socketio,
                     rd,
-                    tx: Sender::new(Proto::Socketio, wr),
+                    tx: Sender::new(Proto::Socketio, wr, String::new()),
                     peer_id: String::from_utf8_lossy(&peer_id).into_owned(),
                 })
             }
+            Proto::Pusher => {
+                let (mut rd, wr) = ws::connect(addr, &crate::pusher::ws_path(), node).await?;
+                let first = next_data(&mut rd).await?;
+                let socket_id = crate::pusher::socket_id(&first)
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .ok_or_else(|| {
+                        io::Error::other(format!(
+                            "expected pusher:connection_established, got {}",
+                            String::from_utf8_lossy(&first)
+                        ))
+                    })?;
+                Ok(Client {
+                    proto: Proto::Pusher,
+                    rd,
+                    tx: Sender::new(Proto::Pusher, wr, socket_id.clone()),
+                    peer_id: socket_id,
+                })
+            }
         }
+    }
+
+    /// Pusher: opens the events-API connection this client publishes and sends directs
+    /// through, and returns its read side (the caller counts its responses as acks). Other
+    /// protocols publish over their WebSocket: `None`.
+    pub async fn attach_http(
+        &mut self,
+        target: &Target,
+        node: usize,
+    ) -> io::Result<Option<crate::pusher::HttpReader>> {
+        if self.proto != Proto::Pusher {
+            return Ok(None);
+        }
+        let (rd, wr) = crate::pusher::http_connect(target.addr(node)).await?;
+        self.tx.http = Some(wr);
+        Ok(Some(rd))
+    }
+
+    /// Pusher: subscribes to this connection's private inbox, which its directs are published
+    /// to. Other protocols address the connection itself: nothing to do.
+    pub async fn open_inbox(&mut self) -> io::Result<()> {
+        if self.proto != Proto::Pusher {
+            return Ok(());
+        }
+        let channel = crate::pusher::inbox(&self.peer_id);
+        let id = self.tx.queue_subscribe(&channel, false);
+        self.await_ack(id).await
     }
 
     /// Connects to a Herald node with the upgrade `path` (`/v1?key=…` or `/v1?token=…`) and
@@ -276,20 +358,20 @@ impl Client {
         Ok(Client {
             proto: Proto::Herald,
             rd,
-            tx: Sender::new(Proto::Herald, wr),
+            tx: Sender::new(Proto::Herald, wr, String::new()),
             peer_id: String::from_utf8_lossy(&peer_id).into_owned(),
         })
     }
 
     /// Flushes queued frames and waits for the ack of `id`, answering pings on the way.
     pub async fn await_ack(&mut self, id: u64) -> io::Result<()> {
-        self.tx.wr.flush().await?;
+        self.tx.flush().await?;
         loop {
             match self.rd.next().await? {
                 Frame::Data(range) => {
                     let inbound = classify(self.proto, self.rd.payload(&range));
                     match inbound {
-                        Inbound::Ack(got) if got == id => return Ok(()),
+                        Inbound::Ack(got) if got == id || got == PUSHER_ACK => return Ok(()),
                         Inbound::Error => {
                             let text =
                                 String::from_utf8_lossy(self.rd.payload(&range)).into_owned();
@@ -322,12 +404,23 @@ impl Client {
 }
 
 impl Sender {
-    fn new(proto: Proto, wr: WsWriter) -> Sender {
+    fn new(proto: Proto, wr: WsWriter, socket_id: String) -> Sender {
         Sender {
             proto,
             wr,
             next_request: 1,
+            socket_id,
+            http: None,
         }
+    }
+
+    /// Writes what is queued on the WebSocket, then on the events-API connection.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        self.wr.flush().await?;
+        if let Some(http) = &mut self.http {
+            http.flush().await?;
+        }
+        Ok(())
     }
 
     fn request_id(&mut self) -> u64 {
@@ -346,6 +439,10 @@ impl Sender {
             Proto::Socketio => {
                 format!(r#"42{id}["subscribe",{{"channel":"{channel}","presence":{presence}}}]"#)
             }
+            Proto::Pusher => {
+                let name = crate::pusher::channel_name(channel, presence);
+                crate::pusher::subscribe_frame(&self.socket_id, &name)
+            }
         };
         self.wr.queue_text(frame.as_bytes());
         id
@@ -359,6 +456,14 @@ impl Sender {
             }
             Proto::Socketio => {
                 format!(r#"42{id}["unsubscribe",{{"channel":"{channel}","presence":{presence}}}]"#)
+            }
+            Proto::Pusher => {
+                let name = crate::pusher::channel_name(channel, presence);
+                self.wr
+                    .queue_text(crate::pusher::unsubscribe_frame(&name).as_bytes());
+                // No reply to an unsubscribe: the pong to this ping acknowledges it.
+                self.wr.queue_text(crate::pusher::PING);
+                return PUSHER_ACK;
             }
         };
         self.wr.queue_text(frame.as_bytes());
@@ -388,9 +493,39 @@ impl Sender {
                 buf.extend_from_slice(data);
                 buf.extend_from_slice(b"}]");
             }
+            Proto::Pusher => {
+                let name = crate::pusher::channel_name(channel, false);
+                match &mut self.http {
+                    Some(http) => http.queue_event(&name, "message", data, None),
+                    // Without the events API: a client event (private/presence channels only).
+                    None => {
+                        crate::pusher::client_event(buf, &name, "message", data);
+                        self.wr.queue_text(buf);
+                    }
+                }
+                return id;
+            }
         }
         self.wr.queue_text(buf);
         id
+    }
+
+    /// Queues a client-to-client event (chat typing): Pusher's `client-<name>` event on the
+    /// (presence) channel; the others' nearest equivalent is a publish.
+    pub fn queue_client_event(
+        &mut self,
+        buf: &mut Vec<u8>,
+        channel: &str,
+        name: &str,
+        data: &[u8],
+    ) -> u64 {
+        if self.proto == Proto::Pusher {
+            let channel = crate::pusher::channel_name(channel, false);
+            crate::pusher::client_event(buf, &channel, name, data);
+            self.wr.queue_text(buf);
+            return self.request_id();
+        }
+        self.queue_publish(buf, channel, data)
     }
 
     /// Queues a direct message to `to` (a peer id / socket id).
@@ -416,6 +551,12 @@ impl Sender {
                 buf.extend_from_slice(data);
                 buf.extend_from_slice(b"}]");
             }
+            Proto::Pusher => {
+                if let Some(http) = &mut self.http {
+                    http.queue_event(&crate::pusher::inbox(to), "direct", data, None);
+                }
+                return id;
+            }
         }
         self.wr.queue_text(buf);
         id
@@ -423,8 +564,10 @@ impl Sender {
 
     /// Answers an Engine.IO ping (queued; the caller flushes).
     pub fn queue_pong(&mut self) {
-        if self.proto == Proto::Socketio {
-            self.wr.queue_text(b"3");
+        match self.proto {
+            Proto::Socketio => self.wr.queue_text(b"3"),
+            Proto::Pusher => self.wr.queue_text(crate::pusher::PONG),
+            Proto::Herald => {}
         }
     }
 }

@@ -263,6 +263,82 @@ pub fn markdown(results: &[SuiteResult]) -> String {
             }),
         ),
         (
+            "Chat workload #1 (members): latency p50 / p99 / p999",
+            "p99 ≤ 10 ms at 15,000",
+            Box::new(|r| {
+                r.chat.first().map(|c| {
+                    (
+                        c.latency.p99_us,
+                        format!(
+                            "{} / {} / {} (N={}, {} missing of {})",
+                            fmt_ms(c.latency.p50_us),
+                            fmt_ms(c.latency.p99_us),
+                            fmt_ms(c.latency.p999_us),
+                            c.members_connected,
+                            c.missing,
+                            c.expected
+                        ),
+                    )
+                })
+            }),
+        ),
+        (
+            "Chat workload #1: delivery rate, server CPU per delivery, RSS",
+            "",
+            Box::new(|r| {
+                r.chat.first().map(|c| {
+                    (
+                        c.deliveries_per_sec,
+                        format!(
+                            "{}/s, {:.2} µs ({:.0} % of the core), {} MB",
+                            fmt_rate(c.deliveries_per_sec),
+                            c.server_cpu_us_per_delivery,
+                            c.cpu.server_util * 100.0,
+                            c.rss_kb / 1024
+                        ),
+                    )
+                })
+            }),
+        ),
+        (
+            "Chat workload #2 (members): latency p50 / p99 / p999",
+            "p99 ≤ 10 ms at 15,000",
+            Box::new(|r| {
+                r.chat.get(1).map(|c| {
+                    (
+                        c.latency.p99_us,
+                        format!(
+                            "{} / {} / {} (N={}, {} missing of {})",
+                            fmt_ms(c.latency.p50_us),
+                            fmt_ms(c.latency.p99_us),
+                            fmt_ms(c.latency.p999_us),
+                            c.members_connected,
+                            c.missing,
+                            c.expected
+                        ),
+                    )
+                })
+            }),
+        ),
+        (
+            "Chat workload #2: delivery rate, server CPU per delivery, RSS",
+            "",
+            Box::new(|r| {
+                r.chat.get(1).map(|c| {
+                    (
+                        c.deliveries_per_sec,
+                        format!(
+                            "{}/s, {:.2} µs ({:.0} % of the core), {} MB",
+                            fmt_rate(c.deliveries_per_sec),
+                            c.server_cpu_us_per_delivery,
+                            c.cpu.server_util * 100.0,
+                            c.rss_kb / 1024
+                        ),
+                    )
+                })
+            }),
+        ),
+        (
             "Generator-bound runs",
             "none",
             Box::new(|r| {
@@ -278,6 +354,12 @@ pub fn markdown(results: &[SuiteResult]) -> String {
                 }
                 if r.presence.as_ref().is_some_and(|p| p.cpu.generator_bound) {
                     flagged.push("presence");
+                }
+                if r.chat.iter().any(|c| c.cpu.generator_bound) {
+                    flagged.push("chat");
+                }
+                if r.fanout_fixed.iter().any(|f| f.cpu.generator_bound) {
+                    flagged.push("curve");
                 }
                 Some((
                     flagged.len() as f64,
@@ -324,6 +406,83 @@ pub fn markdown(results: &[SuiteResult]) -> String {
         }
         out.push('\n');
     }
+    out.push_str(&curve_table(results));
+    out
+}
+
+/// The latency-throughput curve as a table: one row per offered rate, p99 (achieved rate,
+/// server CPU per delivery) per result.
+fn curve_table(results: &[SuiteResult]) -> String {
+    let mut rates: Vec<f64> = results
+        .iter()
+        .flat_map(|r| r.fanout_fixed.iter())
+        .filter_map(|f| f.offered_deliveries_per_sec)
+        .collect();
+    if rates.is_empty() {
+        return String::new();
+    }
+    rates.sort_by(f64::total_cmp);
+    rates.dedup_by(|a, b| (*a - *b).abs() < 1.0);
+    let mut out = String::from(
+        "\nFan-out S=1000 at fixed offered loads: p99 (achieved deliveries/s; server CPU per delivery)\n\n| Offered deliveries/s |",
+    );
+    for r in results {
+        let _ = write!(out, " {} |", r.label);
+    }
+    out.push_str("\n|---|");
+    for _ in results {
+        out.push_str("---|");
+    }
+    out.push('\n');
+    for rate in rates {
+        let _ = write!(out, "| {}/s |", fmt_rate(rate));
+        for r in results {
+            let cell = r.fanout_fixed.iter().find(|f| {
+                f.offered_deliveries_per_sec
+                    .is_some_and(|o| (o - rate).abs() < 1.0)
+            });
+            match cell {
+                Some(f) => {
+                    let _ = write!(
+                        out,
+                        " {} ({}/s; {:.2} µs{}) |",
+                        fmt_ms(f.latency.p99_us),
+                        fmt_rate(f.deliveries_per_sec),
+                        f.server_cpu_us_per_delivery,
+                        if f.missing > 0 {
+                            format!("; {} missing", f.missing)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                None => out.push_str(" – |"),
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The write floor: one write(2) per delivery from a bare writer on the servers' core.
+pub fn floor_table(floors: &[crate::floor::FloorResult]) -> String {
+    let mut out = String::from(
+        "\nWrite floor (one write(2) per delivery, same frames and socket count as the fan-out)\n\n| Offered writes/s | Achieved | CPU per write (system) | Bytes read of written |\n|---|---|---|---|\n",
+    );
+    for f in floors {
+        let _ = writeln!(
+            out,
+            "| {}/s ({} sockets, {} B) | {}/s | {:.2} µs ({:.2} µs) | {} of {} |",
+            fmt_rate(f.opts.deliveries_per_sec),
+            f.opts.sockets,
+            f.opts.frame_bytes,
+            fmt_rate(f.writes_per_sec),
+            f.cpu_us_per_write,
+            f.sys_us_per_write,
+            f.bytes_received,
+            f.bytes_expected
+        );
+    }
     out
 }
 
@@ -357,8 +516,16 @@ pub fn plot_latency(results: &[SuiteResult], path: &Path) -> anyhow::Result<bool
     if !register_font() {
         return Ok(false);
     }
+    // The fixed-rate curve (same offered loads for every server) when there is one.
+    let runs = |r: &SuiteResult| {
+        if r.fanout_fixed.is_empty() {
+            r.fanout_curve.clone()
+        } else {
+            r.fanout_fixed.clone()
+        }
+    };
     let points = |r: &SuiteResult, p99: bool| -> Vec<(f64, f64)> {
-        r.fanout_curve
+        runs(r)
             .iter()
             .filter_map(|f| {
                 let x = f.offered_deliveries_per_sec?;
@@ -388,7 +555,7 @@ pub fn plot_latency(results: &[SuiteResult], path: &Path) -> anyhow::Result<bool
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Fan-out latency vs offered load (p99 solid, p50 dashed)",
+            "Fan-out to 1,000: latency vs offered load (p99 solid, p50 dashed; hollow = saturated)",
             ("sans-serif", 22),
         )
         .margin(16)
@@ -418,8 +585,25 @@ pub fn plot_latency(results: &[SuiteResult], path: &Path) -> anyhow::Result<bool
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
+        // Filled: the server kept up (≥ 95 % of the offered rate); hollow: saturated.
+        let kept: Vec<bool> = runs(r)
+            .iter()
+            .filter(|f| f.offered_deliveries_per_sec.is_some_and(|x| x > 0.0))
+            .map(|f| f.deliveries_per_sec >= 0.95 * f.offered_deliveries_per_sec.unwrap_or(0.0))
+            .collect();
         chart
-            .draw_series(p99.iter().map(|p| Circle::new(*p, 4, color.filled())))
+            .draw_series(
+                p99.iter()
+                    .zip(kept.iter().chain(std::iter::repeat(&true)))
+                    .map(|(p, ok)| {
+                        let style = if *ok {
+                            color.filled()
+                        } else {
+                            color.stroke_width(2)
+                        };
+                        Circle::new(*p, 5, style)
+                    }),
+            )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let p50 = points(r, false);
         chart

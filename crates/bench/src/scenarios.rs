@@ -21,7 +21,7 @@ use crate::ws::Frame;
 /// All timestamps are nanoseconds since this instant; senders and receivers share the process.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     EPOCH.elapsed().as_nanos() as u64
 }
 
@@ -31,7 +31,7 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
-fn record(hist: &mut Histogram<u64>, sent_ns: u64) {
+pub(crate) fn record(hist: &mut Histogram<u64>, sent_ns: u64) {
     let latency = now_ns().saturating_sub(sent_ns).max(1_000);
     hist.saturating_record(latency);
 }
@@ -65,7 +65,7 @@ impl Latency {
 }
 
 /// A JSON `data` payload of about `size` bytes carrying the send timestamp.
-fn payload(buf: &mut Vec<u8>, size: usize) {
+pub(crate) fn payload(buf: &mut Vec<u8>, size: usize) {
     buf.clear();
     buf.extend_from_slice(b"{\"t\":");
     push_u64(buf, now_ns());
@@ -102,7 +102,7 @@ async fn connect_ready(
 
 /// Connects `count` clients with at most `concurrency` handshakes in flight. Returns the clients
 /// in index order (failures are dropped and counted) and each handshake's latency.
-async fn connect_many(
+pub(crate) async fn connect_many(
     target: &Target,
     count: usize,
     offset: usize,
@@ -146,6 +146,45 @@ async fn connect_many(
         }
     }
     (slots.into_iter().flatten().collect(), failures, hist)
+}
+
+/// One subscriber with presence, one publisher (through the events API on Pusher), one
+/// message seen: proves the server accepted the bench's credentials and config.
+pub async fn probe(target: &Target) -> anyhow::Result<()> {
+    let channel = "bench/probe";
+    let mut sub = connect_ready(target, 0, true, Some(channel)).await?;
+    let mut publisher = Client::connect(target, 1, true).await?;
+    let http = publisher.attach_http(target, 1).await?;
+    let mut frame = Vec::new();
+    let mut data = Vec::new();
+    payload(&mut data, 32);
+    let wire = match target.proto {
+        Proto::Pusher => crate::pusher::channel_name(channel, true),
+        _ => channel.to_string(),
+    };
+    publisher.tx.queue_publish(&mut frame, &wire, &data);
+    publisher.tx.flush().await?;
+    if let Some(mut http) = http {
+        let statuses = http.next_batch().await?;
+        anyhow::ensure!(
+            statuses.first().is_some_and(|s| (200..300).contains(s)),
+            "events API answered {statuses:?}"
+        );
+    }
+    loop {
+        match sub.rd.next().await? {
+            Frame::Data(range) => match classify(target.proto, sub.rd.payload(&range)) {
+                Inbound::Message(Some(_)) => return Ok(()),
+                Inbound::Error => anyhow::bail!(
+                    "server error: {}",
+                    String::from_utf8_lossy(sub.rd.payload(&range))
+                ),
+                _ => {}
+            },
+            Frame::Control => {}
+            Frame::Closed => anyhow::bail!("closed before the message arrived"),
+        }
+    }
 }
 
 // ---- fan-out ---------------------------------------------------------------------------------
@@ -250,6 +289,34 @@ async fn count_acks(
     }
 }
 
+/// Counts the 2xx responses of a Pusher events-API connection until `stop` fires.
+pub(crate) async fn count_http_acks(
+    mut rd: crate::pusher::HttpReader,
+    acked: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failed = 0u64;
+    loop {
+        let batch = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            batch = rd.next_batch() => batch,
+        };
+        match batch {
+            Ok(statuses) if !statuses.is_empty() => {
+                let ok = statuses.iter().filter(|s| (200..300).contains(*s)).count() as u64;
+                acked.fetch_add(ok, Ordering::Relaxed);
+                let bad = statuses.len() as u64 - ok;
+                if bad > 0 && failed == 0 {
+                    progress(format!("events API refused a request (HTTP {statuses:?})"));
+                }
+                failed += bad;
+            }
+            _ => break,
+        }
+    }
+}
+
 /// Waits until `done()` or the bounded drain ends (no progress for `idle`, or `max` in total).
 async fn drain(received: &AtomicU64, expected: u64, idle: Duration, max: Duration) {
     let started = Instant::now();
@@ -296,7 +363,11 @@ pub async fn fanout(target: &Target, opts: &FanoutOpts) -> anyhow::Result<Fanout
     let deadline = started + Duration::from_secs_f64(opts.duration_secs);
     let mut senders = JoinSet::new();
     let publishers = pubs.len().max(1);
-    for client in pubs {
+    for (i, mut client) in pubs.into_iter().enumerate() {
+        // Pusher publishes through the events API; its responses are the acks.
+        if let Some(http) = client.attach_http(target, i).await? {
+            tokio::spawn(count_http_acks(http, acked.clone(), stop_rx.clone()));
+        }
         // The read side counts acks while the writer runs.
         let Client {
             rd, tx: mut client, ..
@@ -342,7 +413,7 @@ pub async fn fanout(target: &Target, opts: &FanoutOpts) -> anyhow::Result<Fanout
                     payload(&mut data, opts.payload_bytes);
                     client.queue_publish(&mut frame, channel, &data);
                 }
-                if client.wr.flush().await.is_err() {
+                if client.flush().await.is_err() {
                     break;
                 }
                 mine += batch;
@@ -443,8 +514,11 @@ pub async fn direct(target: &Target, opts: &DirectOpts) -> anyhow::Result<Direct
     ));
     // Sender i on node i, its receiver on node i+1: on a cluster every message crosses nodes.
     let (senders, f1, _) = connect_many(target, opts.pairs, 0, 32, false, None).await;
-    let (receivers, f2, _) = connect_many(target, opts.pairs, 1, 32, false, None).await;
+    let (mut receivers, f2, _) = connect_many(target, opts.pairs, 1, 32, false, None).await;
     anyhow::ensure!(f1 + f2 == 0, "direct: {} connections failed", f1 + f2);
+    for r in &mut receivers {
+        r.open_inbox().await?;
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let acked = Arc::new(AtomicU64::new(0));
     let total_sent = Arc::new(AtomicU64::new(0));
@@ -463,7 +537,11 @@ pub async fn direct(target: &Target, opts: &DirectOpts) -> anyhow::Result<Direct
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(opts.duration_secs);
     let mut tasks = JoinSet::new();
-    for (client, (to, flow)) in senders.into_iter().zip(flows.iter().cloned()) {
+    for (i, (mut client, (to, flow))) in senders.into_iter().zip(flows.iter().cloned()).enumerate()
+    {
+        if let Some(http) = client.attach_http(target, i).await? {
+            tokio::spawn(count_http_acks(http, acked.clone(), stop_rx.clone()));
+        }
         let Client {
             rd, tx: mut client, ..
         } = client;
@@ -487,7 +565,7 @@ pub async fn direct(target: &Target, opts: &DirectOpts) -> anyhow::Result<Direct
                     payload(&mut data, opts.payload_bytes);
                     client.queue_send(&mut frame, &to, &data);
                 }
-                if client.wr.flush().await.is_err() {
+                if client.flush().await.is_err() {
                     break;
                 }
                 sent += batch;

@@ -28,8 +28,23 @@ pub struct SuiteOpts {
     pub pairs: usize,
     pub direct_window: u64,
     pub direct_secs: f64,
-    /// Which scenarios run (`connections`, `fanout`, `presence`, `direct`); empty = all.
+    /// Which scenarios run (`connections`, `fanout`, `presence`, `direct`, `chat`); empty = all.
     pub only: Vec<String>,
+    /// Chat workload: member counts, one run each (see [`crate::chat`]).
+    #[serde(default)]
+    pub chat: Vec<usize>,
+    #[serde(default)]
+    pub chat_secs: f64,
+    /// Seconds between a member's chat messages, and between its typing indicators (0 = the
+    /// scenario's standard).
+    #[serde(default)]
+    pub chat_every: f64,
+    #[serde(default)]
+    pub typing_every: f64,
+    /// Fixed offered fan-out loads in deliveries/s (the latency-throughput curve); rates above
+    /// twice this target's max are skipped (the first one past its max already shows it).
+    #[serde(default)]
+    pub curve_rates: Vec<f64>,
 }
 
 impl SuiteOpts {
@@ -51,6 +66,19 @@ impl SuiteOpts {
             direct_window: 32,
             direct_secs: 5.0,
             only: Vec::new(),
+            chat: vec![5_000, 15_000],
+            chat_secs: 10.0,
+            chat_every: 0.0,
+            typing_every: 0.0,
+            curve_rates: vec![
+                10_000.0,
+                50_000.0,
+                100_000.0,
+                200_000.0,
+                400_000.0,
+                800_000.0,
+                1_600_000.0,
+            ],
         }
     }
 
@@ -72,6 +100,11 @@ impl SuiteOpts {
             direct_window: 4,
             direct_secs: 0.3,
             only: Vec::new(),
+            chat: vec![40],
+            chat_secs: 1.0,
+            chat_every: 0.0,
+            typing_every: 0.0,
+            curve_rates: vec![200.0, 1_000.0],
         }
     }
 
@@ -98,6 +131,11 @@ pub struct SuiteResult {
     pub direct_probe: Option<DirectResult>,
     pub presence: Option<PresenceResult>,
     pub direct: Option<DirectResult>,
+    /// The latency-throughput curve at fixed offered deliveries/s (`curve_rates`).
+    #[serde(default)]
+    pub fanout_fixed: Vec<FanoutResult>,
+    #[serde(default)]
+    pub chat: Vec<crate::chat::ChatResult>,
 }
 
 pub async fn run(label: &str, target: &Target, opts: &SuiteOpts) -> anyhow::Result<SuiteResult> {
@@ -113,6 +151,8 @@ pub async fn run(label: &str, target: &Target, opts: &SuiteOpts) -> anyhow::Resu
         direct_probe: None,
         presence: None,
         direct: None,
+        fanout_fixed: Vec::new(),
+        chat: Vec::new(),
     };
     if opts.runs("connections") {
         for &count in &opts.connections {
@@ -149,6 +189,23 @@ pub async fn run(label: &str, target: &Target, opts: &SuiteOpts) -> anyhow::Resu
             ));
             result
                 .fanout_curve
+                .push(scenarios::fanout(target, &at).await?);
+        }
+        let max_deliveries = max.deliveries_per_sec;
+        let fan = max.subscribers_connected.max(1) as f64;
+        for &rate in &opts.curve_rates {
+            if rate > 2.0 * max_deliveries {
+                progress(format!(
+                    "{label}: fan-out at {rate:.0} deliveries/s skipped (over twice the max)"
+                ));
+                continue;
+            }
+            let at = FanoutOpts {
+                rate: Some(rate / fan),
+                ..base.clone()
+            };
+            result
+                .fanout_fixed
                 .push(scenarios::fanout(target, &at).await?);
         }
         result.fanout_max = Some(max);
@@ -191,6 +248,26 @@ pub async fn run(label: &str, target: &Target, opts: &SuiteOpts) -> anyhow::Resu
             probe.pairs
         ));
         result.direct_probe = Some(scenarios::direct(target, &probe).await?);
+    }
+    if opts.runs("chat") {
+        for &members in &opts.chat {
+            let mut c = crate::chat::ChatOpts::standard(members);
+            c.duration_secs = opts.chat_secs;
+            if members < 100 {
+                c.churners = 2;
+                c.churn_per_sec = 20.0;
+                c.chat_secs = 0.5;
+                c.typing_secs = 0.3;
+                c.directs_per_sec = 20.0;
+            }
+            if opts.chat_every > 0.0 {
+                c.chat_secs = opts.chat_every;
+            }
+            if opts.typing_every > 0.0 {
+                c.typing_secs = opts.typing_every;
+            }
+            result.chat.push(crate::chat::chat(target, &c).await?);
+        }
     }
     Ok(result)
 }

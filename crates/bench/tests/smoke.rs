@@ -45,6 +45,15 @@ fn check(result: &SuiteResult) {
     let direct = result.direct.as_ref().unwrap();
     assert!(direct.sent > 0);
     assert_eq!(direct.missing, 0, "direct messages lost: {direct:?}");
+    assert!(!result.fanout_fixed.is_empty(), "no fixed-rate curve point");
+    for run in &result.fanout_fixed {
+        assert_eq!(run.missing, 0, "curve point lost deliveries: {run:?}");
+    }
+    let chat = &result.chat[0];
+    assert!(chat.chat_sent > 0 && chat.typing_sent > 0 && chat.directs_sent > 0);
+    assert!(chat.churn_cycles > 0, "no presence churn in the chat run");
+    assert_eq!(chat.missing, 0, "chat lost deliveries: {chat:?}");
+    assert!(chat.latency.samples > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,4 +142,66 @@ async fn smoke_socketio() {
         .unwrap();
     check(&result);
     drop(node);
+}
+
+/// Sockudo (Pusher protocol), when bench/sockudo/install.sh has built it: every scenario
+/// through the Pusher adapter, with the config bench/run.sh uses on a free port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_suite_against_sockudo() {
+    let root = repo();
+    let bin = root.join("bench/sockudo/.bin/bin/sockudo");
+    if !bin.is_file() {
+        eprintln!("skipped: Sockudo is not installed (run bench/sockudo/install.sh)");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("herald-bench-sockudo-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = std::fs::read_to_string(root.join("bench/sockudo/config.toml"))
+        .unwrap()
+        .replace("port = 6001", &format!("port = {port}"));
+    std::fs::write(dir.join("sockudo.toml"), config).unwrap();
+    let child = Command::new(&bin)
+        .arg("--config")
+        .arg(dir.join("sockudo.toml"))
+        .current_dir(&dir)
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let node = Node(child);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        up,
+        "Sockudo did not listen on the configured port: the config did not apply"
+    );
+    let target = Target {
+        proto: Proto::Pusher,
+        addrs: vec![addr],
+        key: String::new(),
+        quiet_key: String::new(),
+        pids: vec![pid],
+    };
+    herald_bench::scenarios::probe(&target).await.unwrap();
+    let result = suite::run("sockudo", &target, &SuiteOpts::smoke())
+        .await
+        .unwrap();
+    check(&result);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
 }
