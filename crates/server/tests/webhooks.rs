@@ -147,7 +147,12 @@ async fn real_clients_events_arrive_signed_once_and_in_order_per_channel_through
             let want = expected.entry(room.to_string()).or_default();
             for (p, client) in clients.iter_mut().enumerate() {
                 n += 1;
-                acked(client, json!({"type": "subscribe", "channel": room}), &format!("s{n}")).await;
+                acked(
+                    client,
+                    json!({"type": "subscribe", "channel": room}),
+                    &format!("s{n}"),
+                )
+                .await;
                 if p == 0 {
                     want.push(format!("channel.occupied {room} p0"));
                 }
@@ -196,7 +201,10 @@ async fn real_clients_events_arrive_signed_once_and_in_order_per_channel_through
                 .push(e["type"].as_str().unwrap().into()),
         }
     }
-    assert_eq!(received, expected, "every channel event once, in order per channel");
+    assert_eq!(
+        received, expected,
+        "every channel event once, in order per channel"
+    );
     for p in 0..PEERS {
         assert_eq!(
             peers.get(&format!("p{p}")).cloned().unwrap_or_default(),
@@ -246,7 +254,10 @@ async fn the_rest_test_event_reaches_the_endpoint_signed() {
     assert_eq!(refused.status(), 401, "a secret key is needed");
     let other = http
         .post(&url)
-        .header("authorization", format!("Bearer {OTHER_SK_ID}:{OTHER_SK_SECRET}"))
+        .header(
+            "authorization",
+            format!("Bearer {OTHER_SK_ID}:{OTHER_SK_SECRET}"),
+        )
         .send()
         .await
         .unwrap();

@@ -171,18 +171,38 @@ async fn an_endpoint_down_for_a_while_gets_everything_after_and_messaging_does_n
 }
 
 /// What webhooks cost messaging: the same measurement on a node with no endpoint, one whose
-/// endpoint takes presence events only (publishes only check `wants`), and one whose endpoint
-/// takes every message. Prints numbers; run by hand:
+/// endpoint takes presence events only (publishes only check `wants`), one whose endpoint takes
+/// every message but is down (emitting and queueing only), and one whose endpoint takes every
+/// message and is up (the receiver then shares the machine's cores). Prints numbers; run by
+/// hand:
 /// `cargo nextest run -p herald-server --test webhooks_outage --run-ignored only --no-capture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: prints numbers"]
 async fn publish_cost_with_and_without_an_endpoint() {
     let secret = new_secret();
     let receiver = Receiver::start(&secret, 1.0, 0.0);
-    for (name, events) in [
-        ("no endpoint", None),
-        ("endpoint, presence events only", Some("presence.joined")),
-        ("endpoint, message.published", Some("message.published")),
+    // A port nobody listens on: events are encoded and queued, and every POST is refused, so
+    // the receiver's own CPU is out of the measurement.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}/hooks", closed.local_addr().unwrap());
+    drop(closed);
+    for (name, events, url) in [
+        ("no endpoint", None, receiver.url()),
+        (
+            "endpoint, presence events only",
+            Some("presence.joined"),
+            receiver.url(),
+        ),
+        (
+            "endpoint down, message.published",
+            Some("message.published"),
+            down,
+        ),
+        (
+            "endpoint up, message.published",
+            Some("message.published"),
+            receiver.url(),
+        ),
     ] {
         let mut config = test_config();
         config.limits.rate_per_second = 1e6;
@@ -191,7 +211,7 @@ async fn publish_cost_with_and_without_an_endpoint() {
         if let Some(event) = events {
             let app = config.apps.iter_mut().find(|a| a.id == APP).unwrap();
             app.webhooks = vec![WebhookEndpointConfig {
-                url: receiver.url(),
+                url,
                 secret: secret.clone(),
                 events: vec![event.into()],
                 channels: vec!["room-*".into()],
@@ -220,4 +240,49 @@ async fn publish_cost_with_and_without_an_endpoint() {
         );
         server.shutdown().await;
     }
+}
+
+/// What one `message.published` costs the publisher: `Webhooks::emit` alone, timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: prints numbers"]
+async fn emit_cost() {
+    use herald_server::config::AppConfig;
+    use herald_server::webhooks::transport::HttpTransport;
+    use herald_server::webhooks::{EventFields, EventType, WebhookMetrics, Webhooks};
+    use serde_json::value::RawValue;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks", closed.local_addr().unwrap());
+    drop(closed);
+    let mut config = herald_server::config::Config::default();
+    config.webhooks.queue_max_bytes = 1 << 30;
+    config.apps.push(AppConfig {
+        id: "app".into(),
+        suspended: false,
+        max_connections: 0,
+        secret_keys: Vec::new(),
+        publishable_keys: Vec::new(),
+        webhooks: vec![WebhookEndpointConfig {
+            url,
+            secret: new_secret(),
+            events: vec!["message.published".into()],
+            channels: vec!["room-*".into()],
+        }],
+    });
+    let transport = std::sync::Arc::new(HttpTransport::new(Duration::from_secs(1)).unwrap());
+    let hooks = Webhooks::start(&config, transport, WebhookMetrics::default());
+    let data = RawValue::from_string(r#"{"seq":1}"#.into()).unwrap();
+    const N: u32 = 200_000;
+    let started = Instant::now();
+    for _ in 0..N {
+        let fields = EventFields {
+            channel: Some("room-bench"),
+            peer_id: Some("pub"),
+            from: Some("pub"),
+            data: Some(&data),
+            ..EventFields::default()
+        };
+        assert!(hooks.wants("app", EventType::MessagePublished, Some("room-bench")));
+        hooks.emit("app", EventType::MessagePublished, fields);
+    }
+    println!("emit: {:?} per event", started.elapsed() / N);
 }

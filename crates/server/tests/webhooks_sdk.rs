@@ -96,8 +96,7 @@ fn of(events: &[Value], peer: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn js_sdk_reloads_and_blips_inside_the_grace_and_two_tabs_give_one_online_and_one_offline(
-) {
+async fn js_sdk_reloads_and_blips_inside_the_grace_and_two_tabs_give_one_online_and_one_offline() {
     let secret = new_secret();
     let receiver = Receiver::start(&secret, 1.0, 0.0);
     let mut config = test_config();
@@ -114,7 +113,12 @@ async fn js_sdk_reloads_and_blips_inside_the_grace_and_two_tabs_give_one_online_
     let proxy = TcpProxy::start(server.addr.port()).await;
     let direct = server.origin();
 
-    let mut blip = Tab::open(&format!("ws://127.0.0.1:{}", proxy.port), "blip", "reconnect").await;
+    let mut blip = Tab::open(
+        &format!("ws://127.0.0.1:{}", proxy.port),
+        "blip",
+        "reconnect",
+    )
+    .await;
     let reload = Tab::open(&direct, "reload", "hold").await;
     let tab1 = Tab::open(&direct, "tabs", "hold").await;
     let tab2 = Tab::open(&direct, "tabs", "hold").await;
@@ -170,7 +174,12 @@ async fn js_sdk_reloads_and_blips_inside_the_grace_and_two_tabs_give_one_online_
     for peer in ["blip", "reload", "tabs"] {
         assert_eq!(
             of(&events, peer),
-            ["peer.online", "presence.joined", "presence.left", "peer.offline"],
+            [
+                "peer.online",
+                "presence.joined",
+                "presence.left",
+                "peer.offline"
+            ],
             "{peer}"
         );
     }

@@ -49,5 +49,9 @@ pub(crate) async fn send_test(
             "the app has no webhook endpoint ([[apps.webhooks]])",
         ));
     };
-    Ok((StatusCode::ACCEPTED, Json(WebhookTestResponse { id, queued })).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(WebhookTestResponse { id, queued }),
+    )
+        .into_response())
 }

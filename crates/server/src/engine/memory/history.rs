@@ -69,7 +69,11 @@ pub(super) fn publish_kept(state: &Rosters, p: &Publication<'_>, policy: &Policy
 /// `message.published`, when some endpoint of the app takes it, with the message's id and
 /// offset where the channel keeps history. Called under the channel's lock, so a channel's
 /// events leave in its order.
-pub(super) fn announce_message(state: &Rosters, p: &Publication<'_>, position: Option<(&str, u64)>) {
+pub(super) fn announce_message(
+    state: &Rosters,
+    p: &Publication<'_>,
+    position: Option<(&str, u64)>,
+) {
     let channel = Some(p.channel.as_str());
     let kind = EventType::MessagePublished;
     let Some(hooks) = state.announcer.wants(p.app, kind, channel) else {

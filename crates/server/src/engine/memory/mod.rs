@@ -147,12 +147,7 @@ impl MemoryEngine {
 /// online state, so a peer's `presence.left` events precede its `peer.offline`. One task per
 /// dropped connection that held something, so the timers are bounded by the connections that
 /// dropped in the last grace period.
-fn spawn_grace(
-    state: Arc<Rosters>,
-    conn: &Conn,
-    held: Vec<(ChannelName, u64)>,
-    peer: PeerEnd,
-) {
+fn spawn_grace(state: Arc<Rosters>, conn: &Conn, held: Vec<(ChannelName, u64)>, peer: PeerEnd) {
     if held.is_empty() && peer == PeerEnd::Settled {
         return;
     }
@@ -164,9 +159,7 @@ fn spawn_grace(
             state.grace_expired(&channel_key(&app, &channel), &peer_id, generation);
         }
         if let PeerEnd::Held(generation) = peer {
-            state
-                .announcer
-                .grace_expired(&app, &peer_id, generation);
+            state.announcer.grace_expired(&app, &peer_id, generation);
         }
     });
 }
@@ -200,8 +193,7 @@ impl Engine for MemoryEngine {
     ) {
         let mut held = Vec::new();
         for channel in subscriptions {
-            if let Some(Removal::Held(generation)) =
-                self.unsubscribe_any(conn, &channel, departure)
+            if let Some(Removal::Held(generation)) = self.unsubscribe_any(conn, &channel, departure)
             {
                 held.push((channel, generation));
             }

@@ -102,7 +102,12 @@ impl Announcer {
         life.held = None;
         life.metadata = conn.peer_metadata.clone();
         if arrives {
-            self.emit_peer(EventType::PeerOnline, &conn.app, &conn.peer_id, &life.metadata);
+            self.emit_peer(
+                EventType::PeerOnline,
+                &conn.app,
+                &conn.peer_id,
+                &life.metadata,
+            );
         }
     }
 

@@ -28,7 +28,12 @@ struct Recording(Mutex<Vec<Value>>);
 
 #[async_trait]
 impl Transport for Recording {
-    async fn post(&self, _: &str, _: &[(&'static str, String)], body: Bytes) -> Result<u16, String> {
+    async fn post(
+        &self,
+        _: &str,
+        _: &[(&'static str, String)],
+        body: Bytes,
+    ) -> Result<u16, String> {
         let v: Value = serde_json::from_slice(&body).unwrap();
         self.0
             .lock()
@@ -135,7 +140,11 @@ async fn a_reload_inside_the_grace_announces_nothing_and_a_leave_everything_in_o
     let (a, _rx) = s.join("ann").await;
     assert_eq!(
         s.events().await,
-        ["peer.online ann", "channel.occupied ann", "presence.joined ann"]
+        [
+            "peer.online ann",
+            "channel.occupied ann",
+            "presence.joined ann"
+        ]
     );
 
     // A reload: the socket drops, a new one connects and subscribes inside the grace.
@@ -148,7 +157,11 @@ async fn a_reload_inside_the_grace_announces_nothing_and_a_leave_everything_in_o
     s.end(&a2, Departure::Left).await;
     assert_eq!(
         s.events().await,
-        ["presence.left ann", "channel.vacated ann", "peer.offline ann"]
+        [
+            "presence.left ann",
+            "channel.vacated ann",
+            "peer.offline ann"
+        ]
     );
 }
 
@@ -182,7 +195,11 @@ async fn two_tabs_give_one_online_and_one_offline_after_the_grace_of_the_last() 
     tokio::time::sleep(GRACE).await;
     assert_eq!(
         s.events().await,
-        ["presence.left bob", "channel.vacated bob", "peer.offline bob"]
+        [
+            "presence.left bob",
+            "channel.vacated bob",
+            "peer.offline bob"
+        ]
     );
 }
 
@@ -227,6 +244,10 @@ async fn a_shutdown_ends_the_roster_for_the_backend() {
     s.end(&a, Departure::Shutdown).await;
     assert_eq!(
         s.events().await,
-        ["presence.left ann", "channel.vacated ann", "peer.offline ann"]
+        [
+            "presence.left ann",
+            "channel.vacated ann",
+            "peer.offline ann"
+        ]
     );
 }
