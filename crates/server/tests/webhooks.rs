@@ -261,9 +261,9 @@ async fn the_rest_test_event_reaches_the_endpoint_signed() {
         .send()
         .await
         .unwrap();
-    assert_eq!(other.status(), 404, "the other app has no endpoint");
+    assert_eq!(other.status(), 400, "the other app has no endpoint");
     let body: Value = other.json().await.unwrap();
-    assert_eq!(body["error"], "not_found");
+    assert_eq!(body["error"], "invalid_request");
 
     let resp = http
         .post(&url)

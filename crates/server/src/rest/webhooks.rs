@@ -13,7 +13,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{ApiError, ApiResult, AppKey};
-use crate::errors::RestCode;
 use crate::rest::schema::ErrorBody;
 use crate::state::ServerState;
 
@@ -31,7 +30,7 @@ pub struct WebhookTestResponse {
     responses(
         (status = 202, description = "A `webhook.test` event was queued for the app's endpoints", body = WebhookTestResponse),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 404, description = "`not_found`: the app has no webhook endpoint", body = ErrorBody),
+        (status = 400, description = "`invalid_request`: the app has no webhook endpoint", body = ErrorBody),
     ),
     security(("secretKey" = [])))]
 pub(crate) async fn send_test(
@@ -43,9 +42,8 @@ pub(crate) async fn send_test(
         .as_ref()
         .and_then(|hooks| hooks.send_test(key.app.id.as_str()));
     let Some((id, queued)) = sent else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            RestCode::NotFound,
+        // Not 404: that is the answer for a route that does not exist.
+        return Err(ApiError::invalid(
             "the app has no webhook endpoint ([[apps.webhooks]])",
         ));
     };
