@@ -33,7 +33,7 @@ use crate::history::{History, Page, PageQuery};
 use crate::ids::{AppId, ChannelName, PeerId};
 use crate::resume::book::{BookStats, Queued, ResumeBook};
 use crate::resume::{Recovery, ResumeFrom, ResumeSettings, Since};
-pub use online::PeerEnd;
+use online::PeerEnd;
 pub use roster::{Removal, Rosters};
 
 /// How a memory engine treats presence; [`MemorySettings::from_config`] is what a node runs.
