@@ -44,6 +44,7 @@ const UNLIMITED: i64 = 1_000_000_000;
 
 pub(crate) mod history;
 pub mod schema;
+pub(crate) mod webhooks;
 
 use schema::{
     ErrorBody, KickResponse, MintRequest, MintResponse, PeersResponse, Plan, PublishRequest,
@@ -55,6 +56,7 @@ pub fn routes() -> Router<Arc<ServerState>> {
         .route("/v1/tokens", post(mint_token))
         .route("/v1/usage", get(usage))
         .route("/v1/peers/{peer_id}", delete(kick_peer))
+        .route("/v1/webhooks/test", post(webhooks::send_test))
         .route("/v1/channels/{*rest}", any(channel_endpoint))
 }
 

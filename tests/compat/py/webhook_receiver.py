@@ -1,12 +1,13 @@
 """A webhook receiver that misbehaves on purpose, for crates/server/tests/webhooks.rs.
 
 It listens on 127.0.0.1 (a free port, printed as `listening <port>`), and for each POST:
-  - about 30 % of requests get a 500 without being looked at;
-  - about 5 % are held for HOLD seconds (past Herald's timeout) and then accepted;
+  - about FAIL (default 0.30, 30 %) of requests get a 500 without being looked at;
+  - about 5 % more (when FAIL > 0) are held for HOLD seconds (past Herald's timeout) and then
+    accepted;
   - every other request is verified with the Standard Webhooks reference library
     (`standardwebhooks`), and its events are appended to OUT as JSON lines, with the
     webhook-id; a bad signature gets a 400 and a line {"bad_signature": true}.
-Usage: webhook_receiver.py SECRET OUT HOLD SEED
+Usage: webhook_receiver.py SECRET OUT HOLD SEED [FAIL]
 """
 
 import json
@@ -19,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 secret, out_path, hold, seed = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+fail = float(sys.argv[5]) if len(sys.argv) > 5 else 0.30
+held = fail + 0.05 if fail > 0 else 0.0
 webhook = Webhook(secret)
 rng = random.Random(seed)
 rng_lock = threading.Lock()
@@ -35,11 +38,11 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         with rng_lock:
             roll = rng.random()
-        if roll < 0.30:
+        if roll < fail:
             self.send_response(500)
             self.end_headers()
             return
-        if roll < 0.35:
+        if roll < held:
             time.sleep(hold)
         try:
             payload = webhook.verify(body, dict(self.headers))

@@ -33,6 +33,7 @@ use crate::rest::ApiError;
         crate::rest::history::channel_messages,
         crate::rest::kick_peer,
         crate::rest::usage,
+        crate::rest::webhooks::send_test,
         serve,
         crate::admin::overview,
         crate::admin::connections,
@@ -49,6 +50,7 @@ use crate::rest::ApiError;
         (name = "channels", description = "Rosters, occupancy, history and server-side publish"),
         (name = "peers", description = "Disconnecting a peer"),
         (name = "usage", description = "Live counters of the key's app"),
+        (name = "webhooks", description = "A test event for the app's webhook endpoints"),
         (name = "admin", description = "The read-only admin view of this node"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )

@@ -94,6 +94,8 @@ struct Wire<'a> {
 /// An encoded event, ready to join a batch.
 #[derive(Debug, Clone)]
 pub struct Event {
+    /// The event's `id`, as in its JSON.
+    pub id: String,
     pub kind: EventType,
     pub channel: Option<String>,
     /// The event's JSON object.
@@ -121,6 +123,7 @@ impl Event {
         // Serializing borrowed strings and raw JSON cannot fail.
         let json = serde_json::to_string(&wire).unwrap_or_default();
         Event {
+            id,
             kind,
             channel: fields.channel.map(str::to_string),
             json,
@@ -129,7 +132,7 @@ impl Event {
 
     /// The bytes it holds in a queue.
     pub fn cost(&self) -> usize {
-        self.json.len() + self.channel.as_ref().map_or(0, String::len) + 64
+        self.json.len() + self.id.len() + self.channel.as_ref().map_or(0, String::len) + 64
     }
 }
 

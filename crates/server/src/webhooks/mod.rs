@@ -130,20 +130,20 @@ impl Default for WebhookMetrics {
 }
 
 impl WebhookMetrics {
-    /// Adds the webhook metrics to a node's registry.
+    /// Adds the webhook metrics to a node's registry (which prefixes them `herald_`).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
-            "herald_webhook_events",
+            "webhook_events",
             "Webhook events by outcome: delivered, retried (counted per failed attempt), failed (dropped after the retry period), dropped (the endpoint's queue was full)",
             self.events.clone(),
         );
         registry.register(
-            "herald_webhook_queued_bytes",
+            "webhook_queued_bytes",
             "Bytes of webhook events waiting for their endpoints, batches in flight included",
             self.queued_bytes.clone(),
         );
         registry.register(
-            "herald_webhook_delivery_seconds",
+            "webhook_delivery_seconds",
             "Time a successful webhook POST took",
             self.latency.clone(),
         );
@@ -218,8 +218,21 @@ impl Webhooks {
     /// Encodes the event once and queues it for every endpoint of `app` that takes it. Returns
     /// how many endpoints queued it.
     pub fn emit(&self, app: &str, kind: EventType, fields: EventFields<'_>) -> usize {
+        self.queue(app, kind, fields).1
+    }
+
+    /// Queues a `webhook.test` event for every endpoint of `app` (REST `POST
+    /// /v1/webhooks/test`): its id and how many endpoints queued it, or `None` when the app has
+    /// no endpoint.
+    pub fn send_test(&self, app: &str) -> Option<(String, usize)> {
+        self.apps.get(app)?;
+        let (event, queued) = self.queue(app, EventType::Test, EventFields::default());
+        Some((event.map(|e| e.id).unwrap_or_default(), queued))
+    }
+
+    fn queue(&self, app: &str, kind: EventType, fields: EventFields<'_>) -> (Option<Event>, usize) {
         let Some(endpoints) = self.apps.get(app) else {
-            return 0;
+            return (None, 0);
         };
         let channel = fields.channel;
         let mut fields = Some(fields);
@@ -237,7 +250,7 @@ impl Webhooks {
                 self.metrics.dropped.inc();
             }
         }
-        queued
+        (event, queued)
     }
 }
 

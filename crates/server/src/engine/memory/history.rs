@@ -12,6 +12,7 @@ use super::roster::{Roster, Rosters};
 use crate::engine::hub::{channel_key, MessageFrames};
 use crate::engine::Publication;
 use crate::history::{message_id, NewMessage, Policy};
+use crate::webhooks::{EventFields, EventType};
 
 /// Appends `p` to its channel's history and fans it out, both under the channel's lock (the
 /// channel is created for it, and dropped again when nobody is subscribed). Returns how many
@@ -47,6 +48,8 @@ pub(super) fn publish_kept(state: &Rosters, p: &Publication<'_>, policy: &Policy
                 epoch: &a.epoch,
                 ts: a.ts,
             });
+        let offset = appended.as_ref().map(|a| a.offset);
+        announce_message(state, p, id.as_deref().zip(offset));
         let mut frames =
             MessageFrames::new(p.channel.as_str(), p.from.as_str(), p.data, p.from_metadata)
                 .with_position(position);
@@ -61,4 +64,33 @@ pub(super) fn publish_kept(state: &Rosters, p: &Publication<'_>, policy: &Policy
             .remove_if_idle(&key, |roster: &Roster| roster.is_empty());
     }
     delivered
+}
+
+/// `message.published`, when some endpoint of the app takes it, with the message's id and
+/// offset where the channel keeps history. Called under the channel's lock, so a channel's
+/// events leave in its order.
+pub(super) fn announce_message(
+    state: &Rosters,
+    p: &Publication<'_>,
+    position: Option<(&str, u64)>,
+) {
+    let channel = Some(p.channel.as_str());
+    let kind = EventType::MessagePublished;
+    let Some(hooks) = state.announcer.wants(p.app, kind, channel) else {
+        return;
+    };
+    hooks.emit(
+        p.app.as_str(),
+        kind,
+        EventFields {
+            channel,
+            peer_id: Some(p.from.as_str()),
+            from: Some(p.from.as_str()),
+            from_metadata: p.from_metadata,
+            data: Some(p.data),
+            message_id: position.map(|(id, _)| id),
+            offset: position.map(|(_, offset)| offset),
+            ..EventFields::default()
+        },
+    );
 }

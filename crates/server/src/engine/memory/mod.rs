@@ -9,6 +9,7 @@
 //! `engine.reconnect_grace_ms` so a quick reconnect shows no `left`/`joined` (`roster.rs`).
 
 mod history;
+mod online;
 mod resume;
 mod roster;
 
@@ -32,6 +33,7 @@ use crate::history::{History, Page, PageQuery};
 use crate::ids::{AppId, ChannelName, PeerId};
 use crate::resume::book::{BookStats, Queued, ResumeBook};
 use crate::resume::{Recovery, ResumeFrom, ResumeSettings, Since};
+use online::PeerEnd;
 pub use roster::{Removal, Rosters};
 
 /// How a memory engine treats presence; [`MemorySettings::from_config`] is what a node runs.
@@ -122,33 +124,44 @@ impl MemoryEngine {
         &self.state
     }
 
-    /// Removes one subscription; a peer held for the grace gets a timer that announces its
-    /// `left` unless it comes back. One task per held (channel, peer), so the timers are
-    /// bounded by the subscriptions of connections that dropped in the last grace period.
-    fn unsubscribe_any(&self, conn: &Conn, channel: &ChannelName, departure: Departure) -> bool {
+    /// Removes one subscription; the removal (a held peer's generation among them), or `None`
+    /// when there was none.
+    fn unsubscribe_any(
+        &self,
+        conn: &Conn,
+        channel: &ChannelName,
+        departure: Departure,
+    ) -> Option<Removal> {
         if has_wildcard(channel.as_str()) {
             let removed = self.state.hub.patterns.remove(conn, channel, || {}).removed;
             if removed {
                 self.state.hub.count_unsubscribed();
             }
-            return removed;
+            return removed.then_some(Removal::Kept);
         }
-        let Some(removal) = self.state.unsubscribe_channel(conn, channel, departure) else {
-            return false;
-        };
-        if let Removal::Held(generation) = removal {
-            let deadline = tokio::time::Instant::now() + self.state.grace;
-            let state = self.state.clone();
-            let key = channel_key(&conn.app, channel);
-            let peer = conn.peer_id.clone();
-            tokio::spawn(async move {
-                state
-                    .wait_out_grace(deadline, &key, &peer, generation)
-                    .await;
-            });
-        }
-        true
+        self.state.unsubscribe_channel(conn, channel, departure)
     }
+}
+
+/// Waits out the grace of one dropped connection: each channel it held, then its peer's
+/// online state, so a peer's `presence.left` events precede its `peer.offline`. One task per
+/// dropped connection that held something, so the timers are bounded by the connections that
+/// dropped in the last grace period.
+fn spawn_grace(state: Arc<Rosters>, conn: &Conn, held: Vec<(ChannelName, u64)>, peer: PeerEnd) {
+    if held.is_empty() && peer == PeerEnd::Settled {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + state.grace;
+    let (app, peer_id) = (conn.app.clone(), conn.peer_id.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep_until(deadline).await;
+        for (channel, generation) in held {
+            state.grace_expired(&channel_key(&app, &channel), &peer_id, generation);
+        }
+        if let PeerEnd::Held(generation) = peer {
+            state.announcer.grace_expired(&app, &peer_id, generation);
+        }
+    });
 }
 
 #[async_trait]
@@ -165,6 +178,7 @@ impl Engine for MemoryEngine {
         } else {
             peers.register(conn);
         }
+        self.state.announcer.connected(conn);
         Ok(())
     }
 
@@ -177,10 +191,21 @@ impl Engine for MemoryEngine {
         subscriptions: Vec<ChannelName>,
         departure: Departure,
     ) {
-        for channel in &subscriptions {
-            self.unsubscribe_any(conn, channel, departure);
+        let mut held = Vec::new();
+        for channel in subscriptions {
+            if let Some(Removal::Held(generation)) = self.unsubscribe_any(conn, &channel, departure)
+            {
+                held.push((channel, generation));
+            }
         }
         self.state.hub.peers.unregister(conn);
+        let grace = !self.state.grace.is_zero();
+        let peer = self.state.announcer.disconnected(conn, departure, grace);
+        spawn_grace(self.state.clone(), conn, held, peer);
+    }
+
+    fn attach_webhooks(&self, webhooks: Arc<crate::webhooks::Webhooks>) {
+        self.state.announcer.attach(webhooks);
     }
 
     fn keeps_history(&self, channel: &ChannelName) -> bool {
@@ -255,7 +280,9 @@ impl Engine for MemoryEngine {
         channel: &ChannelName,
     ) -> Result<bool, EngineError> {
         // An unsubscribe is deliberate: no grace.
-        Ok(self.unsubscribe_any(conn, channel, Departure::Left))
+        Ok(self
+            .unsubscribe_any(conn, channel, Departure::Left)
+            .is_some())
     }
 
     async fn publish(&self, p: Publication<'_>) -> Result<usize, EngineError> {
@@ -267,13 +294,18 @@ impl Engine for MemoryEngine {
             MessageFrames::new(p.channel.as_str(), p.from.as_str(), p.data, p.from_metadata);
         let key = channel_key(p.app, p.channel);
         let hub = &self.state.hub;
+        let mut announced = false;
         // Deltas waiting on the channel go first: a message never overtakes its sender's
-        // `joined`.
-        Ok(
-            hub.fan_out(&key, &mut frames, p.exclude.map(|c| c.id), |ch| {
-                hub.flush_deltas(&key, ch);
-            }),
-        )
+        // `joined`. Its webhook is queued under the channel's lock, in the channel's order.
+        let delivered = hub.fan_out(&key, &mut frames, p.exclude.map(|c| c.id), |ch| {
+            hub.flush_deltas(&key, ch);
+            history::announce_message(&self.state, &p, None);
+            announced = true;
+        });
+        if !announced {
+            history::announce_message(&self.state, &p, None);
+        }
+        Ok(delivered)
     }
 
     async fn send_direct(&self, d: Direct<'_>) -> Result<usize, EngineError> {
@@ -368,3 +400,5 @@ impl Engine for MemoryEngine {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod webhook_tests;

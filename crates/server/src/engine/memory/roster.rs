@@ -16,6 +16,7 @@ use herald_protocol::glob::Pattern;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
+use super::online::Announcer;
 use super::MemorySettings;
 use crate::conn::Conn;
 use crate::engine::hub::occupancy::{self, Change, OccupancyRules, OccupancySlot, RoomState};
@@ -26,6 +27,7 @@ use crate::engine::{Departure, EngineError, Member, SubscribeRequest};
 use crate::history::{History, Retained};
 use crate::ids::{ChannelName, PeerId};
 use crate::resume::{Recovery, ResumeFrom};
+use crate::webhooks::{EventFields, EventType};
 
 /// A channel's roster: one entry per peer with a connection subscribed here, or held through
 /// its reconnect grace. Every change of `members` goes through a method that keeps the
@@ -141,6 +143,8 @@ pub struct Rosters {
     rules: OccupancyRules,
     /// Which channels keep history, and the store (`[history]`).
     pub history: History,
+    /// Webhooks, once attached, and peers' online state (`online.rs`).
+    pub announcer: Announcer,
 }
 
 impl Rosters {
@@ -151,6 +155,7 @@ impl Rosters {
             generation: AtomicU64::new(0),
             rules: settings.rules,
             history: settings.history,
+            announcer: Announcer::default(),
         }
     }
 
@@ -233,6 +238,7 @@ impl Rosters {
             }
             if ch.slot.add_connection(&conn.peer_id, &conn.peer_metadata) {
                 let channel = req.channel.as_str();
+                self.announce_arrival(&key, ch.slot.len(), conn);
                 if occupancy::over_cap(ch, &self.rules, channel) {
                     // Occupancy mode assumes watchers hold the roster as it stands.
                     self.hub.flush_deltas(&key, ch);
@@ -322,7 +328,10 @@ impl Rosters {
                     Removal::Held(generation)
                 }
                 Departure::Shutdown => {
-                    ch.slot.remove(&conn.peer_id);
+                    // Subscribers hear nothing (they leave with the node), but the backend
+                    // hears the roster end: this node's presence dies with it.
+                    let metadata = ch.slot.remove(&conn.peer_id);
+                    self.announce_departure(&key, ch.slot.is_empty(), &conn.peer_id, &metadata);
                     Removal::Forgotten
                 }
                 Departure::Left | Departure::Dropped => {
@@ -387,6 +396,7 @@ impl Rosters {
         peer: &PeerId,
     ) -> Option<Instant> {
         let metadata = ch.slot.remove(peer);
+        self.announce_departure(key, ch.slot.is_empty(), peer, &metadata);
         let mut tick = None;
         match occupancy::on_leave(ch, &self.rules, key.1.as_str(), peer, Instant::now()) {
             Change::Handled(at) => tick = at,
@@ -397,6 +407,68 @@ impl Rosters {
             self.hub.flush_deltas(key, ch);
         }
         tick
+    }
+
+    /// Webhooks of a peer's arrival in a roster (under the channel's lock):
+    /// `channel.occupied` when it is the first member, then `presence.joined`.
+    fn announce_arrival(&self, key: &ChannelKey, members: usize, conn: &Conn) {
+        let (app, channel) = (&key.0, Some(key.1.as_str()));
+        let peer_id = Some(conn.peer_id.as_str());
+        if members == 1 {
+            self.announcer.emit(
+                app,
+                EventType::ChannelOccupied,
+                EventFields {
+                    channel,
+                    peer_id,
+                    ..EventFields::default()
+                },
+            );
+        }
+        self.announcer.emit(
+            app,
+            EventType::PresenceJoined,
+            EventFields {
+                channel,
+                peer_id,
+                metadata: conn.peer_metadata.as_deref(),
+                ..EventFields::default()
+            },
+        );
+    }
+
+    /// Webhooks of a peer's departure from a roster (under the channel's lock):
+    /// `presence.left`, then `channel.vacated` when it was the last member.
+    fn announce_departure(
+        &self,
+        key: &ChannelKey,
+        vacated: bool,
+        peer: &PeerId,
+        metadata: &Option<Arc<RawValue>>,
+    ) {
+        let (app, channel) = (&key.0, Some(key.1.as_str()));
+        let peer_id = Some(peer.as_str());
+        self.announcer.emit(
+            app,
+            EventType::PresenceLeft,
+            EventFields {
+                channel,
+                peer_id,
+                metadata: metadata.as_deref(),
+                ..EventFields::default()
+            },
+        );
+        if vacated {
+            self.announcer.emit(
+                app,
+                EventType::ChannelVacated,
+                EventFields {
+                    channel,
+                    peer_id,
+                    ..EventFields::default()
+                },
+            );
+        }
     }
 
     /// Drops a channel with no subscriber and no member, held ones included.
