@@ -132,13 +132,6 @@ fn start_webhooks(config: &Config) -> Result<Option<(Arc<Webhooks>, WebhookMetri
             })
         },
     )?;
-    if config.engine.kind == "redis" {
-        // Until the Redis engine announces its transitions (once cluster-wide), say so.
-        tracing::warn!(
-            "[[apps.webhooks]] is configured but the Redis engine does not emit webhook events \
-             yet (the memory engine does); only test events are sent"
-        );
-    }
     let metrics = WebhookMetrics::default();
     let webhooks = Webhooks::start(config, Arc::new(transport), metrics.clone());
     Ok(Some((Arc::new(webhooks), metrics)))

@@ -284,6 +284,7 @@ async fn feed_queue(queue: &Outbox, feed: &Feed, entries: &[String]) -> Option<S
             continue;
         };
         let event = Event {
+            id: format!("evt_{id}"),
             kind,
             channel: None,
             json: format!("{{\"id\":\"evt_{id}\",{body}"),
