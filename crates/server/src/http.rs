@@ -9,7 +9,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 
 mod openapi;
 pub use openapi::ApiDoc;
@@ -19,6 +19,7 @@ use crate::clock::unix_now;
 use crate::limits::Attempt;
 use crate::rest::{self, ApiError};
 use crate::session;
+use crate::socket::DirectSocket;
 use crate::state::ServerState;
 
 /// Read buffer per socket, allocated for the connection's lifetime. Small, because most sockets
@@ -50,6 +51,7 @@ async fn connect(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: Uri,
+    direct: Option<Extension<DirectSocket>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match state
@@ -90,7 +92,9 @@ async fn connect(
         .max_frame_size(max_frame)
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| session::serve(socket, state, auth))
+        .on_upgrade(move |socket| {
+            session::serve(socket, state, auth, direct.map(|Extension(d)| d))
+        })
 }
 
 async fn not_found() -> Response {

@@ -24,6 +24,7 @@ mod resubscribe;
 pub mod resume;
 pub mod server;
 pub mod session;
+pub mod socket;
 pub mod state;
 mod sync;
 pub mod tls;

@@ -40,6 +40,27 @@ const OUT_TYPES: [&str; 9] = [
     "other",
 ];
 
+/// `herald_messages_out_total` by frame type; cloning shares the counters.
+#[derive(Clone, Debug)]
+pub struct FramesOut(std::sync::Arc<[Counter]>);
+
+impl FramesOut {
+    /// Counts one server frame by the type its encoding starts with.
+    pub fn count(&self, frame: &str) {
+        let kind = frame
+            .strip_prefix("{\"type\":\"")
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("other");
+        let i = OUT_TYPES
+            .iter()
+            .position(|t| *t == kind)
+            .unwrap_or(OUT_TYPES.len() - 1);
+        if let Some(counter) = self.0.get(i) {
+            counter.inc();
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     connections: Family<Labels, Gauge>,
@@ -49,7 +70,7 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     pub channels: Gauge,
     messages_in: Vec<Counter>,
-    messages_out: Vec<Counter>,
+    messages_out: FramesOut,
     errors: Vec<Counter>,
     pub slow_consumers: Counter,
     /// Time from accepting a publish to having queued it for every local subscriber.
@@ -360,7 +381,7 @@ impl Metrics {
         Metrics {
             http,
             messages_in: resolve(&messages_in_family, "type", &IN_TYPES),
-            messages_out: resolve(&messages_out_family, "type", &OUT_TYPES),
+            messages_out: FramesOut(resolve(&messages_out_family, "type", &OUT_TYPES).into()),
             errors: resolve(&errors_family, "code", &error_codes),
             registry,
             connections,
@@ -403,15 +424,12 @@ impl Metrics {
     /// An encoded server frame was written. The type is read from the frame's fixed prefix
     /// (`{"type":"…"`), which every encoder in `herald_protocol::encode` writes first.
     pub fn frame_out(&self, frame: &str) {
-        let kind = frame
-            .strip_prefix("{\"type\":\"")
-            .and_then(|rest| rest.split('"').next())
-            .unwrap_or("other");
-        let i = OUT_TYPES
-            .iter()
-            .position(|t| *t == kind)
-            .unwrap_or(OUT_TYPES.len() - 1);
-        self.messages_out[i].inc();
+        self.messages_out.count(frame);
+    }
+
+    /// The frames-out counters, for writers outside a session (a connection's direct writes).
+    pub fn frames_out(&self) -> FramesOut {
+        self.messages_out.clone()
     }
 
     pub fn error_sent(&self, code: ErrorCode) {

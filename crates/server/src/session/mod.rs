@@ -25,6 +25,7 @@ use crate::engine::Departure;
 use crate::ids::ChannelName;
 use crate::limits::TokenBucket;
 use crate::resubscribe::DuplicateSubscribes;
+use crate::socket::DirectSocket;
 use crate::resume::watermark::{sleep_until_due, Watermark};
 use crate::state::{ServerState, SessionGuard};
 
@@ -52,6 +53,7 @@ pub fn serve(
     ws: WebSocket,
     state: Arc<ServerState>,
     auth: Result<Identity, AuthError>,
+    direct: Option<DirectSocket>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let identity = match auth {
         Ok(identity) => identity,
@@ -74,7 +76,7 @@ pub fn serve(
             ),
         ));
     };
-    Either::Right(Session::start(ws, state, identity, slot))
+    Either::Right(Session::start(ws, state, identity, slot, direct))
 }
 
 async fn refuse(mut ws: WebSocket, reason: CloseReason) {
@@ -105,6 +107,8 @@ struct Session {
     /// What this connection is known to have read, for a resume after a drop: only for a
     /// stable peer id with resume on (boxed: other connections pay one pointer).
     watermark: Option<Box<Watermark>>,
+    /// The plain socket's direct writer; `None` over TLS (tungstenite writes everything).
+    direct: Option<DirectSocket>,
 }
 
 /// What the read side decided.
@@ -123,6 +127,7 @@ impl Session {
         state: Arc<ServerState>,
         identity: Identity,
         _slot: SessionGuard,
+        direct: Option<DirectSocket>,
     ) {
         let limits = &state.config.limits;
         let (conn, rx) = Conn::with_limits(
@@ -156,6 +161,11 @@ impl Session {
             return;
         }
         state.metrics.frame_out("{\"type\":\"welcome\"");
+        if let Some(direct) = &direct {
+            // The welcome is out: an idle connection's frames may now be written by whoever
+            // delivers them.
+            conn.write_directly(direct.clone());
+        }
         let (kind, app) = (identity.kind.as_str(), identity.app.id.as_str());
         state.metrics.connection_opened(kind, app);
         tracing::info!(conn = %conn.id, app = %identity.app.id, peer = %identity.peer_id, kind = identity.kind.as_str(), "connected");
@@ -169,6 +179,7 @@ impl Session {
             client_closed: false,
             duplicates: DuplicateSubscribes::default(),
             watermark: None,
+            direct,
         };
         session.watermark = session.new_watermark();
         // A panic anywhere in the loop (a handler, the engine) ends only this session, and the
@@ -229,7 +240,7 @@ impl Session {
                 deadline = deadlines.fired() => match deadline {
                     Deadline::Expired => return Some(AuthError::Expired.close_reason()),
                     Deadline::DrainOver => {
-                        flush_pending(ws, &mut rx, &self.state.metrics).await;
+                        flush_pending(ws, self.direct.as_ref(), &mut rx, &self.state.metrics).await;
                         return Some(CloseReason::new(CloseCode::GoingAway, "server shutting down"));
                     }
                 },
@@ -248,7 +259,7 @@ impl Session {
                             if !write_delay.is_zero() {
                                 tokio::time::sleep(write_delay).await;
                             }
-                            write_batch(ws, first, &mut rx, &self.state.metrics).await
+                            write_batch(ws, self.direct.as_ref(), first, &mut rx, &self.state.metrics).await
                         } => {
                             if !written {
                                 return None;

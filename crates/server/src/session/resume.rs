@@ -67,7 +67,8 @@ impl Session {
             let Some(frame) = rx.try_recv() else {
                 break;
             };
-            if !write_batch(ws, frame, rx, &self.state.metrics).await {
+            let direct = self.direct.as_ref();
+            if !write_batch(ws, direct, frame, rx, &self.state.metrics).await {
                 return false;
             }
             flushed = true;
