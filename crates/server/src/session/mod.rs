@@ -161,11 +161,6 @@ impl Session {
             return;
         }
         state.metrics.frame_out("{\"type\":\"welcome\"");
-        if let Some(direct) = &direct {
-            // The welcome is out: an idle connection's frames may now be written by whoever
-            // delivers them.
-            conn.write_directly(direct.clone());
-        }
         let (kind, app) = (identity.kind.as_str(), identity.app.id.as_str());
         state.metrics.connection_opened(kind, app);
         tracing::info!(conn = %conn.id, app = %identity.app.id, peer = %identity.peer_id, kind = identity.kind.as_str(), "connected");
@@ -182,6 +177,11 @@ impl Session {
             direct,
         };
         session.watermark = session.new_watermark();
+        if let (Some(direct), None) = (&session.direct, &session.watermark) {
+            // The welcome is out: an idle connection's frames may now be written by whoever
+            // delivers them. Not with a watermark, which the session arms when it writes.
+            session.conn.write_directly(direct.clone());
+        }
         // A panic anywhere in the loop (a handler, the engine) ends only this session, and the
         // cleanup below still runs: no ghost presence, no leaked quota or gauge.
         let conn_id = session.conn.id;
