@@ -92,9 +92,7 @@ async fn connect(
         .max_frame_size(max_frame)
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| {
-            session::serve(socket, state, auth, direct.map(|Extension(d)| d))
-        })
+        .on_upgrade(move |socket| session::serve(socket, state, auth, direct.map(|Extension(d)| d)))
 }
 
 async fn not_found() -> Response {

@@ -14,6 +14,7 @@ pub mod conn;
 pub mod devkeys;
 pub mod engine;
 pub mod errors;
+pub mod frames_out;
 pub mod history;
 pub mod http;
 pub mod ids;

@@ -4,6 +4,7 @@
 //! Hot-path counters are resolved once at start-up into plain `Counter` handles: counting a frame
 //! is one relaxed atomic add, with no label lookup and no lock.
 
+use crate::frames_out::{FramesOut, OUT_TYPES};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -27,39 +28,6 @@ const IN_TYPES: [&str; 6] = [
     "ping",
     "invalid",
 ];
-/// Frame types the server sends.
-const OUT_TYPES: [&str; 9] = [
-    "welcome",
-    "ack",
-    "error",
-    "message",
-    "direct",
-    "presence",
-    "pong",
-    "going_away",
-    "other",
-];
-
-/// `herald_messages_out_total` by frame type; cloning shares the counters.
-#[derive(Clone, Debug)]
-pub struct FramesOut(std::sync::Arc<[Counter]>);
-
-impl FramesOut {
-    /// Counts one server frame by the type its encoding starts with.
-    pub fn count(&self, frame: &str) {
-        let kind = frame
-            .strip_prefix("{\"type\":\"")
-            .and_then(|rest| rest.split('"').next())
-            .unwrap_or("other");
-        let i = OUT_TYPES
-            .iter()
-            .position(|t| *t == kind)
-            .unwrap_or(OUT_TYPES.len() - 1);
-        if let Some(counter) = self.0.get(i) {
-            counter.inc();
-        }
-    }
-}
 
 pub struct Metrics {
     registry: Registry,
@@ -381,7 +349,7 @@ impl Metrics {
         Metrics {
             http,
             messages_in: resolve(&messages_in_family, "type", &IN_TYPES),
-            messages_out: FramesOut(resolve(&messages_out_family, "type", &OUT_TYPES).into()),
+            messages_out: FramesOut::new(resolve(&messages_out_family, "type", &OUT_TYPES)),
             errors: resolve(&errors_family, "code", &error_codes),
             registry,
             connections,

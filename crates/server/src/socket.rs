@@ -27,7 +27,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::metrics::FramesOut;
+use crate::frames_out::FramesOut;
 use crate::sync::lock;
 
 /// Pieces handed to one `writev` (a batch is at most 64 frames: 128 pieces).
@@ -290,7 +290,10 @@ mod tests {
         assert_eq!(text_header(126).0[..4], [0x81, 126, 0, 126]);
         assert_eq!(text_header(65535).0[..4], [0x81, 126, 0xff, 0xff]);
         let (long, n) = text_header(65536);
-        assert_eq!((n, &long[..]), (10, &[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0][..]));
+        assert_eq!(
+            (n, &long[..]),
+            (10, &[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0][..])
+        );
     }
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -303,7 +306,7 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let frames_out = crate::metrics::Metrics::new().frames_out();
+        let frames_out = FramesOut::unregistered();
         let (tcp, direct) = DirectSocket::new(server, frames_out);
         (tcp, direct, client)
     }
@@ -335,7 +338,10 @@ mod tests {
     #[tokio::test]
     async fn an_idle_socket_takes_a_whole_frame_at_once() {
         let (_tcp, direct, mut client) = pair().await;
-        assert_eq!(direct.try_write(&text("{\"type\":\"message\"}")), TryWrite::Written);
+        assert_eq!(
+            direct.try_write(&text("{\"type\":\"message\"}")),
+            TryWrite::Written
+        );
         let frames = read_frames(&mut client, 1).await;
         assert_eq!(frames, [(1, b"{\"type\":\"message\"}".to_vec())]);
     }
@@ -377,7 +383,11 @@ mod tests {
         let expected: Vec<(u8, Vec<u8>)> = sent
             .iter()
             .map(|f| (1, f.as_bytes().to_vec()))
-            .chain([(1, b"batch-1".to_vec()), (1, b"batch-2".to_vec()), (9, Vec::new())])
+            .chain([
+                (1, b"batch-1".to_vec()),
+                (1, b"batch-2".to_vec()),
+                (9, Vec::new()),
+            ])
             .collect();
         assert_eq!(frames.len(), expected.len());
         assert!(frames == expected, "frames arrived whole and in order");

@@ -25,8 +25,8 @@ use crate::engine::Departure;
 use crate::ids::ChannelName;
 use crate::limits::TokenBucket;
 use crate::resubscribe::DuplicateSubscribes;
-use crate::socket::DirectSocket;
 use crate::resume::watermark::{sleep_until_due, Watermark};
+use crate::socket::DirectSocket;
 use crate::state::{ServerState, SessionGuard};
 
 use self::ending::{classify_read_error, departure, rate_limited, unwind_to_close};
@@ -177,11 +177,9 @@ impl Session {
             direct,
         };
         session.watermark = session.new_watermark();
-        if let (Some(direct), None) = (&session.direct, &session.watermark) {
-            // The welcome is out: an idle connection's frames may now be written by whoever
-            // delivers them. Not with a watermark, which the session arms when it writes.
-            session.conn.write_directly(direct.clone());
-        }
+        // Not `Conn::write_directly`: a deliverer's write per frame costs a syscall per
+        // delivery, and under load that loses the batching of many frames per write that
+        // waking the session gives (BENCHMARKS.md, "The cost of one write").
         // A panic anywhere in the loop (a handler, the engine) ends only this session, and the
         // cleanup below still runs: no ghost presence, no leaked quota or gauge.
         let conn_id = session.conn.id;
