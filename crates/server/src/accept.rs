@@ -43,7 +43,6 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::limits::{ConnectionSlot, ConnectionSlots};
-use crate::socket::DirectSocket;
 use crate::state::ServerState;
 use crate::tls::{Started, Tls};
 
@@ -96,12 +95,9 @@ pub async fn accept_until(
                     };
                     // Small frames go out at once: Nagle plus delayed ACKs would add ~40 ms.
                     let _ = tcp.set_nodelay(true);
-                    // Shared with the session's direct writers (plain WebSockets only).
-                    let (tcp, direct) = DirectSocket::new(tcp, state.metrics.frames_out());
                     let stream = CountedStream::new(tcp, slot, &state.metrics.http.open_connections);
                     tasks.spawn(serve_socket(
                         stream,
-                        Some(direct),
                         peer,
                         router.clone(),
                         tls.clone(),
@@ -128,13 +124,6 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// What the handlers of a connection's requests learn about its socket.
-struct RequestInfo {
-    peer: SocketAddr,
-    /// The plain socket's direct writer, for a WebSocket session (`socket.rs`).
-    direct: Option<DirectSocket>,
-}
-
 /// What every HTTP connection of the node is held to, and where it counts its timeouts.
 struct ConnectionOptions {
     header_read_timeout: Duration,
@@ -150,7 +139,6 @@ struct ConnectionOptions {
 /// handshake is bounded by the header-read timeout and abandoned on shutdown.
 async fn serve_socket<S>(
     stream: CountedStream<S>,
-    direct: Option<DirectSocket>,
     peer: SocketAddr,
     router: Router,
     tls: Option<Arc<Tls>>,
@@ -161,24 +149,20 @@ async fn serve_socket<S>(
 {
     let progress = stream.progress.clone();
     let Some(tls) = tls else {
-        let request = RequestInfo { peer, direct };
-        return serve_connection(stream, progress, request, router, shutdown, options).await;
+        return serve_connection(stream, progress, peer, router, shutdown, options).await;
     };
-    // A TLS socket's bytes are encrypted per connection: nothing to write directly.
-    drop(direct);
-    let request = RequestInfo { peer, direct: None };
     let started = tokio::select! {
         started = tokio::time::timeout(options.header_read_timeout, tls.start(stream)) => started,
         _ = shutdown.wait_for(|down| *down) => return,
     };
     match started {
         Ok(Ok(Started::Tls(stream))) => {
-            serve_connection(*stream, progress, request, router, shutdown, options).await
+            serve_connection(*stream, progress, peer, router, shutdown, options).await
         }
         Ok(Ok(Started::Plain(stream))) => {
             options.plain_http_on_tls.inc();
             let plain = tls.plain_router();
-            serve_connection(stream, progress, request, plain, shutdown, options).await
+            serve_connection(stream, progress, peer, plain, shutdown, options).await
         }
         Ok(Err(e)) => {
             options.tls_handshake_errors.inc();
@@ -196,7 +180,7 @@ async fn serve_socket<S>(
 async fn serve_connection<S>(
     stream: S,
     progress: Arc<AtomicU64>,
-    info: RequestInfo,
+    peer: SocketAddr,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
     options: Arc<ConnectionOptions>,
@@ -206,12 +190,8 @@ async fn serve_connection<S>(
     let mut idle = IdleWatch::new(progress, options.idle_timeout);
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let mut request = request.map(Body::new);
-        // Handlers read the client's address with `ConnectInfo<SocketAddr>`, and the upgrade
-        // the socket's direct writer.
-        request.extensions_mut().insert(ConnectInfo(info.peer));
-        if let Some(direct) = &info.direct {
-            request.extensions_mut().insert(direct.clone());
-        }
+        // Handlers read the client's address with `ConnectInfo<SocketAddr>`.
+        request.extensions_mut().insert(ConnectInfo(peer));
         let mut router = router.clone();
         async move { Ok::<_, Infallible>(router.call(request).await.unwrap_or_else(|e| match e {})) }
     });
@@ -473,7 +453,6 @@ mod tests {
         let peer = SocketAddr::from(([192, 0, 2, 1], 40_000));
         let task = tokio::spawn(serve_socket(
             stream,
-            None,
             peer,
             router,
             tls,

@@ -15,7 +15,6 @@ use tokio::sync::Notify;
 use crate::clock::unix_now;
 use crate::close::CloseReason;
 use crate::ids::{AppId, ConnId, PeerId};
-use crate::socket::{DirectSocket, TryWrite};
 use crate::sync::lock;
 
 /// An emptied queue keeps at most this many slots; more is released, so a connection that had
@@ -223,31 +222,6 @@ impl Conn {
             return Delivery::Dropped;
         }
         let was_empty = outbox.frames.is_empty();
-        // An idle connection (nothing queued, nothing taken and unwritten) on a plain socket
-        // gets the frame written here and now: no wake-up, no copy. Under the queue lock, so
-        // it keeps its place among this connection's frames.
-        if was_empty && held == 0 {
-            if let Some(direct) = &outbox.direct {
-                match direct.try_write(&frame) {
-                    TryWrite::Written => {
-                        outbox.enqueued += 1;
-                        outbox.written += 1;
-                        return Delivery::Queued;
-                    }
-                    TryWrite::Started => {
-                        // The socket took part of it; the rest waits in the socket's gate.
-                        // An empty marker wakes the session to finish it, and counts the
-                        // frame as written once it has.
-                        outbox.frames.push_back(Frame::from(""));
-                        outbox.enqueued += 1;
-                        drop(outbox);
-                        self.outbox_ready.notify_one();
-                        return Delivery::Queued;
-                    }
-                    TryWrite::NotNow => {}
-                }
-            }
-        }
         outbox.frames.push_back(frame);
         outbox.bytes = after;
         outbox.enqueued += 1;
@@ -260,15 +234,6 @@ impl Conn {
             self.outbox_ready.notify_one();
         }
         Delivery::Queued
-    }
-
-    /// From now on, a frame for this connection while it is idle is written to its socket by
-    /// the deliverer (`socket.rs`). The session calls it once its welcome is written.
-    pub fn write_directly(&self, socket: DirectSocket) {
-        let mut outbox = lock(&self.outbox);
-        if !outbox.closed {
-            outbox.direct = Some(socket);
-        }
     }
 
     /// Unwritten bytes this connection holds: queued plus taken by the session but not yet
@@ -336,8 +301,6 @@ struct Outbox {
     written: u64,
     /// The session ended: later deliveries are refused (`Delivery::Closed`).
     closed: bool,
-    /// The plain socket, for direct writes to an idle connection (see [`Conn::deliver`]).
-    direct: Option<DirectSocket>,
 }
 
 /// The receiving end of a connection's outbound queue, owned by its session task. Dropping it
@@ -362,11 +325,6 @@ impl Outbound {
             }
             self.conn.outbox_ready.notified().await;
         }
-    }
-
-    /// Frames already taken from the shared queue and not yet handed out.
-    pub fn ready(&self) -> usize {
-        self.batch.len()
     }
 
     /// The next frame if one is queued. Takes the whole shared queue in one swap, so the lock
@@ -419,7 +377,6 @@ impl Drop for Outbound {
         let mut outbox = lock(&self.conn.outbox);
         outbox.closed = true;
         outbox.frames = VecDeque::new();
-        outbox.direct = None;
         self.conn.node.release(outbox.bytes);
         outbox.bytes = 0;
     }

@@ -9,7 +9,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 
 mod openapi;
 pub use openapi::ApiDoc;
@@ -19,7 +19,6 @@ use crate::clock::unix_now;
 use crate::limits::Attempt;
 use crate::rest::{self, ApiError};
 use crate::session;
-use crate::socket::DirectSocket;
 use crate::state::ServerState;
 
 /// Read buffer per socket, allocated for the connection's lifetime. Small, because most sockets
@@ -51,7 +50,6 @@ async fn connect(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: Uri,
-    direct: Option<Extension<DirectSocket>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match state
@@ -92,7 +90,7 @@ async fn connect(
         .max_frame_size(max_frame)
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| session::serve(socket, state, auth, direct.map(|Extension(d)| d)))
+        .on_upgrade(move |socket| session::serve(socket, state, auth))
 }
 
 async fn not_found() -> Response {

@@ -4,7 +4,6 @@
 //! Hot-path counters are resolved once at start-up into plain `Counter` handles: counting a frame
 //! is one relaxed atomic add, with no label lookup and no lock.
 
-use crate::frames_out::{FramesOut, OUT_TYPES};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -28,6 +27,18 @@ const IN_TYPES: [&str; 6] = [
     "ping",
     "invalid",
 ];
+/// Frame types the server sends.
+const OUT_TYPES: [&str; 9] = [
+    "welcome",
+    "ack",
+    "error",
+    "message",
+    "direct",
+    "presence",
+    "pong",
+    "going_away",
+    "other",
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -38,7 +49,7 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     pub channels: Gauge,
     messages_in: Vec<Counter>,
-    messages_out: FramesOut,
+    messages_out: Vec<Counter>,
     errors: Vec<Counter>,
     pub slow_consumers: Counter,
     /// Time from accepting a publish to having queued it for every local subscriber.
@@ -349,7 +360,7 @@ impl Metrics {
         Metrics {
             http,
             messages_in: resolve(&messages_in_family, "type", &IN_TYPES),
-            messages_out: FramesOut::new(resolve(&messages_out_family, "type", &OUT_TYPES)),
+            messages_out: resolve(&messages_out_family, "type", &OUT_TYPES),
             errors: resolve(&errors_family, "code", &error_codes),
             registry,
             connections,
@@ -392,12 +403,15 @@ impl Metrics {
     /// An encoded server frame was written. The type is read from the frame's fixed prefix
     /// (`{"type":"…"`), which every encoder in `herald_protocol::encode` writes first.
     pub fn frame_out(&self, frame: &str) {
-        self.messages_out.count(frame);
-    }
-
-    /// The frames-out counters, for writers outside a session (a connection's direct writes).
-    pub fn frames_out(&self) -> FramesOut {
-        self.messages_out.clone()
+        let kind = frame
+            .strip_prefix("{\"type\":\"")
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("other");
+        let i = OUT_TYPES
+            .iter()
+            .position(|t| *t == kind)
+            .unwrap_or(OUT_TYPES.len() - 1);
+        self.messages_out[i].inc();
     }
 
     pub fn error_sent(&self, code: ErrorCode) {

@@ -26,7 +26,6 @@ use crate::ids::ChannelName;
 use crate::limits::TokenBucket;
 use crate::resubscribe::DuplicateSubscribes;
 use crate::resume::watermark::{sleep_until_due, Watermark};
-use crate::socket::DirectSocket;
 use crate::state::{ServerState, SessionGuard};
 
 use self::ending::{classify_read_error, departure, rate_limited, unwind_to_close};
@@ -53,7 +52,6 @@ pub fn serve(
     ws: WebSocket,
     state: Arc<ServerState>,
     auth: Result<Identity, AuthError>,
-    direct: Option<DirectSocket>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let identity = match auth {
         Ok(identity) => identity,
@@ -76,7 +74,7 @@ pub fn serve(
             ),
         ));
     };
-    Either::Right(Session::start(ws, state, identity, slot, direct))
+    Either::Right(Session::start(ws, state, identity, slot))
 }
 
 async fn refuse(mut ws: WebSocket, reason: CloseReason) {
@@ -107,8 +105,6 @@ struct Session {
     /// What this connection is known to have read, for a resume after a drop: only for a
     /// stable peer id with resume on (boxed: other connections pay one pointer).
     watermark: Option<Box<Watermark>>,
-    /// The plain socket's direct writer; `None` over TLS (tungstenite writes everything).
-    direct: Option<DirectSocket>,
 }
 
 /// What the read side decided.
@@ -127,7 +123,6 @@ impl Session {
         state: Arc<ServerState>,
         identity: Identity,
         _slot: SessionGuard,
-        direct: Option<DirectSocket>,
     ) {
         let limits = &state.config.limits;
         let (conn, rx) = Conn::with_limits(
@@ -174,12 +169,8 @@ impl Session {
             client_closed: false,
             duplicates: DuplicateSubscribes::default(),
             watermark: None,
-            direct,
         };
         session.watermark = session.new_watermark();
-        // Not `Conn::write_directly`: a deliverer's write per frame costs a syscall per
-        // delivery, and under load that loses the batching of many frames per write that
-        // waking the session gives (BENCHMARKS.md, "The cost of one write").
         // A panic anywhere in the loop (a handler, the engine) ends only this session, and the
         // cleanup below still runs: no ghost presence, no leaked quota or gauge.
         let conn_id = session.conn.id;
@@ -238,7 +229,7 @@ impl Session {
                 deadline = deadlines.fired() => match deadline {
                     Deadline::Expired => return Some(AuthError::Expired.close_reason()),
                     Deadline::DrainOver => {
-                        flush_pending(ws, self.direct.as_ref(), &mut rx, &self.state.metrics).await;
+                        flush_pending(ws, &mut rx, &self.state.metrics).await;
                         return Some(CloseReason::new(CloseCode::GoingAway, "server shutting down"));
                     }
                 },
@@ -257,7 +248,7 @@ impl Session {
                             if !write_delay.is_zero() {
                                 tokio::time::sleep(write_delay).await;
                             }
-                            write_batch(ws, self.direct.as_ref(), first, &mut rx, &self.state.metrics).await
+                            write_batch(ws, first, &mut rx, &self.state.metrics).await
                         } => {
                             if !written {
                                 return None;

@@ -67,8 +67,7 @@ impl Session {
             let Some(frame) = rx.try_recv() else {
                 break;
             };
-            let direct = self.direct.as_ref();
-            if !write_batch(ws, direct, frame, rx, &self.state.metrics).await {
+            if !write_batch(ws, frame, rx, &self.state.metrics).await {
                 return false;
             }
             flushed = true;
