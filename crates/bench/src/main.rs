@@ -94,6 +94,10 @@ enum Command {
         /// Busy-poll: the generator never sleeps in epoll_wait (uses its whole core).
         #[arg(long)]
         spin: bool,
+        /// Herald: clients connect with JWTs signed by this secret key (kid:secret), as stable
+        /// peers `bench-<index>`, instead of with the publishable keys.
+        #[arg(long, value_parser = SigningKey::parse)]
+        signing_key: Option<SigningKey>,
         /// Chat workload member counts (one run each).
         #[arg(long, value_delimiter = ',')]
         chat: Vec<usize>,
@@ -319,6 +323,7 @@ fn main() -> anyhow::Result<()> {
             churners,
             window,
             spin,
+            signing_key,
             chat,
             chat_secs,
             chat_every,
@@ -365,6 +370,7 @@ fn main() -> anyhow::Result<()> {
                 key,
                 quiet_key,
                 pids: pid,
+                signing_key,
             };
             let label = label.unwrap_or_else(|| proto.name().to_string());
             // One thread: the generator is pinned to one core, and a single-threaded runtime
@@ -516,6 +522,7 @@ fn main() -> anyhow::Result<()> {
                 key: key.clone(),
                 quiet_key: key,
                 pids: Vec::new(),
+                signing_key: None,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

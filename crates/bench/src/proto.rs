@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use memchr::memmem;
 
+use crate::token::SigningKey;
 use crate::ws::{self, Frame, WsReader, WsWriter};
 
 /// Which wire a target speaks.
@@ -44,6 +45,9 @@ pub struct Target {
     pub quiet_key: String,
     /// Server processes whose CPU time and RSS are sampled (every node of a cluster).
     pub pids: Vec<u32>,
+    /// Herald: when set, clients connect with a JWT this key signs (peer id `bench-<index>`)
+    /// instead of the publishable keys: stable peers, as lossless reconnect tracks them.
+    pub signing_key: Option<SigningKey>,
 }
 
 impl Target {
@@ -261,12 +265,15 @@ impl Client {
         let addr = target.addr(node);
         match target.proto {
             Proto::Herald => {
-                let key = if presence {
-                    &target.key
-                } else {
-                    &target.quiet_key
+                let path = match &target.signing_key {
+                    Some(signer) => format!(
+                        "/v1?token={}",
+                        signer.token(&format!("bench-{node}"), None, presence)
+                    ),
+                    None if presence => format!("/v1?key={}", target.key),
+                    None => format!("/v1?key={}", target.quiet_key),
                 };
-                Client::connect_herald(addr, &format!("/v1?key={key}"), node).await
+                Client::connect_herald(addr, &path, node).await
             }
             Proto::Socketio => {
                 let (mut rd, mut wr) =

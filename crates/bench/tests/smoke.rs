@@ -65,6 +65,7 @@ async fn smoke_herald() {
         key: "pk_bench".into(),
         quiet_key: "pk_bench_quiet".into(),
         pids: vec![std::process::id()],
+        signing_key: None,
     };
     let result = suite::run("herald", &target, &SuiteOpts::smoke())
         .await
@@ -136,6 +137,7 @@ async fn smoke_socketio() {
         key: String::new(),
         quiet_key: String::new(),
         pids: vec![pid],
+        signing_key: None,
     };
     let result = suite::run("socketio", &target, &SuiteOpts::smoke())
         .await
@@ -196,6 +198,7 @@ async fn smoke_suite_against_sockudo() {
         key: String::new(),
         quiet_key: String::new(),
         pids: vec![pid],
+        signing_key: None,
     };
     herald_bench::scenarios::probe(&target).await.unwrap();
     let result = suite::run("sockudo", &target, &SuiteOpts::smoke())

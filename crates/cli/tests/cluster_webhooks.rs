@@ -7,16 +7,16 @@
 //! and every event the dead node had read is delivered by another node, in order per channel.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::collections::BTreeMap;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use herald_protocol::claims::Claims;
+use herald_testkit::process::HeraldProcess;
 use herald_testkit::redis::RedisServer;
 use herald_testkit::tokens::{now, sign};
+use herald_testkit::webhook_receiver::Receiver;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -27,95 +27,7 @@ const LEASE_MS: u64 = 5_000;
 const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo=";
 const MESSAGES: u64 = 40;
 
-fn compat_py() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/compat/py")
-}
-
-/// The misbehaving receiver (`tests/compat/py/webhook_receiver.py`); killed when dropped.
-struct Receiver {
-    child: Child,
-    port: u16,
-    out: PathBuf,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let python = compat_py().join(".venv/bin/python");
-        assert!(
-            python.exists(),
-            "{} is missing: run tests/compat/install.sh (scripts/test does)",
-            python.display()
-        );
-        let out = std::env::temp_dir().join(format!("herald-hooks-{}.jsonl", std::process::id()));
-        let _ = std::fs::remove_file(&out);
-        let mut child = Command::new(python)
-            .arg("-u")
-            .arg(compat_py().join("webhook_receiver.py"))
-            .args([WHSEC, out.to_str().unwrap(), "1.0", "7"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("listening ")
-            .unwrap()
-            .parse()
-            .unwrap();
-        Receiver { child, port, out }
-    }
-
-    /// Events as first received (de-duplicated by id); panics on a refused signature.
-    fn events(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        let mut seen = HashSet::new();
-        let mut events = Vec::new();
-        for line in text.lines() {
-            let line: Value = serde_json::from_str(line).unwrap();
-            assert!(
-                line.get("bad_signature").is_none(),
-                "a signature was refused"
-            );
-            let event = line["event"].clone();
-            if seen.insert(event["id"].as_str().unwrap().to_string()) {
-                events.push(event);
-            }
-        }
-        events
-    }
-
-    fn count(&self, kind: &str, key: &str, value: &str) -> usize {
-        self.events()
-            .iter()
-            .filter(|e| e["type"] == kind && e[key] == value)
-            .count()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.out);
-    }
-}
-
-struct Node {
-    child: Child,
-    origin: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node(dir: &std::path::Path, redis: &RedisServer, id: &str, extra: &str) -> Node {
+fn start_node(dir: &std::path::Path, redis: &RedisServer, id: &str, extra: &str) -> HeraldProcess {
     let config = format!(
         r#"listen = "127.0.0.1:0"
 [log]
@@ -135,66 +47,27 @@ secret = "{SECRET}"
 "#,
         url = redis.url()
     );
-    let path = dir.join(format!("{id}.toml"));
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if let Some(listen) = v["fields"]["listen"].as_str() {
-                        let _ = tx.send(listen.to_string());
-                        sent = true;
-                    }
-                }
-            }
-        }
-    });
-    let listen = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("node did not report its address");
-    Node {
-        child,
-        origin: format!("ws://{listen}"),
-    }
-}
-
-/// Waits until the node answers `/readyz` with 200 (its Redis pub/sub is up), as a load
-/// balancer would before sending it clients.
-async fn wait_ready(node: &Node) {
-    let url = format!("{}/readyz", node.origin.replacen("ws://", "http://", 1));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !reqwest::get(&url)
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "{url} never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    HeraldProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_herald")),
+        &dir.join(format!("{id}.toml")),
+        &config,
+    )
 }
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(node: &Node, sub: &str) -> Ws {
+async fn connect(node: &HeraldProcess, sub: &str) -> Ws {
     let claims = Claims {
         sub: sub.into(),
         exp: Some(now() + 600),
         ..Claims::default()
     };
     let token = sign(KID, SECRET, &claims);
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/v1?token={token}", node.origin))
-        .await
-        .unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{}/v1?token={token}", node.origin()))
+            .await
+            .unwrap();
     let welcome = next_json(&mut ws).await.unwrap();
     assert_eq!(welcome["type"], "welcome");
     ws
@@ -253,7 +126,7 @@ fn entry(event: &Value) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_s_room_is_vacated_once_and_its_pending_events_are_delivered_elsewhere() {
     let redis = RedisServer::start();
-    let receiver = Receiver::start();
+    let receiver = Receiver::start(WHSEC, 1.0, 0.30);
     let dir = std::env::temp_dir().join(format!("herald-hooks-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // The endpoint's address: nothing listens there until the owner is dead.
@@ -280,7 +153,7 @@ batch_delay_ms = 5
     let mut nodes = Vec::new();
     for id in ["hooks-a", "hooks-b", "hooks-c"] {
         let node = start_node(&dir, &redis, id, &hooks);
-        wait_ready(&node).await;
+        node.wait_ready().await;
         nodes.push(node);
     }
     let mut last = connect(&nodes[0], "last").await;
@@ -324,12 +197,7 @@ batch_delay_ms = 5
     let delivered_before = receiver.events().len();
     assert_eq!(delivered_before, 0);
     let killed_at = Instant::now();
-    let status = Command::new("kill")
-        .args(["-KILL", &nodes[0].child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = nodes[0].child.wait();
+    nodes[0].kill9();
     drop(last);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await

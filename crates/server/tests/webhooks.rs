@@ -6,9 +6,6 @@
 //! event.
 #![allow(clippy::unwrap_used)]
 
-#[path = "webhooks/receiver.rs"]
-mod receiver;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +16,7 @@ use herald_server::config::{
 use herald_server::webhooks::transport::HttpTransport;
 use herald_server::webhooks::{EventFields, EventType, WebhookMetrics, Webhooks};
 use herald_testkit::prelude::*;
-use receiver::{new_secret, summary, Receiver};
+use herald_testkit::webhook_receiver::{new_secret, summary, Receiver};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,15 +8,12 @@
 //! front of it: connections are refused, so every attempt fails and is retried.
 #![allow(clippy::unwrap_used)]
 
-#[path = "webhooks/receiver.rs"]
-mod receiver;
-
 use std::time::{Duration, Instant};
 
 use herald_server::config::WebhookEndpointConfig;
 use herald_testkit::prelude::*;
 use herald_testkit::proxy::TcpProxy;
-use receiver::{new_secret, Receiver};
+use herald_testkit::webhook_receiver::{new_secret, Receiver};
 use serde_json::{json, Value};
 
 const ROOM: &str = "room-bench";

@@ -9,9 +9,6 @@
 //! - every peer's events come in order: online, joined, left, offline.
 #![allow(clippy::unwrap_used)]
 
-#[path = "webhooks/receiver.rs"]
-mod receiver;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -19,7 +16,7 @@ use std::time::{Duration, Instant};
 use herald_server::config::{WebhookEndpointConfig, EVENT_TYPES};
 use herald_testkit::prelude::*;
 use herald_testkit::proxy::TcpProxy;
-use receiver::{new_secret, Receiver};
+use herald_testkit::webhook_receiver::{new_secret, Receiver};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};

@@ -20,6 +20,7 @@ pub mod server;
 pub mod streams;
 pub mod tls;
 pub mod tokens;
+pub mod webhook_receiver;
 pub mod ws;
 
 /// Everything a test file usually needs, for one glob import.

@@ -1,9 +1,7 @@
-//! The webhook receiver the webhook tests share: `tests/compat/py/webhook_receiver.py`, a real
+//! The webhook receiver the webhook tests share (the server's and the CLI's): `tests/compat/py/webhook_receiver.py`, a real
 //! HTTP server that verifies every signature with the Standard Webhooks reference library
 //! (`standardwebhooks`, PyPI) and fails a share of requests on purpose; and what it recorded,
 //! de-duplicated by event id.
-#![allow(dead_code)]
-
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -71,6 +69,14 @@ impl Receiver {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hooks", self.port)
+    }
+
+    /// How many de-duplicated events have `type` `kind` and `key` equal to `value`.
+    pub fn count(&self, kind: &str, key: &str, value: &str) -> usize {
+        self.events()
+            .iter()
+            .filter(|e| e["type"] == kind && e[key] == value)
+            .count()
     }
 
     /// Every line recorded so far (`{"webhook_id", "event"}` or `{"bad_signature": true}`).
