@@ -403,7 +403,10 @@ async fn data_channel_with_rust_polite_and_impolite() {
             .await;
         browser = again.as_str().unwrap().to_owned();
     }
-    assert!(middle_id(&browser), "no browser id in the middle in 40 joins");
+    assert!(
+        middle_id(&browser),
+        "no browser id in the middle in 40 joins"
+    );
     for polite in [true, false] {
         let (rust, mut events) = join_as(&driver, room, &browser, polite).await;
         channel_open(&mut events, &browser).await;
@@ -585,5 +588,47 @@ async fn two_rust_peers_and_a_browser_form_a_full_mesh() {
     );
     a.leave().await;
     b.leave().await;
+    driver.stop().await;
+}
+
+/// Open bug (docs/webrtc.md, "Known flakes"): when this side answered first (polite, the
+/// browser offered its camera) and then offers its own channel and track, Chromium answers and
+/// from then on sends its connectivity checks as ICE-controlled, like this side; webrtc-ice 0.17
+/// drops such checks unanswered (no role-conflict resolution). When Chromium's tie-breaker is
+/// the lower one it keeps that role (answering 487, which webrtc-ice ignores), and the call that
+/// connected goes `disconnected` within seconds: 2 of 4 runs here. Ignored until fixed:
+/// `--run-ignored only` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open bug: ICE role conflict after a polite renegotiation (docs/webrtc.md)"]
+async fn polite_rust_renegotiation_keeps_the_call_up() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut driver = Driver::start().await;
+    let room = "rtc/polite-renegotiation";
+    let mut browser = driver.open("Camera", room, true).await;
+    for _ in 0..40 {
+        if middle_id(&browser) {
+            break;
+        }
+        let again = driver
+            .call(json!({"cmd": "rejoin", "name": "Camera", "room": room, "camera": true}))
+            .await;
+        browser = again.as_str().unwrap().to_owned();
+    }
+    assert!(
+        middle_id(&browser),
+        "no browser id in the middle in 40 joins"
+    );
+    let (rust, mut events) = join_as(&driver, room, &browser, true).await;
+    channel_open(&mut events, &browser).await;
+    let rust_id = rust.peer().peer_id().unwrap();
+    let link = rust.link(&browser).unwrap();
+    // Chromium calls the link disconnected about 5 s after the renegotiation, this side 10 s.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let state = driver
+        .eval("Camera", &format!("window.rtc.remotes[{rust_id:?}]?.state"))
+        .await;
+    assert_eq!(state, json!("connected"), "the browser's view of the call");
+    assert_eq!(link.state(), "connected", "this side's view of the call");
+    rust.leave().await;
     driver.stop().await;
 }
