@@ -193,13 +193,10 @@ struct Negotiation {
     remote_generation: u64,
     /// This side's DTLS `a=setup` once the role is fixed; later answers keep it.
     dtls_setup: Option<&'static str>,
-    /// After a replacement, our own offer waits until ICE connects: webrtc-rs 0.17 sometimes
-    /// never connects when renegotiated while its first checks are still running (seen in
-    /// about one polite camera call in ten).
-    hold_offer: bool,
-    /// A remote renegotiation offer that came while the first ICE checks ran; applied once ICE
-    /// settles, for the same reason as `hold_offer`.
-    deferred_offer: Option<String>,
+    /// This side answered the first exchange, so its ICE agent is controlled for good (webrtc-rs
+    /// fixes the role once). Its SDP then says `a=ice-lite`, which keeps the remote controlling
+    /// through our own later offers; see [`declare_lite`].
+    lite: bool,
 }
 
 impl Negotiation {
@@ -208,8 +205,7 @@ impl Negotiation {
         self.pending_offer = None;
         self.early_candidates.clear();
         self.dtls_setup = None;
-        self.hold_offer = true;
-        self.deferred_offer = None;
+        self.lite = false;
     }
 }
 
@@ -229,8 +225,7 @@ pub(super) async fn run(
         restart_scheduled: false,
         remote_generation: 0,
         dtls_setup: None,
-        hold_offer: false,
-        deferred_offer: None,
+        lite: false,
     };
     while let Some(input) = inputs.recv().await {
         if tracing::enabled!(tracing::Level::DEBUG) {
@@ -271,7 +266,7 @@ pub(super) async fn run(
                 Ok(())
             }
             Input::NegotiationNeeded(_) => {
-                if !n.hold_offer && link.pc().signaling_state() == RTCSignalingState::Stable {
+                if link.pc().signaling_state() == RTCSignalingState::Stable {
                     offer(&link, &mut n, false).await
                 } else {
                     n.want_offer = true;
@@ -290,19 +285,7 @@ pub(super) async fn run(
             }
             Input::IceState(_, state) => {
                 on_ice_state(&link, &mut n, state);
-                let settled = !matches!(
-                    state,
-                    RTCIceConnectionState::New | RTCIceConnectionState::Checking
-                );
-                match n.deferred_offer.take() {
-                    Some(sdp) if settled => {
-                        on_description(&core, &link, &mut n, SdpType::Offer, sdp).await
-                    }
-                    other => {
-                        n.deferred_offer = other;
-                        Ok(())
-                    }
-                }
+                Ok(())
             }
             Input::Restart { generation } => {
                 n.restart_scheduled = false;
@@ -336,8 +319,7 @@ pub(super) async fn run(
                 error: e,
             });
         }
-        if n.want_offer && !n.hold_offer && link.pc().signaling_state() == RTCSignalingState::Stable
-        {
+        if n.want_offer && link.pc().signaling_state() == RTCSignalingState::Stable {
             n.want_offer = false;
             if let Err(e) = offer(&link, &mut n, false).await {
                 tracing::debug!(peer = %link.peer_id, error = %e, "webrtc offer failed");
@@ -372,6 +354,7 @@ async fn offer(link: &LinkInner, n: &mut Negotiation, ice_restart: bool) -> Resu
     let sdp = offer.sdp.clone();
     link.pc().set_local_description(offer).await.map_err(err)?;
     n.pending_offer = Some(sdp.clone());
+    let sdp = declare_lite(n, sdp);
     send(
         link,
         &Signal::Description {
@@ -444,14 +427,6 @@ async fn on_description(
     let stable = link.pc().signaling_state() == RTCSignalingState::Stable;
     match sdp_type {
         SdpType::Offer => {
-            let checking = matches!(
-                link.pc().ice_connection_state(),
-                RTCIceConnectionState::New | RTCIceConnectionState::Checking
-            );
-            if stable && checking && link.pc().remote_description().await.is_some() {
-                n.deferred_offer = Some(sdp);
-                return Ok(());
-            }
             let collision = !stable;
             n.ignore_offer = !link.polite && collision;
             if n.ignore_offer {
@@ -479,9 +454,11 @@ async fn on_description(
                 Some(setup) => set_setup(&answer.sdp, setup),
                 None => {
                     n.dtls_setup = Some("active");
+                    n.lite = true;
                     answer.sdp.clone()
                 }
             };
+            let answer_sdp = declare_lite(n, answer_sdp);
             link.pc().set_local_description(answer).await.map_err(err)?;
             send(
                 link,
@@ -532,6 +509,33 @@ async fn remote_set(link: &LinkInner, n: &mut Negotiation, sdp: &str) {
     }
 }
 
+/// Adds `a=ice-lite` to the copy of a description sent to the remote once this side's agent
+/// is controlled for good (it answered the first exchange).
+///
+/// Why: after Chromium answers an offer of ours on such a link, it sends its checks as
+/// ICE-controlled too. webrtc-ice 0.17 drops a check whose role equals its own and has no
+/// role-conflict resolution (no 487, no tie-breaker), so the call drops (or never connects when
+/// the offer comes during the first checks). An ICE-lite remote is always the controlled one
+/// (RFC 8445 §6.1.1), so Chromium, and webrtc-rs as well, stay controlling. This agent still
+/// runs full ICE (checks, trickle, srflx and relay candidates); the attribute only settles the
+/// roles.
+fn declare_lite(n: &Negotiation, sdp: String) -> String {
+    if !n.lite || sdp.contains("\r\na=ice-lite") {
+        return sdp;
+    }
+    // Session level: right after the `t=` line, before any media section.
+    match sdp.find("\r\nt=") {
+        Some(at) => match sdp[at + 2..].find("\r\n") {
+            Some(end) => {
+                let cut = at + 2 + end + 2;
+                format!("{}a=ice-lite\r\n{}", &sdp[..cut], &sdp[cut..])
+            }
+            None => sdp,
+        },
+        None => sdp,
+    }
+}
+
 /// Rewrites every `a=setup:` line of `sdp` to `setup`.
 fn set_setup(sdp: &str, setup: &str) -> String {
     sdp.split("\r\n")
@@ -549,7 +553,6 @@ fn set_setup(sdp: &str, setup: &str) -> String {
 fn on_ice_state(link: &Arc<LinkInner>, n: &mut Negotiation, state: RTCIceConnectionState) {
     match state {
         RTCIceConnectionState::Connected | RTCIceConnectionState::Completed => {
-            n.hold_offer = false;
             n.restart_attempt = 0;
             n.restart_generation += 1;
         }
