@@ -11,7 +11,9 @@
 //! tests/browser/rtc-page), or run the example again as Bob. Tokens come from Herald's dev
 //! endpoint `POST /dev/token`, so this needs a Herald in dev mode; set `HERALD_URL`
 //! (default `ws://127.0.0.1:8080`). Typed lines are sent as text messages; received binary
-//! messages are shown as their length. The remote's video RTP is counted and shown by `/stats`.
+//! messages are shown as their length. The remote's video RTP is counted and shown by `/stats`;
+//! with `HERALD_RECORD=<dir>`, every remote track is also recorded there (VP8/VP9 video as
+//! `.ivf`, Opus audio as `.ogg`, playable with ffplay or VLC).
 //! `/quit` or Ctrl-D leaves.
 
 use herald_client::rtc::{RtcEvent, RtcOptions, RtcPeer};
@@ -44,7 +46,14 @@ async fn main() -> Result<(), AnyError> {
         }
     };
     let options = PeerOptions::new(SignallingClientOptions::token_provider(provider).with_url(ws));
-    let peer = RtcPeer::new(options, RtcOptions::default())?;
+    let rtc = RtcOptions {
+        record_dir: std::env::var_os("HERALD_RECORD").map(std::path::PathBuf::from),
+        ..RtcOptions::default()
+    };
+    if let Some(dir) = &rtc.record_dir {
+        std::fs::create_dir_all(dir)?;
+    }
+    let peer = RtcPeer::new(options, rtc)?;
     let mut events = peer.events();
     peer.join(&room).await?;
     println!(

@@ -436,6 +436,29 @@ async fn data_channel_with_rust_polite_and_impolite() {
     driver.stop().await;
 }
 
+/// Whole frames in the one `.ivf` file in `dir` (its 32-byte header, then per frame a 12-byte
+/// header with the frame's length).
+fn ivf_frames(dir: &std::path::Path) -> usize {
+    let file = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "ivf"))
+        .expect("an .ivf recording");
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(&bytes[..4], b"DKIF", "{}", file.display());
+    let (mut at, mut frames) = (32, 0);
+    while at + 12 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if at + 12 + len > bytes.len() {
+            break;
+        }
+        at += 12 + len;
+        frames += 1;
+    }
+    frames
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_camera_arrives_and_rtp_is_counted_and_audio_goes_back() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -444,11 +467,15 @@ async fn fake_camera_arrives_and_rtp_is_counted_and_audio_goes_back() {
     let browser = driver.open("Camera", room, true).await;
     let mut meta = serde_json::Map::new();
     meta.insert("role".into(), json!("tone"));
+    let record = std::env::temp_dir().join(format!("herald-rtc-record-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&record);
+    std::fs::create_dir_all(&record).unwrap();
     let rust = rust_peer(
         &driver,
         "rust-media",
         RtcOptions {
             send_audio: Some(meta),
+            record_dir: Some(record.clone()),
             ..RtcOptions::default()
         },
     )
@@ -484,6 +511,15 @@ async fn fake_camera_arrives_and_rtp_is_counted_and_audio_goes_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(link.rtp_bytes() > 10_000, "{} bytes", link.rtp_bytes());
+    if mime.eq_ignore_ascii_case("video/vp8") || mime.eq_ignore_ascii_case("video/vp9") {
+        // The recording: an IVF file of whole frames.
+        let frames = ivf_frames(&record);
+        assert!(
+            frames >= 5,
+            "{frames} frames recorded in {}",
+            record.display()
+        );
+    }
     let rust_id = rust.peer().peer_id().unwrap();
     // The Opus track this side sends reaches the browser as a stream.
     driver
@@ -495,6 +531,7 @@ async fn fake_camera_arrives_and_rtp_is_counted_and_audio_goes_back() {
         .await;
     rust.leave().await;
     driver.stop().await;
+    let _ = std::fs::remove_dir_all(&record);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -211,8 +211,9 @@ impl Core {
             })
         }));
         let weak = Arc::downgrade(inner);
+        let record_dir = self.options.record_dir.clone();
         pc.on_track(Box::new(move |track, receiver, _| {
-            media::on_track(weak.clone(), track, receiver);
+            media::on_track(weak.clone(), track, receiver, record_dir.as_deref());
             Box::pin(async {})
         }));
         if let Some(meta) = &self.options.send_audio {

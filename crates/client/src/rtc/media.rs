@@ -1,6 +1,8 @@
 //! Media: remote tracks are read and their RTP counted; optionally this side sends an Opus
 //! track of silence frames, announced with track metadata before the offer.
 
+use std::fs::File;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -16,6 +18,11 @@ use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSampl
 use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_remote::TrackRemote;
 
+use webrtc::media::io::ivf_reader::IVFFileHeader;
+use webrtc::media::io::ivf_writer::IVFWriter;
+use webrtc::media::io::ogg_writer::OggWriter;
+use webrtc::media::io::Writer;
+
 use super::link::LinkInner;
 use super::RtcEvent;
 use crate::events::lock;
@@ -27,11 +34,13 @@ use crate::types::Metadata;
 const OPUS_SILENCE: [u8; 3] = [0xf8, 0xff, 0xfe];
 const FRAME: Duration = Duration::from_millis(20);
 
-/// A remote track arrived: note it, then count its RTP until it ends.
+/// A remote track arrived: note it, then count its RTP (and record it, with a
+/// `record_dir`) until it ends.
 pub(super) fn on_track(
     link: Weak<LinkInner>,
     track: Arc<TrackRemote>,
     receiver: Arc<RTCRtpReceiver>,
+    record_dir: Option<&Path>,
 ) {
     let Some(inner) = link.upgrade() else {
         return;
@@ -45,20 +54,81 @@ pub(super) fn on_track(
         track_id,
         mime_type: track.codec().capability.mime_type,
     });
+    let mut recorder = record_dir.and_then(|dir| recorder(dir, &inner.peer_id, &track));
     drop(inner);
     // RTCP must be read for the interceptors (NACK, reports) to run.
     tokio::spawn(async move { while receiver.read_rtcp().await.is_ok() {} });
     tokio::spawn(async move {
         while let Ok((packet, _)) = track.read_rtp().await {
             let Some(inner) = link.upgrade() else {
-                return;
+                break;
             };
+            if let Some(writer) = &mut recorder {
+                if let Err(err) = writer.write_rtp(&packet) {
+                    tracing::warn!(error = %err, "recording a track failed; it is no longer recorded");
+                    recorder = None;
+                }
+            }
             inner.rtp_packets.fetch_add(1, Ordering::Relaxed);
             inner
                 .rtp_bytes
                 .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
         }
+        if let Some(mut writer) = recorder {
+            // Completes the file (the IVF header's frame count).
+            let _ = writer.close();
+        }
     });
+}
+
+/// A recorder of `track` into a new file in `dir`, for the codecs webrtc-rs writes to files:
+/// VP8/VP9 as IVF, Opus as Ogg. `None` for other codecs, or when the file cannot be made.
+fn recorder(dir: &Path, peer_id: &str, track: &TrackRemote) -> Option<Box<dyn Writer + Send>> {
+    let mime = track.codec().capability.mime_type.to_ascii_lowercase();
+    let file = |ext: &str| {
+        let name = format!("{peer_id}-{}", track.id())
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>();
+        File::create(dir.join(format!("{name}.{ext}"))).map_err(|e| e.to_string())
+    };
+    let made: Result<Box<dyn Writer + Send>, String> = match mime.as_str() {
+        "video/vp8" | "video/vp9" => file("ivf").and_then(|f| {
+            let header = IVFFileHeader {
+                signature: *b"DKIF",
+                version: 0,
+                header_size: 32,
+                four_cc: if mime == "video/vp8" {
+                    *b"VP80"
+                } else {
+                    *b"VP90"
+                },
+                width: 640,
+                height: 480,
+                timebase_denominator: 30,
+                timebase_numerator: 1,
+                num_frames: 0,
+                unused: 0,
+            };
+            IVFWriter::new(f, &header)
+                .map(|w| Box::new(w) as Box<dyn Writer + Send>)
+                .map_err(|e| e.to_string())
+        }),
+        "audio/opus" => file("ogg").and_then(|f| {
+            OggWriter::new(f, 48_000, 2)
+                .map(|w| Box::new(w) as Box<dyn Writer + Send>)
+                .map_err(|e| e.to_string())
+        }),
+        _ => return None,
+    };
+    made.map_err(|err| tracing::warn!(error = %err, %mime, "cannot record a track"))
+        .ok()
 }
 
 /// Adds an Opus track that sends silence every 20 ms while the link lives.

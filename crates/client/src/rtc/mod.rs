@@ -137,6 +137,9 @@ pub struct RtcOptions {
     /// Send an Opus audio track (silence frames) to every remote, announced with this
     /// metadata before the offer, like `MeteredPeer.addStream(stream, metadata)`.
     pub send_audio: Option<crate::types::Metadata>,
+    /// Record every remote track into this directory, one file per track: VP8/VP9 video as
+    /// IVF, Opus audio as Ogg (`<peer id>-<track id>.ivf|.ogg`); other codecs are only counted.
+    pub record_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RtcOptions {
@@ -146,6 +149,7 @@ impl Default for RtcOptions {
             ice_servers: None,
             loopback_candidates: true,
             send_audio: None,
+            record_dir: None,
         }
     }
 }
