@@ -8,13 +8,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use herald_protocol::claims::Claims;
 use herald_testkit::process::HeraldProcess;
 use herald_testkit::redis::{Backend, RedisCluster, RedisServer};
-use herald_testkit::tokens::{now, sign};
+use herald_testkit::ws::Client;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 const KID: &str = "sk_id_crash";
 const SECRET: &str = "sk_secret_crash_0123456789abcdef";
@@ -52,46 +49,9 @@ secret = "{SECRET}"
     )
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(node: &HeraldProcess, sub: &str) -> Ws {
-    let claims = Claims {
-        sub: sub.into(),
-        exp: Some(now() + 600),
-        ..Claims::default()
-    };
-    let token = sign(KID, SECRET, &claims);
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("{}/v1?token={token}", node.origin()))
-            .await
-            .unwrap();
-    let welcome = next_json(&mut ws).await.unwrap();
-    assert_eq!(welcome["type"], "welcome");
-    ws
-}
-
-async fn next_json(ws: &mut Ws) -> Option<Value> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .ok()??
-        {
-            Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
-}
-
-async fn subscribe(ws: &mut Ws, channel: &str) {
-    ws.send(Message::text(
-        json!({"type": "subscribe", "channel": channel, "requestId": channel}).to_string(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(next_json(ws).await.unwrap()["type"], "ack");
-    assert_eq!(next_json(ws).await.unwrap()["type"], "presence");
+/// A client of `node` as peer `sub`, with a token of this file's key.
+async fn connect(node: &HeraldProcess, sub: &str) -> Client {
+    Client::connect_jwt(&node.origin(), KID, SECRET, sub).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,14 +81,14 @@ async fn killed_node_peers_leave_exactly_once(redis: Backend, label: &str) {
         connect(&nodes[1], "watch-b").await,
     ];
     for w in &mut watchers {
-        subscribe(w, "room").await;
-        subscribe(w, "lobby").await;
+        w.subscribe("room").await;
+        w.subscribe("lobby").await;
     }
     let mut victims = Vec::new();
     for name in ["v1", "v2"] {
         let mut v = connect(&nodes[2], name).await;
-        subscribe(&mut v, "room").await;
-        subscribe(&mut v, "lobby").await;
+        v.subscribe("room").await;
+        v.subscribe("lobby").await;
         victims.push(v);
     }
     // Each watcher sees both victims (and the other watcher) join both channels.
@@ -148,7 +108,7 @@ async fn killed_node_peers_leave_exactly_once(redis: Backend, label: &str) {
                 "watcher {i} saw only {lefts:?} after {:?}",
                 killed_at.elapsed()
             );
-            let Some(frame) = next_json(w).await else {
+            let Some(frame) = w.next_frame_within(bound - killed_at.elapsed()).await else {
                 panic!("watcher {i} disconnected")
             };
             if frame["type"] == "presence" {
@@ -174,11 +134,7 @@ async fn killed_node_peers_leave_exactly_once(redis: Backend, label: &str) {
     }
     // Exactly once: nothing more arrives.
     for w in &mut watchers {
-        let extra = tokio::time::timeout(Duration::from_secs(2), w.next()).await;
-        assert!(
-            matches!(extra, Err(_) | Ok(Some(Ok(Message::Ping(_))))),
-            "unexpected {extra:?}"
-        );
+        w.expect_silence(2_000).await;
     }
     if let Backend::Cluster(cluster) = &redis {
         // The dead instance's index was emptied (and so deleted) on whichever master holds it;
@@ -225,24 +181,16 @@ async fn history_outlives_a_killed_node_on(redis: Backend, label: &str) {
     let mut alice = connect(&nodes[0], "alice").await;
     for n in 1..=30 {
         let request = format!("p{n}");
-        alice
-            .send(Message::text(
-                json!({"type": "publish", "channel": "room", "data": n, "requestId": request})
-                    .to_string(),
-            ))
-            .await
-            .unwrap();
-        let ack = next_json(&mut alice).await.unwrap();
-        assert_eq!(ack, json!({"type": "ack", "requestId": request}));
+        alice.publish("room", json!(n), &request).await;
     }
     nodes[0].kill9();
     drop(alice);
 
     let mut bob = connect(&nodes[2], "bob").await;
-    subscribe(&mut bob, "room").await;
+    bob.subscribe("room").await;
     let mut epoch = None;
     for n in 11..=30_u64 {
-        let frame = next_json(&mut bob).await.unwrap();
+        let frame = bob.recv().await;
         assert_eq!(
             (&frame["type"], &frame["data"], frame["offset"].as_u64()),
             (&json!("message"), &json!(n), Some(n)),

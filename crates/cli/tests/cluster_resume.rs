@@ -16,20 +16,14 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use herald_protocol::claims::Claims;
 use herald_testkit::process::HeraldProcess;
+use herald_testkit::proxy::TcpProxy;
 use herald_testkit::redis::{Backend, RedisCluster, RedisServer};
-use herald_testkit::tokens::{now, sign};
+use herald_testkit::ws::Client;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
-use tokio_tungstenite::tungstenite::Message;
 
 const APP: &str = "app_resume";
 const KID: &str = "sk_id_resume";
@@ -70,116 +64,20 @@ rewind = 3
     )
 }
 
-/// A loopback TCP proxy whose upstream can change: a cut drops every forwarded connection
-/// (the server sees the TCP connection end, the client gets no close frame) and refuses new
-/// ones until restored; connections opened after `point_at` go to the new upstream.
-struct SwitchProxy {
-    port: u16,
-    target: Arc<AtomicU16>,
-    cut: Arc<AtomicBool>,
-    links: Arc<Mutex<Vec<AbortHandle>>>,
-    accept: AbortHandle,
-}
-
-impl SwitchProxy {
-    async fn start(target: u16) -> SwitchProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let target = Arc::new(AtomicU16::new(target));
-        let cut = Arc::new(AtomicBool::new(false));
-        let links: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (to, cut_flag, link_list) = (target.clone(), cut.clone(), links.clone());
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if cut_flag.load(Ordering::Acquire) {
-                    continue;
-                }
-                let upstream = to.load(Ordering::Acquire);
-                let link = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", upstream)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                link_list.lock().unwrap().push(link.abort_handle());
-            }
-        })
-        .abort_handle();
-        SwitchProxy {
-            port,
-            target,
-            cut,
-            links,
-            accept,
-        }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::Release);
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-
-    /// Refuses new connections, leaving the open ones be (they end when their upstream dies).
-    fn refuse_new(&self) {
-        self.cut.store(true, Ordering::Release);
-    }
-
-    fn point_at(&self, port: u16) {
-        self.target.store(port, Ordering::Release);
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::Release);
-    }
-}
-
-impl Drop for SwitchProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
-    }
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(node: &HeraldProcess, sub: &str) -> Ws {
-    let claims = Claims {
-        sub: sub.into(),
-        exp: Some(now() + 600),
-        ..Claims::default()
-    };
-    let token = sign(KID, SECRET, &claims);
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("{}/v1?token={token}", node.origin()))
-            .await
-            .unwrap();
-    assert_eq!(request_reply(&mut ws, None).await["type"], "welcome");
-    ws
+/// A client of `node` as peer `sub`, with a token of this file's key.
+async fn connect(node: &HeraldProcess, sub: &str) -> Client {
+    Client::connect_jwt(&node.origin(), KID, SECRET, sub).await
 }
 
 /// Sends `frame` (if any) and returns the next text frame.
-async fn request_reply(ws: &mut Ws, frame: Option<Value>) -> Value {
+async fn request_reply(ws: &mut Client, frame: Option<Value>) -> Value {
     if let Some(frame) = frame {
-        ws.send(Message::text(frame.to_string())).await.unwrap();
+        ws.send_json(frame).await;
     }
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("no reply")
-        {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
-            Some(Ok(_)) => {}
-            other => panic!("connection ended: {other:?}"),
-        }
-    }
+    ws.recv_within(Duration::from_secs(10)).await
 }
 
-async fn publish(ws: &mut Ws, n: u64) {
+async fn publish(ws: &mut Client, n: u64) {
     let id = format!("p{n}");
     let ack = request_reply(
         ws,
@@ -291,7 +189,7 @@ async fn run(sdk: Sdk, redis: Backend, a: NodeA) {
     for node in &nodes {
         node.wait_ready().await;
     }
-    let proxy = SwitchProxy::start(nodes[0].port()).await;
+    let proxy = TcpProxy::start(nodes[0].port()).await;
     let peer = format!("resume-{label}");
     let mut child = sdk_command(sdk)
         .env("HERALD_URL", format!("ws://127.0.0.1:{}", proxy.port))

@@ -11,14 +11,11 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use herald_protocol::claims::Claims;
 use herald_testkit::process::HeraldProcess;
 use herald_testkit::redis::RedisServer;
-use herald_testkit::tokens::{now, sign};
 use herald_testkit::webhook_receiver::Receiver;
+use herald_testkit::ws::Client;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 const KID: &str = "sk_id_hooks";
 const SECRET: &str = "sk_secret_hooks_0123456789abcdef";
@@ -54,46 +51,9 @@ secret = "{SECRET}"
     )
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(node: &HeraldProcess, sub: &str) -> Ws {
-    let claims = Claims {
-        sub: sub.into(),
-        exp: Some(now() + 600),
-        ..Claims::default()
-    };
-    let token = sign(KID, SECRET, &claims);
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("{}/v1?token={token}", node.origin()))
-            .await
-            .unwrap();
-    let welcome = next_json(&mut ws).await.unwrap();
-    assert_eq!(welcome["type"], "welcome");
-    ws
-}
-
-async fn next_json(ws: &mut Ws) -> Option<Value> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .ok()??
-        {
-            Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
-}
-
-async fn subscribe(ws: &mut Ws, channel: &str) {
-    ws.send(Message::text(
-        json!({"type": "subscribe", "channel": channel, "requestId": channel}).to_string(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(next_json(ws).await.unwrap()["type"], "ack");
-    assert_eq!(next_json(ws).await.unwrap()["type"], "presence");
+/// A client of `node` as peer `sub`, with a token of this file's key.
+async fn connect(node: &HeraldProcess, sub: &str) -> Client {
+    Client::connect_jwt(&node.origin(), KID, SECRET, sub).await
 }
 
 /// Forwards connections on `listener` to the receiver: the backend is reachable from now on.
@@ -157,18 +117,11 @@ batch_delay_ms = 5
         nodes.push(node);
     }
     let mut last = connect(&nodes[0], "last").await;
-    subscribe(&mut last, "room-1").await;
+    last.subscribe("room-1").await;
     let mut publisher = connect(&nodes[1], "pub").await;
     for n in 1..=MESSAGES {
         let request = format!("p{n}");
-        publisher
-            .send(Message::text(
-                json!({"type": "publish", "channel": "room-1", "data": n, "requestId": request})
-                    .to_string(),
-            ))
-            .await
-            .unwrap();
-        assert_eq!(next_json(&mut publisher).await.unwrap()["type"], "ack");
+        publisher.publish("room-1", json!(n), &request).await;
     }
     // The owner has read every event (they are pending on its consumer) and delivered none.
     let stream = redis_cli(&redis, &["--scan", "--pattern", "*:outbox"]);

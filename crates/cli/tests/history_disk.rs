@@ -6,12 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use herald_protocol::claims::Claims;
 use herald_testkit::process::HeraldProcess;
-use herald_testkit::tokens::{now, sign};
+use herald_testkit::ws::Client;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 const KID: &str = "sk_id_disk";
 const SECRET: &str = "sk_secret_disk_0123456789abcdef";
@@ -45,48 +42,19 @@ secret = "{SECRET}"
     )
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(node: &HeraldProcess, sub: &str) -> Ws {
-    let claims = Claims {
-        sub: sub.into(),
-        exp: Some(now() + 600),
-        ..Claims::default()
-    };
-    let token = sign(KID, SECRET, &claims);
-    let url = format!("ws://{}/v1?token={token}", node.listen);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    assert_eq!(next_json(&mut ws).await["type"], "welcome");
-    ws
+/// A client of `node` as peer `sub`, with a token of this file's key.
+async fn connect(node: &HeraldProcess, sub: &str) -> Client {
+    Client::connect_jwt(&node.origin(), KID, SECRET, sub).await
 }
 
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .expect("no frame within 20 s")
-            .expect("socket ended")
-            .unwrap();
-        if let Message::Text(t) = frame {
-            return serde_json::from_str(t.as_str()).unwrap();
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::text(frame.to_string())).await.unwrap();
+/// The next frame; a restarted node replays from disk, so allow it time.
+async fn next_json(ws: &mut Client) -> Value {
+    ws.recv_within(Duration::from_secs(20)).await
 }
 
 /// Subscribes to `room` and returns the rewound messages (those before any live one).
-async fn subscribe(ws: &mut Ws, expect_rewind: usize) -> Vec<Value> {
-    send(
-        ws,
-        json!({"type": "subscribe", "channel": "room", "requestId": "s"}),
-    )
-    .await;
-    assert_eq!(next_json(ws).await["type"], "ack");
-    assert_eq!(next_json(ws).await["type"], "presence");
+async fn subscribe(ws: &mut Client, expect_rewind: usize) -> Vec<Value> {
+    ws.subscribe("room").await;
     let mut rewound = Vec::new();
     while rewound.len() < expect_rewind {
         let frame = next_json(ws).await;
@@ -119,11 +87,11 @@ async fn acknowledged_messages_survive_kill_9_with_their_ids_offsets_and_epoch()
     let mut publisher = connect(&node, "publisher").await;
     for n in 0..N {
         let id = format!("p{n}");
-        send(
-            &mut publisher,
-            json!({"type": "publish", "channel": "room", "data": {"n": n}, "requestId": id}),
-        )
-        .await;
+        publisher
+            .send_json(
+                json!({"type": "publish", "channel": "room", "data": {"n": n}, "requestId": id}),
+            )
+            .await;
         let ack = next_json(&mut publisher).await;
         assert_eq!(
             (&ack["type"], &ack["requestId"]),
@@ -175,11 +143,11 @@ async fn acknowledged_messages_survive_kill_9_with_their_ids_offsets_and_epoch()
 
     // The history goes on in the same epoch.
     let mut publisher = connect(&node, "publisher").await;
-    send(
-        &mut publisher,
-        json!({"type": "publish", "channel": "room", "data": {"n": N}, "requestId": "after"}),
-    )
-    .await;
+    publisher
+        .send_json(
+            json!({"type": "publish", "channel": "room", "data": {"n": N}, "requestId": "after"}),
+        )
+        .await;
     assert_eq!(next_json(&mut publisher).await["type"], "ack");
     let next = next_json(&mut late).await;
     assert_eq!(next["offset"], json!(N + 1));

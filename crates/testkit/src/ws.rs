@@ -35,6 +35,21 @@ impl Client {
         Client { ws }
     }
 
+    /// Connects to `origin` (`ws://host:port`) as peer `sub` with a JWT signed by `kid`/`secret`
+    /// (valid for ten minutes) and checks the welcome.
+    pub async fn connect_jwt(origin: &str, kid: &str, secret: &str, sub: &str) -> Client {
+        let claims = herald_protocol::claims::Claims {
+            sub: sub.into(),
+            exp: Some(crate::tokens::now() + 600),
+            ..Default::default()
+        };
+        let token = crate::tokens::sign(kid, secret, &claims);
+        let mut client = Client::connect(&format!("{origin}/v1?token={token}")).await;
+        let welcome = client.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        client
+    }
+
     /// Connects with extra request headers (e.g. `Origin`).
     pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> Client {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -181,6 +196,20 @@ impl Client {
         match tokio::time::timeout(within, self.ws.next()).await {
             Ok(Some(Ok(m))) => Some(m),
             _ => None,
+        }
+    }
+
+    /// The next text frame within `within`, or `None` when the socket closes, ends or stays
+    /// silent that long (for tests that wait on a deadline of their own).
+    pub async fn next_frame_within(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(t.as_str()).ok(),
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {}
+                Ok(Some(Ok(Message::Binary(_)))) => {}
+                _ => return None,
+            }
         }
     }
 
