@@ -1,5 +1,5 @@
 // Remote control of headless Chromium pages running the official MeteredPeer, for the Rust
-// SDK's WebRTC test (crates/client/tests/rtc_browser.rs), which is the judge: this script only
+// SDK's WebRTC test (crates/client/tests/rtc_browser/), which is the judge: this script only
 // starts Herald (HERALD_BIN), Chromium and the page server, then runs the test's commands.
 //
 // Protocol: one JSON command per line on stdin, `{"id":N,"cmd":…}`; every reply is one stdout
