@@ -293,7 +293,8 @@ pub(super) async fn run_endpoint(node: Arc<Node>, ep: Arc<EndpointKeys>) {
             let last = feed_queue(ep.endpoint.queue(), &feed, entries, &format!(".{slot}")).await;
             fed += entries.len();
             let pending_from = (start != ">").then_some(last).flatten();
-            let more = start == ">" && entries.len() / 3 >= room;
+            // Pending entries done with: new ones next, without waiting for a hint.
+            let more = entries.len() / 3 >= room || (start != ">" && pending_from.is_none());
             reads.insert(
                 slot,
                 SlotRead {
