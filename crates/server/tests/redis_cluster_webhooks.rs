@@ -120,8 +120,8 @@ async fn subscribe(engine: &Arc<dyn Engine>, conn: &Arc<Conn>, channel: &str) {
 }
 
 async fn publish(engine: &Arc<dyn Engine>, channel: &str, from: &str, n: usize) {
-    let data = serde_json::value::RawValue::from_string(format!(r#"{{"p":"{from}","n":{n}}}"#))
-        .unwrap();
+    let data =
+        serde_json::value::RawValue::from_string(format!(r#"{{"p":"{from}","n":{n}}}"#)).unwrap();
     let (app, channel, from) = (
         AppId::new(APP),
         ChannelName::new(channel),
@@ -179,7 +179,13 @@ fn check_room(room: &str, events: &[&Value]) {
 async fn sharded_outboxes_deliver_every_event_once_in_order_and_survive_the_owner() {
     let redis = RedisCluster::start();
     // The slot function agrees with Redis, for names and for the slot tags.
-    for key in ["foo", "h:{c:app:room-1}:members", "{}x", "a{b}c", "h:{w:app}:oslots"] {
+    for key in [
+        "foo",
+        "h:{c:app:room-1}:members",
+        "{}x",
+        "a{b}c",
+        "h:{w:app}:oslots",
+    ] {
         let slot = redis.cli(&["cluster", "keyslot", key]);
         assert_eq!(slot.trim(), key_slot(key).to_string(), "{key}");
     }
@@ -191,7 +197,8 @@ async fn sharded_outboxes_deliver_every_event_once_in_order_and_survive_the_owne
 
     let receiver = Receiver::start(WHSEC, 1.0, 0.30);
     let config = config(&receiver.url());
-    let http: Arc<dyn Transport> = Arc::new(HttpTransport::new(Duration::from_millis(400)).unwrap());
+    let http: Arc<dyn Transport> =
+        Arc::new(HttpTransport::new(Duration::from_millis(400)).unwrap());
     // The first node owns the endpoint (it starts first) and cannot reach the backend: it
     // reads every event and delivers none.
     let doomed_metrics = WebhookMetrics::default();
@@ -277,7 +284,15 @@ async fn sharded_outboxes_deliver_every_event_once_in_order_and_survive_the_owne
         .wait_for(Duration::from_secs(60), |e| e.len() >= total)
         .await;
     let took = killed.elapsed();
-    assert_eq!(events.len(), total, "{:#?}", events.iter().map(herald_testkit::webhook_receiver::summary).collect::<Vec<_>>());
+    assert_eq!(
+        events.len(),
+        total,
+        "{:#?}",
+        events
+            .iter()
+            .map(herald_testkit::webhook_receiver::summary)
+            .collect::<Vec<_>>()
+    );
 
     // Exactly once: no two distinct ids announce the same thing.
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -344,7 +359,13 @@ async fn events_arrive_within_a_poll_and_a_slot_is_registered_once() {
     let config = config("http://backend.test/hooks");
     let owner = node(&redis, &config, clock.clone(), WebhookMetrics::default()).await;
     let other = node(&redis, &config, clock.clone(), WebhookMetrics::default()).await;
-    let plain = node(&redis, &Config::default(), clock.clone(), WebhookMetrics::default()).await;
+    let plain = node(
+        &redis,
+        &Config::default(),
+        clock.clone(),
+        WebhookMetrics::default(),
+    )
+    .await;
     drop(owner.clone());
 
     // Delivery latency: published on the node that does not own the endpoint, one at a time.
@@ -359,7 +380,10 @@ async fn events_arrive_within_a_poll_and_a_slot_is_registered_once() {
                 latencies.push(*at - sent);
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "event {n} never arrived");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "event {n} never arrived"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
@@ -399,7 +423,11 @@ fn stored(redis: &RedisCluster) -> usize {
             .cli_on(*port, &["--scan", "--pattern", "*}w:app:*:outbox"])
             .lines()
         {
-            total += redis.cli_on(*port, &["xlen", key]).trim().parse::<usize>().unwrap();
+            total += redis
+                .cli_on(*port, &["xlen", key])
+                .trim()
+                .parse::<usize>()
+                .unwrap();
         }
     }
     total

@@ -185,12 +185,20 @@ impl Keys {
     /// Cluster mode: base of one endpoint's keys in one slot, `P{<tag>}w:<app>:<endpoint>`
     /// (`:outbox`, `:dropped`), where the tag hashes to `slot` (`slots.rs`).
     pub fn webhook_shard_base(&self, app: &str, endpoint: &str, slot: u16) -> String {
-        format!("{}{{{}}}w:{app}:{endpoint}", self.prefix, super::slots::tag(slot))
+        format!(
+            "{}{{{}}}w:{app}:{endpoint}",
+            self.prefix,
+            super::slots::tag(slot)
+        )
     }
 
     /// Cluster mode: an app's pending `peer.offline`s whose route keys are in `slot`.
     pub fn webhook_offline_shard(&self, app: &str, slot: u16) -> String {
-        format!("{}{{{}}}w:{app}:offline", self.prefix, super::slots::tag(slot))
+        format!(
+            "{}{{{}}}w:{app}:offline",
+            self.prefix,
+            super::slots::tag(slot)
+        )
     }
 
     /// Cluster mode: base of an app's per-app webhook keys, `P{w:<app>}` (`:oslots`, the

@@ -49,8 +49,8 @@ mod scripts;
 pub mod slots;
 mod store;
 mod topics;
-mod webhook_spec;
 mod webhook_shards;
+mod webhook_spec;
 mod webhooks;
 mod wire;
 
@@ -401,12 +401,17 @@ impl Engine for RedisEngine {
         let mut tasks = crate::sync::lock(&self.webhook_tasks);
         let mut apps = std::collections::HashSet::new();
         for ep in w.endpoints() {
-            tasks.push(tokio::spawn(webhooks::run_endpoint(node.clone(), ep.clone())));
+            let (n, e) = (node.clone(), ep.clone());
+            tasks.push(match cluster {
+                true => tokio::spawn(webhook_shards::run_endpoint(n, e)),
+                false => tokio::spawn(webhooks::run_endpoint(n, e)),
+            });
             if apps.insert(ep.app.clone()) {
-                tasks.push(tokio::spawn(webhooks::run_sweeper(
-                    node.clone(),
-                    ep.app.clone(),
-                )));
+                let (n, app) = (node.clone(), ep.app.clone());
+                tasks.push(match cluster {
+                    true => tokio::spawn(webhook_shards::run_sweeper(n, app)),
+                    false => tokio::spawn(webhooks::run_sweeper(n, app)),
+                });
             }
         }
         if cluster {

@@ -61,9 +61,7 @@ pub fn tag(slot: u16) -> &'static str {
         }
         table
     });
-    table
-        .get(usize::from(slot))
-        .map_or("", String::as_str)
+    table.get(usize::from(slot)).map_or("", String::as_str)
 }
 
 fn base36(mut n: u64) -> String {

@@ -74,7 +74,8 @@ impl Node {
             .map(|ep| &ep.slots)
             .collect();
         if offline {
-            spec.keys.insert(0, self.keys.webhook_offline_shard(app, slot));
+            spec.keys
+                .insert(0, self.keys.webhook_offline_shard(app, slot));
             if let Some(set) = w.offline_slots.get(app) {
                 sets.push(set);
             }
@@ -89,7 +90,10 @@ impl Node {
                 .query_async(&mut self.conn())
                 .await;
             if added.is_err() {
-                w.hooks.metrics().dropped.inc_by(spec.endpoints.len() as u64);
+                w.hooks
+                    .metrics()
+                    .dropped
+                    .inc_by(spec.endpoints.len() as u64);
                 spec.endpoints.clear();
                 return Spec::default();
             }

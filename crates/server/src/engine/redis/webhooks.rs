@@ -7,7 +7,9 @@
 //! queue (the shared delivery task batches, signs and retries) and acknowledges and deletes
 //! each entry once its batch is done with. A new owner first claims what the previous one
 //! read and never acknowledged (`XAUTOCLAIM`): events pending on a dead node are delivered by
-//! another one, about a lease after it died.
+//! another one, about a lease after it died. On a Redis Cluster the outbox is sharded by slot
+//! and `webhook_shards.rs` runs the delivery side over the shards (sharing the scripts and
+//! the queue feeding here).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,10 +56,7 @@ impl Node {
             return Spec::default();
         }
         match self.keys.parse_base(base) {
-            Some((app, channel)) => {
-                self.webhook_spec(app, Some(channel), mask, "", base)
-                    .await
-            }
+            Some((app, channel)) => self.webhook_spec(app, Some(channel), mask, "", base).await,
             None => Spec::default(),
         }
     }
@@ -167,11 +166,9 @@ impl Feed {
     }
 }
 
-/// Delivers one endpoint's outbox while this node owns it; stands by otherwise.
+/// Delivers one endpoint's outbox while this node owns it; stands by otherwise (single Redis;
+/// a cluster's sharded outboxes: `webhook_shards.rs`).
 pub(super) async fn run_endpoint(node: Arc<Node>, ep: Arc<EndpointKeys>) {
-    if node.store.is_cluster() {
-        return super::webhook_shards::run_endpoint(node, ep).await;
-    }
     let (base, endpoint) = (ep.base.clone(), ep.endpoint.clone());
     let (own, read, ack) = (Script::new(OWN), Script::new(READ), Script::new(ACK));
     let feed = Feed::attach(&endpoint);
@@ -275,11 +272,9 @@ pub(super) async fn run_endpoint(node: Arc<Node>, ep: Arc<EndpointKeys>) {
     }
 }
 
-/// Sends the app's due `peer.offline`s, on every node (each due peer is taken once).
+/// Sends the app's due `peer.offline`s, on every node (each due peer is taken once; single
+/// Redis).
 pub(super) async fn run_sweeper(node: Arc<Node>, app: String) {
-    if node.store.is_cluster() {
-        return super::webhook_shards::run_sweeper(node, app).await;
-    }
     let sweep = Script::new(&format!(
         "{}\n{}",
         super::scripts::WH_HELPERS,
@@ -288,7 +283,9 @@ pub(super) async fn run_sweeper(node: Arc<Node>, app: String) {
     let (before, after) = node.keys.route_key_parts(&app);
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
-        let spec = node.webhook_spec_in(&app, None, OFFLINE, "", None, false).await;
+        let spec = node
+            .webhook_spec_in(&app, None, OFFLINE, "", None, false)
+            .await;
         if spec.is_empty() {
             continue;
         }
