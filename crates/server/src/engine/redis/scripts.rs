@@ -373,7 +373,8 @@ return n
 /// in that slot), then endpoint bases. ARGV: the route key's text before and after the peer
 /// id, webhook spec. Sends `peer.offline` for every peer whose grace
 /// is over and who has no connection anywhere. Any node may run it: each due peer is taken
-/// out of the zset in the same step, so its event is produced once.
+/// out of the zset in the same step, so its event is produced once. Returns {peers taken,
+/// peers still pending}.
 pub(super) const PEER_SWEEP: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -384,7 +385,7 @@ for _, peer in ipairs(due) do
   for _, v in ipairs(redis.call('HVALS', ARGV[1] .. peer .. ARGV[2])) do total = total + tonumber(v) end
   if total <= 0 then wh_emit(32, 'peer.offline', peer) end
 end
-return #due
+return {#due, redis.call('ZCARD', KEYS[1])}
 "#;
 
 /// KEYS: node index key. ARGV: entry, generation. Forgets an index entry unless it was

@@ -179,6 +179,7 @@ pub(super) async fn run_endpoint(node: Arc<Node>, ep: Arc<EndpointKeys>) {
     let mut renew_at = Instant::now();
     let mut sweep_at = Instant::now();
     let mut published_total = -1i64;
+    let mut publish_at = Instant::now();
     loop {
         // Acknowledge what the queue is done with, per slot, owner or not.
         let ids = std::mem::take(&mut *lock(&feed.acks));
@@ -314,7 +315,8 @@ pub(super) async fn run_endpoint(node: Arc<Node>, ep: Arc<EndpointKeys>) {
             .fold((0, 0), |(l, p), r| (l + r.counts.0, p + r.counts.1));
         w.record(&ep.base, Some((len, pending)));
         ep.full.store(len >= w.cap as i64, Ordering::Release);
-        if len != published_total || Instant::now() + SWEEP >= renew_at + lease / 3 {
+        // Published when it changes, and refreshed well within its expiry.
+        if len != published_total || Instant::now() >= publish_at {
             let set: redis::RedisResult<()> = redis::cmd("SET")
                 .arg(format!("{}:total", ep.base))
                 .arg(len)
@@ -324,6 +326,7 @@ pub(super) async fn run_endpoint(node: Arc<Node>, ep: Arc<EndpointKeys>) {
                 .await;
             if set.is_ok() {
                 published_total = len;
+                publish_at = Instant::now() + Duration::from_millis(TOTAL_TTL_MS / 4);
             }
         }
         if fed == 0 {
@@ -335,9 +338,10 @@ pub(super) async fn run_endpoint(node: Arc<Node>, ep: Arc<EndpointKeys>) {
     }
 }
 
-/// Sends the app's due `peer.offline`s from every registered slot's zset, on the node that
-/// holds the app's sweeper lease (each due peer is taken out of its zset in the same step as
-/// its event, so a lease that changes hands produces no duplicate).
+/// Sends the app's due `peer.offline`s from the slots' zsets, on the node that holds the
+/// app's sweeper lease (each due peer is taken out of its zset in the same step as its event,
+/// so a lease that changes hands produces no duplicate). Every registered slot is looked at
+/// each `SWEEP`; slots that still had pending peers, every 250 ms.
 pub(super) async fn run_sweeper(node: Arc<Node>, app: String) {
     let sweep = Script::new(&format!(
         "{}\n{}",
@@ -348,6 +352,8 @@ pub(super) async fn run_sweeper(node: Arc<Node>, app: String) {
     let lease = Duration::from_millis(node.lease_ms.max(1_000));
     let base = node.keys.webhook_app_base(&app);
     let (before, after) = node.keys.route_key_parts(&app);
+    let mut waiting: Vec<u16> = Vec::new();
+    let mut sweep_at = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let owned: redis::RedisResult<i64> = own
@@ -357,32 +363,54 @@ pub(super) async fn run_sweeper(node: Arc<Node>, app: String) {
             .invoke_async(&mut node.conn())
             .await;
         if !matches!(owned, Ok(1 | 2)) {
+            waiting.clear();
             tokio::time::sleep(lease / 4).await;
             continue;
         }
-        let slots: redis::RedisResult<Vec<u16>> = redis::cmd("SMEMBERS")
-            .arg(format!("{base}:oslots"))
-            .query_async(&mut node.conn())
-            .await;
-        let calls = slots.unwrap_or_default().into_iter().map(|slot| {
+        let mut slots = std::mem::take(&mut waiting);
+        if Instant::now() >= sweep_at {
+            let all: redis::RedisResult<Vec<u16>> = redis::cmd("SMEMBERS")
+                .arg(format!("{base}:oslots"))
+                .query_async(&mut node.conn())
+                .await;
+            if let Ok(all) = all {
+                slots.extend(all);
+                sweep_at = Instant::now() + SWEEP;
+            }
+        }
+        slots.sort_unstable();
+        slots.dedup();
+        let calls = slots.into_iter().map(|slot| {
             let (node, sweep, app) = (&node, &sweep, &app);
             let (before, after) = (&before, &after);
             async move {
-                let spec = node
+                let mut spec = node
                     .webhook_spec_in(app, None, OFFLINE, "", Some(slot), false)
                     .await;
                 if spec.is_empty() {
-                    return;
+                    return None;
                 }
                 let mut invocation = sweep.key(node.keys.webhook_offline_shard(app, slot));
                 invocation.arg(before).arg(after);
                 spec.apply(&mut invocation);
-                let _: redis::RedisResult<i64> = invocation.invoke_async(&mut node.conn()).await;
+                let reply: redis::RedisResult<(i64, i64)> =
+                    invocation.invoke_async(&mut node.conn()).await;
+                match reply {
+                    Ok((taken, left)) => {
+                        if taken == 0 {
+                            // Nothing was due: no event, no hint for the owner.
+                            spec.disarm();
+                        }
+                        (left > 0).then_some(slot)
+                    }
+                    Err(_) => Some(slot),
+                }
             }
         });
-        stream::iter(calls)
+        waiting = stream::iter(calls)
             .buffer_unordered(READS_IN_FLIGHT)
-            .collect::<Vec<()>>()
+            .filter_map(|slot| async move { slot })
+            .collect()
             .await;
     }
 }

@@ -126,6 +126,11 @@ impl Spec {
         self.keys.is_empty()
     }
 
+    /// The call produced no event: no dirty hint when dropped.
+    pub fn disarm(&mut self) {
+        self.endpoints.clear();
+    }
+
     /// Adds the keys and the spec to an invocation (the spec must be its last argument).
     pub fn apply(&self, invocation: &mut redis::ScriptInvocation<'_>) {
         for key in &self.keys {

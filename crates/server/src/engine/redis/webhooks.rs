@@ -292,7 +292,7 @@ pub(super) async fn run_sweeper(node: Arc<Node>, app: String) {
         let mut invocation = sweep.key(node.keys.webhook_offline_key(&app));
         invocation.arg(&before).arg(&after);
         spec.apply(&mut invocation);
-        let _: redis::RedisResult<i64> = invocation.invoke_async(&mut node.conn()).await;
+        let _: redis::RedisResult<Vec<i64>> = invocation.invoke_async(&mut node.conn()).await;
     }
 }
 
