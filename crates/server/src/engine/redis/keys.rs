@@ -33,6 +33,12 @@
 //! | `P{w:<app>:<e>}:owner` | string | the instance delivering the endpoint's events (a lease) |
 //! | `P{w:<app>:<e>}:dropped` | string | events refused because the outbox was full |
 //! | `P{w:<app>}:offline` | zset | peer → when its `peer.offline` is due (its last connection went; a reconnect within the grace cancels it) |
+//! | `P{T}w:<app>:<e>:outbox`, `:dropped` | stream, string | cluster mode: the endpoint's outbox and drop count in one slot, `T` a tag that hashes to the slot of the script's own keys (`slots.rs`); entry ids become event ids `evt_<entry id>.<slot>` |
+//! | `P{w:<app>:<e>}:slots` | set | cluster mode: slots whose outbox may hold events (a node adds a slot before its first script that may append there) |
+//! | `P{w:<app>:<e>}:dirty` | set | cluster mode: slots appended to since the owner last looked (a hint: the owner also sweeps every registered slot) |
+//! | `P{w:<app>:<e>}:total` | string | cluster mode: undelivered events over all slots, as the owner last counted them (nodes refuse events past `queue_max_bytes`); expires |
+//! | `P{T}w:<app>:offline` | zset | cluster mode: the pending-offline zset of the routes in `T`'s slot |
+//! | `P{w:<app>}:oslots`, `:owner` | set, string | cluster mode: slots with a pending-offline zset; the node sweeping them (a lease) |
 //!
 //! Topics: `Pch:{c:ck}` carries a channel's messages and presence deltas (`SPUBLISH` in cluster
 //! mode); `Pnode:{n:<node>}` carries directs and kicks for one node. Wildcard subscriptions
@@ -174,6 +180,31 @@ impl Keys {
     /// An app's peers whose `peer.offline` is pending.
     pub fn webhook_offline_key(&self, app: &str) -> String {
         format!("{}{{w:{app}}}:offline", self.prefix)
+    }
+
+    /// Cluster mode: base of one endpoint's keys in one slot, `P{<tag>}w:<app>:<endpoint>`
+    /// (`:outbox`, `:dropped`), where the tag hashes to `slot` (`slots.rs`).
+    pub fn webhook_shard_base(&self, app: &str, endpoint: &str, slot: u16) -> String {
+        format!(
+            "{}{{{}}}w:{app}:{endpoint}",
+            self.prefix,
+            super::slots::tag(slot)
+        )
+    }
+
+    /// Cluster mode: an app's pending `peer.offline`s whose route keys are in `slot`.
+    pub fn webhook_offline_shard(&self, app: &str, slot: u16) -> String {
+        format!(
+            "{}{{{}}}w:{app}:offline",
+            self.prefix,
+            super::slots::tag(slot)
+        )
+    }
+
+    /// Cluster mode: base of an app's per-app webhook keys, `P{w:<app>}` (`:oslots`, the
+    /// slots with a pending-offline zset; `:owner`, the node that sweeps them).
+    pub fn webhook_app_base(&self, app: &str) -> String {
+        format!("{}{{w:{app}}}", self.prefix)
     }
 
     /// The text of an app's route keys before and after the peer id (`PEER_SWEEP`).

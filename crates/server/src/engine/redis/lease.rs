@@ -198,10 +198,12 @@ impl Node {
                 async move {
                     let mut conn = self.conn();
                     let n: i64 = if self.keys.is_channel_base(&base) {
-                        let spec = self.channel_webhook_spec(
-                            &base,
-                            super::webhook_spec::LEFT | super::webhook_spec::VACATED,
-                        );
+                        let spec = self
+                            .channel_webhook_spec(
+                                &base,
+                                super::webhook_spec::LEFT | super::webhook_spec::VACATED,
+                            )
+                            .await;
                         let mut invocation = self.scripts.reap_channel.key(&base);
                         invocation
                             .arg(self.publish_command())
@@ -211,7 +213,9 @@ impl Node {
                         invocation.invoke_async(&mut conn).await?
                     } else {
                         let (app, peer) = self.keys.parse_base(&base).unwrap_or_default();
-                        let spec = self.route_webhook_spec(app, super::webhook_spec::OFFLINE);
+                        let spec = self
+                            .route_webhook_spec(app, &base, super::webhook_spec::OFFLINE)
+                            .await;
                         let mut invocation = self
                             .scripts
                             .route_reap

@@ -46,8 +46,10 @@ mod resume_lazy;
 mod resume_scripts;
 mod routing;
 mod scripts;
+pub mod slots;
 mod store;
 mod topics;
+mod webhook_shards;
 mod webhook_spec;
 mod webhooks;
 mod wire;
@@ -379,17 +381,15 @@ impl Engine for RedisEngine {
     }
 
     fn attach_webhooks(&self, hooks: Arc<crate::webhooks::Webhooks>) {
-        if self.node.store.is_cluster() {
-            tracing::warn!("webhooks are not produced on a Redis Cluster in this version");
-            return;
-        }
         let node = &self.node;
+        let cluster = node.store.is_cluster();
         if node
             .webhooks
             .set(webhook_spec::RedisWebhooks::new(
                 &node.keys,
                 hooks,
                 node.webhook_queue_bytes,
+                cluster,
             ))
             .is_err()
         {
@@ -400,18 +400,23 @@ impl Engine for RedisEngine {
         };
         let mut tasks = crate::sync::lock(&self.webhook_tasks);
         let mut apps = std::collections::HashSet::new();
-        for (app, base, endpoint) in w.endpoints() {
-            tasks.push(tokio::spawn(webhooks::run_endpoint(
-                node.clone(),
-                base.to_string(),
-                endpoint.clone(),
-            )));
-            if apps.insert(app.to_string()) {
-                tasks.push(tokio::spawn(webhooks::run_sweeper(
-                    node.clone(),
-                    app.to_string(),
-                )));
+        for ep in w.endpoints() {
+            let (n, e) = (node.clone(), ep.clone());
+            tasks.push(match cluster {
+                true => tokio::spawn(webhook_shards::run_endpoint(n, e)),
+                false => tokio::spawn(webhooks::run_endpoint(n, e)),
+            });
+            if apps.insert(ep.app.clone()) {
+                let (n, app) = (node.clone(), ep.app.clone());
+                tasks.push(match cluster {
+                    true => tokio::spawn(webhook_shards::run_sweeper(n, app)),
+                    false => tokio::spawn(webhooks::run_sweeper(n, app)),
+                });
             }
+        }
+        if cluster {
+            // Sharded outboxes: dirty hints and re-registration (`webhook_shards.rs`).
+            tasks.push(tokio::spawn(webhook_shards::run_marker(node.clone())));
         }
     }
 

@@ -233,10 +233,12 @@ impl Node {
     ) -> redis::RedisResult<JoinRead> {
         let meta = conn.peer_metadata.as_ref().map_or("", |m| m.get());
         let (epoch, seq) = mirror.unwrap_or_default();
-        let spec = self.channel_webhook_spec(
-            base,
-            super::webhook_spec::JOINED | super::webhook_spec::OCCUPIED,
-        );
+        let spec = self
+            .channel_webhook_spec(
+                base,
+                super::webhook_spec::JOINED | super::webhook_spec::OCCUPIED,
+            )
+            .await;
         let mut invocation = self.scripts.join.key(base);
         invocation
             .arg(self.publish_command())
@@ -259,10 +261,12 @@ impl Node {
     async fn leave(self: &Arc<Self>, app: &AppId, channel: &ChannelName, peer: &PeerId) {
         let base = self.keys.channel_base(app.as_str(), channel.as_str());
         let (_in_use, written) = self.index.use_entry(&base);
-        let spec = self.channel_webhook_spec(
-            &base,
-            super::webhook_spec::LEFT | super::webhook_spec::VACATED,
-        );
+        let spec = self
+            .channel_webhook_spec(
+                &base,
+                super::webhook_spec::LEFT | super::webhook_spec::VACATED,
+            )
+            .await;
         let mut invocation = self.scripts.leave.key(&base);
         invocation
             .arg(self.publish_command())

@@ -13,7 +13,11 @@ use crate::engine::{EngineError, Publication};
 impl Node {
     /// The webhook spec of a publish: `message.published` carries the sender, its metadata
     /// and the data as published (the script adds the offset where history is kept).
-    fn message_webhook_spec(&self, p: &Publication<'_>) -> super::webhook_spec::Spec {
+    async fn message_webhook_spec(
+        &self,
+        p: &Publication<'_>,
+        base: &str,
+    ) -> super::webhook_spec::Spec {
         let app = p.app.as_str();
         let channel = p.channel.as_str();
         let Some(w) = self.webhooks.get() else {
@@ -36,7 +40,14 @@ impl Node {
         }
         extra.push_str(",\"data\":");
         extra.push_str(p.data.get());
-        w.spec(app, Some(channel), super::webhook_spec::MESSAGE, &extra)
+        self.webhook_spec(
+            app,
+            Some(channel),
+            super::webhook_spec::MESSAGE,
+            &extra,
+            base,
+        )
+        .await
     }
 
     pub(super) async fn publish(&self, p: Publication<'_>) -> Result<usize, EngineError> {
@@ -59,7 +70,7 @@ impl Node {
             .exclude
             .is_some_and(|c| self.local.is_subscribed(c, p.channel));
         let app_topic = app_topic.unwrap_or_default();
-        let spec = self.message_webhook_spec(&p);
+        let spec = self.message_webhook_spec(&p, &base).await;
         let mut invocation = match self.history_policy(p.channel.as_str()) {
             // The channel keeps history: the script also takes the offset and appends.
             Some(policy) => {

@@ -77,6 +77,15 @@ impl Node {
                 .map(String::as_str),
         );
         let empty = ChannelHolds::default();
+        // Webhook specs first: on a Redis Cluster, building one may register its slot.
+        let mut specs = std::collections::HashMap::new();
+        for base in &channels {
+            let mask = super::webhook_spec::JOINED
+                | super::webhook_spec::OCCUPIED
+                | super::webhook_spec::LEFT
+                | super::webhook_spec::VACATED;
+            specs.insert(*base, self.channel_webhook_spec(base, mask).await);
+        }
         // Each invocation is built up front and owns its arguments.
         let invocations: Vec<redis::ScriptInvocation<'_>> = channels
             .into_iter()
@@ -97,14 +106,11 @@ impl Node {
                 for peer in gone {
                     inv.arg(peer);
                 }
-                self.channel_webhook_spec(
-                    base,
-                    super::webhook_spec::JOINED
-                        | super::webhook_spec::OCCUPIED
-                        | super::webhook_spec::LEFT
-                        | super::webhook_spec::VACATED,
-                )
-                .apply(&mut inv);
+                if let Some(spec) = specs.get(base) {
+                    spec.apply(&mut inv);
+                } else {
+                    inv.arg("");
+                }
                 inv
             })
             .collect();

@@ -106,8 +106,10 @@ impl Resume {
                 call.arg(node.instance())
                     .arg(conn.peer_id.as_str())
                     .arg(node.grace.as_millis() as u64);
-                node.route_webhook_spec(conn.app.as_str(), ONLINE | OFFLINE)
-                    .apply(&mut call);
+                let spec = node
+                    .route_webhook_spec(conn.app.as_str(), &base, ONLINE | OFFLINE)
+                    .await;
+                spec.apply(&mut call);
                 call.invoke_async::<Vec<String>>(&mut node.conn()).await
             }
             Err(err) => Err(err),
@@ -152,8 +154,10 @@ impl Resume {
             let (offset, epoch) = encode_since(since);
             call.arg(channel.as_str()).arg(offset).arg(epoch);
         }
-        node.route_webhook_spec(conn.app.as_str(), ONLINE | OFFLINE)
-            .apply(&mut call);
+        let spec = node
+            .route_webhook_spec(conn.app.as_str(), &base, ONLINE | OFFLINE)
+            .await;
+        spec.apply(&mut call);
         match call.invoke_async::<i64>(&mut node.conn()).await {
             Ok(parked) => {
                 lock(&self.parked).insert(conn.id);

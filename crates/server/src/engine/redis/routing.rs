@@ -139,10 +139,13 @@ impl Node {
             .route_base(conn.app.as_str(), conn.peer_id.as_str());
         let result = match self.ensure_indexed(&base, written).await {
             Ok(()) => {
-                let spec = self.route_webhook_spec(
-                    conn.app.as_str(),
-                    super::webhook_spec::ONLINE | super::webhook_spec::OFFLINE,
-                );
+                let spec = self
+                    .route_webhook_spec(
+                        conn.app.as_str(),
+                        &base,
+                        super::webhook_spec::ONLINE | super::webhook_spec::OFFLINE,
+                    )
+                    .await;
                 let mut invocation = self
                     .scripts
                     .route_adjust

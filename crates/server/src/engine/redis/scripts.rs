@@ -17,7 +17,9 @@ use redis::Script;
 /// any event this call may produce) costs nothing. Entries go to `<endpoint base>:outbox`
 /// (fields `k` = type, `e` = the event JSON after its id, which the reader adds from the entry
 /// id); a stream already holding `cap` undelivered entries refuses the event and counts it in
-/// `<endpoint base>:dropped`.
+/// `<endpoint base>:dropped`. On a Redis Cluster the bases are the endpoints' shards in the
+/// script's own slot (`webhook_shards.rs`), and a negative mask says the endpoint's outbox is
+/// full over all slots: the event is counted as dropped.
 pub(super) const WH_HELPERS: &str = r#"
 local WH_KEY0 = 2
 local WH = false
@@ -35,7 +37,10 @@ local function wh()
   end
   if #parts < 5 then return WH end
   WH.app, WH.channel, WH.cap, WH.extra = parts[1], parts[2], tonumber(parts[3]), parts[4]
-  for j = 5, #parts do table.insert(WH.streams, {KEYS[WH_KEY0 + j - 5], tonumber(parts[j])}) end
+  for j = 5, #parts do
+    local m = tonumber(parts[j])
+    table.insert(WH.streams, {KEYS[WH_KEY0 + j - 5], math.abs(m), m < 0})
+  end
   return WH
 end
 
@@ -45,7 +50,7 @@ local function wh_emit(mask, kind, peer, meta, extra)
   for _, st in ipairs(w.streams) do
     if bit.band(st[2], mask) ~= 0 then
       local out = st[1] .. ':outbox'
-      if redis.call('XLEN', out) >= w.cap then
+      if st[3] or redis.call('XLEN', out) >= w.cap then
         redis.call('INCR', st[1] .. ':dropped')
       else
         if body == nil then
@@ -364,10 +369,12 @@ end
 return n
 "#;
 
-/// KEYS: the app's pending-offline zset, then endpoint bases. ARGV: the route key's text
-/// before and after the peer id, webhook spec. Sends `peer.offline` for every peer whose grace
+/// KEYS: the app's pending-offline zset (on a cluster, one slot's: the route keys it reads are
+/// in that slot), then endpoint bases. ARGV: the route key's text before and after the peer
+/// id, webhook spec. Sends `peer.offline` for every peer whose grace
 /// is over and who has no connection anywhere. Any node may run it: each due peer is taken
-/// out of the zset in the same step, so its event is produced once.
+/// out of the zset in the same step, so its event is produced once. Returns {peers taken,
+/// peers still pending}.
 pub(super) const PEER_SWEEP: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -378,7 +385,7 @@ for _, peer in ipairs(due) do
   for _, v in ipairs(redis.call('HVALS', ARGV[1] .. peer .. ARGV[2])) do total = total + tonumber(v) end
   if total <= 0 then wh_emit(32, 'peer.offline', peer) end
 end
-return #due
+return {#due, redis.call('ZCARD', KEYS[1])}
 "#;
 
 /// KEYS: node index key. ARGV: entry, generation. Forgets an index entry unless it was

@@ -7,7 +7,9 @@
 //! queue (the shared delivery task batches, signs and retries) and acknowledges and deletes
 //! each entry once its batch is done with. A new owner first claims what the previous one
 //! read and never acknowledged (`XAUTOCLAIM`): events pending on a dead node are delivered by
-//! another one, about a lease after it died.
+//! another one, about a lease after it died. On a Redis Cluster the outbox is sharded by slot
+//! and `webhook_shards.rs` runs the delivery side over the shards (sharing the scripts and
+//! the queue feeding here).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,54 +19,63 @@ use redis::Script;
 use tokio::sync::Notify;
 
 use super::node::Node;
-use super::webhook_spec::{Spec, OFFLINE};
+use super::webhook_spec::{EndpointKeys, Spec, OFFLINE};
 use crate::sync::lock;
 use crate::webhooks::outbox::Outbox;
 use crate::webhooks::{Endpoint, Event, EventType};
 
 /// How often an idle owner looks at its stream, and a node at due `peer.offline`s.
-const POLL: Duration = Duration::from_millis(25);
+pub(super) const POLL: Duration = Duration::from_millis(25);
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 impl Node {
-    /// The webhook spec of a call, empty when webhooks are off.
-    pub(super) fn webhook_spec(
+    /// The webhook spec of a call whose first key is `key`, empty when webhooks are off. On
+    /// a cluster the events go to the endpoints' streams in `key`'s slot, which is registered
+    /// first (once per node and slot), so that no event sits in a stream the owner does not
+    /// know of.
+    pub(super) async fn webhook_spec(
         &self,
         app: &str,
         channel: Option<&str>,
         mask: u32,
         extra: &str,
+        key: &str,
     ) -> Spec {
-        self.webhooks
+        let slot = self
+            .webhooks
             .get()
-            .map(|w| w.spec(app, channel, mask, extra))
-            .unwrap_or_default()
+            .filter(|w| w.cluster)
+            .map(|_| super::slots::key_slot(key));
+        self.webhook_spec_in(app, channel, mask, extra, slot, false)
+            .await
     }
 
     /// The spec of a channel call, from the channel's base key.
-    pub(super) fn channel_webhook_spec(&self, base: &str, mask: u32) -> Spec {
+    pub(super) async fn channel_webhook_spec(&self, base: &str, mask: u32) -> Spec {
         if self.webhooks.get().is_none() {
             return Spec::default();
         }
         match self.keys.parse_base(base) {
-            Some((app, channel)) => self.webhook_spec(app, Some(channel), mask, ""),
+            Some((app, channel)) => self.webhook_spec(app, Some(channel), mask, "", base).await,
             None => Spec::default(),
         }
     }
 
-    /// The spec of a route call (peer events): the pending-offline zset comes first.
-    pub(super) fn route_webhook_spec(&self, app: &str, mask: u32) -> Spec {
-        let mut spec = self.webhook_spec(app, None, mask, "");
-        if !spec.is_empty() {
-            spec.keys.insert(0, self.keys.webhook_offline_key(app));
-        }
-        spec
+    /// The spec of a route call (peer events; `key` is the call's route or peer base key):
+    /// the pending-offline zset comes first, in the route's slot on a cluster.
+    pub(super) async fn route_webhook_spec(&self, app: &str, key: &str, mask: u32) -> Spec {
+        let slot = self
+            .webhooks
+            .get()
+            .filter(|w| w.cluster)
+            .map(|_| super::slots::key_slot(key));
+        self.webhook_spec_in(app, None, mask, "", slot, true).await
     }
 }
 
 /// KEYS: endpoint base. ARGV: instance, ttl ms. Takes or renews the endpoint's owner lease:
 /// 2 taken now, 1 renewed, 0 another instance holds it.
-const OWN: &str = r#"
+pub(super) const OWN: &str = r#"
 local k = KEYS[1] .. ':owner'
 local cur = redis.call('GET', k)
 if cur == ARGV[1] then redis.call('PEXPIRE', k, ARGV[2]) return 1 end
@@ -78,7 +89,7 @@ return 2
 /// and claims every entry another consumer read and never acknowledged. Returns {events
 /// dropped since the last read, stream length, pending count, then id, type, body…} (a
 /// pending entry deleted meanwhile has type and body "").
-const READ: &str = r#"
+pub(super) const READ: &str = r#"
 local out, g, me = KEYS[1] .. ':outbox', 'delivery', ARGV[1]
 if ARGV[4] == '1' then
   redis.pcall('XGROUP', 'CREATE', out, g, '0', 'MKSTREAM')
@@ -109,14 +120,15 @@ return res
 
 /// KEYS: endpoint base. ARGV: entry ids. Acknowledges delivered (or given up) events and
 /// deletes them, so the stream's length is what is still to deliver.
-const ACK: &str = r#"
+pub(super) const ACK: &str = r#"
 local out = KEYS[1] .. ':outbox'
 redis.call('XACK', out, 'delivery', unpack(ARGV))
 return redis.call('XDEL', out, unpack(ARGV))
 "#;
 
-/// The entry id of an event read from a stream (`evt_<id>`), none for other events.
-fn entry_id(event: &Event) -> Option<&str> {
+/// The entry id of an event read from a stream (`evt_<id>`, or `evt_<id>.<slot>` from a
+/// cluster shard), none for other events.
+pub(super) fn entry_id(event: &Event) -> Option<&str> {
     let rest = event.json.strip_prefix("{\"id\":\"evt_")?;
     let id = &rest[..rest.find('"')?];
     id.contains('-').then_some(id)
@@ -124,32 +136,42 @@ fn entry_id(event: &Event) -> Option<&str> {
 
 /// What one endpoint's reader shares with the release hook of its queue.
 #[derive(Default)]
-struct Feed {
+pub(super) struct Feed {
     /// Events handed to the queue and not yet released.
-    in_queue: AtomicUsize,
+    pub in_queue: AtomicUsize,
     /// Released entry ids waiting to be acknowledged.
-    acks: Mutex<Vec<String>>,
-    released: Notify,
+    pub acks: Mutex<Vec<String>>,
+    pub released: Notify,
 }
 
-/// Delivers one endpoint's stream while this node owns it; stands by otherwise.
-pub(super) async fn run_endpoint(node: Arc<Node>, base: String, endpoint: Arc<Endpoint>) {
+impl Feed {
+    /// A feed whose entries the endpoint's queue reports when it is done with them.
+    pub(super) fn attach(endpoint: &Endpoint) -> Arc<Feed> {
+        let feed = Arc::new(Feed::default());
+        let hook_feed = feed.clone();
+        endpoint.queue().on_release(Box::new(move |batch| {
+            let ids: Vec<String> = batch
+                .iter()
+                .filter_map(entry_id)
+                .map(str::to_string)
+                .collect();
+            if ids.is_empty() {
+                return;
+            }
+            hook_feed.in_queue.fetch_sub(ids.len(), Ordering::AcqRel);
+            lock(&hook_feed.acks).extend(ids);
+            hook_feed.released.notify_one();
+        }));
+        feed
+    }
+}
+
+/// Delivers one endpoint's outbox while this node owns it; stands by otherwise (single Redis;
+/// a cluster's sharded outboxes: `webhook_shards.rs`).
+pub(super) async fn run_endpoint(node: Arc<Node>, ep: Arc<EndpointKeys>) {
+    let (base, endpoint) = (ep.base.clone(), ep.endpoint.clone());
     let (own, read, ack) = (Script::new(OWN), Script::new(READ), Script::new(ACK));
-    let feed = Arc::new(Feed::default());
-    let hook_feed = feed.clone();
-    endpoint.queue().on_release(Box::new(move |batch| {
-        let ids: Vec<String> = batch
-            .iter()
-            .filter_map(entry_id)
-            .map(str::to_string)
-            .collect();
-        if ids.is_empty() {
-            return;
-        }
-        hook_feed.in_queue.fetch_sub(ids.len(), Ordering::AcqRel);
-        lock(&hook_feed.acks).extend(ids);
-        hook_feed.released.notify_one();
-    }));
+    let feed = Feed::attach(&endpoint);
     let metrics = node
         .webhooks
         .get()
@@ -236,7 +258,7 @@ pub(super) async fn run_endpoint(node: Arc<Node>, base: String, endpoint: Arc<En
             w.record(&base, Some((stream_len, pending)));
         }
         let entries = reply.get(3..).unwrap_or_default();
-        let last = feed_queue(endpoint.queue(), &feed, entries).await;
+        let last = feed_queue(endpoint.queue(), &feed, entries, "").await;
         if pending_from.is_some() {
             pending_from = last;
             continue;
@@ -250,7 +272,8 @@ pub(super) async fn run_endpoint(node: Arc<Node>, base: String, endpoint: Arc<En
     }
 }
 
-/// Sends the app's due `peer.offline`s, on every node (each due peer is taken once).
+/// Sends the app's due `peer.offline`s, on every node (each due peer is taken once; single
+/// Redis).
 pub(super) async fn run_sweeper(node: Arc<Node>, app: String) {
     let sweep = Script::new(&format!(
         "{}\n{}",
@@ -260,34 +283,42 @@ pub(super) async fn run_sweeper(node: Arc<Node>, app: String) {
     let (before, after) = node.keys.route_key_parts(&app);
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
-        let spec = node.webhook_spec(&app, None, OFFLINE, "");
+        let spec = node
+            .webhook_spec_in(&app, None, OFFLINE, "", None, false)
+            .await;
         if spec.is_empty() {
             continue;
         }
         let mut invocation = sweep.key(node.keys.webhook_offline_key(&app));
         invocation.arg(&before).arg(&after);
         spec.apply(&mut invocation);
-        let _: redis::RedisResult<i64> = invocation.invoke_async(&mut node.conn()).await;
+        let _: redis::RedisResult<Vec<i64>> = invocation.invoke_async(&mut node.conn()).await;
     }
 }
 
 /// Hands read entries to the endpoint's queue in order, waiting for room when it is full.
-/// Returns the last id fed.
-async fn feed_queue(queue: &Outbox, feed: &Feed, entries: &[String]) -> Option<String> {
+/// `suffix` follows the entry id in the event id (`.<slot>` on a cluster). Returns the last
+/// entry id fed.
+pub(super) async fn feed_queue(
+    queue: &Outbox,
+    feed: &Feed,
+    entries: &[String],
+    suffix: &str,
+) -> Option<String> {
     let mut last = None;
     for entry in entries.chunks_exact(3) {
         let (id, kind, body) = (&entry[0], &entry[1], &entry[2]);
         last = Some(id.clone());
         let Some(kind) = EventType::from_name(kind).filter(|_| !body.is_empty()) else {
             // Deleted meanwhile, or unknown to this version: nothing to send.
-            lock(&feed.acks).push(id.clone());
+            lock(&feed.acks).push(format!("{id}{suffix}"));
             continue;
         };
         let event = Event {
-            id: format!("evt_{id}"),
+            id: format!("evt_{id}{suffix}"),
             kind,
             channel: None,
-            json: format!("{{\"id\":\"evt_{id}\",{body}"),
+            json: format!("{{\"id\":\"evt_{id}{suffix}\",{body}"),
         };
         feed.in_queue.fetch_add(1, Ordering::AcqRel);
         let mut event = Some(event);
