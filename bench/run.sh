@@ -9,6 +9,7 @@
 #   bench/run.sh --smoke          # tiny sizes, a few seconds per target
 #   bench/run.sh --no-cluster     # skip the Redis cluster
 #   bench/run.sh --no-sockudo     # skip Sockudo
+#   SOCKUDO_BIN=/path/sockudo bench/run.sh   # use that Sockudo binary, skip its install
 #
 # Placement: every server process on core 0 (SERVER_CPU), the load generator on core 1
 # (BENCH_CPU), both with `taskset`. Everything listens on 127.0.0.1; every run is bounded by
@@ -37,13 +38,14 @@ echo "run.sh: open-files limit $(ulimit -n); server on CPU $server_cpu, generato
 
 cargo build --release --quiet -p herald -p herald-bench
 bash bench/socketio/install.sh
-if [ "$sockudo" = 1 ] && ! bash bench/sockudo/install.sh; then
+# SOCKUDO_BIN: an already built sockudo binary to use instead of bench/sockudo/install.sh's.
+if [ "$sockudo" = 1 ] && [ -z "${SOCKUDO_BIN:-}" ] && ! bash bench/sockudo/install.sh; then
   echo "run.sh: Sockudo could not be installed; skipped" >&2
   sockudo=0
 fi
 herald=${CARGO_TARGET_DIR:-target}/release/herald
 bench=${CARGO_TARGET_DIR:-target}/release/herald-bench
-sockudo_bin=$PWD/bench/sockudo/.bin/bin/sockudo
+sockudo_bin=${SOCKUDO_BIN:-$PWD/bench/sockudo/.bin/bin/sockudo}
 mkdir -p "$out"
 work=$(mktemp -d)
 

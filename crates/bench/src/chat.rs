@@ -270,13 +270,14 @@ pub async fn chat(target: &Target, opts: &ChatOpts) -> anyhow::Result<ChatResult
     for (i, &room) in room_of.iter().enumerate() {
         room_members[room].push(i);
     }
-    // Pusher: the app backend's events-API connections for chat messages and directs.
+    // Pusher: the app backend's events-API clients for chat messages and directs, 4 requests
+    // in flight each (chat messages to different rooms need no order between them).
     let acked = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut backend = Vec::new();
     if target.proto == Proto::Pusher {
         for b in 0..4 {
-            let (rd, wr) = crate::pusher::http_connect(target.addr(b)).await?;
+            let (rd, wr) = crate::pusher::http_connect_lanes(target.addr(b), 4).await?;
             tokio::spawn(count_http_acks(rd, acked.clone(), stop_rx.clone()));
             backend.push(wr);
         }

@@ -1,6 +1,6 @@
 //! The Pusher protocol (Sockudo): frames the generator sends over the WebSocket, the
-//! signatures presence and private channels need, and a pipelined HTTP/1.1 client for the
-//! signed events API, which is how a Pusher application publishes (clients may only send
+//! signatures presence and private channels need, and ([`http`]) a client for the signed
+//! events API, which is how a Pusher application publishes (clients may only send
 //! `client-` events, and only on private or presence channels).
 //!
 //! Mapping of the scenarios' operations:
@@ -8,21 +8,22 @@
 //!   with `channel_data = {"user_id":"<socket id>"}` (each connection is its own user).
 //! - unsubscribe: `pusher:unsubscribe` has no reply, so a `pusher:ping` follows it and its
 //!   `pusher:pong` stands for the acknowledgement (the server handles a socket's frames in order).
-//! - publish: `POST /apps/<id>/events` (event `message`), pipelined on one keep-alive connection;
-//!   the `200` response is the acknowledgement.
+//! - publish: `POST /apps/<id>/events` (event `message`), one at a time per publisher, on a
+//!   connection per request when the server closes after each (Sockudo does); the `200`
+//!   response is the acknowledgement.
 //! - direct: the receiver subscribes to `private-inbox-<socket id>`; a direct is an events-API
 //!   publish (event `direct`) to that channel.
 //! - client-to-client (chat typing): a `client-typing` event on the room's presence channel.
 
-use std::io;
-use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+mod http;
 
 use hmac::{Hmac, Mac};
 use memchr::memmem;
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+pub use http::{
+    connect_failures, http_connect, http_connect_lanes, HttpReader, HttpWriter, NOT_SENT,
+};
 
 /// The app bench/sockudo/config.toml defines (a benchmark credential, loopback only).
 pub const APP_ID: &str = "herald-bench";
@@ -157,161 +158,6 @@ pub fn timestamp(p: &[u8]) -> Option<u64> {
     crate::proto::parse_u64(&p[at + 4..])
 }
 
-/// The write side of a pipelined, keep-alive HTTP/1.1 connection to the events API. Requests
-/// are queued and written together by `flush`; [`HttpReader`] counts the responses.
-pub struct HttpWriter {
-    wr: OwnedWriteHalf,
-    out: Vec<u8>,
-    body: Vec<u8>,
-    host: String,
-}
-
-/// The read side: counts complete responses and the non-2xx ones.
-pub struct HttpReader {
-    rd: OwnedReadHalf,
-    buf: Vec<u8>,
-    end: usize,
-}
-
-/// Opens a keep-alive HTTP connection to the events API of `addr`.
-pub async fn http_connect(addr: SocketAddr) -> io::Result<(HttpReader, HttpWriter)> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (rd, wr) = stream.into_split();
-    Ok((
-        HttpReader {
-            rd,
-            buf: vec![0; 16 * 1024],
-            end: 0,
-        },
-        HttpWriter {
-            wr,
-            out: Vec::with_capacity(4096),
-            body: Vec::with_capacity(512),
-            host: addr.to_string(),
-        },
-    ))
-}
-
-impl HttpWriter {
-    /// Queues a signed `POST /apps/<id>/events` of `event` on `channel`; `data` is JSON and is
-    /// sent as a string, as the Pusher server libraries do. `exclude` is the socket id that
-    /// must not receive it (the sender, as Herald and Socket.IO never echo a publish).
-    pub fn queue_event(&mut self, channel: &str, event: &str, data: &[u8], exclude: Option<&str>) {
-        let body = &mut self.body;
-        body.clear();
-        body.extend_from_slice(b"{\"name\":\"");
-        body.extend_from_slice(event.as_bytes());
-        body.extend_from_slice(b"\",\"channel\":\"");
-        body.extend_from_slice(channel.as_bytes());
-        body.extend_from_slice(b"\",\"data\":\"");
-        for &b in data {
-            if b == b'"' || b == b'\\' {
-                body.push(b'\\');
-            }
-            body.push(b);
-        }
-        body.push(b'"');
-        if let Some(socket_id) = exclude {
-            body.extend_from_slice(b",\"socket_id\":\"");
-            body.extend_from_slice(socket_id.as_bytes());
-            body.push(b'"');
-        }
-        body.push(b'}');
-        let md5 = format!("{:x}", md5::compute(&body[..]));
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let path = format!("/apps/{APP_ID}/events");
-        let query =
-            format!("auth_key={APP_KEY}&auth_timestamp={ts}&auth_version=1.0&body_md5={md5}");
-        let sig = hmac_hex(format!("POST\n{path}\n{query}").as_bytes());
-        let head = format!(
-            "POST {path}?{query}&auth_signature={sig} HTTP/1.1\r\nHost: {}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.host,
-            body.len()
-        );
-        self.out.extend_from_slice(head.as_bytes());
-        self.out.extend_from_slice(body);
-    }
-
-    pub fn pending(&self) -> bool {
-        !self.out.is_empty()
-    }
-
-    pub async fn flush(&mut self) -> io::Result<()> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        self.wr.write_all(&self.out).await?;
-        self.out.clear();
-        Ok(())
-    }
-}
-
-impl HttpReader {
-    /// Reads until at least one complete response is buffered; returns the status codes of
-    /// every complete response (empty at end of stream).
-    pub async fn next_batch(&mut self) -> io::Result<Vec<u16>> {
-        let mut statuses = Vec::new();
-        loop {
-            let mut start = 0;
-            while let Some((status, len)) = parse_response(&self.buf[start..self.end]) {
-                statuses.push(status);
-                start += len;
-            }
-            if start > 0 {
-                self.buf.copy_within(start..self.end, 0);
-                self.end -= start;
-            }
-            if !statuses.is_empty() {
-                return Ok(statuses);
-            }
-            if self.end == self.buf.len() {
-                let len = self.buf.len() * 2;
-                self.buf.resize(len, 0);
-            }
-            let n = self.rd.read(&mut self.buf[self.end..]).await?;
-            if n == 0 {
-                return Ok(statuses);
-            }
-            self.end += n;
-        }
-    }
-}
-
-/// A complete response at the start of `b` (status, bytes), if there is one. Bodies are
-/// framed by Content-Length or chunked.
-fn parse_response(b: &[u8]) -> Option<(u16, usize)> {
-    let head_end = memmem::find(b, b"\r\n\r\n")? + 4;
-    let head = &b[..head_end];
-    let status = crate::proto::parse_u64(head.get(9..)?)? as u16;
-    let lower = head.to_ascii_lowercase();
-    if let Some(at) = memmem::find(&lower, b"content-length:") {
-        let rest = &lower[at + 15..];
-        let skip = rest.iter().take_while(|c| **c == b' ').count();
-        let len = crate::proto::parse_u64(&rest[skip..])? as usize;
-        return (b.len() >= head_end + len).then_some((status, head_end + len));
-    }
-    if memmem::find(&lower, b"transfer-encoding: chunked").is_some() {
-        let mut at = head_end;
-        loop {
-            let line_end = memmem::find(&b[at..], b"\r\n")? + at;
-            let size_text = std::str::from_utf8(&b[at..line_end]).ok()?;
-            let size = usize::from_str_radix(size_text.trim(), 16).ok()?;
-            at = line_end + 2 + size + 2;
-            if b.len() < at {
-                return None;
-            }
-            if size == 0 {
-                return Some((status, at));
-            }
-        }
-    }
-    Some((status, head_end))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,17 +191,5 @@ mod tests {
         assert_eq!(timestamp(msg), Some(42));
         let client = br#"{"event":"client-typing","channel":"c","data":{"t":7}}"#;
         assert_eq!(timestamp(client), Some(7));
-    }
-
-    #[test]
-    fn parses_pipelined_responses() {
-        let two = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200";
-        let (s1, n1) = parse_response(two).expect("first response");
-        assert_eq!((s1, n1), (200, 40));
-        let (s2, n2) = parse_response(&two[n1..]).expect("second response");
-        assert_eq!(s2, 401);
-        assert!(parse_response(&two[n1 + n2..]).is_none());
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked), Some((200, chunked.len())));
     }
 }

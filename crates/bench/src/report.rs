@@ -6,6 +6,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use crate::procstat::CpuUse;
+use crate::scenarios::Latency;
 use crate::suite::SuiteResult;
 
 fn fmt_rate(v: f64) -> String {
@@ -42,370 +44,274 @@ fn half_rate(r: &SuiteResult) -> Option<&crate::scenarios::FanoutResult> {
     })
 }
 
-type Row = (
-    &'static str,
-    &'static str,
-    Box<dyn Fn(&SuiteResult) -> Option<(f64, String)>>,
-);
+/// A cell: the number the ratio column divides, and the text shown.
+type Cell = (f64, String);
+
+/// A markdown table with a row per metric and a column per result; with two results or more,
+/// a last column holds the first ÷ the second on rows whose name has a rate (`/s`).
+struct Table<'a> {
+    results: &'a [SuiteResult],
+    out: String,
+}
+
+impl<'a> Table<'a> {
+    fn new(results: &'a [SuiteResult]) -> Table<'a> {
+        let mut out = String::from("| Metric | Target |");
+        for r in results {
+            let _ = write!(out, " {} |", r.label);
+        }
+        let mut table = Table { results, out };
+        if table.ratio() {
+            let _ = write!(table.out, " {} ÷ {} |", results[0].label, results[1].label);
+        }
+        table.out.push_str("\n|---|---|");
+        for _ in results {
+            table.out.push_str("---|");
+        }
+        if table.ratio() {
+            table.out.push_str("---|");
+        }
+        table.out.push('\n');
+        table
+    }
+
+    fn ratio(&self) -> bool {
+        self.results.len() >= 2
+    }
+
+    /// One row: `cell` per result (`–` where it gives none).
+    fn row(&mut self, name: &str, target: &str, cell: impl Fn(&SuiteResult) -> Option<Cell>) {
+        let _ = write!(self.out, "| {name} | {target} |");
+        let values: Vec<_> = self.results.iter().map(cell).collect();
+        for v in &values {
+            let _ = write!(
+                self.out,
+                " {} |",
+                v.as_ref().map_or("–", |(_, s)| s.as_str())
+            );
+        }
+        if self.ratio() {
+            match (&values[0], &values[1]) {
+                (Some((a, _)), Some((b, _))) if *b > 0.0 && name.contains("/s") => {
+                    let _ = write!(self.out, " {:.1}× |", a / b);
+                }
+                _ => self.out.push_str(" |"),
+            }
+        }
+        self.out.push('\n');
+    }
+}
+
+/// p50 / p99, compared on p99.
+fn p50_p99(l: &Latency) -> Cell {
+    (
+        l.p99_us,
+        format!("{} / {}", fmt_ms(l.p50_us), fmt_ms(l.p99_us)),
+    )
+}
+
+/// The server's and the generator's CPU use, in percent of a core.
+fn cpu_use(c: &CpuUse) -> String {
+    format!(
+        "{:.0} %, {:.0} %",
+        c.server_util * 100.0,
+        c.bench_util * 100.0
+    )
+}
+
+/// The names of the runs whose generator was the bottleneck.
+fn generator_bound(r: &SuiteResult) -> Cell {
+    let flagged: Vec<&str> = [
+        (
+            "connections",
+            r.connections.iter().any(|c| c.cpu.generator_bound),
+        ),
+        (
+            "fan-out",
+            r.fanout_max.as_ref().is_some_and(|f| f.cpu.generator_bound),
+        ),
+        (
+            "direct",
+            r.direct.as_ref().is_some_and(|d| d.cpu.generator_bound),
+        ),
+        (
+            "presence",
+            r.presence.as_ref().is_some_and(|p| p.cpu.generator_bound),
+        ),
+        ("chat", r.chat.iter().any(|c| c.cpu.generator_bound)),
+        (
+            "curve",
+            r.fanout_fixed.iter().any(|f| f.cpu.generator_bound),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, bound)| bound.then_some(name))
+    .collect();
+    let text = if flagged.is_empty() {
+        "none".to_string()
+    } else {
+        flagged.join(", ")
+    };
+    (flagged.len() as f64, text)
+}
 
 /// One markdown table: a row per metric, a column per result.
 pub fn markdown(results: &[SuiteResult]) -> String {
-    let rows: Vec<Row> = vec![
-        (
-            "Fan-out S×P, max: deliveries/s",
-            "≥ 1,000,000; ≥ 15× Socket.IO",
-            Box::new(|r| {
-                r.fanout_max.as_ref().map(|f| {
-                    (
-                        f.deliveries_per_sec,
-                        format!(
-                            "{}/s (S={} P={})",
-                            fmt_rate(f.deliveries_per_sec),
-                            f.subscribers_connected,
-                            f.opts.publishers
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Fan-out max: server CPU per delivery (server, generator CPU use)",
-            "≤ 1 µs",
-            Box::new(|r| {
-                r.fanout_max.as_ref().map(|f| {
-                    (
-                        f.server_cpu_us_per_delivery,
-                        format!(
-                            "{:.2} µs ({:.0} %, {:.0} %)",
-                            f.server_cpu_us_per_delivery,
-                            f.cpu.server_util * 100.0,
-                            f.cpu.bench_util * 100.0
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Fan-out max: latency p50 / p99",
-            "",
-            Box::new(|r| {
-                r.fanout_max.as_ref().map(|f| {
-                    (
-                        f.latency.p99_us,
-                        format!(
-                            "{} / {}",
-                            fmt_ms(f.latency.p50_us),
-                            fmt_ms(f.latency.p99_us)
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Fan-out max: missing after drain",
-            "0",
-            Box::new(|r| {
-                r.fanout_max
-                    .as_ref()
-                    .map(|f| (f.missing as f64, format!("{} of {}", f.missing, f.expected)))
-            }),
-        ),
-        (
-            "Fan-out at ½ max rate: p99 (p999, max)",
-            "p99 ≤ 5 ms",
-            Box::new(|r| {
-                half_rate(r).map(|f| {
-                    (
-                        f.latency.p99_us,
-                        format!(
-                            "{} ({}, {}) at {}/s",
-                            fmt_ms(f.latency.p99_us),
-                            fmt_ms(f.latency.p999_us),
-                            fmt_ms(f.latency.max_us),
-                            fmt_rate(f.offered_deliveries_per_sec.unwrap_or(0.0))
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Fan-out latency probe, S ≤ 10 at 100 publishes per second: p50 / p99",
-            "",
-            Box::new(|r| {
-                r.fanout_probe.as_ref().map(|f| {
-                    (
-                        f.latency.p99_us,
-                        format!(
-                            "{} / {}",
-                            fmt_ms(f.latency.p50_us),
-                            fmt_ms(f.latency.p99_us)
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Idle connections: RSS per connection",
-            "≤ 8 KB at N=15,000",
-            Box::new(|r| {
-                r.connections.last().map(|c| {
-                    (
-                        c.bytes_per_connection,
-                        format!(
-                            "{:.1} KB (N={}, {} failed)",
-                            c.bytes_per_connection / 1024.0,
-                            c.connected,
-                            c.failures
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Connect rate (server, generator CPU use)",
-            "≥ 10,000/s",
-            Box::new(|r| {
-                r.connections.last().map(|c| {
-                    (
-                        c.connects_per_sec,
-                        format!(
-                            "{}/s ({:.0} %, {:.0} %)",
-                            fmt_rate(c.connects_per_sec),
-                            c.cpu.server_util * 100.0,
-                            c.cpu.bench_util * 100.0
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Presence churn: cycles/s",
-            "≥ 1,000 (K=200)",
-            Box::new(|r| {
-                r.presence.as_ref().map(|p| {
-                    (
-                        p.cycles_per_sec,
-                        format!(
-                            "{}/s (K={} C={})",
-                            fmt_rate(p.cycles_per_sec),
-                            p.opts.watchers,
-                            p.opts.churners
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Presence: join-visible p99",
-            "≤ 5 ms",
-            Box::new(|r| {
-                r.presence.as_ref().map(|p| {
-                    (
-                        p.join_visible.p99_us,
-                        format!(
-                            "{} ({} of {} seen)",
-                            fmt_ms(p.join_visible.p99_us),
-                            p.joins_seen,
-                            p.joins_expected
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Direct: messages/s (server, generator CPU use)",
-            "≥ 300,000",
-            Box::new(|r| {
-                r.direct.as_ref().map(|d| {
-                    (
-                        d.messages_per_sec,
-                        format!(
-                            "{}/s ({} pairs; {:.0} %, {:.0} %)",
-                            fmt_rate(d.messages_per_sec),
-                            d.opts.pairs,
-                            d.cpu.server_util * 100.0,
-                            d.cpu.bench_util * 100.0
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Direct: latency p50 / p99",
-            "",
-            Box::new(|r| {
-                r.direct.as_ref().map(|d| {
-                    (
-                        d.latency.p99_us,
-                        format!(
-                            "{} / {}",
-                            fmt_ms(d.latency.p50_us),
-                            fmt_ms(d.latency.p99_us)
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Direct latency probe, ≤ 10 pairs, 1 in flight: p50 / p99",
-            "",
-            Box::new(|r| {
-                r.direct_probe.as_ref().map(|d| {
-                    (
-                        d.latency.p99_us,
-                        format!(
-                            "{} / {}",
-                            fmt_ms(d.latency.p50_us),
-                            fmt_ms(d.latency.p99_us)
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Chat workload #1 (members): latency p50 / p99 / p999",
+    let mut t = Table::new(results);
+    t.row(
+        "Fan-out S×P, max: deliveries/s",
+        "≥ 1,000,000; ≥ 15× Socket.IO",
+        |r| {
+            let f = r.fanout_max.as_ref()?;
+            let text = format!(
+                "{}/s (S={} P={})",
+                fmt_rate(f.deliveries_per_sec),
+                f.subscribers_connected,
+                f.opts.publishers
+            );
+            Some((f.deliveries_per_sec, text))
+        },
+    );
+    t.row(
+        "Fan-out max: server CPU per delivery (server, generator CPU use)",
+        "≤ 1 µs",
+        |r| {
+            let f = r.fanout_max.as_ref()?;
+            let us = f.server_cpu_us_per_delivery;
+            Some((us, format!("{us:.2} µs ({})", cpu_use(&f.cpu))))
+        },
+    );
+    t.row("Fan-out max: latency p50 / p99", "", |r| {
+        Some(p50_p99(&r.fanout_max.as_ref()?.latency))
+    });
+    t.row("Fan-out max: missing after drain", "0", |r| {
+        let f = r.fanout_max.as_ref()?;
+        Some((f.missing as f64, format!("{} of {}", f.missing, f.expected)))
+    });
+    t.row(
+        "Fan-out at ½ max rate: p99 (p999, max)",
+        "p99 ≤ 5 ms",
+        |r| {
+            let f = half_rate(r)?;
+            let l = &f.latency;
+            let text = format!(
+                "{} ({}, {}) at {}/s",
+                fmt_ms(l.p99_us),
+                fmt_ms(l.p999_us),
+                fmt_ms(l.max_us),
+                fmt_rate(f.offered_deliveries_per_sec.unwrap_or(0.0))
+            );
+            Some((l.p99_us, text))
+        },
+    );
+    t.row(
+        "Fan-out latency probe, S ≤ 10 at 100 publishes per second: p50 / p99",
+        "",
+        |r| Some(p50_p99(&r.fanout_probe.as_ref()?.latency)),
+    );
+    t.row(
+        "Idle connections: RSS per connection",
+        "≤ 8 KB at N=15,000",
+        |r| {
+            let c = r.connections.last()?;
+            let text = format!(
+                "{:.1} KB (N={}, {} failed)",
+                c.bytes_per_connection / 1024.0,
+                c.connected,
+                c.failures
+            );
+            Some((c.bytes_per_connection, text))
+        },
+    );
+    t.row(
+        "Connect rate (server, generator CPU use)",
+        "≥ 10,000/s",
+        |r| {
+            let c = r.connections.last()?;
+            let text = format!("{}/s ({})", fmt_rate(c.connects_per_sec), cpu_use(&c.cpu));
+            Some((c.connects_per_sec, text))
+        },
+    );
+    t.row("Presence churn: cycles/s", "≥ 1,000 (K=200)", |r| {
+        let p = r.presence.as_ref()?;
+        let text = format!(
+            "{}/s (K={} C={})",
+            fmt_rate(p.cycles_per_sec),
+            p.opts.watchers,
+            p.opts.churners
+        );
+        Some((p.cycles_per_sec, text))
+    });
+    t.row("Presence: join-visible p99", "≤ 5 ms", |r| {
+        let p = r.presence.as_ref()?;
+        let text = format!(
+            "{} ({} of {} seen)",
+            fmt_ms(p.join_visible.p99_us),
+            p.joins_seen,
+            p.joins_expected
+        );
+        Some((p.join_visible.p99_us, text))
+    });
+    t.row(
+        "Direct: messages/s (server, generator CPU use)",
+        "≥ 300,000",
+        |r| {
+            let d = r.direct.as_ref()?;
+            let text = format!(
+                "{}/s ({} pairs; {})",
+                fmt_rate(d.messages_per_sec),
+                d.opts.pairs,
+                cpu_use(&d.cpu)
+            );
+            Some((d.messages_per_sec, text))
+        },
+    );
+    t.row("Direct: latency p50 / p99", "", |r| {
+        Some(p50_p99(&r.direct.as_ref()?.latency))
+    });
+    t.row(
+        "Direct latency probe, ≤ 10 pairs, 1 in flight: p50 / p99",
+        "",
+        |r| Some(p50_p99(&r.direct_probe.as_ref()?.latency)),
+    );
+    for run in 0..2 {
+        let n = run + 1;
+        t.row(
+            &format!("Chat workload #{n} (members): latency p50 / p99 / p999"),
             "p99 ≤ 10 ms at 15,000",
-            Box::new(|r| {
-                r.chat.first().map(|c| {
-                    (
-                        c.latency.p99_us,
-                        format!(
-                            "{} / {} / {} (N={}, {} missing of {})",
-                            fmt_ms(c.latency.p50_us),
-                            fmt_ms(c.latency.p99_us),
-                            fmt_ms(c.latency.p999_us),
-                            c.members_connected,
-                            c.missing,
-                            c.expected
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Chat workload #1: delivery rate, server CPU per delivery, RSS",
+            |r| {
+                let c = r.chat.get(run)?;
+                let l = &c.latency;
+                let text = format!(
+                    "{} / {} / {} (N={}, {} missing of {})",
+                    fmt_ms(l.p50_us),
+                    fmt_ms(l.p99_us),
+                    fmt_ms(l.p999_us),
+                    c.members_connected,
+                    c.missing,
+                    c.expected
+                );
+                Some((l.p99_us, text))
+            },
+        );
+        t.row(
+            &format!("Chat workload #{n}: delivery rate, server CPU per delivery, RSS"),
             "",
-            Box::new(|r| {
-                r.chat.first().map(|c| {
-                    (
-                        c.deliveries_per_sec,
-                        format!(
-                            "{}/s, {:.2} µs ({:.0} % of the core), {} MB",
-                            fmt_rate(c.deliveries_per_sec),
-                            c.server_cpu_us_per_delivery,
-                            c.cpu.server_util * 100.0,
-                            c.rss_kb / 1024
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Chat workload #2 (members): latency p50 / p99 / p999",
-            "p99 ≤ 10 ms at 15,000",
-            Box::new(|r| {
-                r.chat.get(1).map(|c| {
-                    (
-                        c.latency.p99_us,
-                        format!(
-                            "{} / {} / {} (N={}, {} missing of {})",
-                            fmt_ms(c.latency.p50_us),
-                            fmt_ms(c.latency.p99_us),
-                            fmt_ms(c.latency.p999_us),
-                            c.members_connected,
-                            c.missing,
-                            c.expected
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Chat workload #2: delivery rate, server CPU per delivery, RSS",
-            "",
-            Box::new(|r| {
-                r.chat.get(1).map(|c| {
-                    (
-                        c.deliveries_per_sec,
-                        format!(
-                            "{}/s, {:.2} µs ({:.0} % of the core), {} MB",
-                            fmt_rate(c.deliveries_per_sec),
-                            c.server_cpu_us_per_delivery,
-                            c.cpu.server_util * 100.0,
-                            c.rss_kb / 1024
-                        ),
-                    )
-                })
-            }),
-        ),
-        (
-            "Generator-bound runs",
-            "none",
-            Box::new(|r| {
-                let mut flagged = Vec::new();
-                if r.connections.iter().any(|c| c.cpu.generator_bound) {
-                    flagged.push("connections");
-                }
-                if r.fanout_max.as_ref().is_some_and(|f| f.cpu.generator_bound) {
-                    flagged.push("fan-out");
-                }
-                if r.direct.as_ref().is_some_and(|d| d.cpu.generator_bound) {
-                    flagged.push("direct");
-                }
-                if r.presence.as_ref().is_some_and(|p| p.cpu.generator_bound) {
-                    flagged.push("presence");
-                }
-                if r.chat.iter().any(|c| c.cpu.generator_bound) {
-                    flagged.push("chat");
-                }
-                if r.fanout_fixed.iter().any(|f| f.cpu.generator_bound) {
-                    flagged.push("curve");
-                }
-                Some((
-                    flagged.len() as f64,
-                    if flagged.is_empty() {
-                        "none".to_string()
-                    } else {
-                        flagged.join(", ")
-                    },
-                ))
-            }),
-        ),
-    ];
-    let mut out = String::new();
-    let _ = write!(out, "| Metric | Target |");
-    for r in results {
-        let _ = write!(out, " {} |", r.label);
+            |r| {
+                let c = r.chat.get(run)?;
+                let text = format!(
+                    "{}/s, {:.2} µs ({:.0} % of the core), {} MB",
+                    fmt_rate(c.deliveries_per_sec),
+                    c.server_cpu_us_per_delivery,
+                    c.cpu.server_util * 100.0,
+                    c.rss_kb / 1024
+                );
+                Some((c.deliveries_per_sec, text))
+            },
+        );
     }
-    let ratio = results.len() >= 2;
-    if ratio {
-        let _ = write!(out, " {} ÷ {} |", results[0].label, results[1].label);
-    }
-    out.push('\n');
-    let _ = write!(out, "|---|---|");
-    for _ in results {
-        out.push_str("---|");
-    }
-    if ratio {
-        out.push_str("---|");
-    }
-    out.push('\n');
-    for (name, target, cell) in &rows {
-        let _ = write!(out, "| {name} | {target} |");
-        let values: Vec<_> = results.iter().map(cell).collect();
-        for v in &values {
-            let _ = write!(out, " {} |", v.as_ref().map_or("–", |(_, s)| s.as_str()));
-        }
-        if ratio {
-            match (&values[0], &values[1]) {
-                (Some((a, _)), Some((b, _))) if *b > 0.0 && name.contains("/s") => {
-                    let _ = write!(out, " {:.1}× |", a / b);
-                }
-                _ => out.push_str(" |"),
-            }
-        }
-        out.push('\n');
-    }
+    t.row("Generator-bound runs", "none", |r| Some(generator_bound(r)));
+    let mut out = t.out;
     out.push_str(&curve_table(results));
     out
 }
@@ -620,4 +526,32 @@ pub fn plot_latency(results: &[SuiteResult], path: &Path) -> anyhow::Result<bool
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/report");
+
+    fn load<T: serde::de::DeserializeOwned>(name: &str) -> T {
+        let text = std::fs::read(format!("{DIR}/{name}")).expect("fixture");
+        serde_json::from_slice(&text).expect("fixture parses")
+    }
+
+    /// results.md as `herald-bench report` writes it, from the stored results of one
+    /// `bench/run.sh --smoke --no-cluster` run, is byte for byte what the report code wrote
+    /// before its rows were folded into `Table` (`expected.md`, written then).
+    #[test]
+    fn results_md_is_unchanged() {
+        let results: Vec<SuiteResult> = ["herald.json", "sockudo.json", "socketio.json"]
+            .iter()
+            .map(|name| load(name))
+            .collect();
+        let floors: Vec<crate::floor::FloorResult> = load("floor.json");
+        let mut got = markdown(&results);
+        got.push_str(&floor_table(&floors));
+        let want = std::fs::read_to_string(format!("{DIR}/expected.md")).expect("expected.md");
+        assert_eq!(got, want);
+    }
 }
