@@ -21,7 +21,11 @@ fn repo() -> PathBuf {
 
 async fn server() -> TestServer {
     let base = std::fs::read_to_string(repo().join("bench/herald.toml")).unwrap();
-    let path = std::env::temp_dir().join(format!("herald-storm-{}.toml", std::process::id()));
+    // One file per server: tests of this binary run side by side under `cargo test`, and one
+    // removing the file while another still read it failed that one's setup.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("herald-storm-{}-{n}.toml", std::process::id()));
     let text = format!("{base}\n[[apps.secret_keys]]\nid = \"{KID}\"\nsecret = \"{SECRET}\"\n");
     std::fs::write(&path, text).unwrap();
     let config = load_toml(&path);

@@ -340,11 +340,19 @@ pub async fn run(
     let members_at_end = truth.count;
     let _ = stop_tx.send(Some(Arc::new(truth)));
     let mut ends: Vec<WatcherEnd> = Vec::with_capacity(m);
+    let mut open = Vec::with_capacity(m);
     while let Some(done) = members.join_next().await {
-        if let Ok(end) = done {
+        if let Ok((end, client)) = done {
             ends.push(end);
+            open.extend(client);
         }
     }
+    // Every watcher has compared: only now may members leave (see `peers::member`).
+    let mut closing = JoinSet::new();
+    for client in open {
+        closing.spawn(client.close());
+    }
+    while closing.join_next().await.is_some() {}
     let completeness = completeness(&ends, members_at_end);
     let rss_after_kb = procstat::rss_kb(&target.pids);
     let result = StormResult {

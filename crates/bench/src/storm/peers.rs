@@ -106,7 +106,11 @@ impl LastRx {
 }
 
 /// One member: connects, subscribes with presence, then keeps its roster until `stop` carries
-/// the true membership, and compares.
+/// the true membership, and compares. It hands its connection back open: the coordinator
+/// closes the members only once every watcher has compared. A member that closed as soon as it
+/// had compared would leave while other watchers still read, and a watcher reading a frame
+/// past the stop (it can, under load) would count that `left` against a truth that still has
+/// the member: every watcher but one then missed the first member to close.
 pub async fn member(
     dial: Dial,
     i: usize,
@@ -115,7 +119,7 @@ pub async fn member(
     shared: Arc<Vec<WatcherShared>>,
     last_rx: Arc<LastRx>,
     mut stop: watch::Receiver<Option<Arc<Roster>>>,
-) -> WatcherEnd {
+) -> (WatcherEnd, Option<Client>) {
     let me = &shared[i];
     let permit = gate.acquire().await;
     let subscribed = async {
@@ -128,7 +132,7 @@ pub async fn member(
         Ok(Ok(c)) => c,
         _ => {
             me.state.store(FAILED, Ordering::Relaxed);
-            return WatcherEnd::default();
+            return (WatcherEnd::default(), None);
         }
     };
     drop(permit);
@@ -217,8 +221,7 @@ pub async fn member(
     end.duplicate_joins = roster.duplicate_joins;
     end.absent_lefts = roster.absent_lefts;
     end.foreign = roster.foreign;
-    client.close().await;
-    end
+    (end, Some(client))
 }
 
 /// What one churner did.
