@@ -329,11 +329,12 @@ impl Client {
         &mut self,
         target: &Target,
         node: usize,
+        lanes: usize,
     ) -> io::Result<Option<crate::pusher::HttpReader>> {
         if self.proto != Proto::Pusher {
             return Ok(None);
         }
-        let (rd, wr) = crate::pusher::http_connect(target.addr(node)).await?;
+        let (rd, wr) = crate::pusher::http_connect_lanes(target.addr(node), lanes).await?;
         self.tx.http = Some(wr);
         Ok(Some(rd))
     }

@@ -154,7 +154,7 @@ pub async fn probe(target: &Target) -> anyhow::Result<()> {
     let channel = "bench/probe";
     let mut sub = connect_ready(target, 0, true, Some(channel)).await?;
     let mut publisher = Client::connect(target, 1, true).await?;
-    let http = publisher.attach_http(target, 1).await?;
+    let http = publisher.attach_http(target, 1, 1).await?;
     let mut frame = Vec::new();
     let mut data = Vec::new();
     payload(&mut data, 32);
@@ -334,6 +334,9 @@ async fn drain(received: &AtomicU64, expected: u64, idle: Duration, max: Duratio
     }
 }
 
+/// Events-API requests in flight per Pusher fan-out publisher.
+const FANOUT_HTTP_LANES: usize = 16;
+
 pub async fn fanout(target: &Target, opts: &FanoutOpts) -> anyhow::Result<FanoutResult> {
     let channel = "bench/fanout";
     progress(format!(
@@ -364,8 +367,11 @@ pub async fn fanout(target: &Target, opts: &FanoutOpts) -> anyhow::Result<Fanout
     let mut senders = JoinSet::new();
     let publishers = pubs.len().max(1);
     for (i, mut client) in pubs.into_iter().enumerate() {
-        // Pusher publishes through the events API; its responses are the acks.
-        if let Some(http) = client.attach_http(target, i).await? {
+        // Pusher publishes through the events API; its responses are the acks. Sockudo answers
+        // a publish only after its fan-out (tens of ms with 1,000 subscribers), so one ordered
+        // lane could not offer the curve's rates: fan-out latency is stamped in each payload,
+        // so publishes go over unordered lanes.
+        if let Some(http) = client.attach_http(target, i, FANOUT_HTTP_LANES).await? {
             tokio::spawn(count_http_acks(http, acked.clone(), stop_rx.clone()));
         }
         // The read side counts acks while the writer runs.
@@ -539,7 +545,7 @@ pub async fn direct(target: &Target, opts: &DirectOpts) -> anyhow::Result<Direct
     let mut tasks = JoinSet::new();
     for (i, (mut client, (to, flow))) in senders.into_iter().zip(flows.iter().cloned()).enumerate()
     {
-        if let Some(http) = client.attach_http(target, i).await? {
+        if let Some(http) = client.attach_http(target, i, 1).await? {
             tokio::spawn(count_http_acks(http, acked.clone(), stop_rx.clone()));
         }
         let Client {
