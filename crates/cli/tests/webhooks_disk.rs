@@ -111,9 +111,24 @@ async fn produce(node: &HeraldProcess, phase: &str) -> Vec<Ws> {
     let (a, b) = (format!("ann-{phase}"), format!("bob-{phase}"));
     let mut ann = connect(node, &a).await;
     let mut bob = connect(node, &b).await;
-    request(&mut ann, json!({"type": "subscribe", "channel": "room-1"}), "s1").await;
-    request(&mut bob, json!({"type": "subscribe", "channel": "room-1"}), "s1").await;
-    request(&mut bob, json!({"type": "subscribe", "channel": "room-2"}), "s2").await;
+    request(
+        &mut ann,
+        json!({"type": "subscribe", "channel": "room-1"}),
+        "s1",
+    )
+    .await;
+    request(
+        &mut bob,
+        json!({"type": "subscribe", "channel": "room-1"}),
+        "s1",
+    )
+    .await;
+    request(
+        &mut bob,
+        json!({"type": "subscribe", "channel": "room-2"}),
+        "s2",
+    )
+    .await;
     for n in 1..=MESSAGES {
         for (ws, channel) in [(&mut ann, "room-1"), (&mut bob, "room-2")] {
             let data = json!({"phase": phase, "n": n});
@@ -184,10 +199,7 @@ struct Run {
 /// on the same directory, brings the endpoint up, produces more, and waits for the receiver to
 /// have every event of the second phase (and of the first, when `expect_first`).
 async fn run(store: &str, expect_first: bool) -> Run {
-    let dir = std::env::temp_dir().join(format!(
-        "herald-hookdisk-{store}-{}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("herald-hookdisk-{store}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     // The endpoint's address: nothing listens there until after the restart.
@@ -248,7 +260,11 @@ fn room(events: &[&Value], channel: &str, phase: &str) -> Vec<String> {
             e["data"]["n"].as_u64().unwrap()
         })
         .collect();
-    assert_eq!(data, (1..=MESSAGES).collect::<Vec<_>>(), "{channel} in order");
+    assert_eq!(
+        data,
+        (1..=MESSAGES).collect::<Vec<_>>(),
+        "{channel} in order"
+    );
     events
         .iter()
         .filter(|e| e["channel"] == channel)
@@ -275,7 +291,10 @@ async fn events_queued_for_a_down_endpoint_survive_kill_9_on_the_disk_store() {
         .filter(|e| e["type"] == "peer.online")
         .map(|e| summary(e))
         .collect();
-    assert_eq!(online, ["peer.online - ann-before", "peer.online - bob-before"]);
+    assert_eq!(
+        online,
+        ["peer.online - ann-before", "peer.online - bob-before"]
+    );
     let (room1, room2, _) = expected("after");
     assert_eq!(room(&after, "room-1", "after"), room1);
     assert_eq!(room(&after, "room-2", "after"), room2);

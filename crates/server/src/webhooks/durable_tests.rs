@@ -91,9 +91,8 @@ fn queued_events_are_kept_in_queue_order_with_their_ids_until_released() {
     assert!(metrics.commits.get() >= 1);
     drop((a, b, writer, journal));
 
-    let ids = |names: &[usize]| -> Vec<String> {
-        names.iter().map(|i| events[*i].id.clone()).collect()
-    };
+    let ids =
+        |names: &[usize]| -> Vec<String> { names.iter().map(|i| events[*i].id.clone()).collect() };
     let stored = on_disk(&dir);
     assert_eq!(
         stored.iter().map(|s| s.1.clone()).collect::<Vec<_>>(),
@@ -109,7 +108,11 @@ fn queued_events_are_kept_in_queue_order_with_their_ids_until_released() {
 fn a_file_that_is_not_a_database_is_set_aside_and_a_new_one_begins() {
     let dir = Dir::new("torn");
     std::fs::create_dir_all(&dir.0).unwrap();
-    std::fs::write(dir.0.join(FILE_NAME), b"not a redb file, torn mid-write".repeat(100)).unwrap();
+    std::fs::write(
+        dir.0.join(FILE_NAME),
+        b"not a redb file, torn mid-write".repeat(100),
+    )
+    .unwrap();
     let outbox = DurableOutbox::open(&dir.0, EVERY).unwrap();
     assert!(outbox.stored().unwrap().is_empty());
     let aside: Vec<_> = std::fs::read_dir(&dir.0)
@@ -136,7 +139,12 @@ struct Endpoint {
 
 #[async_trait]
 impl Transport for Endpoint {
-    async fn post(&self, _: &str, _: &[(&'static str, String)], body: Bytes) -> Result<u16, String> {
+    async fn post(
+        &self,
+        _: &str,
+        _: &[(&'static str, String)],
+        body: Bytes,
+    ) -> Result<u16, String> {
         if !self.up {
             return Err("connection refused".into());
         }
@@ -224,7 +232,11 @@ fn events_stored_while_the_endpoint_was_down_go_first_after_a_restart_then_are_d
 
     let seen = node(&dir, 1 << 20, true, &["d"]);
     assert_eq!(seen.len(), 4, "{seen:?}");
-    assert_eq!(seen[..3], stored[..], "the stored events first, same ids, same order");
+    assert_eq!(
+        seen[..3],
+        stored[..],
+        "the stored events first, same ids, same order"
+    );
     assert!(on_disk(&dir).is_empty(), "delivered events are deleted");
 }
 
@@ -239,4 +251,116 @@ fn stored_events_that_no_longer_fit_the_queue_are_dropped_and_deleted() {
     let seen = node(&dir, 64 * 1024, true, &[]);
     assert!(!seen.is_empty() && seen.len() < 2000, "{}", seen.len());
     assert!(on_disk(&dir).is_empty());
+}
+
+/// The cost of the durable outbox (not a check: run it in release with `--ignored
+/// --nocapture`). `N` events of about 300 bytes are queued from one thread as fast as it can;
+/// printed: the queueing cost per event without and with the journal, the rate the disk
+/// absorbed them (all of them, as for a down endpoint), and the commits' duration and lag.
+#[test]
+#[ignore = "a measurement"]
+fn measure_the_cost_per_event() {
+    const N: usize = 200_000;
+    let data =
+        serde_json::value::RawValue::from_string(format!("{{\"text\":\"{}\"}}", "x".repeat(160)))
+            .unwrap();
+    let events: Vec<Event> = (0..N)
+        .map(|i| {
+            let peer = format!("peer-{i}");
+            Event::new(
+                EventType::MessagePublished,
+                "app",
+                1,
+                EventFields {
+                    channel: Some("room-1"),
+                    peer_id: Some(&peer),
+                    from: Some(&peer),
+                    data: Some(&data),
+                    ..EventFields::default()
+                },
+            )
+        })
+        .collect();
+    let bytes: usize = events.iter().map(|e| e.json.len()).sum();
+
+    let plain = Outbox::new(1 << 30, Gauge::default());
+    let started = Instant::now();
+    for e in &events {
+        plain.push(e.clone());
+    }
+    let memory_ns = started.elapsed().as_nanos() as f64 / N as f64;
+
+    for every_ms in [0u64, 5, 20] {
+        let dir = Dir::new("measure");
+        let metrics = DurableMetrics::default();
+        let writer = DurableOutbox::open(&dir.0, Duration::from_millis(every_ms))
+            .unwrap()
+            .start(0, 1, metrics.clone());
+        let outbox = Outbox::new(1 << 30, Gauge::default());
+        outbox.set_journal(writer.journal("a"));
+        let journal = writer.journal("a");
+        let started = Instant::now();
+        for e in &events {
+            outbox.push(e.clone());
+        }
+        let queued = started.elapsed();
+        assert!(journal.sync(Duration::from_secs(300)));
+        let on_disk = started.elapsed();
+        let commits = metrics.commits.get();
+        let (commit_sum, commit_n) = histogram_sum(&metrics.commit_seconds);
+        let (lag_sum, _) = histogram_sum(&metrics.commit_lag);
+        println!(
+            "outbox_commit_ms = {every_ms}: queueing {:.0} ns/event (memory only {memory_ns:.0}); \
+             {N} events ({} MB) on disk in {:.2} s = {:.0} events/s; {commits} commits, \
+             mean {:.2} ms each (fsync included), mean lag of a commit's oldest event {:.2} ms",
+            queued.as_nanos() as f64 / N as f64,
+            bytes / 1_000_000,
+            on_disk.as_secs_f64(),
+            N as f64 / on_disk.as_secs_f64(),
+            commit_sum / commit_n.max(1) as f64 * 1000.0,
+            lag_sum / commits.max(1) as f64 * 1000.0,
+        );
+        drop((outbox, journal, writer));
+    }
+
+    // A steady trickle, as a live node sees it: 2 000 events/s for 2 s, endpoint down.
+    let dir = Dir::new("measure-steady");
+    let metrics = DurableMetrics::default();
+    let writer = DurableOutbox::open(&dir.0, Duration::from_millis(5))
+        .unwrap()
+        .start(0, 1, metrics.clone());
+    let outbox = Outbox::new(1 << 30, Gauge::default());
+    outbox.set_journal(writer.journal("a"));
+    let started = Instant::now();
+    for (i, e) in events.iter().take(4000).enumerate() {
+        let due = started + Duration::from_micros(500 * i as u64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        outbox.push(e.clone());
+    }
+    assert!(writer.journal("a").sync(Duration::from_secs(30)));
+    let (commit_sum, commit_n) = histogram_sum(&metrics.commit_seconds);
+    let (lag_sum, _) = histogram_sum(&metrics.commit_lag);
+    println!(
+        "steady 2000 events/s, outbox_commit_ms = 5: {} commits, mean {:.2} ms each, mean lag \
+         {:.2} ms (the loss window a kill -9 had)",
+        metrics.commits.get(),
+        commit_sum / commit_n.max(1) as f64 * 1000.0,
+        lag_sum / commit_n.max(1) as f64 * 1000.0,
+    );
+}
+
+/// (sum, count) of a histogram, read through its text encoding.
+fn histogram_sum(h: &Histogram) -> (f64, u64) {
+    let mut registry = Registry::default();
+    registry.register("h", "", h.clone());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let value = |suffix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("h_{suffix} "))?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (value("sum"), value("count") as u64)
 }

@@ -298,7 +298,9 @@ impl Webhooks {
         let mut by_key: HashMap<&str, &Endpoint> = HashMap::new();
         for (_, endpoint) in self.endpoints() {
             by_key.insert(&endpoint.store_key, endpoint);
-            endpoint.outbox.set_journal(writer.journal(&endpoint.store_key));
+            endpoint
+                .outbox
+                .set_journal(writer.journal(&endpoint.store_key));
         }
         let (mut restored, mut forget) = (0usize, Vec::new());
         for s in stored {
