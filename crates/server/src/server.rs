@@ -17,6 +17,7 @@ use crate::http;
 use crate::metrics::TlsMetrics;
 use crate::state::ServerState;
 use crate::tls::{self, Tls, TlsError};
+use crate::webhooks::durable::DurableOutbox;
 use crate::webhooks::transport::HttpTransport;
 use crate::webhooks::{WebhookMetrics, Webhooks};
 
@@ -52,6 +53,12 @@ pub async fn run(
             // `store = "disk"` opens (and restores) its database here, before anything listens.
             settings.history =
                 History::open(&config.history).map_err(|e| ConfigError::Invalid {
+                    field: "history.path".into(),
+                    reason: e.to_string(),
+                })?;
+            // Its webhook outbox too, in its own file beside the history database.
+            settings.webhook_outbox =
+                DurableOutbox::open_for(&config).map_err(|e| ConfigError::Invalid {
                     field: "history.path".into(),
                     reason: e.to_string(),
                 })?;

@@ -68,6 +68,13 @@ pub struct WebhooksConfig {
     /// Events waiting for one endpoint (encoded bytes, the batch in flight included); past it
     /// new events for that endpoint are dropped and counted, and messaging is never slowed.
     pub queue_max_bytes: usize,
+
+    // The memory engine on the disk store (`[history] store = "disk"`) keeps each endpoint's
+    // queue on disk too, in `webhooks.redb` beside the history database.
+    /// Queued events are committed to disk in one transaction (one fsync) at most this often:
+    /// a `kill -9` loses at most the events of the last interval and one commit. 0 commits
+    /// as soon as the previous commit is done.
+    pub outbox_commit_ms: u64,
 }
 
 impl Default for WebhooksConfig {
@@ -79,6 +86,7 @@ impl Default for WebhooksConfig {
             retry_for_secs: 86_400,
             max_backoff_secs: 300,
             queue_max_bytes: 64 * 1024 * 1024,
+            outbox_commit_ms: 5,
         }
     }
 }
@@ -99,6 +107,9 @@ impl WebhooksConfig {
                 "webhooks.queue_max_bytes",
                 "must be at least 65536",
             ));
+        }
+        if self.outbox_commit_ms > 1000 {
+            return Err(invalid("webhooks.outbox_commit_ms", "must be 0 to 1000"));
         }
         Ok(())
     }

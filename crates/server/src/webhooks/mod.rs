@@ -5,6 +5,7 @@
 //!
 //! - `event.rs`: the events, encoded once when they happen;
 //! - `outbox.rs`: one endpoint's queue, bounded in bytes;
+//! - `durable.rs`: the memory engine's queues kept on disk (`[history] store = "disk"`);
 //! - `delivery.rs`: one endpoint's task: ordered batches, retries with backoff, giving up;
 //! - `signing.rs`: the `webhook-signature` header;
 //! - `transport.rs`: the POST itself (HTTP, or a test double).
@@ -14,6 +15,7 @@
 //! queues it, or drops it when the endpoint's queue is full.
 
 pub mod delivery;
+pub mod durable;
 pub mod event;
 pub mod outbox;
 pub mod signing;
@@ -34,6 +36,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use self::delivery::DeliverySettings;
+use self::durable::{DurableMetrics, DurableOutbox};
 pub use self::event::{Event, EventFields, EventType};
 use self::outbox::Outbox;
 use self::transport::Transport;
@@ -42,6 +45,9 @@ use crate::config::{secret_bytes, Config, WebhookEndpointConfig};
 /// One endpoint of an app: where, with which key, for which events and channels.
 pub struct Endpoint {
     pub url: String,
+    /// Names the endpoint in the durable outbox across restarts: app, URL, and its rank
+    /// among the app's endpoints with that URL.
+    store_key: String,
     key: Vec<u8>,
     events: Vec<EventType>,
     channels: Vec<Pattern>,
@@ -53,9 +59,11 @@ impl Endpoint {
         config: &WebhookEndpointConfig,
         settings: &crate::config::WebhooksConfig,
         gauge: Gauge,
+        store_key: String,
     ) -> Endpoint {
         Endpoint {
             url: config.url.clone(),
+            store_key,
             key: secret_bytes(&config.secret).unwrap_or_default(),
             events: config
                 .events
@@ -105,6 +113,8 @@ pub struct WebhookMetrics {
     /// of those, read but not yet acknowledged.
     pub stream_events: Gauge,
     pub stream_pending: Gauge,
+    /// Memory engine on the disk store: the durable outbox.
+    pub outbox: DurableMetrics,
 }
 
 impl Default for WebhookMetrics {
@@ -125,6 +135,7 @@ impl Default for WebhookMetrics {
             latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             stream_events: Gauge::default(),
             stream_pending: Gauge::default(),
+            outbox: DurableMetrics::default(),
         }
     }
 }
@@ -157,6 +168,7 @@ impl WebhookMetrics {
             "Redis engine: of those, events read and not yet acknowledged (in delivery)",
             self.stream_pending.clone(),
         );
+        self.outbox.register(registry);
     }
 }
 
@@ -186,7 +198,15 @@ impl Webhooks {
             let endpoints: Vec<Arc<Endpoint>> = app
                 .webhooks
                 .iter()
-                .map(|hook| Arc::new(Endpoint::new(hook, w, metrics.queued_bytes.clone())))
+                .enumerate()
+                .map(|(i, hook)| {
+                    let rank = app.webhooks[..i]
+                        .iter()
+                        .filter(|h| h.url == hook.url)
+                        .count();
+                    let key = format!("{}\n{}\n{rank}", app.id, hook.url);
+                    Arc::new(Endpoint::new(hook, w, metrics.queued_bytes.clone(), key))
+                })
                 .collect();
             for endpoint in &endpoints {
                 tokio::spawn(delivery::run(
@@ -258,6 +278,50 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Webhooks {
+    /// Keeps every endpoint's queue on disk from now on (the memory engine on the disk store;
+    /// call before any event): the stored events go back to their endpoints first, in their
+    /// order and with their ids; those of endpoints no longer configured, or that no longer
+    /// fit a queue, are dropped (counted and logged).
+    pub fn make_durable(&self, outbox: DurableOutbox) {
+        let stored = match outbox.stored() {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::error!(error = %e, "webhook outbox unreadable: its events are not sent");
+                Vec::new()
+            }
+        };
+        let next_seq = stored.last().map_or(1, |s| s.seq + 1);
+        let writer = outbox.start(stored.len(), next_seq, self.metrics.outbox.clone());
+        let mut by_key: HashMap<&str, &Endpoint> = HashMap::new();
+        for (_, endpoint) in self.endpoints() {
+            by_key.insert(&endpoint.store_key, endpoint);
+            endpoint
+                .outbox
+                .set_journal(writer.journal(&endpoint.store_key));
+        }
+        let (mut restored, mut forget) = (0usize, Vec::new());
+        for s in stored {
+            match by_key.get(s.endpoint.as_str()) {
+                Some(endpoint) if endpoint.outbox.restore(s.event, s.seq) => restored += 1,
+                Some(_) => {
+                    self.metrics.dropped.inc();
+                    forget.push(s.seq);
+                }
+                None => forget.push(s.seq),
+            }
+        }
+        if restored > 0 || !forget.is_empty() {
+            tracing::info!(
+                restored,
+                dropped = forget.len(),
+                "webhook events undelivered before the restart are queued again"
+            );
+        }
+        writer.forget(&forget);
+    }
 }
 
 /// For engines that keep the outbox elsewhere (the Redis engine's streams) and feed the

@@ -1,6 +1,10 @@
 //! One endpoint's queue of events waiting to be delivered, bounded in bytes (the batch in
 //! flight included). A full queue refuses new events (counted by the caller): a slow or dead
 //! endpoint costs a bounded amount of memory and never slows messaging.
+//!
+//! With a [`Journal`] (the memory engine on the disk store, `durable.rs`) each queued event is
+//! also recorded for the disk, numbered under this queue's lock so the numbers follow queue
+//! order, and deleted when its batch is released.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -8,6 +12,7 @@ use std::sync::Mutex;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
+use super::durable::Journal;
 use super::event::Event;
 use crate::sync::lock;
 
@@ -18,6 +23,8 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     /// Set once by an engine that feeds the outbox from durable storage.
     on_release: std::sync::OnceLock<ReleaseHook>,
+    /// Set once, before the first event, when the outbox is kept on disk.
+    journal: std::sync::OnceLock<Journal>,
     ready: Notify,
     max_bytes: usize,
     /// The node's gauge of bytes waiting for every endpoint.
@@ -26,7 +33,10 @@ pub struct Outbox {
 
 #[derive(Default)]
 struct Queue {
-    events: VecDeque<Event>,
+    /// Each event with its journal number, when it has one.
+    events: VecDeque<(Event, Option<u64>)>,
+    /// The journal numbers of the batch in flight, in order.
+    in_flight: VecDeque<Option<u64>>,
     /// Bytes of the queued events and of the batch in flight.
     bytes: usize,
 }
@@ -36,6 +46,7 @@ impl Outbox {
         Outbox {
             queue: Mutex::default(),
             on_release: std::sync::OnceLock::new(),
+            journal: std::sync::OnceLock::new(),
             ready: Notify::new(),
             max_bytes,
             gauge,
@@ -44,6 +55,21 @@ impl Outbox {
 
     /// Queues an event; false when it does not fit.
     pub fn push(&self, event: Event) -> bool {
+        self.enqueue(event, None)
+    }
+
+    /// Queues an event read back from the journal with its number (at start, before any new
+    /// event); false when it does not fit.
+    pub fn restore(&self, event: Event, seq: u64) -> bool {
+        self.enqueue(event, Some(seq))
+    }
+
+    /// Records every event queued from now on in `journal` (once; later calls are ignored).
+    pub fn set_journal(&self, journal: Journal) {
+        let _ = self.journal.set(journal);
+    }
+
+    fn enqueue(&self, event: Event, restored: Option<u64>) -> bool {
         let cost = event.cost();
         {
             let mut q = lock(&self.queue);
@@ -51,7 +77,8 @@ impl Outbox {
                 return false;
             }
             q.bytes += cost;
-            q.events.push_back(event);
+            let seq = restored.or_else(|| self.journal.get().map(|j| j.put(&event)));
+            q.events.push_back((event, seq));
         }
         self.gauge.inc_by(cost as i64);
         self.ready.notify_one();
@@ -83,7 +110,13 @@ impl Outbox {
     pub fn take(&self, max: usize) -> Vec<Event> {
         let mut q = lock(&self.queue);
         let n = q.events.len().min(max);
-        q.events.drain(..n).collect()
+        let q = &mut *q;
+        let mut batch = Vec::with_capacity(n);
+        for (event, seq) in q.events.drain(..n) {
+            q.in_flight.push_back(seq);
+            batch.push(event);
+        }
+        batch
     }
 
     /// A batch is done with (delivered or given up): its bytes are free again.
@@ -91,8 +124,13 @@ impl Outbox {
         let cost: usize = batch.iter().map(Event::cost).sum();
         let mut q = lock(&self.queue);
         q.bytes = q.bytes.saturating_sub(cost);
+        let n = batch.len().min(q.in_flight.len());
+        let seqs: Vec<u64> = q.in_flight.drain(..n).flatten().collect();
         drop(q);
         self.gauge.dec_by(cost as i64);
+        if let (Some(journal), false) = (self.journal.get(), seqs.is_empty()) {
+            journal.delete(&seqs);
+        }
         if let Some(hook) = self.on_release.get() {
             hook(batch);
         }

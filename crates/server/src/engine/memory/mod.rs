@@ -50,6 +50,9 @@ pub struct MemorySettings {
     /// Lossless reconnect of stable peers (`[history]` `resume_*`, `direct_inbox_*`; off by
     /// default here, on in a node's config).
     pub resume: ResumeSettings,
+    /// The webhook outbox kept on disk (`[history] store = "disk"`), started when webhooks
+    /// attach; none keeps it in memory only.
+    pub webhook_outbox: Option<crate::webhooks::durable::DurableOutbox>,
 }
 
 impl MemorySettings {
@@ -63,6 +66,7 @@ impl MemorySettings {
                 &config.history,
                 config.limits.outbound_queue_frames,
             ),
+            webhook_outbox: None,
         }
     }
 }
@@ -77,6 +81,8 @@ pub struct MemoryEngine {
     state: Arc<Rosters>,
     /// Dropped stable peers' positions and inboxes (`resume.rs`).
     book: Arc<ResumeBook>,
+    /// Until webhooks attach (`MemorySettings::webhook_outbox`).
+    webhook_outbox: std::sync::Mutex<Option<crate::webhooks::durable::DurableOutbox>>,
 }
 
 impl Default for MemoryEngine {
@@ -109,13 +115,15 @@ impl MemoryEngine {
         })
     }
 
-    pub fn with_settings(settings: MemorySettings) -> Self {
+    pub fn with_settings(mut settings: MemorySettings) -> Self {
         settings.history.spawn_expiry(HISTORY_EXPIRY_PERIOD);
         let book = Arc::new(ResumeBook::new(settings.resume));
         resume::spawn_sweep(&book);
+        let webhook_outbox = std::sync::Mutex::new(settings.webhook_outbox.take());
         MemoryEngine {
             state: Arc::new(Rosters::new(settings)),
             book,
+            webhook_outbox,
         }
     }
 
@@ -205,6 +213,10 @@ impl Engine for MemoryEngine {
     }
 
     fn attach_webhooks(&self, webhooks: Arc<crate::webhooks::Webhooks>) {
+        // Before the announcer has them: stored events are queued ahead of any new one.
+        if let Some(outbox) = crate::sync::lock(&self.webhook_outbox).take() {
+            webhooks.make_durable(outbox);
+        }
         self.state.announcer.attach(webhooks);
     }
 
