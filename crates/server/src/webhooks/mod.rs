@@ -159,12 +159,12 @@ impl WebhookMetrics {
             self.latency.clone(),
         );
         registry.register(
-            "herald_webhook_stream_events",
+            "webhook_stream_events",
             "Redis engine: webhook events in the outbox streams of the endpoints this node delivers",
             self.stream_events.clone(),
         );
         registry.register(
-            "herald_webhook_stream_pending",
+            "webhook_stream_pending",
             "Redis engine: of those, events read and not yet acknowledged (in delivery)",
             self.stream_pending.clone(),
         );
