@@ -24,8 +24,9 @@ use crate::state::ServerState;
 /// Read buffer per socket, allocated for the connection's lifetime. Small, because most sockets
 /// are idle most of the time: client frames are small (subscribe, publish, send), and a larger
 /// frame only costs more read calls, since tungstenite grows the buffer to the frame's size.
-/// 4 KiB → 1 KiB cut idle RSS by ~3 KB per connection (BENCHMARKS.md).
-const READ_BUFFER_BYTES: usize = 1024;
+/// 4 KiB → 1 KiB cut idle RSS by ~3 KB per connection, 1 KiB → 256 B by ~0.8 KB more
+/// (BENCHMARKS.md).
+pub(crate) const READ_BUFFER_BYTES: usize = 256;
 /// Outbound bytes gathered before a write; batches are flushed explicitly anyway.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
@@ -90,7 +91,13 @@ async fn connect(
         .max_frame_size(max_frame)
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| session::serve(socket, state, auth))
+        .on_upgrade({
+            // axum's upgrade task keeps its callback's captures for the connection's whole
+            // life, even after the call moved them out: a box there costs 8 bytes, the
+            // `Identity` ~200 (it is freed once the session takes it).
+            let auth = Box::new(auth);
+            move |socket| session::serve(socket, state, *auth)
+        })
 }
 
 async fn not_found() -> Response {

@@ -406,6 +406,43 @@ async fn frames_up_to_the_cap_pass() {
     still_open(&mut a).await;
 }
 
+/// The server's read buffer starts small (256 B): a frame of the cap arriving in one write
+/// between two tiny ones must grow it and still come out whole, in order.
+#[tokio::test]
+async fn a_frame_of_the_cap_between_small_ones_in_one_write_passes() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let cap = herald_server::Config::default().limits.max_frame_bytes;
+    let mut raw = RawWs::connect(server.addr, &format!("token={}", token("alice"))).await;
+    assert_eq!(raw.recv_json().await["type"], "welcome");
+    let mut bytes = masked(br#"{"type":"ping","requestId":"before"}"#);
+    bytes.extend(masked(frame_of_len(cap).as_bytes()));
+    bytes.extend(masked(br#"{"type":"ping","requestId":"after"}"#));
+    raw.stream.write_all(&bytes).await.unwrap();
+    assert_eq!(raw.recv_json().await["requestId"], "before");
+    assert_eq!(raw.recv_json().await, ack("big"));
+    assert_eq!(raw.recv_json().await["requestId"], "after");
+}
+
+/// One masked, final text frame (clients must mask, RFC 6455 §5.3).
+fn masked(payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x80 | OP_TEXT];
+    let len = payload.len();
+    if len < 126 {
+        frame.push(0x80 | len as u8);
+    } else if len <= 0xffff {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        frame.push(0x80 | 127);
+        frame.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    let mask = [0x5a, 0x11, 0xc3, 0x07];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
 #[tokio::test]
 async fn fragmented_message_over_the_cap_closes_1009() {
     let server = TestServer::start().await;

@@ -60,17 +60,22 @@ mod tokio_tungstenite_error {
 
 /// Runs the session loop, turning a panic into a close with 1011, so that the caller's cleanup
 /// always runs.
-pub(super) async fn unwind_to_close(
+///
+/// Not an `async fn`: one would keep its `run` argument in its own state beside the
+/// `CatchUnwind` it moved into, holding the whole session loop twice for the connection's life.
+pub(super) fn unwind_to_close(
     run: impl std::future::Future<Output = Option<CloseReason>>,
     conn: ConnId,
-) -> Option<CloseReason> {
-    match AssertUnwindSafe(run).catch_unwind().await {
-        Ok(reason) => reason,
-        Err(_) => {
-            tracing::error!(conn = %conn, "session panicked; closing it");
-            Some(CloseReason::new(CloseCode::InternalError, "internal error"))
-        }
-    }
+) -> impl std::future::Future<Output = Option<CloseReason>> {
+    AssertUnwindSafe(run)
+        .catch_unwind()
+        .map(move |outcome| match outcome {
+            Ok(reason) => reason,
+            Err(_) => {
+                tracing::error!(conn = %conn, "session panicked; closing it");
+                Some(CloseReason::new(CloseCode::InternalError, "internal error"))
+            }
+        })
 }
 
 #[cfg(test)]

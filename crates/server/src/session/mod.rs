@@ -20,17 +20,17 @@ use tokio::time::Instant;
 use crate::auth::{AuthError, Identity};
 use crate::clock::{unix_now, unix_now_ms};
 use crate::close::CloseReason;
-use crate::conn::{Conn, Outbound};
+use crate::conn::{Conn, Frame, Outbound};
 use crate::engine::Departure;
 use crate::ids::ChannelName;
 use crate::limits::TokenBucket;
 use crate::resubscribe::DuplicateSubscribes;
-use crate::resume::watermark::{sleep_until_due, Watermark};
+use crate::resume::watermark::Watermark;
 use crate::state::{ServerState, SessionGuard};
 
 use self::ending::{classify_read_error, departure, rate_limited, unwind_to_close};
 use self::ops::{Acked, OpError};
-use self::timers::{going_away_retry_ms, Beat, Deadline, Deadlines, Liveness};
+use self::timers::{earliest, going_away_retry_ms, Beat, Deadline, Deadlines, Liveness};
 use self::write::{flush_pending, write_batch, MAX_BATCH};
 
 mod ending;
@@ -116,14 +116,18 @@ enum Flow {
 }
 
 impl Session {
-    /// Runs one admitted connection; `_slot` holds its place in the node and app quotas until
-    /// the session ends.
-    async fn start(
-        mut ws: WebSocket,
+    /// Sets up one admitted connection and returns its task; `slot` holds its place in the node
+    /// and app quotas until the session ends.
+    ///
+    /// Synchronous for the same reason as [`serve`]: the session's state is built here, before
+    /// the future exists, so the future holds it once (an `async fn` would keep the `Identity`
+    /// argument beside the `Session` that it moved into).
+    fn start(
+        ws: WebSocket,
         state: Arc<ServerState>,
         identity: Identity,
-        _slot: SessionGuard,
-    ) {
+        slot: SessionGuard,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let limits = &state.config.limits;
         let (conn, rx) = Conn::with_limits(
             identity.app.id.clone(),
@@ -133,32 +137,6 @@ impl Session {
             identity.kind.as_str(),
             state.queue_limits(),
         );
-        let welcome = encode::welcome(
-            identity.peer_id.as_str(),
-            identity.expires_at,
-            unix_now(),
-            limits.max_message_size,
-            identity.welcome_metadata.as_deref(),
-        );
-        // Registered before the welcome is written, so a peer that has seen its welcome is
-        // already reachable by `send`; anything routed meanwhile waits in the queue, which is
-        // only drained after the welcome, so welcome stays the first frame.
-        if let Err(err) = state.engine.register(&conn).await {
-            tracing::warn!(conn = %conn.id, error = %err, "engine register failed");
-            send_close(&mut ws, err.close_reason()).await;
-            return;
-        }
-        if ws.send(Message::Text(welcome.into())).await.is_err() {
-            state
-                .engine
-                .disconnect(&conn, Vec::new(), Departure::Dropped)
-                .await;
-            return;
-        }
-        state.metrics.frame_out("{\"type\":\"welcome\"");
-        let (kind, app) = (identity.kind.as_str(), identity.app.id.as_str());
-        state.metrics.connection_opened(kind, app);
-        tracing::info!(conn = %conn.id, app = %identity.app.id, peer = %identity.peer_id, kind = identity.kind.as_str(), "connected");
         let bucket = TokenBucket::new(limits.rate_per_second, limits.rate_burst, Instant::now());
         let mut session = Session {
             state,
@@ -171,25 +149,57 @@ impl Session {
             watermark: None,
         };
         session.watermark = session.new_watermark();
+        session.live(ws, rx, slot)
+    }
+
+    /// Registers the connection, writes the welcome, runs the loop, then cleans up.
+    async fn live(mut self, mut ws: WebSocket, rx: Outbound, _slot: SessionGuard) {
+        let identity = &self.identity;
+        let welcome = encode::welcome(
+            identity.peer_id.as_str(),
+            identity.expires_at,
+            unix_now(),
+            self.state.config.limits.max_message_size,
+            identity.welcome_metadata.as_deref(),
+        );
+        // Registered before the welcome is written, so a peer that has seen its welcome is
+        // already reachable by `send`; anything routed meanwhile waits in the queue, which is
+        // only drained after the welcome, so welcome stays the first frame.
+        if let Err(err) = self.state.engine.register(&self.conn).await {
+            tracing::warn!(conn = %self.conn.id, error = %err, "engine register failed");
+            send_close(&mut ws, err.close_reason()).await;
+            return;
+        }
+        if ws.send(Message::Text(welcome.into())).await.is_err() {
+            self.state
+                .engine
+                .disconnect(&self.conn, Vec::new(), Departure::Dropped)
+                .await;
+            return;
+        }
+        let identity = &self.identity;
+        let metrics = &self.state.metrics;
+        metrics.frame_out("{\"type\":\"welcome\"");
+        metrics.connection_opened(identity.kind.as_str(), identity.app.id.as_str());
+        tracing::info!(conn = %self.conn.id, app = %identity.app.id, peer = %identity.peer_id, kind = identity.kind.as_str(), "connected");
         // A panic anywhere in the loop (a handler, the engine) ends only this session, and the
         // cleanup below still runs: no ghost presence, no leaked quota or gauge.
-        let conn_id = session.conn.id;
-        let reason = unwind_to_close(session.run(&mut ws, rx), conn_id).await;
-        let departure = departure(session.client_closed, reason);
+        // Two statements: the loop's future must not outlive its own statement as a moved-from
+        // temporary, which would hold its bytes twice across the await.
+        let conn_id = self.conn.id;
+        let run = unwind_to_close(self.run(&mut ws, rx), conn_id);
+        let reason = run.await;
+        let departure = departure(self.client_closed, reason);
         if departure == Departure::Dropped {
-            session.park().await;
+            self.park().await;
         }
-        let subscriptions = session.subscriptions.drain().collect();
-        session
-            .state
+        let subscriptions = self.subscriptions.drain().collect();
+        self.state
             .engine
-            .disconnect(&session.conn, subscriptions, departure)
+            .disconnect(&self.conn, subscriptions, departure)
             .await;
-        let metrics = &session.state.metrics;
-        metrics.connection_closed(
-            session.identity.kind.as_str(),
-            session.identity.app.id.as_str(),
-        );
+        let metrics = &self.state.metrics;
+        metrics.connection_closed(self.identity.kind.as_str(), self.identity.app.id.as_str());
         if let Some(reason) = reason {
             metrics.closed(reason.code.as_u16());
             if reason == CloseReason::SLOW_CONSUMER {
@@ -199,16 +209,20 @@ impl Session {
             }
         }
         let code = reason.map(|r| r.code.as_u16());
-        tracing::info!(conn = %session.conn.id, peer = %session.identity.peer_id, close = ?code, "disconnected");
+        tracing::info!(conn = %self.conn.id, peer = %self.identity.peer_id, close = ?code, "disconnected");
         if let Some(reason) = reason {
             send_close(&mut ws, reason).await;
         }
     }
 
     /// The connection loop. Returns the close to send, or `None` when the client is gone.
+    ///
+    /// Its future lives as long as the connection, so it is kept small (a test bounds it): one
+    /// `Sleep` for every clock (token expiry, the shutdown drain, the watermark ping, the
+    /// keepalive), set to the earliest, and the write path boxed, only while a batch is written.
     async fn run(&mut self, ws: &mut WebSocket, mut rx: Outbound) -> Option<CloseReason> {
-        let timing = self.state.config.timing.clone();
-        let mut liveness = Liveness::new(&timing);
+        let timing = &self.state.config.timing;
+        let mut liveness = Liveness::new(timing);
         let mut deadlines = Deadlines::new(
             self.identity.expires_at,
             timing.expiry_lead_ms,
@@ -219,22 +233,50 @@ impl Session {
             // Shutdown began between the upgrade and now: still owe this client `going_away`.
             shutdown.mark_changed();
         }
-        let write_delay = Duration::from_millis(timing.write_delay_ms);
         let conn = self.conn.clone();
+        let sleep = tokio::time::sleep_until(self.next_wake(&deadlines, &liveness));
+        tokio::pin!(sleep);
         loop {
-            let watermark_due = self.watermark.as_ref().and_then(|w| w.due());
+            let wake = self.next_wake(&deadlines, &liveness);
+            if sleep.deadline() != wake {
+                sleep.as_mut().reset(wake);
+            }
             tokio::select! {
                 biased;
                 reason = conn.closed() => return Some(reason),
-                deadline = deadlines.fired() => match deadline {
-                    Deadline::Expired => return Some(AuthError::Expired.close_reason()),
-                    Deadline::DrainOver => {
-                        flush_pending(ws, &mut rx, &self.state.metrics).await;
-                        return Some(CloseReason::new(CloseCode::GoingAway, "server shutting down"));
+                () = &mut sleep => {
+                    // Whatever set `wake` is due now (the timer never fires early; `max` makes
+                    // sure of progress), so each turn here takes at least one thing off.
+                    let now = Instant::now().max(wake);
+                    match deadlines.due(now) {
+                        Some(Deadline::Expired) => return Some(AuthError::Expired.close_reason()),
+                        Some(Deadline::DrainOver) => {
+                            Box::pin(flush_pending(ws, &mut rx, &self.state.metrics)).await;
+                            return Some(CloseReason::new(CloseCode::GoingAway, "server shutting down"));
+                        }
+                        None => {}
                     }
-                },
+                    if self.watermark_due().is_some_and(|at| at <= now) {
+                        let ping = Box::pin(self.watermark_ping(ws, &mut rx));
+                        tokio::select! {
+                            sent = ping => if !sent {
+                                return None;
+                            },
+                            reason = conn.closed() => return Some(reason),
+                        }
+                    } else if let Some(beat) = liveness.tick(now) {
+                        if beat == Beat::Dead {
+                            tracing::info!(conn = %self.conn.id, "no pong: reaping dead socket");
+                            return None;
+                        }
+                        if ws.send(Message::Ping(Default::default())).await.is_err() {
+                            return None;
+                        }
+                    }
+                }
                 changed = shutdown.changed(), if !deadlines.draining() => {
                     if changed.is_err() || *shutdown.borrow() {
+                        let timing = &self.state.config.timing;
                         let retry = going_away_retry_ms(timing.going_away_retry_ms);
                         self.conn.deliver(encode::going_away(retry).into());
                         deadlines.start_drain(Duration::from_millis(timing.going_away_drain_ms));
@@ -243,39 +285,19 @@ impl Session {
                 Some(first) = rx.recv() => {
                     // A peer that stopped reading blocks this write; a close request (slow
                     // consumer, kick, shutdown) must still end the session at once.
+                    let write = Box::pin(self.write(ws, first, &mut rx));
                     tokio::select! {
-                        written = async {
-                            if !write_delay.is_zero() {
-                                tokio::time::sleep(write_delay).await;
-                            }
-                            write_batch(ws, first, &mut rx, &self.state.metrics).await
-                        } => {
-                            if !written {
-                                return None;
-                            }
-                            if let Some(watermark) = &mut self.watermark {
-                                watermark.written();
-                            }
-                        }
+                        written = write => if !written {
+                            return None;
+                        },
                         reason = conn.closed() => return Some(reason),
                     }
                 }
                 inbound = ws.recv() => {
                     liveness.heard();
-                    let mut flow = self.on_inbound(inbound).await;
-                    // Frames the client has already sent are handled before the replies they
-                    // caused are written: a burst of N requests then costs one socket write for
-                    // its N acks (and one wake-up per receiver), not N. Only frames that are
-                    // ready now are taken, so nothing waits for more input; order is unchanged.
-                    let mut handled = 1;
-                    while matches!(flow, Flow::Continue) && handled < MAX_BATCH {
-                        let Some(next) = ws.recv().now_or_never() else {
-                            break;
-                        };
-                        flow = self.on_inbound(next).await;
-                        handled += 1;
-                    }
-                    match flow {
+                    // Boxed, like the write: the operations' state exists only while frames
+                    // are handled, not in every idle connection's task.
+                    match Box::pin(self.on_inbound_burst(ws, inbound)).await {
                         Flow::Continue => {}
                         Flow::Close(reason) => return Some(reason),
                         Flow::Gone => {
@@ -286,25 +308,57 @@ impl Session {
                         }
                     }
                 }
-                () = sleep_until_due(watermark_due) => {
-                        tokio::select! {
-                            sent = self.watermark_ping(ws, &mut rx) => if !sent {
-                                return None;
-                            },
-                            reason = conn.closed() => return Some(reason),
-                        }
-                }
-                beat = liveness.beat() => {
-                    if beat == Beat::Dead {
-                        tracing::info!(conn = %self.conn.id, "no pong: reaping dead socket");
-                        return None;
-                    }
-                    if ws.send(Message::Ping(Default::default())).await.is_err() {
-                        return None;
-                    }
-                }
             }
         }
+    }
+
+    /// Handles `first` and the frames the client has already sent behind it.
+    ///
+    /// Frames the client has already sent are handled before the replies they caused are
+    /// written: a burst of N requests then costs one socket write for its N acks (and one
+    /// wake-up per receiver), not N. Only frames that are ready now are taken, so nothing
+    /// waits for more input; order is unchanged.
+    async fn on_inbound_burst(
+        &mut self,
+        ws: &mut WebSocket,
+        first: Option<Result<Message, axum::Error>>,
+    ) -> Flow {
+        let mut flow = self.on_inbound(first).await;
+        let mut handled = 1;
+        while matches!(flow, Flow::Continue) && handled < MAX_BATCH {
+            let Some(next) = ws.recv().now_or_never() else {
+                break;
+            };
+            flow = self.on_inbound(next).await;
+            handled += 1;
+        }
+        flow
+    }
+
+    /// When the session's one timer must next fire: the earliest of its clocks.
+    fn next_wake(&self, deadlines: &Deadlines, liveness: &Liveness) -> Instant {
+        let at = earliest(deadlines.next(), self.watermark_due());
+        earliest(at, Some(liveness.next_tick())).unwrap_or_else(|| liveness.next_tick())
+    }
+
+    fn watermark_due(&self) -> Option<Instant> {
+        self.watermark.as_ref().and_then(|w| w.due())
+    }
+
+    /// Writes `first` and what is queued behind it (after the configured write delay), and
+    /// notes the write for the watermark. False when the socket failed.
+    async fn write(&mut self, ws: &mut WebSocket, first: Frame, rx: &mut Outbound) -> bool {
+        let delay = self.state.config.timing.write_delay_ms;
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if !write_batch(ws, first, rx, &self.state.metrics).await {
+            return false;
+        }
+        if let Some(watermark) = &mut self.watermark {
+            watermark.written();
+        }
+        true
     }
 
     async fn on_inbound(&mut self, inbound: Option<Result<Message, axum::Error>>) -> Flow {
@@ -413,3 +467,6 @@ impl Session {
         Flow::Continue
     }
 }
+
+#[cfg(test)]
+mod size_tests;

@@ -1,13 +1,17 @@
 //! The session's clocks: when it must close on its own (token expiry, the end of the shutdown
 //! drain) and when it pings and gives a silent client up for dead.
 //!
-//! Both read only `tokio::time`, so a paused test clock drives them exactly; the wall clock is
-//! read once, by the caller, to turn the token's `exp` into a deadline.
+//! Both are plain state: they say when they are next due and what is due at a given moment.
+//! The session waits for all of them (and the watermark ping) on one `Sleep` set to the
+//! earliest, rather than one timer future per clock inside its `select!`: each costs ~100 B
+//! per connection, held for the connection's whole life (BENCHMARKS.md). Both read only
+//! `tokio::time`, so a paused test clock drives them exactly; the wall clock is read once, by
+//! the caller, to turn the token's `exp` into a deadline.
 
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::time::{Instant, Interval};
+use tokio::time::Instant;
 
 use crate::config::Timing;
 
@@ -45,14 +49,29 @@ impl Deadlines {
         self.drain_over.is_some()
     }
 
-    /// Resolves at the first deadline; expiry wins a tie. It works on a copy, so the session
-    /// may start a drain while it is pending (the next call sees it).
-    pub(super) async fn fired(self) -> Deadline {
-        tokio::select! {
-            biased;
-            () = sleep_until_opt(self.expiry) => Deadline::Expired,
-            () = sleep_until_opt(self.drain_over) => Deadline::DrainOver,
+    /// The first deadline, if any.
+    pub(super) fn next(&self) -> Option<Instant> {
+        earliest(self.expiry, self.drain_over)
+    }
+
+    /// The deadline that has passed at `now`, if any; expiry wins a tie.
+    pub(super) fn due(&self, now: Instant) -> Option<Deadline> {
+        if self.expiry.is_some_and(|at| at <= now) {
+            Some(Deadline::Expired)
+        } else if self.drain_over.is_some_and(|at| at <= now) {
+            Some(Deadline::DrainOver)
+        } else {
+            None
         }
+    }
+}
+
+/// The earlier of two optional instants.
+pub(super) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
     }
 }
 
@@ -75,9 +94,13 @@ pub(super) enum Beat {
 /// The WebSocket-level keepalive: a ping every `ping_interval`, and at each tick the check
 /// that the client said anything (a pong counts) within `ping_interval + pong_grace`. A client
 /// that falls silent is therefore reaped at the first tick after that span, not at its end.
+///
+/// Ticks follow `tokio::time::Interval`'s default (burst): a tick that comes late does not move
+/// the ones after it.
 #[derive(Debug)]
 pub(super) struct Liveness {
-    ping: Interval,
+    next_tick: Instant,
+    ping_every: Duration,
     last_seen: Instant,
     dead_after: Duration,
 }
@@ -86,8 +109,11 @@ impl Liveness {
     pub(super) fn new(timing: &Timing) -> Self {
         let ping_every = Duration::from_secs(timing.ping_interval_secs);
         let now = Instant::now();
+        // A zero interval would tick forever without time passing (`Interval` panics on it).
+        let ping_every = ping_every.max(Duration::from_millis(1));
         Liveness {
-            ping: tokio::time::interval_at(now + ping_every, ping_every),
+            next_tick: now + ping_every,
+            ping_every,
             last_seen: now,
             dead_after: ping_every + Duration::from_secs(timing.pong_grace_secs),
         }
@@ -98,13 +124,21 @@ impl Liveness {
         self.last_seen = Instant::now();
     }
 
-    /// Waits for the next tick. Cancel-safe: a tick not yet returned is not lost.
-    pub(super) async fn beat(&mut self) -> Beat {
-        self.ping.tick().await;
-        if self.last_seen.elapsed() > self.dead_after {
-            Beat::Dead
+    /// When the next tick is due.
+    pub(super) fn next_tick(&self) -> Instant {
+        self.next_tick
+    }
+
+    /// The tick due at `now`, if it is; taking it schedules the next one.
+    pub(super) fn tick(&mut self, now: Instant) -> Option<Beat> {
+        if self.next_tick > now {
+            return None;
+        }
+        self.next_tick += self.ping_every;
+        if now.saturating_duration_since(self.last_seen) > self.dead_after {
+            Some(Beat::Dead)
         } else {
-            Beat::Ping
+            Some(Beat::Ping)
         }
     }
 }
@@ -120,13 +154,6 @@ fn expiry_deadline(exp: i64, lead_ms: u64, now_ms: i64) -> Option<Instant> {
         .saturating_sub(now_ms);
     let ms_left = u64::try_from(ms_left).unwrap_or(0);
     Instant::now().checked_add(Duration::from_millis(ms_left))
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]
@@ -150,10 +177,25 @@ mod tests {
         }
     }
 
+    /// Sleeps until the first deadline (as the session does) and says which one passed.
+    async fn fired(deadlines: Deadlines) -> Deadline {
+        match deadlines.next() {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+        deadlines.due(Instant::now()).unwrap()
+    }
+
     /// Awaits `fired` on the paused clock and says how long after `start` it resolved.
     async fn fires_after(deadlines: &Deadlines, start: Instant) -> (Deadline, Duration) {
-        let which = deadlines.fired().await;
+        let which = fired(*deadlines).await;
         (which, start.elapsed())
+    }
+
+    /// Sleeps until the next tick (as the session does) and takes it.
+    async fn beat(liveness: &mut Liveness) -> Beat {
+        tokio::time::sleep_until(liveness.next_tick()).await;
+        liveness.tick(Instant::now()).unwrap()
     }
 
     #[test]
@@ -175,7 +217,7 @@ mod tests {
         let exp = NOW_MS / 1000 + 60;
         let deadlines = Deadlines::new(Some(exp), 250, NOW_MS);
         // Not a millisecond early...
-        let mut fired = Box::pin(deadlines.fired());
+        let mut fired = Box::pin(fired(deadlines));
         tokio::time::advance(ms(59_749)).await;
         assert!((&mut fired).now_or_never().is_none());
         // ...and at the deadline.
@@ -216,7 +258,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_exp_or_shutdown_nothing_ever_fires() {
         let deadlines = Deadlines::new(None, 250, NOW_MS);
-        let mut fired = Box::pin(deadlines.fired());
+        let mut fired = Box::pin(fired(deadlines));
         tokio::time::advance(Duration::from_secs(10 * 365 * 24 * 3600)).await;
         assert!((&mut fired).now_or_never().is_none());
         assert!(!deadlines.draining());
@@ -270,7 +312,7 @@ mod tests {
     async fn beats_until_dead(liveness: &mut Liveness, start: Instant) -> Vec<(Beat, Duration)> {
         let mut beats = Vec::new();
         loop {
-            let beat = liveness.beat().await;
+            let beat = beat(liveness).await;
             beats.push((beat, start.elapsed()));
             if beat == Beat::Dead {
                 return beats;
@@ -311,7 +353,7 @@ mod tests {
     async fn anything_heard_from_the_client_moves_the_reaping_back() {
         let start = Instant::now();
         let mut liveness = Liveness::new(&timing(30, 10));
-        assert_eq!(liveness.beat().await, Beat::Ping);
+        assert_eq!(beat(&mut liveness).await, Beat::Ping);
         // The pong to the ping at 30 s arrives 5 s later: silence is counted from 35 s, so the
         // tick at 60 s (25 s) pings, and the one at 90 s (55 s > 40 s) reaps.
         tokio::time::advance(Duration::from_secs(5)).await;
@@ -326,10 +368,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_late_tick_does_not_move_the_next_ones_and_none_comes_early() {
+        let start = Instant::now();
+        let mut liveness = Liveness::new(&timing(10, 100));
+        assert_eq!(liveness.tick(start + ms(9_999)), None);
+        // Taken 5 s late (the session was busy writing): the next is still due at 20 s.
+        assert_eq!(liveness.tick(start + ms(15_000)), Some(Beat::Ping));
+        assert_eq!(liveness.next_tick(), start + ms(20_000));
+        assert_eq!(liveness.tick(start + ms(15_000)), None);
+    }
+
+    #[test]
+    fn earliest_ignores_what_is_not_set() {
+        let at = Instant::now();
+        let later = at + ms(1);
+        assert_eq!(earliest(None, None), None);
+        assert_eq!(earliest(Some(later), None), Some(later));
+        assert_eq!(earliest(None, Some(at)), Some(at));
+        assert_eq!(earliest(Some(later), Some(at)), Some(at));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_client_that_keeps_answering_is_never_reaped() {
         let mut liveness = Liveness::new(&timing(30, 10));
         for _ in 0..100 {
-            assert_eq!(liveness.beat().await, Beat::Ping);
+            assert_eq!(beat(&mut liveness).await, Beat::Ping);
             tokio::time::advance(Duration::from_secs(1)).await;
             liveness.heard();
         }
