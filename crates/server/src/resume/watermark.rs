@@ -124,14 +124,6 @@ impl Watermark {
     }
 }
 
-/// Sleeps until `due`, or forever when nothing is due (for a `select!` branch).
-pub async fn sleep_until_due(due: Option<Instant>) {
-    match due {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 #[path = "watermark_tests.rs"]
 mod tests;
