@@ -25,6 +25,16 @@ const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo=";
 const MESSAGES: u64 = 40;
 
 fn start_node(dir: &std::path::Path, redis: &RedisServer, id: &str, extra: &str) -> HeraldProcess {
+    start_node_with_lease(dir, redis, id, extra, LEASE_MS)
+}
+
+fn start_node_with_lease(
+    dir: &std::path::Path,
+    redis: &RedisServer,
+    id: &str,
+    extra: &str,
+    lease_ms: u64,
+) -> HeraldProcess {
     let config = format!(
         r#"listen = "127.0.0.1:0"
 [log]
@@ -34,7 +44,7 @@ level = "info"
 kind = "redis"
 redis_url = "{url}"
 node_id = "{id}"
-lease_ttl_ms = {LEASE_MS}
+lease_ttl_ms = {lease_ms}
 [[apps]]
 id = "app_hooks"
 [[apps.secret_keys]]
@@ -230,6 +240,85 @@ batch_delay_ms = 5
         "the killed node's room was vacated {took:?} after the kill (lease {LEASE_MS} ms); \
          {pending_on_a} events were pending on it, {} events delivered in all",
         events.len()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A node that stops cleanly (SIGTERM) gives up its delivery lease: another node delivers
+/// what it had read at once, not when the lease would have lapsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_cleanly_hands_delivery_over_at_once() {
+    // Long enough that a take-over by expiry (at least two thirds of a lease after the exit)
+    // cannot pass for a hand-over (at most a third of a lease: a stand-by's next look).
+    const LEASE: u64 = 15_000;
+    let redis = RedisServer::start();
+    let receiver = Receiver::start(WHSEC, 1.0, 0.0);
+    let dir = std::env::temp_dir().join(format!("herald-handover-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hooks = format!(
+        r#"[[apps.webhooks]]
+url = "http://127.0.0.1:{port}/hooks"
+secret = "{WHSEC}"
+events = ["message.published"]
+channels = ["room-*"]
+[webhooks]
+timeout_ms = 400
+max_backoff_secs = 1
+"#
+    );
+    // The first node takes the endpoint's delivery; every client is on the second.
+    let mut owner = start_node_with_lease(&dir, &redis, "handover-a", &hooks, LEASE);
+    owner.wait_ready().await;
+    let heir = start_node_with_lease(&dir, &redis, "handover-b", &hooks, LEASE);
+    heir.wait_ready().await;
+    let mut publisher = connect(&heir, "pub").await;
+    for n in 1..=MESSAGES {
+        publisher
+            .publish("room-1", json!(n), &format!("p{n}"))
+            .await;
+    }
+    // The owner read every event (they are pending on its consumer); the endpoint is down.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stream = redis_cli(&redis, &["--scan", "--pattern", "*:outbox"]);
+        let pending = redis_cli(&redis, &["XPENDING", stream.trim(), "delivery"]);
+        if pending.lines().next().unwrap_or("0").trim() == MESSAGES.to_string() {
+            assert!(pending.contains("handover-a#"), "{pending}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "pending: {pending}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    owner.terminate();
+    let stopped_at = Instant::now();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(forward(listener, receiver.port));
+    let bound = Duration::from_millis(LEASE / 3 + 3_000);
+    while receiver
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "message.published")
+        .count()
+        < MESSAGES as usize
+    {
+        assert!(
+            stopped_at.elapsed() < bound,
+            "only {} events {:?} after a clean stop (lease {LEASE} ms)",
+            receiver.events().len(),
+            stopped_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "a clean stop handed delivery over: all {MESSAGES} events {:?} after the exit (lease {LEASE} ms)",
+        stopped_at.elapsed()
     );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -123,6 +123,7 @@ pub async fn run_with_engine(
             "shutdown deadline reached with sessions still open"
         );
     }
+    let _ = tokio::time::timeout_at(deadline.into(), state.engine.shutdown()).await;
     Ok(())
 }
 

@@ -79,6 +79,15 @@ impl HeraldProcess {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM (a graceful shutdown), and waits for the process to exit.
+    pub fn terminate(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
     /// Waits until `/readyz` answers 200, as a load balancer would before sending clients.
     pub async fn wait_ready(&self) {
         let url = format!("{}/readyz", self.http());

@@ -308,6 +308,11 @@ pub trait Engine: Send + Sync + 'static {
         reason: CloseReason,
     ) -> Result<usize, EngineError>;
 
+    /// Called once at the end of a graceful shutdown, after every session has ended: hands
+    /// over what this node holds for the cluster (the Redis engine releases its webhook
+    /// delivery leases, so another node delivers at once instead of after a lease).
+    async fn shutdown(&self) {}
+
     /// True when the engine can serve requests (the node is ready only if this holds).
     async fn is_ready(&self) -> bool;
 

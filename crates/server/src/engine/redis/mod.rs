@@ -356,6 +356,17 @@ impl Engine for RedisEngine {
         self.node.close_peer(app, peer, reason).await
     }
 
+    async fn shutdown(&self) {
+        // Stop reading first, so no task takes a lease back after it was given up.
+        for task in crate::sync::lock(&self.webhook_tasks).drain(..) {
+            task.abort();
+        }
+        let released = webhooks::release_leases(&self.node).await;
+        if released > 0 {
+            tracing::info!(leases = released, "webhook delivery handed over");
+        }
+    }
+
     async fn is_ready(&self) -> bool {
         self.node.bus_up.load(Ordering::Acquire) && self.node.redis_ok.load(Ordering::Acquire)
     }
