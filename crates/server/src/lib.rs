@@ -19,6 +19,7 @@ pub mod http;
 pub mod ids;
 pub mod limits;
 pub mod metrics;
+mod redb_file;
 pub mod rest;
 mod resubscribe;
 pub mod resume;

@@ -26,14 +26,11 @@
 //! without a position, but the memory store keeps it, so until retention drops it readers see
 //! an entry that a restart will not bring back (and whose offset the restarted node reuses).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redb::{
-    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, StorageError,
-    TableDefinition,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
@@ -73,20 +70,12 @@ impl DiskStore {
     /// Opens (or creates) the store in directory `dir` and restores what it retains under
     /// `rules`; `max_bytes` caps it as `max_memory_bytes` caps the memory store.
     pub fn open(dir: &Path, max_bytes: u64, rules: &HistoryRules) -> Result<Self, HistoryError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| HistoryError(format!("cannot create {}: {e}", dir.display())))?;
-        let file = dir.join(FILE_NAME);
-        let db = match open_db(&file)? {
-            Ok(db) => db,
-            Err(reason) => {
-                let aside = set_aside(&file)?;
-                tracing::warn!(
-                    file = %file.display(), aside = %aside.display(), %reason,
-                    "history database unusable: set aside, history starts anew"
-                );
-                open_db(&file)?.map_err(HistoryError)?
-            }
-        };
+        let db = crate::redb_file::open_or_replace(
+            &dir.join(FILE_NAME),
+            "history database",
+            "history starts anew",
+        )
+        .map_err(HistoryError)?;
         let store = DiskStore {
             memory: MemoryStore::new(max_bytes),
             db,
@@ -200,40 +189,6 @@ impl DiskStore {
             db!("sweep", tx.abort())
         }
     }
-}
-
-/// Opens the database. The inner error says the file is not a usable database (torn,
-/// garbage, another format): it may be set aside. The outer one is anything else (held by
-/// another process, permissions), which must stop the start instead.
-fn open_db(file: &Path) -> Result<Result<Database, String>, HistoryError> {
-    match Database::create(file) {
-        Ok(db) => Ok(Ok(db)),
-        Err(
-            e @ (DatabaseError::Storage(StorageError::Corrupted(_))
-            | DatabaseError::UpgradeRequired(_)
-            | DatabaseError::RepairAborted),
-        ) => Ok(Err(e.to_string())),
-        Err(DatabaseError::Storage(StorageError::Io(e)))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-            ) =>
-        {
-            Ok(Err(e.to_string()))
-        }
-        Err(e) => Err(HistoryError(format!("{}: {e}", file.display()))),
-    }
-}
-
-/// Renames an unusable database aside, so an operator can still look at it.
-fn set_aside(file: &Path) -> Result<PathBuf, HistoryError> {
-    if !file.exists() {
-        return Err(HistoryError(format!("cannot create {}", file.display())));
-    }
-    let aside = file.with_extension(format!("redb.unusable-{}", unix_now_ms()));
-    std::fs::rename(file, &aside)
-        .map_err(|e| HistoryError(format!("cannot set {} aside: {e}", file.display())))?;
-    Ok(aside)
 }
 
 /// `ts` (8 bytes LE), `from` (u32 LE length, bytes), `fromMetadata` (u32 LE length or

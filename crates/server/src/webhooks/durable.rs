@@ -18,7 +18,7 @@
 //!   as a database is renamed aside and a new one begins.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -27,13 +27,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use redb::{
-    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, StorageError,
-    TableDefinition,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::event::{Event, EventType};
-use crate::clock::unix_now_ms;
 use crate::sync::lock;
 
 /// Sequence number → endpoint key and the event (see [`encode`]).
@@ -141,20 +137,12 @@ impl DurableOutbox {
     /// Opens (or creates) the outbox in directory `dir`; a file that is not a usable database
     /// is set aside. Another process holding it open is an error.
     pub fn open(dir: &Path, commit_every: Duration) -> Result<Self, OutboxError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| OutboxError(format!("cannot create {}: {e}", dir.display())))?;
-        let file = dir.join(FILE_NAME);
-        let db = match open_db(&file)? {
-            Ok(db) => db,
-            Err(reason) => {
-                let aside = set_aside(&file)?;
-                tracing::warn!(
-                    file = %file.display(), aside = %aside.display(), %reason,
-                    "webhook outbox unusable: set aside, its undelivered events are not sent"
-                );
-                open_db(&file)?.map_err(OutboxError)?
-            }
-        };
+        let db = crate::redb_file::open_or_replace(
+            &dir.join(FILE_NAME),
+            "webhook outbox",
+            "its undelivered events are not sent",
+        )
+        .map_err(OutboxError)?;
         Ok(DurableOutbox { db, commit_every })
     }
 
@@ -471,35 +459,6 @@ fn commit(
     }
     db!("commit", tx.commit())?;
     Ok(removed)
-}
-
-/// As the history store's: the inner error says the file may be set aside, the outer one
-/// (held by another process, permissions) must stop the start.
-fn open_db(file: &Path) -> Result<Result<Database, String>, OutboxError> {
-    match Database::create(file) {
-        Ok(db) => Ok(Ok(db)),
-        Err(
-            e @ (DatabaseError::Storage(StorageError::Corrupted(_))
-            | DatabaseError::UpgradeRequired(_)
-            | DatabaseError::RepairAborted),
-        ) => Ok(Err(e.to_string())),
-        Err(DatabaseError::Storage(StorageError::Io(e)))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-            ) =>
-        {
-            Ok(Err(e.to_string()))
-        }
-        Err(e) => Err(OutboxError(format!("{}: {e}", file.display()))),
-    }
-}
-
-fn set_aside(file: &Path) -> Result<PathBuf, OutboxError> {
-    let aside = file.with_extension(format!("redb.unusable-{}", unix_now_ms()));
-    std::fs::rename(file, &aside)
-        .map_err(|e| OutboxError(format!("cannot set {} aside: {e}", file.display())))?;
-    Ok(aside)
 }
 
 /// The kinds as stored (one byte: the index here).
