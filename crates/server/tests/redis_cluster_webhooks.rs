@@ -13,34 +13,23 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_server::config::{AppConfig, Config, EngineConfig, WebhookEndpointConfig};
-use herald_server::conn::Conn;
 use herald_server::engine::redis::slots::{key_slot, tag};
-use herald_server::engine::redis::{RedisEngine, RedisSettings};
-use herald_server::engine::{Departure, Engine, Publication, SubscribeRequest, Target};
+use herald_server::engine::{Departure, Engine, Publication};
 use herald_server::ids::{AppId, ChannelName, PeerId};
 use herald_server::webhooks::transport::{HttpTransport, Transport};
-use herald_server::webhooks::{WebhookMetrics, Webhooks};
+use herald_server::webhooks::WebhookMetrics;
 use herald_testkit::redis::RedisCluster;
 use herald_testkit::webhook_receiver::Receiver;
 use serde_json::Value;
 
-const APP: &str = "app";
+#[path = "support/webhook_nodes.rs"]
+mod webhook_nodes;
+use webhook_nodes::{connect, subscribe, Down, APP};
+
 const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo=";
 const LEASE_MS: u64 = 1_000;
 const PEERS: usize = 12;
 const MESSAGES: usize = 2;
-
-static OUTBOUND: Mutex<Vec<herald_server::conn::Outbound>> = Mutex::new(Vec::new());
-
-/// The backend as the doomed owner sees it: unreachable.
-struct Down;
-
-#[async_trait]
-impl Transport for Down {
-    async fn post(&self, _: &str, _: &[(&'static str, String)], _: Bytes) -> Result<u16, String> {
-        Ok(500)
-    }
-}
 
 fn config(url: &str) -> Config {
     let mut config = Config::default();
@@ -72,7 +61,7 @@ async fn node(
     transport: Arc<dyn Transport>,
     metrics: WebhookMetrics,
 ) -> Arc<dyn Engine> {
-    let engine_config = EngineConfig {
+    let engine = EngineConfig {
         kind: "redis".into(),
         redis_url: redis.urls(),
         redis_cluster: true,
@@ -80,43 +69,7 @@ async fn node(
         reconnect_grace_ms: 300,
         ..EngineConfig::default()
     };
-    let engine = RedisEngine::start_with(&engine_config, &RedisSettings::from_config(config))
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !engine.is_ready().await {
-        assert!(tokio::time::Instant::now() < deadline, "node not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    engine.attach_webhooks(Arc::new(Webhooks::start(config, transport, metrics)));
-    Arc::new(engine)
-}
-
-async fn connect(engine: &Arc<dyn Engine>, peer: &str) -> Arc<Conn> {
-    let (conn, rx) = Conn::new(
-        AppId::new(APP),
-        PeerId::new(peer),
-        None,
-        true,
-        "token",
-        1024,
-    );
-    OUTBOUND.lock().unwrap().push(rx);
-    engine.register(&conn).await.unwrap();
-    conn
-}
-
-async fn subscribe(engine: &Arc<dyn Engine>, conn: &Arc<Conn>, channel: &str) {
-    let channel = ChannelName::new(channel);
-    let req = SubscribeRequest {
-        conn,
-        channel: &channel,
-        target: Target::Channel,
-        include_sender_metadata: false,
-        ack: None,
-        max_app_patterns: 100,
-    };
-    assert!(engine.subscribe(req).await.unwrap());
+    webhook_nodes::node(engine, config, transport, metrics).await
 }
 
 async fn publish(engine: &Arc<dyn Engine>, channel: &str, from: &str, n: usize) {

@@ -12,18 +12,17 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use herald_server::config::{AppConfig, Config, EngineConfig, WebhookEndpointConfig};
 use herald_server::conn::Conn;
-use herald_server::engine::redis::{RedisEngine, RedisSettings};
-use herald_server::engine::{Departure, Engine, SubscribeRequest, Target};
+use herald_server::engine::{Departure, Engine};
 use herald_server::ids::{AppId, ChannelName, PeerId};
 use herald_server::webhooks::transport::Transport;
-use herald_server::webhooks::{WebhookMetrics, Webhooks};
+use herald_server::webhooks::WebhookMetrics;
 use herald_testkit::redis::RedisServer;
 use serde_json::Value;
 
-const APP: &str = "app";
+#[path = "support/webhook_nodes.rs"]
+mod webhook_nodes;
+use webhook_nodes::{connect, subscribe, Down, APP};
 
-/// The receiving ends of the test connections' queues, kept for the test's life.
-static OUTBOUND: Mutex<Vec<herald_server::conn::Outbound>> = Mutex::new(Vec::new());
 const GRACE_MS: u64 = 300;
 const LEASE_MS: u64 = 1_000;
 
@@ -50,16 +49,6 @@ impl Transport for Receiver {
         let mut events = self.events.lock().unwrap();
         events.extend(body["events"].as_array().unwrap().iter().cloned());
         Ok(200)
-    }
-}
-
-/// A transport that always fails: the node that owns it reads events and never delivers.
-struct Down;
-
-#[async_trait]
-impl Transport for Down {
-    async fn post(&self, _: &str, _: &[(&'static str, String)], _: Bytes) -> Result<u16, String> {
-        Ok(500)
     }
 }
 
@@ -137,53 +126,14 @@ async fn node_with(
     config: Config,
     metrics: WebhookMetrics,
 ) -> Arc<dyn Engine> {
-    let engine_config = EngineConfig {
+    let engine = EngineConfig {
         kind: "redis".into(),
         redis_url: redis.url(),
         reconnect_grace_ms: GRACE_MS,
         lease_ttl_ms: LEASE_MS,
         ..EngineConfig::default()
     };
-    let engine = RedisEngine::start_with(&engine_config, &RedisSettings::from_config(&config))
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !engine.is_ready().await {
-        assert!(tokio::time::Instant::now() < deadline, "node not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let hooks = Webhooks::start(&config, transport, metrics);
-    engine.attach_webhooks(Arc::new(hooks));
-    Arc::new(engine)
-}
-
-/// A registered connection; the test reads none of its frames, but keeps its queue's
-/// receiving end alive.
-async fn connect(engine: &Arc<dyn Engine>, peer: &str) -> Arc<Conn> {
-    let (conn, rx) = Conn::new(
-        AppId::new(APP),
-        PeerId::new(peer),
-        None,
-        true,
-        "token",
-        1024,
-    );
-    OUTBOUND.lock().unwrap().push(rx);
-    engine.register(&conn).await.unwrap();
-    conn
-}
-
-async fn subscribe(engine: &Arc<dyn Engine>, conn: &Arc<Conn>, channel: &str) {
-    let channel = ChannelName::new(channel);
-    let req = SubscribeRequest {
-        conn,
-        channel: &channel,
-        target: Target::Channel,
-        include_sender_metadata: false,
-        ack: None,
-        max_app_patterns: 100,
-    };
-    assert!(engine.subscribe(req).await.unwrap());
+    webhook_nodes::node(engine, &config, transport, metrics).await
 }
 
 async fn leave(engine: &Arc<dyn Engine>, conn: &Arc<Conn>, channel: &str, departure: Departure) {
