@@ -5,6 +5,7 @@
 //! `bench/run.sh` runs the whole comparison; `BENCHMARKS.md` has the results.
 
 pub mod chat;
+pub mod digits;
 pub mod encode;
 pub mod floor;
 pub mod procstat;

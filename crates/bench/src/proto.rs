@@ -10,6 +10,9 @@ use memchr::memmem;
 use crate::token::SigningKey;
 use crate::ws::{self, Frame, WsReader, WsWriter};
 
+/// Callers of the adapters read and write numbers through these too.
+pub use crate::digits::{parse_u64, push_u64};
+
 /// Which wire a target speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,19 +103,6 @@ static JOINED: std::sync::LazyLock<memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memmem::Finder::new(b"\"joined\":["));
 static REQUEST_ID: std::sync::LazyLock<memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memmem::Finder::new(b"\"requestId\":\""));
-
-pub(crate) fn parse_u64(bytes: &[u8]) -> Option<u64> {
-    let mut value: u64 = 0;
-    let mut any = false;
-    for &b in bytes {
-        if !b.is_ascii_digit() {
-            break;
-        }
-        value = value.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
-        any = true;
-    }
-    any.then_some(value)
-}
 
 /// The generator's timestamp inside `data` (`{"t":<ns>,...}`).
 fn timestamp(payload: &[u8]) -> Option<u64> {
@@ -578,21 +568,6 @@ impl Sender {
             Proto::Herald => {}
         }
     }
-}
-
-/// Appends the decimal digits of `v`.
-pub fn push_u64(buf: &mut Vec<u8>, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
 }
 
 #[cfg(test)]

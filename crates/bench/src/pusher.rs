@@ -152,10 +152,10 @@ pub fn user_id(p: &[u8]) -> Option<&[u8]> {
 /// The timestamp the generator put into a message's data.
 pub fn timestamp(p: &[u8]) -> Option<u64> {
     if let Some(at) = T_ESCAPED.find(p) {
-        return crate::proto::parse_u64(&p[at + 6..]);
+        return crate::digits::parse_u64(&p[at + 6..]);
     }
     let at = memmem::find(p, b"\"t\":")?;
-    crate::proto::parse_u64(&p[at + 4..])
+    crate::digits::parse_u64(&p[at + 4..])
 }
 
 #[cfg(test)]

@@ -381,7 +381,7 @@ pub(crate) struct Response {
 pub(crate) fn parse_response(b: &[u8]) -> Option<Response> {
     let head_end = memmem::find(b, b"\r\n\r\n")? + 4;
     let head = &b[..head_end];
-    let status = crate::proto::parse_u64(head.get(9..)?)? as u16;
+    let status = crate::digits::parse_u64(head.get(9..)?)? as u16;
     let lower = head.to_ascii_lowercase();
     let close = if lower.starts_with(b"http/1.0") {
         header_has(&lower, b"connection:", b"keep-alive").is_none_or(|keep| !keep)
@@ -391,7 +391,7 @@ pub(crate) fn parse_response(b: &[u8]) -> Option<Response> {
     let len = if let Some(at) = memmem::find(&lower, b"content-length:") {
         let rest = &lower[at + 15..];
         let skip = rest.iter().take_while(|c| **c == b' ').count();
-        let len = crate::proto::parse_u64(&rest[skip..])? as usize;
+        let len = crate::digits::parse_u64(&rest[skip..])? as usize;
         if b.len() < head_end + len {
             return None;
         }
