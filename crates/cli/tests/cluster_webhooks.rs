@@ -86,6 +86,36 @@ fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Waits until the endpoint's outbox holds at least `at_least` events and every one is
+/// pending (read, not acknowledged) on the consumer of node instance `consumer`, and returns
+/// how many.
+async fn wait_all_pending_on(redis: &RedisServer, consumer: &str, at_least: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stream = redis_cli(redis, &["--scan", "--pattern", "*:outbox"]);
+        let stream = stream.trim();
+        let length: usize = redis_cli(redis, &["XLEN", stream])
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let pending = redis_cli(redis, &["XPENDING", stream, "delivery"]);
+        let pending_count: usize = pending
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
+        if length >= at_least && pending_count == length {
+            assert!(pending.contains(consumer), "{pending}");
+            return pending_count;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{length} events, pending: {pending}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The stream entry id in an event id (`evt_<ms>-<seq>`), for order checks.
 fn entry(event: &Value) -> (u64, u64) {
     let id = event["id"].as_str().unwrap().strip_prefix("evt_").unwrap();
@@ -134,29 +164,7 @@ batch_delay_ms = 5
         publisher.publish("room-1", json!(n), &request).await;
     }
     // The owner has read every event (they are pending on its consumer) and delivered none.
-    let stream = redis_cli(&redis, &["--scan", "--pattern", "*:outbox"]);
-    let stream = stream.trim();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let pending_on_a = loop {
-        let length: usize = redis_cli(&redis, &["XLEN", stream]).trim().parse().unwrap();
-        let pending = redis_cli(&redis, &["XPENDING", stream, "delivery"]);
-        let pending_count: usize = pending
-            .lines()
-            .next()
-            .unwrap_or("0")
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        if length >= MESSAGES as usize + 4 && pending_count == length {
-            assert!(pending.contains("hooks-a#"), "{pending}");
-            break pending_count;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{length} events, pending: {pending}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let pending_on_a = wait_all_pending_on(&redis, "hooks-a#", MESSAGES as usize + 4).await;
     let delivered_before = receiver.events().len();
     assert_eq!(delivered_before, 0);
     let killed_at = Instant::now();
@@ -283,17 +291,7 @@ max_backoff_secs = 1
             .await;
     }
     // The owner read every event (they are pending on its consumer); the endpoint is down.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stream = redis_cli(&redis, &["--scan", "--pattern", "*:outbox"]);
-        let pending = redis_cli(&redis, &["XPENDING", stream.trim(), "delivery"]);
-        if pending.lines().next().unwrap_or("0").trim() == MESSAGES.to_string() {
-            assert!(pending.contains("handover-a#"), "{pending}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "pending: {pending}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_all_pending_on(&redis, "handover-a#", MESSAGES as usize).await;
     owner.terminate();
     let stopped_at = Instant::now();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))

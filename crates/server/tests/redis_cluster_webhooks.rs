@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use herald_server::config::{AppConfig, Config, EngineConfig, WebhookEndpointConfig};
 use herald_server::engine::redis::slots::{key_slot, tag};
-use herald_server::engine::{Departure, Engine, Publication};
-use herald_server::ids::{AppId, ChannelName, PeerId};
+use herald_server::engine::{Departure, Engine};
+use herald_server::ids::ChannelName;
 use herald_server::webhooks::transport::{HttpTransport, Transport};
 use herald_server::webhooks::WebhookMetrics;
 use herald_testkit::redis::RedisCluster;
@@ -72,25 +72,15 @@ async fn node(
     webhook_nodes::node(engine, config, transport, metrics).await
 }
 
+/// A message whose data says who sent it and its number.
 async fn publish(engine: &Arc<dyn Engine>, channel: &str, from: &str, n: usize) {
-    let data =
-        serde_json::value::RawValue::from_string(format!(r#"{{"p":"{from}","n":{n}}}"#)).unwrap();
-    let (app, channel, from) = (
-        AppId::new(APP),
-        ChannelName::new(channel),
-        PeerId::new(from),
-    );
-    engine
-        .publish(Publication {
-            app: &app,
-            channel: &channel,
-            from: &from,
-            from_metadata: None,
-            data: &data,
-            exclude: None,
-        })
-        .await
-        .unwrap();
+    webhook_nodes::publish(
+        engine,
+        channel,
+        from,
+        &format!(r#"{{"p":"{from}","n":{n}}}"#),
+    )
+    .await;
 }
 
 /// Peer `i` is on node `i % 3` and in rooms `i` and `i + 1` (mod PEERS): two members a room.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use herald_server::config::{AppConfig, Config, EngineConfig, WebhookEndpointConfig};
 use herald_server::conn::Conn;
 use herald_server::engine::{Departure, Engine};
-use herald_server::ids::{AppId, ChannelName, PeerId};
+use herald_server::ids::ChannelName;
 use herald_server::webhooks::transport::Transport;
 use herald_server::webhooks::WebhookMetrics;
 use herald_testkit::redis::RedisServer;
@@ -21,7 +21,7 @@ use serde_json::Value;
 
 #[path = "support/webhook_nodes.rs"]
 mod webhook_nodes;
-use webhook_nodes::{connect, subscribe, Down, APP};
+use webhook_nodes::{connect, publish, subscribe, Down, APP};
 
 const GRACE_MS: u64 = 300;
 const LEASE_MS: u64 = 1_000;
@@ -283,19 +283,7 @@ async fn a_dead_nodes_members_leave_once_and_its_pending_events_reach_the_backen
     subscribe(&doomed, &zed, "room-3").await;
     let yan = connect(&b, "yan").await;
     subscribe(&b, &yan, "room-4").await;
-    let published = serde_json::value::RawValue::from_string(r#"{"n":1}"#.into()).unwrap();
-    let channel = ChannelName::new("room-4");
-    let (app, from) = (AppId::new(APP), PeerId::new("yan"));
-    c.publish(herald_server::engine::Publication {
-        app: &app,
-        channel: &channel,
-        from: &from,
-        from_metadata: None,
-        data: &published,
-        exclude: None,
-    })
-    .await
-    .unwrap();
+    publish(&c, "room-4", "yan", r#"{"n":1}"#).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(receiver.unique().is_empty(), "the owner delivers nothing");
     // kill -9: the node's tasks stop, nothing is cleaned up.
@@ -356,24 +344,8 @@ async fn a_full_outbox_stream_refuses_new_events_and_counts_them() {
     config.webhooks.queue_max_bytes = 64 * 1024;
     let metrics = WebhookMetrics::default();
     let engine = node_with(&redis, Arc::new(Down), config, metrics.clone()).await;
-    let (app, from, channel) = (
-        AppId::new(APP),
-        PeerId::new("pub"),
-        ChannelName::new("room-9"),
-    );
     for n in 0..200 {
-        let data = serde_json::value::RawValue::from_string(n.to_string()).unwrap();
-        engine
-            .publish(herald_server::engine::Publication {
-                app: &app,
-                channel: &channel,
-                from: &from,
-                from_metadata: None,
-                data: &data,
-                exclude: None,
-            })
-            .await
-            .unwrap();
+        publish(&engine, "room-9", "pub", &n.to_string()).await;
     }
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use herald_server::config::{Config, EngineConfig};
 use herald_server::conn::Conn;
 use herald_server::engine::redis::{RedisEngine, RedisSettings};
-use herald_server::engine::{Engine, SubscribeRequest, Target};
+use herald_server::engine::{Engine, Publication, SubscribeRequest, Target};
 use herald_server::ids::{AppId, ChannelName, PeerId};
 use herald_server::webhooks::transport::Transport;
 use herald_server::webhooks::{WebhookMetrics, Webhooks};
@@ -76,4 +76,25 @@ pub async fn subscribe(engine: &Arc<dyn Engine>, conn: &Arc<Conn>, channel: &str
         max_app_patterns: 100,
     };
     assert!(engine.subscribe(req).await.unwrap());
+}
+
+/// Publishes `data` (JSON) on `channel` of `APP` as `from`.
+pub async fn publish(engine: &Arc<dyn Engine>, channel: &str, from: &str, data: &str) {
+    let data = serde_json::value::RawValue::from_string(data.to_string()).unwrap();
+    let (app, channel, from) = (
+        AppId::new(APP),
+        ChannelName::new(channel),
+        PeerId::new(from),
+    );
+    engine
+        .publish(Publication {
+            app: &app,
+            channel: &channel,
+            from: &from,
+            from_metadata: None,
+            data: &data,
+            exclude: None,
+        })
+        .await
+        .unwrap();
 }
