@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use herald_testkit::process::HeraldProcess;
+use herald_testkit::process::{redis_node_config, HeraldProcess};
 use herald_testkit::redis::{Backend, RedisCluster, RedisServer};
 use herald_testkit::ws::Client;
 use serde_json::{json, Value};
@@ -23,25 +23,8 @@ fn start_node(dir: &std::path::Path, redis: &Backend, id: &str) -> HeraldProcess
 
 /// [`start_node`] with more configuration appended (for example `[[history.channels]]`).
 fn start_node_with(dir: &std::path::Path, redis: &Backend, id: &str, extra: &str) -> HeraldProcess {
-    let config = format!(
-        r#"listen = "127.0.0.1:0"
-[log]
-format = "json"
-level = "info"
-[engine]
-kind = "redis"
-{engine}
-node_id = "{id}"
-lease_ttl_ms = {LEASE_MS}
-[[apps]]
-id = "app_crash"
-[[apps.secret_keys]]
-id = "{KID}"
-secret = "{SECRET}"
-{extra}
-"#,
-        engine = redis.engine_config()
-    );
+    let key = ("app_crash", KID, SECRET);
+    let config = redis_node_config(&redis.engine_config(), id, LEASE_MS, key, extra);
     HeraldProcess::start(
         Path::new(env!("CARGO_BIN_EXE_herald")),
         &dir.join(format!("{id}.toml")),

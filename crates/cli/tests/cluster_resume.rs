@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use herald_testkit::process::HeraldProcess;
+use herald_testkit::process::{redis_node_config, HeraldProcess};
 use herald_testkit::proxy::TcpProxy;
 use herald_testkit::redis::{Backend, RedisCluster, RedisServer};
 use herald_testkit::ws::Client;
@@ -35,27 +35,14 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn start_node(dir: &Path, redis: &Backend, id: &str) -> HeraldProcess {
     // A rewind of 3 would show as extra duplicates: a resume must not rewind.
-    let config = format!(
-        r#"listen = "127.0.0.1:0"
-[log]
-format = "json"
-level = "info"
-[engine]
-kind = "redis"
-{engine}
-node_id = "{id}"
-lease_ttl_ms = 5000
-[[apps]]
-id = "{APP}"
-[[apps.secret_keys]]
-id = "{KID}"
-secret = "{SECRET}"
-[[history.channels]]
-patterns = ["room/*"]
-max_messages = 1000
-rewind = 3
-"#,
-        engine = redis.engine_config()
+    let history =
+        "[[history.channels]]\npatterns = [\"room/*\"]\nmax_messages = 1000\nrewind = 3\n";
+    let config = redis_node_config(
+        &redis.engine_config(),
+        id,
+        5000,
+        (APP, KID, SECRET),
+        history,
     );
     HeraldProcess::start(
         Path::new(env!("CARGO_BIN_EXE_herald")),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use herald_testkit::process::HeraldProcess;
+use herald_testkit::process::{redis_node_config, HeraldProcess};
 use herald_testkit::redis::RedisServer;
 use herald_testkit::webhook_receiver::Receiver;
 use herald_testkit::ws::Client;
@@ -35,25 +35,8 @@ fn start_node_with_lease(
     extra: &str,
     lease_ms: u64,
 ) -> HeraldProcess {
-    let config = format!(
-        r#"listen = "127.0.0.1:0"
-[log]
-format = "json"
-level = "info"
-[engine]
-kind = "redis"
-redis_url = "{url}"
-node_id = "{id}"
-lease_ttl_ms = {lease_ms}
-[[apps]]
-id = "app_hooks"
-[[apps.secret_keys]]
-id = "{KID}"
-secret = "{SECRET}"
-{extra}
-"#,
-        url = redis.url()
-    );
+    let engine = format!("redis_url = \"{}\"", redis.url());
+    let config = redis_node_config(&engine, id, lease_ms, ("app_hooks", KID, SECRET), extra);
     HeraldProcess::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_herald")),
         &dir.join(format!("{id}.toml")),

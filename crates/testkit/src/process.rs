@@ -110,3 +110,33 @@ impl Drop for HeraldProcess {
         self.kill9();
     }
 }
+
+/// The configuration of a Redis-engine node `id` (`engine`: its `redis_url` lines, e.g.
+/// `Backend::engine_config`) serving app `app` with one secret key, logging JSON at info;
+/// `extra` is appended (`[[history.channels]]`, `[[apps.webhooks]]`, ...).
+pub fn redis_node_config(
+    engine: &str,
+    id: &str,
+    lease_ms: u64,
+    (app, kid, secret): (&str, &str, &str),
+    extra: &str,
+) -> String {
+    format!(
+        r#"listen = "127.0.0.1:0"
+[log]
+format = "json"
+level = "info"
+[engine]
+kind = "redis"
+{engine}
+node_id = "{id}"
+lease_ttl_ms = {lease_ms}
+[[apps]]
+id = "{app}"
+[[apps.secret_keys]]
+id = "{kid}"
+secret = "{secret}"
+{extra}
+"#
+    )
+}

@@ -41,13 +41,18 @@ impl Node {
         extra: &str,
         key: &str,
     ) -> Spec {
-        let slot = self
-            .webhooks
-            .get()
-            .filter(|w| w.cluster)
-            .map(|_| super::slots::key_slot(key));
+        let slot = self.cluster_slot(key);
         self.webhook_spec_in(app, channel, mask, extra, slot, false)
             .await
+    }
+
+    /// `key`'s hash slot when webhooks run on a Redis Cluster (where events go to the
+    /// endpoints' streams in the call's own slot), none otherwise.
+    fn cluster_slot(&self, key: &str) -> Option<u16> {
+        self.webhooks
+            .get()
+            .filter(|w| w.cluster)
+            .map(|_| super::slots::key_slot(key))
     }
 
     /// The spec of a channel call, from the channel's base key.
@@ -64,11 +69,7 @@ impl Node {
     /// The spec of a route call (peer events; `key` is the call's route or peer base key):
     /// the pending-offline zset comes first, in the route's slot on a cluster.
     pub(super) async fn route_webhook_spec(&self, app: &str, key: &str, mask: u32) -> Spec {
-        let slot = self
-            .webhooks
-            .get()
-            .filter(|w| w.cluster)
-            .map(|_| super::slots::key_slot(key));
+        let slot = self.cluster_slot(key);
         self.webhook_spec_in(app, None, mask, "", slot, true).await
     }
 }
