@@ -73,6 +73,26 @@ async fn expect_offsets(client: &mut Client, range: std::ops::RangeInclusive<u64
     }
 }
 
+/// Takes `peer`'s parked position in `room()` on `taker`; a second take, on `again` (the same
+/// node or another), finds nothing: a position is handed out exactly once.
+async fn take_once(
+    taker: &Arc<dyn Engine>,
+    again: &Arc<dyn Engine>,
+    app: &AppId,
+    peer: &PeerId,
+) -> Since {
+    let since = taker
+        .take_position(app, peer, &room())
+        .await
+        .expect("a parked position");
+    assert_eq!(
+        again.take_position(app, peer, &room()).await,
+        None,
+        "taken once"
+    );
+    since
+}
+
 /// Subscribes `client` resuming from `since`, with `recovered` acks for request `r`.
 async fn subscribe_from(client: &Client, since: Since) -> Recovery {
     let channel = room();
@@ -124,16 +144,8 @@ pub async fn a_parked_position_is_taken_once_and_replays_the_gap(nodes: Nodes) {
         AppId::new(APP.to_string()),
         PeerId::new("alice".to_string()),
     );
-    let since = engine
-        .take_position(&app, &peer, &room())
-        .await
-        .expect("parked");
+    let since = take_once(&engine, &engine, &app, &peer).await;
     assert_eq!(since.offset, 3);
-    assert_eq!(
-        engine.take_position(&app, &peer, &room()).await,
-        None,
-        "taken once"
-    );
 
     let mut back = ClientSpec::new("alice")
         .without_presence()
@@ -266,15 +278,7 @@ pub async fn a_peer_resumes_on_another_node(nodes: Nodes) {
     back.expect(json!({"type": "direct", "from": "pub", "data": {"sdp": 1}}))
         .await;
     let peer = PeerId::new("alice".to_string());
-    let since = second
-        .take_position(&app, &peer, &room())
-        .await
-        .expect("parked in Redis");
-    assert_eq!(
-        first.take_position(&app, &peer, &room()).await,
-        None,
-        "taken once"
-    );
+    let since = take_once(&second, &first, &app, &peer).await;
     assert_eq!(
         subscribe_from(&back, since).await,
         Recovery::Recovered { replayed: 5 }
@@ -398,16 +402,8 @@ pub async fn positions_outlive_a_node_that_dies_before_parking(mut nodes: Nodes)
     assert_eq!(second.send_direct(d).await.unwrap(), 0);
     assert_eq!(second.queue_direct(d).await.unwrap(), Queued::Queued);
     publish_range(&publisher, 4..=6).await;
-    let since = second
-        .take_position(&app, &peer, &room())
-        .await
-        .expect("the dead node's confirmed position");
+    let since = take_once(&second, &second, &app, &peer).await;
     assert_eq!(since.offset, 3);
-    assert_eq!(
-        second.take_position(&app, &peer, &room()).await,
-        None,
-        "once"
-    );
     let mut back = ClientSpec::new("alice")
         .without_presence()
         .connect(&second)
